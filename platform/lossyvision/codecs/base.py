@@ -1,0 +1,61 @@
+"""The codec interface and its registry.
+
+A codec turns 8-bit RGB pixels into bytes at a *level* and back. What a level means is the
+codec's business: a Butteraugli distance for ``jpegxl`` (0 = lossless), a quality for ``jpeg``,
+``webp`` and ``avif``; ``png`` ignores it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from lossyvision.registry import Registry
+
+
+class Codec(ABC):
+    """Encode/decode 8-bit RGB images. Subclasses register with ``@CODECS.register(name)``."""
+
+    #: Registry name, set by subclasses.
+    name: str = ""
+    #: File extension of encoded files, with the dot (".jxl").
+    extension: str = ""
+
+    def __init__(self, **options: Any) -> None:
+        unknown = set(options) - set(self.option_names())
+        if unknown:
+            raise ValueError(
+                f"codec {self.name!r} got unknown option(s) {sorted(unknown)}; "
+                f"known: {sorted(self.option_names())}"
+            )
+        self.options = options
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """Names of keyword options the constructor accepts (e.g. ``effort``)."""
+        return ()
+
+    @abstractmethod
+    def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
+               source_format: str | None = None) -> bytes:
+        """Encode uint8 HxWx3 ``rgb`` at ``level``.
+
+        ``source``/``source_format`` are the original file's bytes and PIL format name
+        ("JPEG", "PNG", ...), for codecs that can transcode losslessly (JPEG -> JPEG XL).
+        """
+
+    @abstractmethod
+    def decode(self, data: bytes) -> np.ndarray:
+        """Decode to uint8 HxWx3 RGB."""
+
+
+CODECS: Registry[type[Codec]] = Registry("codec")
+
+
+def create_codec(name: str, **options: Any) -> Codec:
+    """Build a registered codec by name with its options (``create_codec('jpegxl', effort=7)``)."""
+    import lossyvision.codecs  # noqa: F401  (fills the registry)
+
+    return CODECS.get(name)(**options)

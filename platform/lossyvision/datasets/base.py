@@ -1,0 +1,76 @@
+"""Dataset readers: they list a dataset's images as :class:`Record` rows and load targets.
+
+A reader knows a layout on disk (ImageFolder, Food101, VOC, Cityscapes); it never decodes
+images for training itself. Paths go through :mod:`lossyvision.store` so roots may be ``s3://``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from lossyvision.registry import Registry
+
+TASK_CLASSIFICATION = "classification"
+TASK_DETECTION = "detection"
+TASK_SEGMENTATION = "segmentation"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One source image of a dataset.
+
+    ``relpath`` is relative to the dataset root, POSIX style; it keys the image everywhere
+    (store layout, manifest, results). ``label`` is the class index for classification;
+    ``target`` is the relpath of an annotation file (VOC XML, Cityscapes label PNG) or None.
+    """
+
+    relpath: str
+    split: str
+    label: int | None = None
+    target: str | None = None
+
+
+class DatasetReader(ABC):
+    """Lists a dataset's records. Subclasses register with ``@DATASETS.register(name)``."""
+
+    name: str = ""
+    task: str = TASK_CLASSIFICATION
+
+    def __init__(self, root: str, **options: Any) -> None:
+        self.root = str(root)
+        self.options = options
+
+    @property
+    @abstractmethod
+    def classes(self) -> list[str]:
+        """Class names, index = label (detection/segmentation: the category names)."""
+
+    @abstractmethod
+    def records(self) -> list[Record]:
+        """All images, in a deterministic order (sorted by split then relpath)."""
+
+    def load_target(self, record: Record) -> Any:
+        """The annotation of ``record`` (classification: its label)."""
+        return record.label
+
+    def splits(self) -> list[str]:
+        return sorted({r.split for r in self.records()})
+
+    def select(self, split: str) -> list[Record]:
+        return [r for r in self.records() if r.split == split]
+
+
+DATASETS: Registry[type[DatasetReader]] = Registry("dataset")
+
+
+def create_dataset(kind: str, root: str, **options: Any) -> DatasetReader:
+    """Build a registered dataset reader (``create_dataset('food101', '/data/food-101')``)."""
+    import lossyvision.datasets  # noqa: F401  (fills the registry)
+
+    return DATASETS.get(kind)(root, **options)
+
+
+def sorted_records(records: Iterable[Record]) -> list[Record]:
+    return sorted(records, key=lambda r: (r.split, r.relpath))

@@ -1,0 +1,58 @@
+"""The task interface: build a model, fit it on decoded samples, evaluate it.
+
+A task is plain PyTorch; Ray Tune only schedules it (``lossyvision.runners``). Samples are
+``(rgb, target)`` pairs from :class:`lossyvision.data.ImageSamples`: ``rgb`` is uint8 HxWx3 as
+decoded from the compressed store, so what the model sees is what was stored; ``target`` is what
+the dataset reader's ``load_target`` returns (a class index, a dict of boxes, a label mask).
+Each task applies its own transforms.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+from lossyvision.registry import Registry
+
+#: ``on_epoch(epoch, metrics, state)``: called after each epoch (1-based) with training metrics
+#: (``loss``, ...) and a resumable ``state`` dict (model, optimizer, scheduler, epoch).
+EpochCallback = Callable[[int, dict[str, float], dict[str, Any]], None]
+
+
+class Task(ABC):
+    """One kind of vision task. Subclasses register with ``@TASKS.register(name)``."""
+
+    name: str = ""
+    #: Metrics ``evaluate`` returns, e.g. ("top1", "top5"); the first is the headline metric.
+    metric_names: tuple[str, ...] = ()
+
+    def __init__(self, spec: Any, classes: list[str], device: str = "cpu") -> None:
+        """``spec`` is a :class:`lossyvision.spec.ModelSpec`; ``classes`` the dataset's class names."""
+        self.spec = spec
+        self.classes = list(classes)
+        self.device = device
+
+    @abstractmethod
+    def build_model(self) -> Any:
+        """A fresh ``torch.nn.Module`` (pretrained weights per ``spec.pretrained``/``spec.checkpoint``)."""
+
+    @abstractmethod
+    def fit(self, model: Any, train: Any, *, on_epoch: EpochCallback | None = None,
+            state: dict[str, Any] | None = None) -> None:
+        """Train ``model`` on the ``train`` samples for ``spec.epochs`` epochs.
+
+        ``state`` is one given earlier to ``on_epoch``: training resumes after its epoch.
+        """
+
+    @abstractmethod
+    def evaluate(self, model: Any, test: Any) -> dict[str, float]:
+        """Metric name -> value on the ``test`` samples (names as in ``metric_names``)."""
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def create_task(name: str, spec: Any, classes: list[str], device: str = "cpu") -> Task:
+    import lossyvision.tasks  # noqa: F401  (fills the registry)
+
+    return TASKS.get(name)(spec, classes, device=device)
