@@ -1,0 +1,51 @@
+"""Baseline JPEG (libjpeg-turbo) at a quality ``level`` 1..100, 4:2:0 chroma subsampling."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lossyvision.codecs.base import CODECS, Codec
+from lossyvision.imageio import check_rgb8, to_rgb8
+
+#: The JPEG format stores sizes in 16 bits.
+MAX_SIDE = 65535
+
+
+def check_quality(codec: str, level: float, lowest: int = 0) -> int:
+    """A quality ``level`` as an int in ``lowest..100``; a clear ``ValueError`` otherwise.
+
+    Shared by the quality-driven codecs (``jpeg``, ``webp``, ``avif``).
+    """
+    value = float(level)
+    if not value.is_integer() or not lowest <= value <= 100:
+        raise ValueError(f"{codec} level is a quality, a whole number in {lowest}..100; got {level!r}")
+    return int(value)
+
+
+def check_max_side(codec: str, rgb: np.ndarray, max_side: int) -> None:
+    """Raise a clear ``ValueError`` when the format cannot hold an image this wide or tall."""
+    height, width = rgb.shape[:2]
+    if max(height, width) > max_side:
+        raise ValueError(f"{codec} cannot encode {width}x{height}: its sides are limited to {max_side} pixels")
+
+
+@CODECS.register("jpeg")
+class JpegCodec(Codec):
+    """JPEG via imagecodecs' ``jpeg8_encode``; ``level`` is the libjpeg quality (1..100)."""
+
+    name = "jpeg"
+    extension = ".jpg"
+
+    def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
+               source_format: str | None = None) -> bytes:
+        import imagecodecs
+
+        quality = check_quality(self.name, level, lowest=1)
+        rgb = check_rgb8(rgb)
+        check_max_side(self.name, rgb, MAX_SIDE)
+        return bytes(imagecodecs.jpeg8_encode(rgb, level=quality, optimize=True))
+
+    def decode(self, data: bytes) -> np.ndarray:
+        import imagecodecs
+
+        return to_rgb8(imagecodecs.jpeg8_decode(data))

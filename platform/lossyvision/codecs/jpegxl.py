@@ -1,0 +1,97 @@
+"""JPEG XL at a Butteraugli distance (``level``), the codec the study is about.
+
+``level`` is libjxl's target distance: 0 means lossless, 1 is "visually lossless", larger is
+smaller and worse. The distance is nominal: libjxl overshoots it on real photos. Levels above
+25 are rejected because libjxl silently clamps them to 25.
+
+Lossless (level 0): a JPEG source is transcoded bit-exactly with ``jpegxl_encode_jpeg`` (the
+original JPEG file comes back with :func:`reconstruct_jpeg`); any other source, or a JPEG that
+libjxl cannot transcode (e.g. CMYK), is encoded from its pixels with ``lossless=True`` (note that
+``distance=0`` is *not* bit-exact). Decoding a transcoded JPEG gives libjxl's rendering of it,
+which may differ from Pillow's by a few levels per sample (different IDCT and upsampling).
+
+``effort`` (1..10, default 7) is always passed explicitly: imagecodecs' own default is 5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lossyvision.codecs.base import CODECS, Codec
+from lossyvision.imageio import check_rgb8, to_rgb8
+
+#: libjxl clamps larger distances to this value; we reject them instead.
+MAX_DISTANCE = 25.0
+DEFAULT_EFFORT = 7
+
+
+def reconstruct_jpeg(data: bytes) -> bytes:
+    """The original JPEG file's bytes from a losslessly transcoded ``.jxl`` file.
+
+    Raises ``ValueError`` if ``data`` holds no JPEG reconstruction data (it was encoded from
+    pixels, not transcoded from a JPEG).
+    """
+    import imagecodecs
+
+    try:
+        return bytes(imagecodecs.jpegxl_decode_jpeg(data))
+    except imagecodecs.JpegxlError as exc:
+        raise ValueError(f"not a JPEG transcoded to JPEG XL (no reconstruction data): {exc}") from None
+
+
+def transcode_jpeg(jpeg: bytes) -> bytes | None:
+    """Lossless JPEG -> JPEG XL transcode, or ``None`` when libjxl cannot (CMYK, odd JPEGs)."""
+    import imagecodecs
+
+    try:
+        return bytes(imagecodecs.jpegxl_encode_jpeg(jpeg))
+    except imagecodecs.JpegxlError:
+        return None
+
+
+@CODECS.register("jpegxl")
+class JpegXLCodec(Codec):
+    """JPEG XL via imagecodecs/libjxl; options: ``effort`` (1..10, default 7)."""
+
+    name = "jpegxl"
+    extension = ".jxl"
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        effort = options.get("effort", DEFAULT_EFFORT)
+        if isinstance(effort, bool) or not isinstance(effort, (int, np.integer)) or not 1 <= effort <= 10:
+            raise ValueError(f"jpegxl effort must be an integer in 1..10, got {effort!r}")
+        self.effort = int(effort)
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return ("effort",)
+
+    @staticmethod
+    def check_level(level: float) -> float:
+        level = float(level)
+        if not 0.0 <= level <= MAX_DISTANCE:
+            raise ValueError(
+                f"jpegxl level (Butteraugli distance) must be in 0..{MAX_DISTANCE:g} "
+                f"(0 = lossless; libjxl clamps larger values), got {level:g}"
+            )
+        return level
+
+    def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
+               source_format: str | None = None) -> bytes:
+        import imagecodecs
+
+        level = self.check_level(level)
+        rgb = check_rgb8(rgb)
+        if level == 0.0:
+            if source_format == "JPEG" and source:
+                transcoded = transcode_jpeg(source)
+                if transcoded is not None:
+                    return transcoded
+            return bytes(imagecodecs.jpegxl_encode(rgb, lossless=True, effort=self.effort))
+        return bytes(imagecodecs.jpegxl_encode(rgb, distance=level, effort=self.effort))
+
+    def decode(self, data: bytes) -> np.ndarray:
+        import imagecodecs
+
+        return to_rgb8(imagecodecs.jpegxl_decode(data))

@@ -1,0 +1,39 @@
+"""PNG, the lossless baseline: ``level`` is ignored (every level gives the same file)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lossyvision.codecs.base import CODECS, Codec
+from lossyvision.imageio import check_rgb8, to_rgb8
+
+
+@CODECS.register("png")
+class PngCodec(Codec):
+    """PNG via imagecodecs/libpng; option ``compression`` (zlib level 0..9, default 6)."""
+
+    name = "png"
+    extension = ".png"
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        compression = options.get("compression", 6)
+        if isinstance(compression, bool) or not isinstance(compression, (int, np.integer)) \
+                or not 0 <= compression <= 9:
+            raise ValueError(f"png compression must be an integer in 0..9, got {compression!r}")
+        self.compression = int(compression)
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return ("compression",)
+
+    def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
+               source_format: str | None = None) -> bytes:
+        import imagecodecs
+
+        return bytes(imagecodecs.png_encode(check_rgb8(rgb), level=self.compression))
+
+    def decode(self, data: bytes) -> np.ndarray:
+        import imagecodecs
+
+        return to_rgb8(imagecodecs.png_decode(data))
