@@ -90,6 +90,8 @@ def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImag
     fmt, mode = image.format or "unknown", image.mode
     try:
         orientation = _orientation(image)
+        if fmt == "PNG":
+            _verify_png_checksums(data)
         if fmt == "PNG" and _png_bit_depth(data) == 16:
             rgb = _png16_to_rgb8(data)
         else:
@@ -197,6 +199,14 @@ def _pil_to_rgb8(image) -> np.ndarray:
         raise BadImageError(f"unsupported pixel mode {mode}: {exc}") from None
 
 
+def _verify_png_checksums(data: bytes) -> None:
+    """Check every PNG chunk's CRC: Pillow's ``load`` skips them and decodes damaged data silently."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.verify()
+
+
 def _png_bit_depth(data: bytes) -> int:
     """Bit depth from the PNG IHDR chunk (byte 24), 0 if the header is not a plain PNG."""
     if data[:8] != _PNG_SIGNATURE or len(data) < 26 or data[12:16] != b"IHDR":
@@ -242,7 +252,6 @@ _MAGIC = {
     b"GIF8": "GIF",
     b"II*\x00": "TIFF",
     b"MM\x00*": "TIFF",
-    b"BM": "BMP",
 }
 
 
