@@ -241,14 +241,41 @@ def parse_sweep(data: Any, source: str = "sweep") -> Sweep:
         raise SpecError(f"{source}:\n" + format_validation_error(e, prefix="  ")) from None
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, env: dict[str, str] | None = None, source: str = "sweep") -> str:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` with environment values.
+
+    Lets one sweep file name its bucket once, in the environment (a Kubernetes ConfigMap), and
+    run unchanged on a laptop and a cluster. ``$NAME`` without braces is left alone.
+    """
+    env = os.environ if env is None else env
+    missing: list[str] = []
+
+    def value(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        missing.append(name)
+        return m.group(0)
+
+    out = _ENV_REF.sub(value, text)
+    if missing:
+        raise SpecError(f"{source}: environment variable(s) not set: {', '.join(sorted(set(missing)))}")
+    return out
+
+
 def load_sweep(path: str | os.PathLike[str]) -> Sweep:
-    """Read and validate a sweep YAML file (``yaml.safe_load``)."""
+    """Read and validate a sweep YAML file (``yaml.safe_load``); ``${VAR}`` expands from the env."""
     path = str(path)
     if not os.path.exists(path):
         raise SpecError(f"{path}: sweep file does not exist")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.safe_load(expand_env(f.read(), source=path))
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {e}") from None
     return parse_sweep(data, source=path)
