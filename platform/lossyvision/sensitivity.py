@@ -1,0 +1,287 @@
+"""How sensitive is a classifier to each DCT frequency? The study's Δij maps, two ways.
+
+For an image ``x``, a channel ``c`` (Y, Cb, Cr), a block ``b`` and a frequency ``(i, j)``, let
+``v`` be the RGB change made by adding ``eps`` to that blockwise DCT coefficient
+(:func:`lossyvision.dct.perturbation`). The study measures
+
+    Δ[c, i, j] = mean over images, blocks b and classes k of |p_k(x + v) - p_k(x)| / eps
+
+(divided by ``eps`` so that the number is a derivative and does not depend on eps' size).
+
+* ``finite-difference`` does exactly that, one forward pass per (image, channel, frequency,
+  block); it may sample ``blocks_per_image`` blocks per image (the result says how many).
+* ``gradient`` takes the limit eps -> 0 exactly: ``|p_k(x + v) - p_k(x)| / eps -> |<∇p_k(x), v/eps>|``.
+  The perturbation map is linear and orthonormal, so for every class k one backward pass gives
+  ``∇p_k`` and its blockwise YCbCr DCT (:func:`lossyvision.dct.gradient_to_coefficients`) is the
+  directional derivative for *every* block, channel and frequency at once. The mean over classes of
+  absolute values needs each class's derivative separately (|.| does not commute with the sum),
+  so it takes one forward and C backward passes per batch: full coverage, no sampling.
+
+``probs_fn(x01) -> probs`` maps float RGB in [0, 1] ``[N, 3, H, W]`` to class probabilities
+``[N, C]`` and must treat samples independently (a model in eval mode).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from lossyvision import dct
+
+ProbsFn = Callable[[torch.Tensor], torch.Tensor]
+MODES = ("gradient", "finite-difference")
+
+
+class SensitivityError(ValueError):
+    """Bad input to a sensitivity measurement (shapes, mode, sample sizes)."""
+
+
+@dataclass
+class SensitivityResult:
+    """Δ maps ``[3, 8, 8]`` (Y, Cb, Cr; row i = vertical frequency) and how they were measured."""
+
+    maps: np.ndarray
+    per_image: np.ndarray          # [n_images, 3, 8, 8]
+    mode: str
+    eps: float | None              # None for gradient mode (the eps -> 0 limit)
+    n_images: int
+    n_classes: int
+    blocks_per_image: int          # blocks measured per image
+    blocks_total: int              # blocks in each image
+    image_size: tuple[int, int]
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def coverage(self) -> float:
+        return self.blocks_per_image / self.blocks_total
+
+    def describe(self) -> str:
+        how = "exact directional derivatives (autograd)" if self.mode == "gradient" else f"eps = {self.eps:g}"
+        return (f"{self.mode}: {how}; {self.n_images} image(s) of {self.image_size[0]}x{self.image_size[1]}, "
+                f"{self.blocks_per_image} of {self.blocks_total} blocks per image, {self.n_classes} classes, "
+                f"{self.seconds:.2f} s")
+
+    def metadata(self) -> dict:
+        meta = {k: v for k, v in asdict(self).items() if k not in ("maps", "per_image")}
+        meta["image_size"] = list(self.image_size)
+        return meta
+
+    def to_npz_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, maps=self.maps, per_image=self.per_image, metadata=json.dumps(self.metadata()))
+        return buf.getvalue()
+
+    @classmethod
+    def from_npz_bytes(cls, data: bytes) -> "SensitivityResult":
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            meta = json.loads(str(z["metadata"]))
+            meta["image_size"] = tuple(meta["image_size"])
+            return cls(maps=z["maps"], per_image=z["per_image"], **meta)
+
+
+def _check_images(images01: torch.Tensor) -> torch.Tensor:
+    if not isinstance(images01, torch.Tensor) or images01.ndim != 4 or images01.shape[1] != 3:
+        shape = tuple(images01.shape) if hasattr(images01, "shape") else type(images01).__name__
+        raise SensitivityError(f"images must be a float tensor [N, 3, H, W], got {shape}")
+    if images01.shape[0] == 0:
+        raise SensitivityError("no images to measure")
+    if not images01.is_floating_point():
+        raise SensitivityError(f"images must be floats in [0, 1], got {images01.dtype}")
+    try:
+        dct.check_block_shape(*images01.shape[-2:])
+    except ValueError as e:
+        raise SensitivityError(str(e)) from None
+    return images01
+
+
+def _probs(probs_fn: ProbsFn, x: torch.Tensor) -> torch.Tensor:
+    p = probs_fn(x)
+    if p.ndim != 2 or p.shape[0] != x.shape[0]:
+        raise SensitivityError(f"probs_fn must return [N, C] probabilities, got {tuple(p.shape)}")
+    return p
+
+
+def sensitivity_gradient(probs_fn: ProbsFn, images01: torch.Tensor, *, batch_size: int = 8) -> SensitivityResult:
+    """Exact Δ maps over every block: one forward and C backward passes per batch of images."""
+    images01 = _check_images(images01)
+    n, _, h, w = images01.shape
+    start = time.perf_counter()
+    per_image = []
+    n_classes = 0
+    for lo in range(0, n, batch_size):
+        x = images01[lo:lo + batch_size].detach().clone().requires_grad_(True)
+        probs = _probs(probs_fn, x)
+        n_classes = probs.shape[1]
+        total = None
+        for k in range(n_classes):
+            (g,) = torch.autograd.grad(probs[:, k].sum(), x, retain_graph=k < n_classes - 1)
+            d = dct.gradient_to_coefficients(g).abs()          # [B, 3, Hb, Wb, 8, 8]
+            total = d if total is None else total + d
+        per_image.append((total / n_classes).mean(dim=(2, 3)).detach().double().cpu().numpy())
+    per_image_arr = np.concatenate(per_image)
+    blocks = (h // dct.BLOCK) * (w // dct.BLOCK)
+    return SensitivityResult(maps=per_image_arr.mean(0), per_image=per_image_arr, mode="gradient", eps=None,
+                             n_images=n, n_classes=n_classes, blocks_per_image=blocks, blocks_total=blocks,
+                             image_size=(h, w), seconds=time.perf_counter() - start)
+
+
+def _unit_patterns(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[3, 8, 8, 3, 8, 8]``: the RGB-[0, 1] 8x8 change of a unit step of each (channel, i, j)."""
+    d = dct.dct_matrix()
+    basis = np.einsum("ia,jb->ijab", d, d)                                   # [8, 8, 8, 8]
+    mix = dct.YCBCR_TO_RGB.T / 255.0                                        # [channel, rgb]
+    pat = np.einsum("cr,ijab->cijrab", mix, basis)
+    return torch.as_tensor(pat, dtype=dtype, device=device)
+
+
+def sensitivity_finite_difference(probs_fn: ProbsFn, images01: torch.Tensor, *, eps: float = 1.0,
+                                  blocks_per_image: int | None = None, seed: int = 0,
+                                  batch_size: int = 256) -> SensitivityResult:
+    """The study's measurement: one forward pass per perturbed (channel, frequency, block).
+
+    ``eps`` is in JPEG DCT units (YCbCr 0..255). ``blocks_per_image`` samples that many blocks per
+    image (the same blocks for all 192 coefficients, drawn with ``seed``); ``None`` measures all.
+    """
+    images01 = _check_images(images01)
+    if not eps or not np.isfinite(eps):
+        raise SensitivityError(f"eps must be a finite non-zero number, got {eps}")
+    n, _, h, w = images01.shape
+    hb, wb = h // dct.BLOCK, w // dct.BLOCK
+    total_blocks = hb * wb
+    if blocks_per_image is None:
+        blocks_per_image = total_blocks
+    if not 1 <= blocks_per_image <= total_blocks:
+        raise SensitivityError(f"blocks_per_image must be in 1..{total_blocks}, got {blocks_per_image}")
+    rng = np.random.default_rng(seed)
+    patterns = (_unit_patterns(images01.dtype, images01.device) * eps).reshape(192, 3, 8, 8).contiguous()
+    start = time.perf_counter()
+    per_image = np.zeros((n, 3, 8, 8))
+    n_classes = 0
+    with torch.no_grad():
+        for m in range(n):
+            x = images01[m]
+            p0 = _probs(probs_fn, x[None])[0]
+            n_classes = p0.shape[0]
+            blocks = (np.sort(rng.choice(total_blocks, blocks_per_image, replace=False))
+                      if blocks_per_image < total_blocks else np.arange(total_blocks))
+            # every (coefficient, block) pair, coefficient-major: index = coef * nblocks + block
+            coef = np.repeat(np.arange(3 * 64), len(blocks))
+            blk = np.tile(blocks, 3 * 64)
+            sums = np.zeros(3 * 64)
+            for lo in range(0, len(coef), batch_size):
+                c_idx = torch.as_tensor(coef[lo:lo + batch_size])
+                b_idx = blk[lo:lo + batch_size]
+                batch = x.expand(len(c_idx), -1, -1, -1).clone()
+                view = batch.view(len(c_idx), 3, hb, 8, wb, 8).permute(0, 2, 4, 1, 3, 5)  # [B, hb, wb, 3, 8, 8]
+                rows = torch.as_tensor(b_idx // wb)
+                cols = torch.as_tensor(b_idx % wb)
+                view[torch.arange(len(c_idx)), rows, cols] += patterns[c_idx]
+                change = (_probs(probs_fn, batch) - p0).abs().mean(dim=1) / abs(eps)
+                np.add.at(sums, c_idx.numpy(), change.double().cpu().numpy())
+            per_image[m] = (sums / len(blocks)).reshape(3, 8, 8)
+    return SensitivityResult(maps=per_image.mean(0), per_image=per_image, mode="finite-difference", eps=float(eps),
+                             n_images=n, n_classes=n_classes, blocks_per_image=int(blocks_per_image),
+                             blocks_total=total_blocks, image_size=(h, w), seconds=time.perf_counter() - start)
+
+
+def measure_sensitivity(probs_fn: ProbsFn, images01: torch.Tensor, *, mode: str = "gradient", eps: float = 1.0,
+                        blocks_per_image: int | None = None, seed: int = 0,
+                        batch_size: int | None = None) -> SensitivityResult:
+    """Δ maps in ``mode`` (``gradient`` or ``finite-difference``); see the module docstring."""
+    if mode == "gradient":
+        return sensitivity_gradient(probs_fn, images01, batch_size=batch_size or 8)
+    if mode == "finite-difference":
+        return sensitivity_finite_difference(probs_fn, images01, eps=eps, blocks_per_image=blocks_per_image,
+                                             seed=seed, batch_size=batch_size or 256)
+    raise SensitivityError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two maps (flattened), e.g. over the 192 coefficients."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(np.ravel(a), np.ravel(b)).statistic)
+
+
+# --- figures ------------------------------------------------------------------------------------
+def _png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot_sensitivity_maps(result: SensitivityResult, title: str | None = None) -> bytes:
+    """Three 8x8 heatmaps (Y, Cb, Cr) with one shared colour scale, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vmax = float(np.max(result.maps)) or 1.0
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 4.0), constrained_layout=True)
+    for ax, name, m in zip(axes, dct.CHANNELS, result.maps):
+        im = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
+        ax.set_title(name)
+        ax.set_xticks(range(8))
+        ax.set_yticks(range(8))
+        ax.set_xlabel("horizontal frequency j")
+        ax.set_ylabel("vertical frequency i")
+    cbar = fig.colorbar(im, ax=list(axes), shrink=0.85)
+    cbar.set_label("Δ: mean |Δ probability| per unit DCT coefficient")
+    fig.suptitle(title or f"DCT-frequency sensitivity — {result.describe()}", fontsize=9)
+    data = _png_bytes(fig)
+    plt.close(fig)
+    return data
+
+
+def basis_mosaic(image01: torch.Tensor, channel: int, *, amplitude: float = 100.0) -> np.ndarray:
+    """An 8x8 grid of ``image01`` ``[3, H, W]`` with basis (i, j) of ``channel`` added to every block.
+
+    Returns uint8 ``[8 (H + 2), 8 (W + 2), 3]`` with white 2-pixel gutters; ``amplitude`` in JPEG
+    DCT units (larger than a measurement's eps, so that the change can be seen).
+    """
+    _, h, w = image01.shape
+    dct.check_block_shape(h, w)
+    gap = 2
+    out = np.full((8 * (h + gap), 8 * (w + gap), 3), 255, dtype=np.uint8)
+    for i in range(8):
+        for j in range(8):
+            v = dct.perturbation(channel, i, j, block=None, height=h, width=w, eps=amplitude, dtype=image01.dtype)
+            tile = (image01 + v).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            r, c = i * (h + gap), j * (w + gap)
+            out[r:r + h, c:c + w] = np.round(tile * 255).astype(np.uint8)
+    return out
+
+
+def plot_basis_illustration(image01: torch.Tensor, channel: int, *, amplitude: float = 100.0,
+                            max_size: int = 96) -> bytes:
+    """The study's illustration for one channel as PNG bytes (the image is centre-cropped to
+    ``max_size`` pixels, a multiple of 8, to keep the figure small)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, h, w = image01.shape
+    ch, cw = (min(h, max_size) // 8) * 8, (min(w, max_size) // 8) * 8
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = image01[:, top:top + ch, left:left + cw]
+    mosaic = basis_mosaic(crop, channel, amplitude=amplitude)
+    fig, ax = plt.subplots(figsize=(7.5, 7.5 * mosaic.shape[0] / mosaic.shape[1] + 0.4), constrained_layout=True)
+    ax.imshow(mosaic, interpolation="nearest")
+    step = ch + 2
+    ax.set_xticks([j * (cw + 2) + cw / 2 for j in range(8)], [str(j) for j in range(8)])
+    ax.set_yticks([i * step + ch / 2 for i in range(8)], [str(i) for i in range(8)])
+    ax.set_xlabel("horizontal frequency j")
+    ax.set_ylabel("vertical frequency i")
+    ax.set_title(f"{dct.CHANNELS[channel]}: basis (i, j) x {amplitude:g} added to every 8x8 block")
+    data = _png_bytes(fig)
+    plt.close(fig)
+    return data
