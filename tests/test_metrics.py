@@ -57,59 +57,70 @@ def gt(boxes, labels, difficult=None):
             "difficult": np.array(difficult if difficult is not None else [False] * len(boxes), dtype=bool)}
 
 
-def test_box_iou_uses_inclusive_pixels():
-    # [0,0,9,9] and [5,0,14,9] are 10x10 boxes sharing columns 5..9: 50 / (100 + 100 - 50)
-    assert box_iou([[0, 0, 9, 9]], [[5, 0, 14, 9]])[0, 0] == pytest.approx(1 / 3)
-    # continuous coordinates: 4*9 / (81 + 81 - 36)
-    assert box_iou([[0, 0, 9, 9]], [[5, 0, 14, 9]], legacy_coordinates=False)[0, 0] == pytest.approx(36 / 126)
-    # touching on one pixel column overlaps in the devkit convention, not in the continuous one
-    assert box_iou([[0, 0, 9, 9]], [[9, 0, 18, 9]])[0, 0] > 0
-    assert box_iou([[0, 0, 9, 9]], [[9, 0, 18, 9]], legacy_coordinates=False)[0, 0] == 0
+def test_box_iou_conventions():
+    # inclusive pixels: [0,0,9,9] and [5,0,14,9] are 10x10 boxes sharing columns 5..9: 50 / 150
+    assert box_iou([[0, 0, 9, 9]], [[5, 0, 14, 9]], legacy_coordinates=True)[0, 0] == pytest.approx(1 / 3)
+    # continuous (the default): 4*9 / (81 + 81 - 36)
+    assert box_iou([[0, 0, 9, 9]], [[5, 0, 14, 9]])[0, 0] == pytest.approx(36 / 126)
+    # touching on one pixel column overlaps with inclusive pixels, not in continuous coordinates
+    assert box_iou([[0, 0, 9, 9]], [[9, 0, 18, 9]], legacy_coordinates=True)[0, 0] > 0
+    assert box_iou([[0, 0, 9, 9]], [[9, 0, 18, 9]])[0, 0] == 0
     assert box_iou(np.zeros((0, 4)), [[0, 0, 1, 1]]).shape == (0, 1)
 
 
-def test_iou_threshold_is_inclusive_and_plus_one_matters():
+def test_iou_threshold_is_inclusive():
     # det covers the top half of the GT: 50 / 100 = 0.5 exactly -> TP (devkit: ovmax >= 0.5)
-    g = [gt([[0, 0, 9, 9]], [0])]
-    d = [det([[0, 0, 9, 4]], [0.9], [0])]
+    g = [gt([[0, 0, 10, 10]], [0])]
+    d = [det([[0, 0, 10, 5]], [0.9], [0])]
     assert voc_map(d, g, 1) == 1.0
-    # continuous coordinates: 36 / 81 < 0.5 -> FP -> AP 0
-    assert voc_map(d, g, 1, legacy_coordinates=False) == 0.0
+    assert voc_map(d, g, 1, iou_threshold=0.51) == 0.0
+
+
+def test_stored_boxes_give_the_devkit_iou_of_the_xml_boxes():
+    # XML (inclusive, 1-based) GT 1..10 x 1..10, det 1..10 x 1..5: the devkit's +1 gives 50/100.
+    xml_gt, xml_det = [[1, 1, 10, 10]], [[1, 1, 10, 5]]
+    assert box_iou(xml_det, xml_gt, legacy_coordinates=True)[0, 0] == pytest.approx(0.5)
+    # the reader stores [xmin - 1, ymin - 1, xmax, ymax]: the default continuous IoU is the same
+    stored = lambda b: [[x1 - 1, y1 - 1, x2, y2] for x1, y1, x2, y2 in b]  # noqa: E731
+    assert box_iou(stored(xml_det), stored(xml_gt))[0, 0] == pytest.approx(0.5)
+    # using the +1 on stored boxes would be off by a pixel: 6*11 / (121 + 121 - 66) != 0.5
+    assert box_iou(stored(xml_det), stored(xml_gt), legacy_coordinates=True)[0, 0] == pytest.approx(66 / 121)
+    assert voc_map([det(xml_det, [0.9], [0])], [gt(xml_gt, [0])], 1, legacy_coordinates=True) == 1.0
 
 
 def test_area_and_11point_ap_hand_case():
     # TP, FP, TP over 2 GT: recall .5 .5 1, precision 1 .5 2/3
-    g = [gt([[0, 0, 9, 9], [20, 20, 29, 29]], [0, 0])]
-    d = [det([[0, 0, 9, 9], [50, 50, 59, 59], [20, 20, 29, 29]], [0.9, 0.8, 0.7], [0, 0, 0])]
+    g = [gt([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 0])]
+    d = [det([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30]], [0.9, 0.8, 0.7], [0, 0, 0])]
     # area: envelope 1 up to recall .5, 2/3 up to 1 -> .5*1 + .5*2/3
     assert voc_map(d, g, 1) == pytest.approx(0.5 + 0.5 * 2 / 3)
     # 11 point: t = 0..0.5 (6 points) -> 1; t = 0.6..1 (5 points) -> 2/3
     assert voc_map(d, g, 1, mode="11point") == pytest.approx((6 + 5 * 2 / 3) / 11)
     # the score order decides, not the input order
-    d_shuffled = [det([[20, 20, 29, 29], [0, 0, 9, 9], [50, 50, 59, 59]], [0.7, 0.9, 0.8], [0, 0, 0])]
+    d_shuffled = [det([[20, 20, 30, 30], [0, 0, 10, 10], [50, 50, 60, 60]], [0.7, 0.9, 0.8], [0, 0, 0])]
     assert voc_map(d_shuffled, g, 1) == pytest.approx(0.5 + 0.5 * 2 / 3)
 
 
 def test_duplicates_are_false_positives():
     # two detections on the first GT: the second (lower score) is a duplicate
-    g = [gt([[0, 0, 9, 9], [40, 40, 49, 49]], [0, 0])]
-    d = [det([[0, 0, 9, 9], [0, 0, 9, 9], [40, 40, 49, 49]], [0.9, 0.8, 0.7], [0, 0, 0])]
+    g = [gt([[0, 0, 10, 10], [40, 40, 50, 50]], [0, 0])]
+    d = [det([[0, 0, 10, 10], [0, 0, 10, 10], [40, 40, 50, 50]], [0.9, 0.8, 0.7], [0, 0, 0])]
     # TP FP TP: recall .5 .5 1, precision 1 .5 2/3 -> .5 + .5*2/3 (a duplicate costs precision)
     assert voc_map(d, g, 1) == pytest.approx(0.5 + 0.5 * 2 / 3)
 
 
 def test_difficult_objects_are_neither_tp_nor_fp():
     # g1 normal, g2 difficult. Detections: on g2 (ignored), elsewhere (FP), on g1 (TP).
-    g = [gt([[0, 0, 9, 9], [30, 30, 39, 39]], [0, 0], [False, True])]
-    d = [det([[30, 30, 39, 39], [60, 60, 69, 69], [0, 0, 9, 9]], [0.9, 0.8, 0.7], [0, 0, 0])]
+    g = [gt([[0, 0, 10, 10], [30, 30, 40, 40]], [0, 0], [False, True])]
+    d = [det([[30, 30, 40, 40], [60, 60, 70, 70], [0, 0, 10, 10]], [0.9, 0.8, 0.7], [0, 0, 0])]
     # counted: FP, TP over npos = 1 -> recall 0 1, precision 0 .5 -> AP .5
     assert voc_map(d, g, 1) == pytest.approx(0.5)
     # the same boxes without the difficult flag: TP FP TP over 2 GT -> 5/6
-    g_plain = [gt([[0, 0, 9, 9], [30, 30, 39, 39]], [0, 0])]
+    g_plain = [gt([[0, 0, 10, 10], [30, 30, 40, 40]], [0, 0])]
     assert voc_map(d, g_plain, 1) == pytest.approx(5 / 6)
     # a class whose only GT is difficult is left out of the mean
-    g2 = [gt([[0, 0, 9, 9], [30, 30, 39, 39]], [0, 1], [False, True])]
-    d2 = [det([[0, 0, 9, 9], [30, 30, 39, 39]], [0.9, 0.8], [0, 1])]
+    g2 = [gt([[0, 0, 10, 10], [30, 30, 40, 40]], [0, 1], [False, True])]
+    d2 = [det([[0, 0, 10, 10], [30, 30, 40, 40]], [0.9, 0.8], [0, 1])]
     aps = voc_average_precisions(d2, g2, 2)
     assert aps[0] == 1.0 and np.isnan(aps[1])
     assert voc_map(d2, g2, 2) == 1.0
@@ -118,9 +129,9 @@ def test_difficult_objects_are_neither_tp_nor_fp():
 def test_classes_without_gt_are_excluded_from_the_mean():
     # class 0: the TP/FP/TP case (AP 5/6); class 1: GT but no detections (AP 0);
     # class 2: detections but no GT (excluded); class 3: nothing (excluded)
-    g = [gt([[0, 0, 9, 9], [20, 20, 29, 29]], [0, 0]), gt([[0, 0, 19, 19]], [1])]
-    d = [det([[0, 0, 9, 9], [50, 50, 59, 59], [20, 20, 29, 29]], [0.9, 0.8, 0.7], [0, 0, 0]),
-         det([[0, 0, 19, 19]], [0.99], [2])]
+    g = [gt([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 0]), gt([[0, 0, 20, 20]], [1])]
+    d = [det([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30]], [0.9, 0.8, 0.7], [0, 0, 0]),
+         det([[0, 0, 20, 20]], [0.99], [2])]
     aps = voc_average_precisions(d, g, 4)
     assert aps[0] == pytest.approx(5 / 6)
     assert aps[1] == 0.0
@@ -132,8 +143,8 @@ def test_classes_without_gt_are_excluded_from_the_mean():
 
 def test_matching_is_per_image():
     # the same box in another image does not match
-    g = [gt([[0, 0, 9, 9]], [0]), gt([], [])]
-    d = [det([], [], []), det([[0, 0, 9, 9]], [0.9], [0])]
+    g = [gt([[0, 0, 10, 10]], [0]), gt([], [])]
+    d = [det([], [], []), det([[0, 0, 10, 10]], [0.9], [0])]
     assert voc_map(d, g, 1) == 0.0
 
 
@@ -170,9 +181,9 @@ def coco_style_ap50(dets, gts, num_classes):
 def test_overlapping_same_class_objects_voc_differs_from_coco_ap50():
     # g1 and g2 overlap (IoU 0.82). d1 sits on g1. d2 overlaps g1 (IoU 0.923) more than g2 (0.887).
     # VOC: d2's best GT is g1, already taken -> FP. COCO: d2 takes the unmatched g2 -> TP.
-    g = [gt([[0, 0, 99, 99], [10, 0, 109, 99], [200, 200, 249, 249]], [0, 0, 0])]
-    d = [det([[0, 0, 99, 99], [4, 0, 103, 99], [200, 200, 249, 249]], [0.9, 0.8, 0.7], [0, 0, 0])]
-    assert box_iou([[4, 0, 103, 99]], [[0, 0, 99, 99], [10, 0, 109, 99]])[0] == pytest.approx([96 / 104, 94 / 106])
+    g = [gt([[0, 0, 100, 100], [10, 0, 110, 100], [200, 200, 250, 250]], [0, 0, 0])]
+    d = [det([[0, 0, 100, 100], [4, 0, 104, 100], [200, 200, 250, 250]], [0.9, 0.8, 0.7], [0, 0, 0])]
+    assert box_iou([[4, 0, 104, 100]], [[0, 0, 100, 100], [10, 0, 110, 100]])[0] == pytest.approx([96 / 104, 94 / 106])
     # VOC: TP FP TP over 3 GT: recall 1/3 1/3 2/3, precision 1 .5 2/3 -> 1/3*1 + 1/3*2/3 = 5/9
     assert voc_map(d, g, 1) == pytest.approx(5 / 9)
     # VOC2007 11 point: t=0..0.3 -> 1 (4 points), t=0.4..0.6 -> 2/3 (3 points) -> 6/11
@@ -184,8 +195,8 @@ def test_overlapping_same_class_objects_voc_differs_from_coco_ap50():
 def test_101_point_interpolation_alone_differs_from_voc_area():
     # the TP/FP/TP case has no overlap, so both match the same way; only the interpolation differs:
     # 101 points: t=0..0.5 (51 points) -> 1, t=0.51..1 (50 points) -> 2/3
-    g = [gt([[0, 0, 9, 9], [20, 20, 29, 29]], [0, 0])]
-    d = [det([[0, 0, 9, 9], [50, 50, 59, 59], [20, 20, 29, 29]], [0.9, 0.8, 0.7], [0, 0, 0])]
+    g = [gt([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 0])]
+    d = [det([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30]], [0.9, 0.8, 0.7], [0, 0, 0])]
     coco = coco_style_ap50(d, g, 1)
     assert coco == pytest.approx((51 + 50 * 2 / 3) / 101)
     assert voc_map(d, g, 1) == pytest.approx(5 / 6)

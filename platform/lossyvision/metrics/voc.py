@@ -17,12 +17,13 @@ Per class, over the whole test set:
 5. mAP is the mean over classes that have at least one non-difficult ground-truth box; other
    classes are left out (their AP is NaN in :func:`voc_average_precisions`).
 
-Box convention: ``x1, y1, x2, y2`` in pixels, as the dataset readers store VOC boxes. With
-``legacy_coordinates=True`` (default, the devkit's convention) the corners are *inclusive* pixel
-indices, so a box's width is ``x2 - x1 + 1`` and two boxes touching on one pixel column overlap.
-The same +1 applies to detections and ground truth, so a constant shift of all coordinates (0- or
-1-based pixels) does not change any IoU. ``legacy_coordinates=False`` uses continuous coordinates
-(width ``x2 - x1``) like COCO/torchvision.
+Box convention. The devkit reads the XML's 1-based *inclusive* pixel indices and counts a box's
+width as ``xmax - xmin + 1``. The project's VOC reader stores boxes in continuous coordinates,
+``[xmin - 1, ymin - 1, xmax, ymax]`` (see :mod:`lossyvision.datasets.voc`), where the same width is
+simply ``x2 - x1``; detectors (torchvision) predict in that frame too. So the default
+``legacy_coordinates=False`` (width ``x2 - x1``) on stored boxes gives exactly the devkit's IoU on
+the XML boxes (a test checks this), and ``legacy_coordinates=True`` (the devkit's +1) is for boxes
+given as raw inclusive pixel indices. Use one convention for detections and ground truth alike.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ from lossyvision.metrics.base import METRICS
 AP_MODES = ("area", "11point")
 
 
-def box_iou(a: np.ndarray, b: np.ndarray, legacy_coordinates: bool = True) -> np.ndarray:
-    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4) -> (N, M)."""
+def box_iou(a: np.ndarray, b: np.ndarray, legacy_coordinates: bool = False) -> np.ndarray:
+    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4) -> (N, M).
+
+    ``legacy_coordinates``: corners are inclusive pixel indices (width ``x2 - x1 + 1``).
+    """
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     one = 1.0 if legacy_coordinates else 0.0
@@ -94,7 +98,7 @@ def voc_average_precisions(
     num_classes: int,
     iou_threshold: float = 0.5,
     mode: str = "area",
-    legacy_coordinates: bool = True,
+    legacy_coordinates: bool = False,
 ) -> np.ndarray:
     """Per-class VOC AP, shape (num_classes,); NaN for classes without non-difficult ground truth.
 
@@ -177,7 +181,7 @@ def voc_map(
     num_classes: int,
     iou_threshold: float = 0.5,
     mode: str = "area",
-    legacy_coordinates: bool = True,
+    legacy_coordinates: bool = False,
 ) -> float:
     """VOC mAP (at IoU 0.5 by default): the mean AP over classes with non-difficult ground truth.
 
