@@ -35,7 +35,7 @@ def reconstruct_jpeg(data: bytes) -> bytes:
 
     try:
         return bytes(imagecodecs.jpegxl_decode_jpeg(data))
-    except imagecodecs.JpegxlError as exc:
+    except (imagecodecs.JpegxlError, ValueError) as exc:  # imagecodecs raises both
         raise ValueError(f"not a JPEG transcoded to JPEG XL (no reconstruction data): {exc}") from None
 
 
