@@ -1,0 +1,520 @@
+"""The compress job's plain parts: one image at one level -> one manifest row, the plan, the summary.
+
+Nothing here imports Ray. :func:`run_job` drives a job with any *executor* (a function from work
+items to an iterator of finished row batches): :func:`execute_serially` here for small jobs and
+unit tests, ``lossyvision.runners.compress.execute_with_ray`` (Ray Data tasks) for real ones.
+
+A *work item* is one (image, level) pair as a plain dict; consecutive items of the same image
+that land in one batch share a single read and decode of the source. Each item produces exactly
+one row (:data:`lossyvision.manifest.SCHEMA`); bad inputs give ``status='failed'`` rows with a
+short reason, never an exception.
+
+Resume: an (image, level) is skipped when its manifest row is ``ok``, was made with the same
+codec options, its source has the same size and version (mtime/ETag) as listed now, its output
+file exists with the recorded size, and (when quality is requested for that image) it carries the
+requested quality metric. Everything else is redone; outputs are overwritten atomically.
+
+The PNG baseline (``png_bytes``) is the size of the normalised pixels as PNG (the ``png`` codec,
+zlib level 6), computed once per image, on that image's first pending item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import posixpath
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lossyvision import manifest, store
+from lossyvision.datasets.base import Record
+
+DEFAULT_LEVELS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
+ON_ERROR = ("skip", "fail")
+
+#: ``execute(items, params)`` yields lists of finished rows as work completes.
+Executor = Callable[[list[dict], dict], Iterator[list[dict]]]
+
+
+class CompressError(RuntimeError):
+    """The job cannot start or was stopped (``on_error='fail'``); the message says why."""
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """What to compress and how; shared by the CLI, the sweep file and :func:`run_job`."""
+
+    codec: str = "jpegxl"
+    codec_options: dict[str, Any] = field(default_factory=dict)
+    levels: tuple[float, ...] = DEFAULT_LEVELS
+    on_error: str = "skip"
+    max_pixels: int = 100_000_000
+    quality_metric: str | None = None
+    quality_sample: int = 16
+    png_baseline: bool = True
+
+
+# --- one image ---------------------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _codec(name: str, options_json: str):
+    from lossyvision.codecs import create_codec
+
+    return create_codec(name, **json.loads(options_json))
+
+
+def effective_codec_options(codec) -> dict[str, Any]:
+    """The codec's options with its defaults filled in (``{"effort": 7}``), for resume checks."""
+    opts = dict(codec.options)
+    for name in codec.option_names():
+        if name not in opts and hasattr(codec, name):
+            opts[name] = getattr(codec, name)
+    return opts
+
+
+def options_json(options: dict[str, Any]) -> str:
+    return json.dumps(options, sort_keys=True, default=str)
+
+
+class _Source:
+    """One source image read and decoded once for all its levels in a batch."""
+
+    def __init__(self, uri: str, max_pixels: int) -> None:
+        from lossyvision.imageio import BadImageError, load_rgb
+
+        self.data: bytes | None = None
+        self.sha256: str | None = None
+        self.image = None
+        self.error: str | None = None
+        self._png: int | None = None
+        try:
+            self.data = store.read_bytes(uri)
+        except FileNotFoundError:
+            self.error = "cannot read: file not found"
+            return
+        except Exception as exc:  # permissions, network: record, don't crash the job
+            self.error = f"cannot read: {type(exc).__name__}: {exc}"
+            return
+        self.sha256 = hashlib.sha256(self.data).hexdigest()
+        try:
+            self.image = load_rgb(self.data, max_pixels=max_pixels)
+        except BadImageError as exc:
+            self.error = exc.reason
+        except Exception as exc:  # a decoder bug must not kill the job either
+            self.error = f"cannot decode: {type(exc).__name__}: {exc}"
+
+    def png_bytes(self) -> int:
+        if self._png is None:
+            self._png = len(_codec("png", "{}").encode(self.image.rgb, 0))
+        return self._png
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def output_names(relpaths: Iterable[str], extension: str) -> dict[str, str]:
+    """``relpath -> output relpath``; sources that would share one (``a.jpg``, ``a.png``) keep
+    their extension (``a.jpg.jxl``, ``a.png.jxl``) so that no output overwrites another."""
+    relpaths = list(relpaths)
+    plain = {r: store.output_relpath(r, extension) for r in relpaths}
+    counts: dict[str, int] = {}
+    for name in plain.values():
+        counts[name.lower()] = counts.get(name.lower(), 0) + 1  # lower: case-insensitive disks
+    return {r: (name if counts[name.lower()] == 1 else r + extension) for r, name in plain.items()}
+
+
+def _compress_level(item: dict, src: _Source, params: dict) -> dict:
+    codec = _codec(params["codec"], params["codec_options_json"])
+    level = float(item["level"])
+    row = {
+        "relpath": item["relpath"], "split": item.get("split"), "label": item.get("label"),
+        "target": item.get("target"), "codec": params["codec"],
+        "codec_options": params["codec_options_json"], "level": level,
+        "source_version": item.get("source_version"), "source_sha256": src.sha256,
+        "source_bytes": len(src.data) if src.data is not None else None,
+    }
+    if src.error is not None:
+        return {**row, "status": manifest.STATUS_FAILED, "error": src.error, "finished_at": _now()}
+    img = src.image
+    raw = img.width * img.height * 3
+    row.update(source_format=img.format, source_mode=img.mode, width=img.width, height=img.height,
+               raw_bytes=raw)
+    errors = []
+    if item.get("png"):
+        try:
+            row["png_bytes"] = src.png_bytes()
+        except Exception as exc:
+            errors.append(f"png baseline failed: {type(exc).__name__}: {exc}")
+    start = time.perf_counter()
+    try:
+        data = codec.encode(img.rgb, level, source=src.data, source_format=img.format)
+    except Exception as exc:
+        return {**row, "status": manifest.STATUS_FAILED,
+                "error": f"encode failed: {type(exc).__name__}: {exc}", "finished_at": _now()}
+    row["encode_seconds"] = time.perf_counter() - start
+    name = item.get("output_relpath") or store.output_relpath(item["relpath"], codec.extension)
+    out = posixpath.join(store.level_dir(params["codec"], level), name)
+    try:
+        store.atomic_write_bytes(store.join(params["store"], out), data)
+    except Exception as exc:
+        return {**row, "status": manifest.STATUS_FAILED,
+                "error": f"cannot write output: {type(exc).__name__}: {exc}", "finished_at": _now()}
+    n = len(data)
+    row.update(compressed_bytes=n, output_path=out, dcr_vs_source=1.0 - n / len(src.data),
+               dcr_vs_raw=1.0 - n / raw)
+    metric = params.get("quality_metric")
+    if metric and item.get("quality"):
+        from lossyvision.quality import measure
+
+        row["quality_metric"] = metric  # null quality with a metric: tried and failed (see error)
+        try:
+            row["quality"] = measure(metric, img.rgb, codec.decode(data))
+        except Exception as exc:
+            errors.append(f"quality not measured: {exc}")
+    return {**row, "status": manifest.STATUS_OK, "error": "; ".join(errors) or None,
+            "finished_at": _now()}
+
+
+def compress_items(items: Sequence[dict], params: dict) -> list[dict]:
+    """Compress work items; consecutive items of one source share its read and decode."""
+    rows = []
+    for uri, group in itertools.groupby(items, key=lambda it: it["uri"]):
+        src = _Source(uri, int(params["max_pixels"]))
+        for item in group:
+            row = _compress_level(item, src, params)
+            rows.append({c: row.get(c) for c in manifest.COLUMNS})  # every column, None if unknown
+    return rows
+
+
+def compress_one(source_uri: str, relpath: str, level: float, store_uri: str, *,
+                 codec: str = "jpegxl", codec_options: dict | None = None, split: str | None = None,
+                 label: int | None = None, max_pixels: int = 100_000_000,
+                 quality_metric: str | None = None, png: bool = True) -> dict:
+    """Compress one image at one level into ``store_uri``; returns its manifest row."""
+    options = CompressOptions(codec=codec, codec_options=codec_options or {}, max_pixels=max_pixels,
+                              quality_metric=quality_metric)
+    item = {"uri": source_uri, "relpath": relpath, "split": split, "label": label, "level": float(level),
+            "png": png, "quality": quality_metric is not None}
+    return compress_items([item], job_params(options, store_uri))[0]
+
+
+def job_params(options: CompressOptions, store_uri: str) -> dict:
+    """The plain dict every worker gets: codec, effective options, store, limits."""
+    codec = _codec(options.codec, options_json(options.codec_options))
+    return {"codec": options.codec, "codec_options_json": options_json(effective_codec_options(codec)),
+            "store": str(store_uri), "max_pixels": int(options.max_pixels),
+            "quality_metric": options.quality_metric}
+
+
+# --- the plan ----------------------------------------------------------------------------------
+def list_files(root: str) -> dict[str, dict]:
+    """``relpath -> {"size", "version"}`` of every file under ``root``, in one listing."""
+    fs, root_path = store.filesystem(root)
+    root_path = root_path.rstrip("/")
+    found = {}
+    for path, info in fs.find(root_path, detail=True).items():
+        rel = path[len(root_path) + 1:] if path.startswith(root_path + "/") else path
+        rel = rel.replace(os.sep, "/")
+        version = info.get("mtime", info.get("ETag", info.get("LastModified", info.get("last_modified"))))
+        found[rel] = {"size": int(info.get("size") or 0), "version": "" if version is None else str(version)}
+    return found
+
+
+def quality_sample(records: Sequence[Record], n: int) -> set[str]:
+    """A fixed, spread-out sample of ``n`` relpaths (smallest sha1 of the relpath)."""
+    ranked = sorted(records, key=lambda r: hashlib.sha1(r.relpath.encode()).hexdigest())
+    return {r.relpath for r in ranked[:n]}
+
+
+def _listed_outputs(store_uri: str, codec: str, levels: Iterable[float]) -> dict[str, int]:
+    sizes = {}
+    for level in levels:
+        d = store.join(store_uri, store.level_dir(codec, level))
+        if store.exists(d):
+            for rel, info in list_files(d).items():
+                sizes[posixpath.join(store.level_dir(codec, level), rel)] = info["size"]
+    return sizes
+
+
+def _is_done(prev: dict | None, listed: dict | None, outputs: dict[str, int], params: dict,
+             wants_quality: bool) -> bool:
+    if prev is None or listed is None:
+        return False
+    if prev["codec_options"] != params["codec_options_json"]:
+        return False
+    if pd.isna(prev["source_bytes"]) or int(prev["source_bytes"]) != listed["size"]:
+        return False
+    if prev["source_version"] != listed["version"]:
+        return False
+    if outputs.get(prev["output_path"]) != prev["compressed_bytes"]:
+        return False
+    if wants_quality and prev["quality_metric"] != params["quality_metric"]:
+        return False
+    return True
+
+
+def plan(records: Sequence[Record], source_root: str, store_uri: str, options: CompressOptions,
+         existing: pd.DataFrame, params: dict | None = None) -> tuple[list[dict], int]:
+    """Work items (one per (image, level)) still to do, and how many were already done."""
+    params = params or job_params(options, store_uri)
+    listing = list_files(source_root)
+    done = manifest.done_keys(existing[existing["codec"] == options.codec]) if len(existing) else {}
+    outputs = _listed_outputs(store_uri, options.codec, options.levels) if done else {}
+    sample = quality_sample(records, options.quality_sample) if options.quality_metric else set()
+    names = output_names((r.relpath for r in records), _codec(options.codec, "{}").extension)
+    items, skipped = [], 0
+    for rec in records:
+        listed = listing.get(rec.relpath)
+        wants_quality = rec.relpath in sample
+        pending, has_png = [], False
+        for level in options.levels:
+            prev = done.get((rec.relpath, options.codec, float(level)))
+            if _is_done(prev, listed, outputs, params, wants_quality):
+                skipped += 1
+                has_png = has_png or not pd.isna(prev["png_bytes"])
+            else:
+                pending.append(float(level))
+        for i, level in enumerate(pending):
+            items.append({
+                "uri": store.join(source_root, rec.relpath), "relpath": rec.relpath, "split": rec.split,
+                "label": rec.label, "target": rec.target, "level": level,
+                "output_relpath": names[rec.relpath],
+                "source_version": listed["version"] if listed else None,
+                "png": bool(options.png_baseline and i == 0 and not has_png),
+                "quality": wants_quality,
+            })
+    return items, skipped
+
+
+# --- running a job -----------------------------------------------------------------------------
+def execute_serially(items: list[dict], params: dict, batch_size: int = 16) -> Iterator[list[dict]]:
+    """The reference executor: one process, in order. For unit tests and tiny jobs."""
+    for start in range(0, len(items), batch_size):
+        yield compress_items(items[start:start + batch_size], params)
+
+
+@dataclass
+class JobResult:
+    manifest: pd.DataFrame   # this job's rows (its images x levels), all statuses
+    summary: pd.DataFrame    # per-level table, as saved to summary.csv
+    done: int                # work items run now
+    skipped: int             # (image, level) pairs already done
+
+
+def validate(options: CompressOptions) -> None:
+    """Check options before any work; raise :class:`CompressError` naming the problem."""
+    from lossyvision.codecs import create_codec
+
+    if options.on_error not in ON_ERROR:
+        raise CompressError(f"on_error must be one of {ON_ERROR}, got {options.on_error!r}")
+    if not options.levels:
+        raise CompressError("no levels given")
+    if len(set(options.levels)) != len(options.levels):
+        raise CompressError(f"levels must be unique, got {list(options.levels)}")
+    try:
+        codec = create_codec(options.codec, **options.codec_options)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CompressError(str(exc).strip("'\"")) from None
+    for level in options.levels:
+        if float(level) < 0 or not math.isfinite(float(level)):
+            raise CompressError(f"levels must be finite and >= 0, got {level}")
+        check = getattr(codec, "check_level", None)
+        if check is not None:
+            try:
+                check(level)
+            except ValueError as exc:
+                raise CompressError(str(exc)) from None
+    if options.quality_metric:
+        from lossyvision.quality import check_available
+
+        try:
+            check_available(options.quality_metric)
+        except (KeyError, ValueError) as exc:
+            raise CompressError(str(exc).strip("'\"")) from None
+
+
+def run_job(records: Sequence[Record], source_root: str, store_uri: str, options: CompressOptions,
+            execute: Executor, *, flush_rows: int = 500, flush_seconds: float = 2.0,
+            consolidate_every: int = 256, log: Callable[[str], None] = lambda msg: None) -> JobResult:
+    """Plan, execute, persist rows incrementally, consolidate the manifest, write summary.csv.
+
+    Finished rows are flushed to a part file every ``flush_rows`` rows or ``flush_seconds``
+    (whichever first, checked as batches arrive), so a kill loses only recent work; every
+    ``consolidate_every`` parts they are folded into the manifest, bounding the number of files.
+    """
+    validate(options)
+    if not records:
+        raise CompressError(f"{source_root}: the dataset has no images")
+    store_uri = str(store_uri)
+    params = job_params(options, store_uri)
+    existing = manifest.consolidate(store_uri) if store.exists(store_uri) else manifest.empty()
+    items, skipped = plan(records, source_root, store_uri, options, existing, params)
+    log(f"{len(records)} images x {len(options.levels)} levels: {len(items)} to compress, "
+        f"{skipped} already done")
+    run_id, seq, buffer, stopped_by = manifest.new_run_id(), 0, [], None
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal seq, buffer, last_flush
+        if buffer:
+            manifest.write_part(store_uri, buffer, run_id, seq)
+            seq, buffer = seq + 1, []
+            if seq % consolidate_every == 0:
+                manifest.consolidate(store_uri)
+        last_flush = time.monotonic()
+
+    done = 0
+    try:
+        if items:
+            for rows in execute(items, params):
+                buffer.extend(rows)
+                done += len(rows)
+                if options.on_error == "fail":
+                    stopped_by = next((r for r in rows if r["status"] == manifest.STATUS_FAILED), None)
+                    if stopped_by is not None:
+                        break
+                if len(buffer) >= flush_rows or time.monotonic() - last_flush >= flush_seconds:
+                    flush()
+    finally:
+        flush()  # rows already finished are kept even when interrupted
+    full = manifest.consolidate(store_uri)
+    if stopped_by is not None:
+        raise CompressError(f"{stopped_by['relpath']}: {stopped_by['error']} "
+                            f"(stopped by --on-error fail; {done} rows finished were kept)")
+    levels = {float(x) for x in options.levels}
+    relpaths = {r.relpath for r in records}
+    mine = full[(full["codec"] == options.codec) & full["level"].isin(levels)
+                & full["relpath"].isin(relpaths)].reset_index(drop=True)
+    table = summarize(mine)
+    write_summary(store_uri, table)
+    return JobResult(manifest=mine, summary=table, done=done, skipped=skipped)
+
+
+# --- the per-level summary ---------------------------------------------------------------------
+SUMMARY_COLUMNS = ("codec", "level", "images_ok", "images_failed", "dcr_vs_source_mean",
+                   "dcr_vs_source_median", "dcr_vs_raw_mean", "dcr_vs_raw_median", "source_bytes",
+                   "raw_bytes", "compressed_bytes", "quality_mean", "quality_metric")
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (codec, level), plus the PNG baseline (``codec='png'``, level empty).
+
+    DCR means/medians are over ``ok`` images; byte totals are sums over ``ok`` images.
+    """
+    rows = rows.reindex(columns=list(manifest.COLUMNS))
+    out = []
+    for (codec, level), g in rows.groupby(["codec", "level"], sort=True):
+        ok = g[g["status"] == manifest.STATUS_OK]
+        q = ok["quality"].dropna()
+        out.append({
+            "codec": codec, "level": float(level), "images_ok": len(ok), "images_failed": len(g) - len(ok),
+            "dcr_vs_source_mean": ok["dcr_vs_source"].mean(), "dcr_vs_source_median": ok["dcr_vs_source"].median(),
+            "dcr_vs_raw_mean": ok["dcr_vs_raw"].mean(), "dcr_vs_raw_median": ok["dcr_vs_raw"].median(),
+            "source_bytes": int(ok["source_bytes"].sum()), "raw_bytes": int(ok["raw_bytes"].sum()),
+            "compressed_bytes": int(ok["compressed_bytes"].sum()),
+            "quality_mean": q.mean() if len(q) else float("nan"),
+            "quality_metric": ok["quality_metric"].dropna().iloc[0] if len(q) else None,
+        })
+    png = rows.dropna(subset=["png_bytes"]).drop_duplicates("relpath")
+    if len(png):
+        src = png["source_bytes"].astype(float)
+        raw = png["raw_bytes"].astype(float)
+        pb = png["png_bytes"].astype(float)
+        out.append({
+            "codec": "png", "level": float("nan"), "images_ok": len(png), "images_failed": 0,
+            "dcr_vs_source_mean": (1 - pb / src).mean(), "dcr_vs_source_median": (1 - pb / src).median(),
+            "dcr_vs_raw_mean": (1 - pb / raw).mean(), "dcr_vs_raw_median": (1 - pb / raw).median(),
+            "source_bytes": int(src.sum()), "raw_bytes": int(raw.sum()), "compressed_bytes": int(pb.sum()),
+            "quality_mean": float("nan"), "quality_metric": None,
+        })
+    return pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))
+
+
+def write_summary(store_uri: str, table: pd.DataFrame) -> None:
+    store.atomic_write_bytes(store.join(store_uri, store.SUMMARY_NAME), table.to_csv(index=False).encode())
+
+
+def render_summary(table: pd.DataFrame, title: str | None = None):
+    """The summary as a rich Table (printed by the CLI): DCR mean/median against source and raw."""
+    from rich import box
+    from rich.table import Table
+
+    from lossyvision.units import format_bytes
+
+    t = Table(title=title or "DCR per level (1 - compressed/source, 1 - compressed/raw)",
+              box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name in ("level", "ok", "failed", "src mean", "src med", "raw mean", "raw med", "bytes",
+                 "quality"):
+        t.add_column(name, justify="left" if name == "level" else "right", no_wrap=True)
+
+    def f(x: float) -> str:
+        return "-" if pd.isna(x) else f"{x:.3f}"
+
+    for r in table.to_dict("records"):
+        level = r["codec"] if pd.isna(r["level"]) else f"{r['codec']} {store.format_level(r['level'])}"
+        quality = "-" if pd.isna(r["quality_mean"]) else f"{r['quality_mean']:.1f}"
+        t.add_row(level, str(r["images_ok"]), str(r["images_failed"]),
+                  f(r["dcr_vs_source_mean"]), f(r["dcr_vs_source_median"]), f(r["dcr_vs_raw_mean"]),
+                  f(r["dcr_vs_raw_median"]), format_bytes(r["compressed_bytes"]), quality)
+    metrics = sorted(set(table["quality_metric"].dropna()))
+    t.caption = "png: lossless PNG baseline of the same pixels"
+    if metrics:
+        t.caption += f"; quality: mean {', '.join(metrics)} on the sampled images"
+    return t
+
+
+# --- the sweep file ----------------------------------------------------------------------------
+def limit_per_split(records: Sequence[Record], limit: int | None) -> list[Record]:
+    """The first ``limit`` records of each split (records are sorted by split then relpath)."""
+    if limit is None:
+        return list(records)
+    seen: dict[str, int] = {}
+    out = []
+    for rec in records:
+        seen[rec.split] = seen.get(rec.split, 0) + 1
+        if seen[rec.split] <= limit:
+            out.append(rec)
+    return out
+
+
+def sweep_job_args(sweep) -> dict[str, Any]:
+    """Keyword arguments of ``compress_job`` for a :class:`lossyvision.spec.Sweep`.
+
+    Levels are the union of train and test levels; the store is ``sweep.store_uri``; options come
+    from ``sweep.compress``; ``limit_per_split`` is honoured, so exactly the sweep's images are done.
+    """
+    from lossyvision.datasets import create_dataset
+
+    try:
+        reader = create_dataset(sweep.dataset.kind, sweep.dataset.root, **sweep.dataset.options)
+        records = reader.records()
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        raise CompressError(f"dataset: {str(exc).strip(chr(39))}") from None
+    return {
+        "source": sweep.dataset.root, "store_uri": sweep.store_uri, "dataset": sweep.dataset.kind,
+        "dataset_options": dict(sweep.dataset.options), "codec": sweep.codec.name,
+        "codec_options": sweep.codec.options,
+        "levels": tuple(sorted(set(sweep.train_levels) | set(sweep.test_levels))),
+        "on_error": sweep.compress.on_error, "max_pixels": sweep.compress.max_pixels,
+        "quality_metric": sweep.compress.quality_metric, "quality_sample": sweep.compress.quality_sample,
+        "records": limit_per_split(records, sweep.limit_per_split),
+    }
+
+
+def parse_levels(text: str) -> tuple[float, ...]:
+    """``"0,0.5,1"`` -> ``(0.0, 0.5, 1.0)``; raise :class:`CompressError` on junk."""
+    try:
+        levels = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise CompressError(f"--levels: expected numbers separated by commas, got {text!r}") from None
+    if not levels:
+        raise CompressError("--levels: no level given")
+    return levels

@@ -1,0 +1,195 @@
+"""The compressed store's manifest: one row per (image, codec, level), as parquet.
+
+``OUT/manifest.parquet`` is the inventory of a store. While a compress job runs, finished rows
+are persisted as small part files under ``OUT/.manifest-parts/`` (each written atomically, so a
+``kill -9`` loses at most the rows not yet flushed, never a half-written part). At the end, or at
+the start of the next run after a kill, :func:`consolidate` merges manifest + parts into a new
+manifest (written atomically), keeping the newest row per :data:`KEY`, and only then deletes the
+parts. Consolidating twice gives the same manifest, so a kill at any moment is safe.
+
+Conventions:
+
+* ``output_path`` is relative to the store root (``jpegxl-1/train/cat/a.jxl``), so a store can be
+  moved or synced to ``s3://``; the URI is ``store.join(store_uri, output_path)``
+  (:func:`output_uri`).
+* ``source_version`` is the source file's modification time (or object ETag/LastModified) as the
+  filesystem lists it; with ``source_bytes`` it decides "source unchanged" without reading the
+  file (the quick check of make and rsync). ``source_sha256`` is recorded for audits.
+* ``png_bytes`` is the lossless PNG size of the same normalised pixels (the report's PNG line),
+  computed once per image and copied onto every row of that image.
+* ``quality``/``quality_metric`` are set on a fixed sample of images per level, null elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lossyvision import store
+
+#: Columns identifying a row; one file in the store per key.
+KEY = ("relpath", "codec", "level")
+PARTS_DIR = ".manifest-parts"
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+SCHEMA = pa.schema([
+    ("relpath", pa.string()),            # POSIX, relative to the dataset root
+    ("split", pa.string()),
+    ("label", pa.int64()),               # class index, null for detection/segmentation
+    ("target", pa.string()),             # annotation relpath (VOC XML, label PNG) or null
+    ("codec", pa.string()),
+    ("codec_options", pa.string()),      # effective options as sorted JSON, e.g. {"effort": 7}
+    ("level", pa.float64()),
+    ("status", pa.string()),             # ok | failed
+    ("error", pa.string()),              # reason when failed, null when ok
+    ("source_bytes", pa.int64()),
+    ("source_version", pa.string()),     # mtime / ETag as listed: the "unchanged" check
+    ("source_sha256", pa.string()),
+    ("source_format", pa.string()),      # Pillow format name: JPEG, PNG, ...
+    ("source_mode", pa.string()),        # original Pillow mode: RGB, CMYK, I;16, P, RGBA, ...
+    ("width", pa.int64()),
+    ("height", pa.int64()),
+    ("raw_bytes", pa.int64()),           # H*W*3 of the decoded, normalised source
+    ("png_bytes", pa.int64()),           # lossless PNG of the same pixels (baseline)
+    ("compressed_bytes", pa.int64()),    # == size of output_path on disk
+    ("dcr_vs_source", pa.float64()),     # 1 - compressed / source
+    ("dcr_vs_raw", pa.float64()),        # 1 - compressed / raw
+    ("output_path", pa.string()),        # relative to the store root
+    ("quality", pa.float64()),           # achieved quality on the sample, else null
+    ("quality_metric", pa.string()),     # ssimulacra2 | butteraugli | null
+    ("encode_seconds", pa.float64()),    # codec.encode wall time
+    ("finished_at", pa.string()),        # ISO 8601 UTC
+])
+
+COLUMNS = tuple(SCHEMA.names)
+
+
+def manifest_uri(store_uri: str) -> str:
+    return store.join(store_uri, store.MANIFEST_NAME)
+
+
+def parts_uri(store_uri: str) -> str:
+    return store.join(store_uri, PARTS_DIR)
+
+
+def output_uri(store_uri: str, output_path: str) -> str:
+    """The URI of a row's compressed file (``output_path`` is relative to the store)."""
+    return store.join(store_uri, output_path)
+
+
+def to_table(rows: Iterable[dict] | pd.DataFrame) -> pa.Table:
+    """Rows (dicts or a DataFrame) as a table with exactly :data:`SCHEMA`; missing columns are null."""
+    if isinstance(rows, pd.DataFrame):
+        df = rows.reindex(columns=list(COLUMNS))
+        return pa.Table.from_pandas(df, schema=SCHEMA, preserve_index=False)
+    return pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=SCHEMA)
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """A table as a DataFrame; integer columns stay integers (nullable ``Int64``), not floats."""
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+
+
+def empty() -> pd.DataFrame:
+    return to_frame(SCHEMA.empty_table())
+
+
+def _write_table(uri: str, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    store.atomic_write_bytes(uri, sink.getvalue().to_pybytes())
+
+
+def _read_table(uri: str) -> pa.Table:
+    fs, path = store.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f)
+    # Older files may lack newer columns: add them as nulls, drop unknown ones.
+    cols = [table.column(n).cast(SCHEMA.field(n).type) if n in table.column_names
+            else pa.nulls(table.num_rows, SCHEMA.field(n).type) for n in COLUMNS]
+    return pa.Table.from_arrays(cols, schema=SCHEMA)
+
+
+def write_part(store_uri: str, rows: list[dict], run_id: str, seq: int) -> str | None:
+    """Persist finished rows as one atomic part file; returns its URI (None for no rows).
+
+    Part names sort in write order (``<run_id>-<seq>``, run ids start with a UTC timestamp), which
+    is how :func:`consolidate` knows which of two rows for a key is newer.
+    """
+    if not rows:
+        return None
+    uri = store.join(parts_uri(store_uri), f"part-{run_id}-{seq:06d}.parquet")
+    _write_table(uri, to_table(rows))
+    return uri
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:6]}"
+
+
+def list_parts(store_uri: str) -> list[str]:
+    fs, path = store.filesystem(parts_uri(store_uri))
+    if not fs.exists(path):
+        return []
+    names = sorted(p for p in fs.ls(path, detail=False)
+                   if os.path.basename(p).startswith("part-") and p.endswith(".parquet"))
+    return [store.join(parts_uri(store_uri), os.path.basename(p)) for p in names]
+
+
+def read_manifest(store_uri: str, *, include_parts: bool = True) -> pd.DataFrame:
+    """The store's rows: manifest plus unconsolidated parts, newest row per key, no duplicates."""
+    tables = []
+    uri = manifest_uri(store_uri)
+    if store.exists(uri):
+        tables.append(_read_table(uri))
+    if include_parts:
+        tables.extend(_read_table(p) for p in list_parts(store_uri))
+    if not tables:
+        return empty()
+    return merge(to_frame(pa.concat_tables(tables)))
+
+
+def merge(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep the last row per key (input in write order), fill ``png_bytes`` per image, sort."""
+    if df.empty:
+        return df.reindex(columns=list(COLUMNS))
+    df = df.drop_duplicates(subset=list(KEY), keep="last")
+    # png_bytes is computed once per image; share it with the image's other rows of the same source.
+    known = df.dropna(subset=["png_bytes", "source_sha256"])
+    if len(known):
+        png = known.drop_duplicates(subset=["relpath", "source_sha256"], keep="last") \
+            .set_index(["relpath", "source_sha256"])["png_bytes"]
+        keys = pd.MultiIndex.from_frame(df[["relpath", "source_sha256"]])
+        filled = png.reindex(keys).to_numpy()
+        df = df.assign(png_bytes=df["png_bytes"].where(df["png_bytes"].notna(), filled))
+    df = df.sort_values(["codec", "level", "split", "relpath"], kind="stable").reset_index(drop=True)
+    return df.reindex(columns=list(COLUMNS))
+
+
+def consolidate(store_uri: str) -> pd.DataFrame:
+    """Fold part files into ``manifest.parquet`` (atomic), then delete them. Idempotent."""
+    parts = list_parts(store_uri)
+    df = read_manifest(store_uri)
+    if parts or not store.exists(manifest_uri(store_uri)):
+        write_manifest(store_uri, df)
+        fs, _ = store.filesystem(store_uri)
+        for p in parts:
+            fs.rm(store.filesystem(p)[1])
+    return df
+
+
+def write_manifest(store_uri: str, df: pd.DataFrame) -> None:
+    _write_table(manifest_uri(store_uri), to_table(df))
+
+
+def done_keys(df: pd.DataFrame) -> dict[tuple[str, str, float], dict]:
+    """``(relpath, codec, level) -> row`` of every ``ok`` row: candidates to skip on resume."""
+    ok = df[df["status"] == STATUS_OK]
+    return {(r["relpath"], r["codec"], float(r["level"])): r for r in ok.to_dict("records")}

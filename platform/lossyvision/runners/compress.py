@@ -1,0 +1,118 @@
+"""The compress job on Ray Data: the only Ray part of compression.
+
+Work items (one per (image, level), plain dicts) become a Ray dataset of small blocks; a plain
+function (:func:`lossyvision.compress.compress_items`) runs as Ray *tasks* on every CPU, reads each
+source through fsspec, encodes, writes the output atomically and returns manifest rows (strings
+and numbers, never pixels or PIL objects). The driver streams the rows back with
+``iter_batches`` and persists them as they arrive, so memory stays flat and a killed job resumes.
+
+No actor pools: on a 2-CPU machine an actor pool can hold every CPU and starve other stages. Tasks
+ask for one CPU each, so the job uses all CPUs of the cluster and no more.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Sequence
+
+import pandas as pd
+import pyarrow as pa
+import ray
+
+from lossyvision import compress, manifest
+from lossyvision.datasets.base import Record
+
+#: Upper bound on items per block: small enough to balance the tail and flush rows often.
+MAX_ITEMS_PER_BLOCK = 16
+#: Aim for at least this many blocks per CPU, so every CPU stays busy until the end.
+BLOCKS_PER_CPU = 4
+
+
+def ensure_ray(num_cpus: int | None = None) -> bool:
+    """Start a local Ray (or join ``RAY_ADDRESS``) unless one is running; True if we started it.
+
+    A caller that already called ``ray.init`` (the sweep engine, a notebook) keeps its cluster and
+    its terms; ``num_cpus`` then has no effect.
+    """
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def _compress_block(batch: pa.Table, params: dict) -> pa.Table:
+    return manifest.to_table(compress.compress_items(batch.to_pylist(), params))
+
+
+def items_per_block(n_items: int, n_cpus: int) -> int:
+    return max(1, min(MAX_ITEMS_PER_BLOCK, n_items // max(1, n_cpus * BLOCKS_PER_CPU)))
+
+
+def execute_with_ray(items: list[dict], params: dict) -> Iterator[list[dict]]:
+    """Run work items as Ray Data tasks; yield finished rows as blocks complete."""
+    n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    per_block = items_per_block(len(items), n_cpus)
+    n_blocks = max(1, -(-len(items) // per_block))
+    ds = ray.data.from_items(items, override_num_blocks=n_blocks)
+    ds = ds.map_batches(_compress_block, fn_kwargs={"params": params}, batch_size=None,
+                        batch_format="pyarrow", num_cpus=1, compute=ray.data.TaskPoolStrategy())
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+        yield batch.to_pylist()
+
+
+def compress_dataset(source: str, store_uri: str, **kwargs: Any) -> pd.DataFrame:
+    """Compress dataset ``source`` into ``store_uri``; returns this job's manifest rows.
+
+    Same arguments as :func:`compress_job`; the sweep engine's entry point.
+    """
+    return compress_job(source, store_uri, **kwargs).manifest
+
+
+def compress_job(
+    source: str,
+    store_uri: str,
+    *,
+    dataset: str = "imagefolder",
+    dataset_options: dict[str, Any] | None = None,
+    codec: str = "jpegxl",
+    codec_options: dict[str, Any] | None = None,
+    levels: Sequence[float] = compress.DEFAULT_LEVELS,
+    on_error: str = "skip",
+    max_pixels: int = 100_000_000,
+    quality_metric: str | None = None,
+    quality_sample: int = 16,
+    num_cpus: int | None = None,
+    records: Sequence[Record] | None = None,
+    log=print,
+) -> compress.JobResult:
+    """Compress dataset ``source`` into ``store_uri`` at every level; resumable.
+
+    Returns a :class:`~lossyvision.compress.JobResult`; ``.manifest`` is this job's rows as a
+    DataFrame (:data:`lossyvision.manifest.SCHEMA`), ``.summary`` the per-level table. Uses the
+    running Ray if there is one, else starts a local one with ``num_cpus`` (all CPUs by default)
+    and stops it at the end. Raises :class:`~lossyvision.compress.CompressError` for bad options,
+    an empty dataset, or the first bad image under ``on_error='fail'``.
+    """
+    from lossyvision.datasets import create_dataset
+
+    options = compress.CompressOptions(
+        codec=codec, codec_options=dict(codec_options or {}), levels=tuple(float(x) for x in levels),
+        on_error=on_error, max_pixels=int(max_pixels), quality_metric=quality_metric,
+        quality_sample=int(quality_sample))
+    compress.validate(options)
+    if records is None:
+        try:
+            reader = create_dataset(dataset, source, **(dataset_options or {}))
+            records = reader.records()
+        except (KeyError, ValueError, FileNotFoundError) as exc:
+            raise compress.CompressError(f"{source}: {str(exc).strip(chr(39))}") from None
+    started = ensure_ray(num_cpus)
+    try:
+        return compress.run_job(records, source, store_uri, options, execute_with_ray, log=log)
+    finally:
+        if started:
+            ray.shutdown()
