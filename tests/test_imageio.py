@@ -204,3 +204,16 @@ def test_scale16to8_rounds():
 def test_raw_bytes():
     assert raw_bytes(np.zeros((7, 5, 3), np.uint8)) == 105
     assert raw_bytes(load_rgb(jpeg_bytes(photo("coffee", (13, 1)))).rgb) == 39
+
+
+def test_pillow_global_bomb_limit_never_fires(monkeypatch):
+    # With Pillow's own limit far below the image size, Pillow alone raises DecompressionBombError;
+    # load_rgb applies only its max_pixels (on open, on the PNG checksum pass, for any format).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    for name in ("rgba_png", "plain_jpeg", "rgb16_png"):
+        with pytest.raises(Image.DecompressionBombError):
+            Image.open(io.BytesIO(CASES[name][1]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert load_rgb(CASES[name][1]).rgb.size > 1000
+    assert Image.MAX_IMAGE_PIXELS == 100

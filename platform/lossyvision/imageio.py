@@ -42,7 +42,7 @@ class BadImageError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare .rgb yourself
 class LoadedImage:
     """A normalised original: ``rgb`` is uint8 HxWx3, C-contiguous, orientation applied.
 
@@ -61,23 +61,17 @@ def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImag
     """Decode an image file's bytes into normalised 8-bit RGB (see the module docstring)."""
     if not data:
         raise BadImageError("empty file")
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
-    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        saved_limit = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None  # our limit below is the one that applies
-        try:
-            image = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            kind = _sniff(data)
-            if kind:
-                raise BadImageError(f"corrupt or truncated {kind} header") from None
-            raise BadImageError("not an image (unrecognised format)") from None
-        except Exception as exc:  # Pillow plugins raise many types on bad headers
-            raise BadImageError(_reason(exc, "corrupt image header")) from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved_limit
+    try:
+        image = _open_without_pillow_limit(data)
+    except UnidentifiedImageError:
+        kind = _sniff(data)
+        if kind:
+            raise BadImageError(f"corrupt or truncated {kind} header") from None
+        raise BadImageError("not an image (unrecognised format)") from None
+    except Exception as exc:  # Pillow plugins raise many types on bad headers
+        raise BadImageError(_reason(exc, "corrupt image header")) from None
 
     width, height = image.size
     if width <= 0 or height <= 0:
@@ -108,6 +102,21 @@ def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImag
 
     rgb = np.ascontiguousarray(apply_orientation(rgb, orientation))
     return LoadedImage(rgb=rgb, format=fmt, mode=mode, width=rgb.shape[1], height=rgb.shape[0])
+
+
+def _open_without_pillow_limit(data: bytes):
+    """``PIL.Image.open`` with Pillow's own decompression-bomb check (a process-wide setting)
+    switched off for the call, so that ``max_pixels`` alone decides, whatever its value."""
+    from PIL import Image
+
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved_limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved_limit
 
 
 def raw_bytes(rgb: np.ndarray) -> int:
@@ -201,9 +210,7 @@ def _pil_to_rgb8(image) -> np.ndarray:
 
 def _verify_png_checksums(data: bytes) -> None:
     """Check every PNG chunk's CRC: Pillow's ``load`` skips them and decodes damaged data silently."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
+    with _open_without_pillow_limit(data) as image:
         image.verify()
 
 
