@@ -73,9 +73,49 @@ def sensitivity() -> None:
 
 
 @app.command()
-def advise() -> None:
-    """Recommend a compression level for a storage budget from a budget sweep's fitted scaling law."""
-    raise NotImplementedError
+def advise(
+    output: str = typer.Argument(..., help="The budget sweep's output folder (results.parquet, sweep.yaml)."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Your storage budget, e.g. 2TB, 500GiB."),
+    images_available: Optional[str] = typer.Option(
+        None, "--images-available", help="Images you could store, e.g. 10M, 1.5k (default: the sweep's train set)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Metric to fit, error = 1 - metric (default top1)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model of the sweep (default: the only one)."),
+    test_level: Optional[str] = typer.Option(
+        None, "--test-level", help="Test level whose error is fitted, or 'same' (default: the smallest)."),
+    store_uri: Optional[str] = typer.Option(None, "--store", help="Compressed store (default: the sweep's)."),
+    bootstrap: int = typer.Option(300, "--bootstrap", min=0, help="Bootstrap refits for the intervals."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+) -> None:
+    """Recommend a compression level for a storage budget from a budget sweep's fitted scaling law.
+
+    Exits with code 3, saying why, when the fit is too poor or the budget asks it to extrapolate.
+    """
+    from lossyvision.advisor import advise_output, format_report, parse_count
+    from lossyvision.spec import SpecError
+    from lossyvision.units import parse_bytes
+
+    try:
+        budget_bytes = parse_bytes(budget) if budget is not None else None
+        if budget_bytes is not None and budget_bytes <= 0:
+            raise ValueError(f"--budget must be > 0, got {budget}")
+        available = parse_count(images_available) if images_available is not None else None
+        level: float | str | None = test_level
+        if test_level is not None and test_level != "same":
+            try:
+                level = float(test_level)
+            except ValueError:
+                raise ValueError(f"--test-level must be a number or 'same', got {test_level!r}") from None
+        report = advise_output(output, budget=budget_bytes, images_available=available, metric=metric,
+                               model=model, test_level=level, store_uri=store_uri, n_bootstrap=bootstrap,
+                               seed=seed)
+    except (SpecError, ValueError) as e:
+        fail(str(e))
+    typer.echo(format_report(report))
+    typer.echo(f"\nwrote {output.rstrip('/')}/scaling_fit.json")
+    if report.any_refused:
+        typer.secho("advice refused: the fit cannot support extrapolating to what was asked (see above)",
+                    fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(3)
 
 
 @app.command()
