@@ -199,6 +199,9 @@ def test_quality_codecs_higher_quality_bigger_and_bounds(name, photos):
         with pytest.raises(ValueError, match=f"{name} level is a quality, a whole number in"):
             codec.encode(rgb, bad)
     assert codec.encode(rgb, 80.0) == codec.encode(rgb, 80)
+    assert codec.check_level(80.0) == 80
+    with pytest.raises(ValueError, match="whole number"):
+        codec.check_level(0.5)
 
 
 def test_webp_is_lossy_not_libwebp_lossless_default(photos):

@@ -33,11 +33,15 @@ class AvifCodec(Codec):
     def option_names(cls) -> tuple[str, ...]:
         return ("speed",)
 
+    def check_level(self, level: float) -> int:
+        """The quality as an int; ``ValueError`` outside 0..100 (lets a job reject levels up front)."""
+        return check_quality(self.name, level)
+
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:
         import imagecodecs
 
-        quality = check_quality(self.name, level)
+        quality = self.check_level(level)
         return bytes(imagecodecs.avif_encode(check_rgb8(rgb), level=quality, speed=self.speed))
 
     def decode(self, data: bytes) -> np.ndarray:

@@ -36,11 +36,15 @@ class JpegCodec(Codec):
     name = "jpeg"
     extension = ".jpg"
 
+    def check_level(self, level: float) -> int:
+        """The quality as an int; ``ValueError`` outside 1..100 (lets a job reject levels up front)."""
+        return check_quality(self.name, level, lowest=1)
+
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:
         import imagecodecs
 
-        quality = check_quality(self.name, level, lowest=1)
+        quality = self.check_level(level)
         rgb = check_rgb8(rgb)
         check_max_side(self.name, rgb, MAX_SIDE)
         return bytes(imagecodecs.jpeg8_encode(rgb, level=quality, optimize=True))

@@ -34,11 +34,15 @@ class WebpCodec(Codec):
     def option_names(cls) -> tuple[str, ...]:
         return ("method",)
 
+    def check_level(self, level: float) -> int:
+        """The quality as an int; ``ValueError`` outside 0..100 (lets a job reject levels up front)."""
+        return check_quality(self.name, level)
+
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:
         import imagecodecs
 
-        quality = check_quality(self.name, level)
+        quality = self.check_level(level)
         rgb = check_rgb8(rgb)
         check_max_side(self.name, rgb, MAX_SIDE)
         return bytes(imagecodecs.webp_encode(rgb, level=quality, lossless=False, method=self.method))
