@@ -1,0 +1,266 @@
+"""``lossyvision report OUTPUT``: every figure and table of a sweep's output in one HTML page.
+
+Reads what is there and skips what is not: ``OUTPUT/results.parquet`` (heatmaps, cells, advice),
+the store's ``manifest.parquet`` (DCR curve, visual samples), ``OUTPUT/sensitivity/*.npz`` and
+``*basis*.png`` (sensitivity maps). Writes ``OUTPUT/report/index.html`` (self-contained), every
+figure as a PNG next to it, and ``advice.csv``/``cells.csv``. All writes are atomic; works on local
+folders and fsspec URIs. MLflow logging is the caller's: :class:`ReportResult` lists the files.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from lossyvision import store
+from lossyvision.report.advice import advice_html, advice_table, cells_html
+from lossyvision.report.cells import ReportError, cell_table, relative_cells
+from lossyvision.report.curves import dcr_by_level, plot_dcr_curve
+from lossyvision.report.heatmap import heatmap_groups, plot_relative_heatmap
+from lossyvision.report.html import Figure, Section, render_html
+from lossyvision.report.samples import plot_samples
+
+REPORT_DIR = "report"
+INDEX_NAME = "index.html"
+SENSITIVITY_DIR = "sensitivity"
+RESULTS_NAME = "results.parquet"
+SWEEP_COPY_NAME = "sweep.yaml"
+
+
+@dataclass
+class ReportResult:
+    """Where the report went: ``index_html`` and every file written (figures first)."""
+
+    index_html: str
+    figures: list[str] = field(default_factory=list)     # PNG paths/URIs under OUTPUT/report/
+    tables: list[str] = field(default_factory=list)      # CSV paths/URIs under OUTPUT/report/
+    warnings: list[str] = field(default_factory=list)    # parts that could not be drawn, and why
+
+    @property
+    def paths(self) -> list[str]:
+        """Every file written, for logging as artifacts."""
+        return [self.index_html, *self.figures, *self.tables]
+
+
+@dataclass
+class SweepInfo:
+    """The few facts the report needs from ``OUTPUT/sweep.yaml`` (all optional)."""
+
+    name: str = "sweep"
+    store_uri: str | None = None
+    codec: str = "jpegxl"
+    test_split: str = "test"
+    test_levels: list[float] | None = None
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
+
+
+def _read_parquet(uri: str) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(store.read_bytes(uri))).to_pandas()
+
+
+def read_sweep_info(output: str) -> SweepInfo:
+    """Facts from the sweep file copied into OUTPUT, validated when possible.
+
+    The full validation (:func:`lossyvision.spec.load_sweep`) checks that the dataset root exists,
+    which need not hold where the report is drawn; then the raw YAML is read instead.
+    """
+    uri = store.join(output, SWEEP_COPY_NAME)
+    default_store = store.join(output, "store")
+    if not store.exists(uri):
+        return SweepInfo(store_uri=default_store)
+    if not store.is_remote(uri):
+        try:
+            from lossyvision.spec import load_sweep
+
+            sw = load_sweep(uri)
+            return SweepInfo(name=sw.name, store_uri=sw.store or default_store, codec=sw.codec.name,
+                             test_split=sw.test_split, test_levels=list(sw.test_levels))
+        except Exception:  # noqa: BLE001 - fall back to the raw file below
+            pass
+    import yaml
+
+    try:
+        data: Any = yaml.safe_load(store.read_bytes(uri).decode("utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ReportError(f"{uri}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        return SweepInfo(store_uri=default_store)
+    codec = data.get("codec") or {}
+    levels = data.get("test_levels")
+    return SweepInfo(name=str(data.get("name", "sweep")), store_uri=data.get("store") or default_store,
+                     codec=str(codec.get("name", "jpegxl")) if isinstance(codec, dict) else "jpegxl",
+                     test_split=str(data.get("test_split", "test")),
+                     test_levels=[float(x) for x in levels] if isinstance(levels, list) else None)
+
+
+class _Writer:
+    """Writes the report's files atomically and remembers them."""
+
+    def __init__(self, output: str) -> None:
+        self.dir = store.join(output, REPORT_DIR)
+        self.figures: list[str] = []
+        self.tables: list[str] = []
+
+    def figure(self, fig: Figure) -> Figure:
+        uri = store.join(self.dir, fig.name)
+        store.atomic_write_bytes(uri, fig.png)
+        self.figures.append(uri)
+        return fig
+
+    def table(self, name: str, df: pd.DataFrame) -> None:
+        uri = store.join(self.dir, name)
+        store.atomic_write_bytes(uri, df.to_csv(index=False).encode("utf-8"))
+        self.tables.append(uri)
+
+
+def _results_sections(output: str, writer: _Writer, keep_fraction: float, warnings: list[str]) -> list[Section]:
+    uri = store.join(output, RESULTS_NAME)
+    if not store.exists(uri):
+        return [Section("Relative performance", text=f"No results yet ({RESULTS_NAME} is absent).")]
+    results = _read_parquet(uri)
+    if "budget" not in results.columns:
+        results["budget"] = -1
+    cells = cell_table(results)
+    if cells.empty:
+        return [Section("Relative performance", text="The results table has no finite values yet.")]
+    rel = relative_cells(cells)
+    heat = Section("Relative performance", text=(
+        "Each circle is an observed (train level, test level) cell: its value as a percentage of the baseline cell "
+        "(train level 0, test level 0, or the smallest levels observed; named in each title), averaged over repeats. "
+        "The background is a 2-D linear interpolation of the circles (scipy griddata, method 'linear'). "
+        "Axes: mean DCR against the original files; the levels (distances) are marked on the top and right."))
+    for model, metric, budget in heatmap_groups(rel):
+        name = f"heatmap-{slug(model)}-{slug(metric)}" + (f"-budget{budget}" if budget >= 0 else "") + ".png"
+        try:
+            png = plot_relative_heatmap(rel, model=model, metric=metric, budget=budget)
+        except (ValueError, ReportError) as e:
+            warnings.append(f"{name}: {e}")
+            continue
+        heat.figures.append(writer.figure(Figure(name, png, f"{model}: {metric} relative to the baseline")))
+    advice = advice_table(rel, keep_fraction)
+    writer.table("advice.csv", advice)
+    writer.table("cells.csv", rel)
+    adv = Section(f"Compression advice (keep ≥ {100 * keep_fraction:g}% of the baseline)", text=(
+        "For each model, metric and test level: the largest train DCR whose cell keeps at least "
+        f"{100 * keep_fraction:g}% of the baseline. With repeats the judgement uses the lower end of the cell's "
+        "95% t-interval, not the mean; with a single repeat, the mean."), tables_html=[advice_html(advice, keep_fraction)])
+    table = Section("All cells", text="Mean over repeats with its 95% t-interval (when there are repeats).",
+                    tables_html=[cells_html(rel)])
+    return [heat, adv, table]
+
+
+def _store_sections(info: SweepInfo, writer: _Writer, warnings: list[str], sample_levels: list[float] | None,
+                    n_samples: int) -> list[Section]:
+    if not info.store_uri:
+        return []
+    uri = store.join(info.store_uri, store.MANIFEST_NAME)
+    if not store.exists(uri):
+        return [Section("Data compression rate", text=f"No manifest found at {uri}.")]
+    manifest = _read_parquet(uri)
+    sections = []
+    curve = Section("Data compression rate", text=(
+        "DCR = 1 − compressed size / uncompressed size, per level: against the original files (left axis) and "
+        "against raw 8-bit pixels (right axis); shaded bands are the quartiles across images; the dashed line is "
+        "lossless PNG of the same pixels against raw pixels."))
+    try:
+        table = dcr_by_level(manifest)
+        if len(table):
+            curve.figures.append(writer.figure(Figure("dcr-curve.png", plot_dcr_curve(table, codec=info.codec),
+                                                      "Mean DCR by level")))
+            curve.tables_html.append(_dcr_table_html(table))
+        else:
+            curve.text += "\n\nNo compressed images in the manifest yet."
+    except ValueError as e:
+        warnings.append(f"dcr-curve.png: {e}")
+    sections.append(curve)
+    samples = Section("Visual samples", text="The same centre crop of each image at several levels.")
+    try:
+        from lossyvision.codecs import create_codec
+
+        codec = create_codec(info.codec)
+        png = plot_samples(manifest, info.store_uri, codec.decode, levels=sample_levels, n_images=n_samples,
+                           split=info.test_split, codec=info.codec)
+        if png is not None:
+            samples.figures.append(writer.figure(Figure("samples.png", png, "Crops at several levels")))
+        else:
+            samples.text += "\n\nNo image is available at every chosen level."
+    except Exception as e:  # noqa: BLE001 - a missing codec or file must not sink the whole report
+        warnings.append(f"samples.png: {type(e).__name__}: {e}")
+        samples.text += f"\n\nCould not draw samples: {e}"
+    sections.append(samples)
+    return sections
+
+
+def _dcr_table_html(table: pd.DataFrame) -> str:
+    head = ("<tr><th>level</th><th>images</th><th>mean DCR vs original</th><th>quartiles</th>"
+            "<th>mean DCR vs raw</th><th>quartiles</th></tr>")
+    body = "".join(
+        f"<tr><td>{r.level:g}</td><td>{r.images}</td><td>{r.dcr_vs_source_mean:.3f}</td>"
+        f"<td>{r.dcr_vs_source_q25:.3f} – {r.dcr_vs_source_q75:.3f}</td><td>{r.dcr_vs_raw_mean:.3f}</td>"
+        f"<td>{r.dcr_vs_raw_q25:.3f} – {r.dcr_vs_raw_q75:.3f}</td></tr>" for r in table.itertuples(index=False))
+    png = table["png_dcr_vs_raw"].iloc[0]
+    foot = (f'<tr><td>PNG lossless</td><td></td><td>{table["png_dcr_vs_source"].iloc[0]:.3f}</td><td></td>'
+            f"<td>{png:.3f}</td><td></td></tr>") if pd.notna(png) else ""
+    return f'<table class="dcr">{head}{body}{foot}</table>'
+
+
+def _sensitivity_sections(output: str, writer: _Writer, warnings: list[str]) -> list[Section]:
+    from lossyvision.sensitivity import SensitivityResult, plot_sensitivity_maps
+
+    folder = store.join(output, SENSITIVITY_DIR)
+    if not store.exists(folder):
+        return []
+    fs, path = store.filesystem(folder)
+    files = sorted(fs.glob(path.rstrip("/") + "/*"))
+    section = Section("DCT-frequency sensitivity", text=(
+        "Δ[i, j]: mean absolute change of the predicted class probabilities per unit change of DCT coefficient (i, j) "
+        "of one 8x8 block (JPEG's full-range BT.601 YCbCr, orthonormal DCT-II), averaged over blocks and images; "
+        "one shared colour scale for Y, Cb and Cr. The basis illustrations add each frequency to every block."))
+    for f in files:
+        name = f.rsplit("/", 1)[-1]
+        uri = store.join(folder, name)
+        if name.endswith(".npz"):
+            try:
+                res = SensitivityResult.from_npz_bytes(store.read_bytes(uri))
+                png = plot_sensitivity_maps(res)
+            except Exception as e:  # noqa: BLE001 - one bad file must not sink the report
+                warnings.append(f"{name}: {type(e).__name__}: {e}")
+                continue
+            fig = Figure(f"sensitivity-{slug(name[:-4])}.png", png, f"{name[:-4]}: {res.describe()}")
+            section.figures.append(writer.figure(fig))
+        elif name.endswith(".png") and "basis" in name:
+            section.figures.append(writer.figure(Figure(f"sensitivity-{slug(name)}", store.read_bytes(uri),
+                                                         name[:-4])))
+    return [section] if section.figures else []
+
+
+def build_report(output: str, *, keep_fraction: float = 0.99, sample_levels: list[float] | None = None,
+                 n_samples: int = 2) -> ReportResult:
+    """Draw every figure and table that ``output`` has data for and write ``OUTPUT/report/index.html``."""
+    output = str(output)
+    if not store.exists(output):
+        raise ReportError(f"{output} does not exist")
+    if not 0 < keep_fraction <= 1.5:
+        raise ReportError(f"keep fraction must be in (0, 1.5], e.g. 0.99; got {keep_fraction}")
+    info = read_sweep_info(output)
+    writer = _Writer(output)
+    warnings: list[str] = []
+    sections = _results_sections(output, writer, keep_fraction, warnings)
+    sections += _store_sections(info, writer, warnings, sample_levels, n_samples)
+    sections += _sensitivity_sections(output, writer, warnings)
+    if warnings:
+        sections.append(Section("Warnings", text="\n\n".join(warnings)))
+    html = render_html(f"lossyvision report: {info.name}", sections,
+                       subtitle=f"Output {output}; codec {info.codec}; keep threshold {100 * keep_fraction:g}%.")
+    index = store.join(writer.dir, INDEX_NAME)
+    store.atomic_write_bytes(index, html.encode("utf-8"))
+    return ReportResult(index_html=index, figures=writer.figures, tables=writer.tables, warnings=warnings)
