@@ -48,6 +48,12 @@ class Task(ABC):
     def evaluate(self, model: Any, test: Any) -> dict[str, float]:
         """Metric name -> value on the ``test`` samples (names as in ``metric_names``)."""
 
+    def load_state(self, model: Any, state: dict[str, Any]) -> Any:
+        """Put the weights of a ``state`` given to ``on_epoch`` into ``model`` (e.g. to evaluate it)."""
+        from lossyvision.tasks.training import load_model_state
+
+        return load_model_state(model, state)
+
 
 TASKS: Registry[type[Task]] = Registry("task")
 
