@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +266,26 @@ def test_cli_advise_bad_input_is_a_clear_error(tmp_path, classification_task):
     assert result.exit_code == 2 and "not a count: 'lots'" in result.output
     result = runner.invoke(app, ["advise", str(out), "--metric", "miou"])
     assert result.exit_code == 2 and "unknown metric 'miou'" in result.output
+
+
+# --- report figures --------------------------------------------------------------------------
+def test_budget_figures_written_per_model_and_metric(tmp_path):
+    from lossyvision.report.budget import budget_figure_pngs, budget_figures, images_cap
+
+    results = results_frame(synthetic_points(), repeats=2)
+    results = pd.concat([results, results[results["metric"] == "top1"].assign(model="tiny resnet")])
+    paths = budget_figures(results, str(tmp_path / "report"), n_bootstrap=20)
+    names = sorted(Path(p).name for p in paths)
+    assert names == sorted(f"budget-{kind}-{stem}.png" for kind in ("level", "budget", "fit")
+                           for stem in ("vit-top1", "vit-top5", "tiny_resnet-top1"))
+    for p in paths:
+        data = Path(p).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    # Too few points for a fit: the points are still drawn; no budget axis: no figures.
+    few = results_frame(synthetic_points(budgets=BUDGETS[:1]).iloc[:3], extra_metric=False)
+    assert [n for n, _ in budget_figure_pngs(few, n_bootstrap=5)] == [
+        "budget-level-vit-top1.png", "budget-budget-vit-top1.png", "budget-fit-vit-top1.png"]
+    assert budget_figures(results.assign(budget=-1), str(tmp_path / "none")) == []
+    # The image cap: level 12 used all 100k images at the two largest budgets.
+    assert images_cap(synthetic_points(budgets=BUDGETS + [1_000_000_000])) == AVAILABLE
+    assert images_cap(synthetic_points(budgets=BUDGETS[:3])) == math.inf

@@ -357,7 +357,8 @@ def scaling_points(results: pd.DataFrame, *, metric: str | None = None, model: s
     ``error = 1 - value`` of ``metric`` (default ``top1``, or the only metric) for ``model``
     (default: the only one) on ``test_level`` (a number, ``"same"`` = the train level, or None:
     the smallest test level, or ``"same"`` when the sweep only tested each model on its own
-    level). Repeats are averaged. Returns the points and the selection made.
+    level). Repeats are averaged (``error_std`` is their spread, NaN for one repeat). Returns the
+    points and the selection made.
     """
     df = results[(results["n_train_images"] > 0) & (results["train_bytes"] > 0)]
     if df.empty:
@@ -388,7 +389,7 @@ def scaling_points(results: pd.DataFrame, *, metric: str | None = None, model: s
                    n=df["n_train_images"].astype(float))
     points = (df.groupby(["train_level", "budget"], as_index=False)
                 .agg(n=("n", "mean"), bytes_per_image=("bytes_per_image", "mean"),
-                     error=("error", "mean"), repeats=("error", "size"))
+                     error=("error", "mean"), error_std=("error", "std"), repeats=("error", "size"))
                 .sort_values(["budget", "train_level"]).reset_index(drop=True))
     return points, {"model": model, "metric": metric, "test_level": test_level}
 
