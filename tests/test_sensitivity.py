@@ -100,6 +100,12 @@ def test_gradient_and_finite_difference_agree_on_a_tiny_model():
     np.testing.assert_allclose(fd.maps, gr.maps, rtol=1e-3, atol=1e-9)
     assert spearman(fd.maps, gr.maps) > 0.999
     assert gr.n_classes == 4 and gr.n_images == 2 and gr.eps is None
+    # equal coverage with sampled blocks: both modes average over the same blocks
+    x3 = _images(n=3, h=32, w=24, seed=5)
+    fd_s = sensitivity_finite_difference(_probs_fn(model), x3, eps=1e-4, blocks_per_image=2, seed=7)
+    gr_s = sensitivity_gradient(_probs_fn(model), x3, blocks_per_image=2, seed=7, batch_size=2)
+    np.testing.assert_allclose(fd_s.maps, gr_s.maps, rtol=1e-3, atol=1e-9)
+    assert not np.allclose(gr_s.maps, sensitivity_gradient(_probs_fn(model), x3).maps, rtol=1e-3)
 
 
 def test_finite_difference_block_sampling_states_coverage_and_is_deterministic():

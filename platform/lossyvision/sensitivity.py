@@ -108,10 +108,31 @@ def _probs(probs_fn: ProbsFn, x: torch.Tensor) -> torch.Tensor:
     return p
 
 
-def sensitivity_gradient(probs_fn: ProbsFn, images01: torch.Tensor, *, batch_size: int = 8) -> SensitivityResult:
-    """Exact Δ maps over every block: one forward and C backward passes per batch of images."""
+def _sample_blocks(rng: np.random.Generator, total: int, k: int) -> np.ndarray:
+    """The blocks measured in one image: all of them, or ``k`` drawn without replacement (sorted)."""
+    return np.arange(total) if k >= total else np.sort(rng.choice(total, k, replace=False))
+
+
+def _check_blocks(blocks_per_image: int | None, total: int) -> int:
+    if blocks_per_image is None:
+        return total
+    if not 1 <= blocks_per_image <= total:
+        raise SensitivityError(f"blocks_per_image must be in 1..{total}, got {blocks_per_image}")
+    return int(blocks_per_image)
+
+
+def sensitivity_gradient(probs_fn: ProbsFn, images01: torch.Tensor, *, batch_size: int = 8,
+                         blocks_per_image: int | None = None, seed: int = 0) -> SensitivityResult:
+    """Exact Δ maps: one forward and C backward passes per batch of images give every block.
+
+    ``blocks_per_image``/``seed`` restrict the average to the blocks finite-difference mode would
+    sample with the same arguments (for comparisons at equal coverage); the cost is the same.
+    """
     images01 = _check_images(images01)
     n, _, h, w = images01.shape
+    total_blocks = (h // dct.BLOCK) * (w // dct.BLOCK)
+    k_blocks = _check_blocks(blocks_per_image, total_blocks)
+    rng = np.random.default_rng(seed)
     start = time.perf_counter()
     per_image = []
     n_classes = 0
@@ -124,11 +145,13 @@ def sensitivity_gradient(probs_fn: ProbsFn, images01: torch.Tensor, *, batch_siz
             (g,) = torch.autograd.grad(probs[:, k].sum(), x, retain_graph=k < n_classes - 1)
             d = dct.gradient_to_coefficients(g).abs()          # [B, 3, Hb, Wb, 8, 8]
             total = d if total is None else total + d
-        per_image.append((total / n_classes).mean(dim=(2, 3)).detach().double().cpu().numpy())
-    per_image_arr = np.concatenate(per_image)
-    blocks = (h // dct.BLOCK) * (w // dct.BLOCK)
+        per_block = (total / n_classes).flatten(2, 3).detach().double().cpu().numpy()   # [B, 3, blocks, 8, 8]
+        for m in range(per_block.shape[0]):
+            blocks = _sample_blocks(rng, total_blocks, k_blocks)
+            per_image.append(per_block[m][:, blocks].mean(axis=1))
+    per_image_arr = np.stack(per_image)
     return SensitivityResult(maps=per_image_arr.mean(0), per_image=per_image_arr, mode="gradient", eps=None,
-                             n_images=n, n_classes=n_classes, blocks_per_image=blocks, blocks_total=blocks,
+                             n_images=n, n_classes=n_classes, blocks_per_image=k_blocks, blocks_total=total_blocks,
                              image_size=(h, w), seconds=time.perf_counter() - start)
 
 
@@ -155,10 +178,7 @@ def sensitivity_finite_difference(probs_fn: ProbsFn, images01: torch.Tensor, *, 
     n, _, h, w = images01.shape
     hb, wb = h // dct.BLOCK, w // dct.BLOCK
     total_blocks = hb * wb
-    if blocks_per_image is None:
-        blocks_per_image = total_blocks
-    if not 1 <= blocks_per_image <= total_blocks:
-        raise SensitivityError(f"blocks_per_image must be in 1..{total_blocks}, got {blocks_per_image}")
+    blocks_per_image = _check_blocks(blocks_per_image, total_blocks)
     rng = np.random.default_rng(seed)
     patterns = (_unit_patterns(images01.dtype, images01.device) * eps).reshape(192, 3, 8, 8).contiguous()
     start = time.perf_counter()
@@ -167,10 +187,11 @@ def sensitivity_finite_difference(probs_fn: ProbsFn, images01: torch.Tensor, *, 
     with torch.no_grad():
         for m in range(n):
             x = images01[m]
-            p0 = _probs(probs_fn, x[None])[0]
+            blocks = _sample_blocks(rng, total_blocks, blocks_per_image)
+            # the reference in a batch as large as the perturbed ones, so that batch-size-dependent
+            # kernels cannot add a constant offset to every difference
+            p0 = _probs(probs_fn, x.expand(min(batch_size, 192 * len(blocks)), -1, -1, -1))[0]
             n_classes = p0.shape[0]
-            blocks = (np.sort(rng.choice(total_blocks, blocks_per_image, replace=False))
-                      if blocks_per_image < total_blocks else np.arange(total_blocks))
             # every (coefficient, block) pair, coefficient-major: index = coef * nblocks + block
             coef = np.repeat(np.arange(3 * 64), len(blocks))
             blk = np.tile(blocks, 3 * 64)
@@ -196,7 +217,8 @@ def measure_sensitivity(probs_fn: ProbsFn, images01: torch.Tensor, *, mode: str 
                         batch_size: int | None = None) -> SensitivityResult:
     """Δ maps in ``mode`` (``gradient`` or ``finite-difference``); see the module docstring."""
     if mode == "gradient":
-        return sensitivity_gradient(probs_fn, images01, batch_size=batch_size or 8)
+        return sensitivity_gradient(probs_fn, images01, batch_size=batch_size or 8,
+                                    blocks_per_image=blocks_per_image, seed=seed)
     if mode == "finite-difference":
         return sensitivity_finite_difference(probs_fn, images01, eps=eps, blocks_per_image=blocks_per_image,
                                              seed=seed, batch_size=batch_size or 256)
