@@ -1,0 +1,50 @@
+"""Connecting to Ray: a KubeRay cluster through ``RAY_ADDRESS``, or a local one on this machine."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+             quiet: bool = True, **kwargs: Any) -> dict[str, float]:
+    """Start or join Ray once; returns the cluster's resources.
+
+    ``address`` (or ``RAY_ADDRESS``) joins an existing cluster unchanged (a RayJob's driver);
+    without one a local Ray starts with this machine's CPUs, token auth off and no dashboard.
+    Calling it again while Ray is up is a no-op.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    address = address or os.environ.get("RAY_ADDRESS")
+    options: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": not quiet, **kwargs}
+    if quiet:
+        options.setdefault("logging_level", "WARNING")
+    if address:
+        ray.init(address=address, **options)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
+                 include_dashboard=False, **options)
+    if quiet:
+        _quiet_ray_data()
+    return ray.cluster_resources()
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data logs every dataset's plan and progress at INFO: keep warnings only."""
+    import logging
+
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

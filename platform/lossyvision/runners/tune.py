@@ -1,0 +1,147 @@
+"""Trials on Ray Tune: one Tune trial per planned trial, a thin shell over ``sweep.trials.run_trial``.
+
+Each Tune trial reports every epoch with ``tune.report(metrics, checkpoint=...)`` and resumes
+from ``tune.get_checkpoint()`` when Tune retries it (``FailureConfig``); after a driver kill, a
+new run resumes from the newest epoch checkpoint an earlier run left under ``OUTPUT/tune``.
+Driver-side events go to a listener (trial state file, MLflow, progress lines).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Protocol
+
+from lossyvision.sweep.plan import TrialSpec
+from lossyvision.sweep.trials import TUNE_DIR, latest_progress_dir, run_trial
+
+
+class TrialListener(Protocol):
+    def started(self, key: str) -> None: ...
+    def epoch(self, key: str, epoch: int, metrics: dict[str, float]) -> None: ...
+    def finished(self, key: str) -> None: ...
+    def failed(self, key: str, error: str) -> None: ...
+
+
+def _trainable(config: dict[str, Any], sweep: Any = None, manifest: Any = None) -> None:
+    """The Tune function trial (runs on a worker; paths in ``config`` are absolute)."""
+    from ray import tune
+
+    from lossyvision.sweep.trials import device_for
+
+    trial = TrialSpec.from_dict(config["trial"])
+    output = config["output"]
+    _limit_threads(sweep.resources.trial.cpu)
+
+    def report(epoch: int, metrics: dict[str, float], directory: str) -> None:
+        tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    device = device_for(sweep.resources.trial.gpu)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as resume_dir:
+            meta = run_trial(sweep, trial, output, report=report, resume_dir=resume_dir,
+                             device=device, manifest=manifest)
+    else:
+        meta = run_trial(sweep, trial, output, report=report, resume_dir=latest_progress_dir(output, trial.key),
+                         device=device, manifest=manifest)
+    tune.report({"epoch": len(meta["history"]), "trial_done": 1})
+
+
+def _limit_threads(cpus: float) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any,
+                 listener: TrialListener | None = None) -> dict[str, str]:
+    """Run ``trials`` on Tune with the sweep's trial resources; returns ``{key: error}`` of failures."""
+    from ray import tune
+
+    if not trials:
+        return {}
+    output = os.path.abspath(output)
+    # Quiet: our listener prints one line per event; Tune's tables and snapshot warnings are noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no result.json/progress.csv/TB:
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # ...so no "no metrics"
+    res = sweep.resources.trial
+    trainable = tune.with_resources(tune.with_parameters(_trainable, sweep=sweep, manifest=manifest),
+                                    {"cpu": res.cpu, "gpu": res.gpu})
+    space = {"output": output,
+             "trial": tune.grid_search([{**t.as_dict(), "key": t.key} for t in trials])}
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            trial_name_creator=lambda t: t.config["trial"]["key"],
+            trial_dirname_creator=lambda t: t.config["trial"]["key"],
+        ),
+        run_config=tune.RunConfig(
+            name=time.strftime("run-%Y%m%d-%H%M%S"),
+            storage_path=os.path.join(output, TUNE_DIR),
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[_ListenerCallback(listener)] if listener else [],
+            verbose=0,
+        ),
+    )
+    grid = tuner.fit()
+    failures: dict[str, str] = {}
+    for result in grid:
+        if result.error is not None:
+            key = result.config["trial"]["key"]
+            failures[key] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:500]}"
+    return failures
+
+
+class _ListenerCallback:
+    """Adapts Tune's driver-side callback hooks to a :class:`TrialListener`."""
+
+    def __new__(cls, listener: TrialListener):
+        from ray.tune import Callback
+
+        class ListenerCallback(Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):
+                listener.started(trial.config["trial"]["key"])
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                if result.get("trial_done"):
+                    return
+                metrics = {k: float(v) for k, v in result.items()
+                           if k in _user_metrics(result) and isinstance(v, (int, float))}
+                listener.epoch(trial.config["trial"]["key"], int(result.get("epoch", 0)), metrics)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                listener.finished(trial.config["trial"]["key"])
+
+            def on_trial_recover(self, iteration, trials, trial, **info):
+                listener.failed(trial.config["trial"]["key"], "failed; retrying from its last checkpoint")
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                listener.failed(trial.config["trial"]["key"], _trial_error(trial))
+
+        return ListenerCallback()
+
+
+def _trial_error(trial: Any) -> str:
+    try:
+        error = trial.get_pickled_error() or trial.get_error()
+    except Exception:
+        error = None
+    if error is None:
+        return "trial failed"
+    lines = [ln for ln in str(getattr(error, "cause", None) or error).strip().splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else type(error).__name__
+
+
+#: Keys Tune adds to every result; the rest came from the trial.
+_TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+              "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config",
+              "time_since_restore", "iterations_since_restore", "should_checkpoint", "epoch"}
+
+
+def _user_metrics(result: dict[str, Any]) -> set[str]:
+    return {k for k in result if k not in _TUNE_KEYS and not k.startswith("experiment_")}

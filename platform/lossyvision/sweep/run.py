@@ -1,0 +1,362 @@
+"""The sweep driver: compress, plan, train on Tune, evaluate the grid, track, report.
+
+Every step skips what OUTPUT already holds (the store's manifest, final checkpoints, results
+rows), so rerunning a sweep, or running it after the driver was killed, does only what is
+missing. The resolved sweep file is copied to ``OUTPUT/sweep.yaml``: status, sync and the report
+need nothing but OUTPUT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import yaml
+
+from lossyvision.spec import SpecError, Sweep, load_sweep, parse_sweep
+from lossyvision.store import atomic_write_bytes, exists, format_level, is_remote, join
+from lossyvision.sweep.plan import (CellSpec, TrialSpec, cells, compress_levels, done_cell_keys, grid_size,
+                                    level_dcr, pending, plan)
+from lossyvision.sweep.results import append_results, read_results
+from lossyvision.sweep.status import DONE, FAILED, RUNNING, SweepState
+from lossyvision.sweep.trials import drop_progress, finished_keys, read_meta
+
+log = logging.getLogger(__name__)
+
+SWEEP_COPY = "sweep.yaml"
+Echo = Callable[[str], None]
+
+
+# --- the sweep file ---------------------------------------------------------------------------------
+def absolute_tracking_uri(uri: str) -> str:
+    """``sqlite:///runs/x.db`` -> ``sqlite:////abs/runs/x.db``: trials run in other folders."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + os.path.abspath(uri[len(prefix):])
+    return uri
+
+
+def resolve_paths(sweep: Sweep) -> Sweep:
+    """The sweep with every local path absolute (workers and later commands run elsewhere)."""
+    def local(p: str) -> str:
+        return p if is_remote(p) else os.path.abspath(p)
+
+    output = local(sweep.output)
+    update: dict[str, Any] = {
+        "output": output,
+        "dataset": sweep.dataset.model_copy(update={"root": local(sweep.dataset.root)}),
+        "store": local(sweep.store) if sweep.store else None,
+        "tracking": sweep.tracking.model_copy(update={
+            "uri": absolute_tracking_uri(sweep.tracking.uri) if sweep.tracking.uri else None}),
+    }
+    return sweep.model_copy(update=update)
+
+
+def sweep_to_yaml(sweep: Sweep) -> str:
+    return yaml.safe_dump(sweep.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def load_output_sweep(output: str) -> Sweep:
+    """The sweep a run left in OUTPUT (``OUTPUT/sweep.yaml``), its output set to OUTPUT."""
+    path = join(str(output), SWEEP_COPY)
+    if not exists(path):
+        raise SpecError(f"{path} does not exist: is {output} the output folder of a sweep run?")
+    if is_remote(path):
+        from lossyvision.store import read_bytes
+
+        data = yaml.safe_load(read_bytes(path))
+    else:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    if isinstance(data, dict):
+        data["output"] = str(output) if is_remote(str(output)) else os.path.abspath(output)
+    return parse_sweep(data, source=path)
+
+
+# --- tracking glue ---------------------------------------------------------------------------------
+def make_tracker(sweep: Sweep, strict: bool = False):
+    from lossyvision.sweep.tracking import Tracker
+
+    return Tracker(absolute_tracking_uri(sweep.tracking_uri), sweep.experiment, sweep.name, sweep.output,
+                   strict=strict)
+
+
+def sweep_params(sweep: Sweep, n_trials: int, n_cells: int) -> dict[str, Any]:
+    return {
+        "n_trials": n_trials, "n_evaluations": n_cells,
+        "models": ",".join(m.name for m in sweep.models),
+        "train_levels": ",".join(format_level(x) for x in sweep.train_levels),
+        "test_levels": ",".join(format_level(x) for x in sweep.test_levels),
+        "repeats": sweep.repeats, "codec": sweep.codec.name,
+        "budgets": ",".join(str(b) for b in sweep.budgets) if sweep.budgets else None,
+        "dataset": sweep.dataset.kind,
+    }
+
+
+def push_trials(tracker: Any, sweep: Sweep, trials: list[TrialSpec], manifest: pd.DataFrame | None,
+                results: pd.DataFrame, failures: dict[str, str] | None = None) -> int:
+    """Send everything known about ``trials`` to MLflow (only what is missing); returns how many."""
+    from lossyvision.sweep.tracking import eval_metrics_of, trial_params
+
+    failures = failures or {}
+    n = 0
+    for trial in trials:
+        if not tracker.available:
+            break
+        meta = _meta_or_none(sweep.output, trial.key)
+        if meta is None and trial.key not in failures:
+            continue
+        train_dcr = meta.get("train_dcr") if meta else (
+            level_dcr(manifest, sweep.train_split, trial.train_level, sweep.codec.name).vs_source
+            if manifest is not None else None)
+        rows = results[results["trial_id"] == trial.key] if not results.empty else results
+        expected = len([c for c in cells(sweep, [trial])])
+        got = rows[["test_level"]].drop_duplicates().shape[0] if not rows.empty else 0
+        status = "FAILED" if trial.key in failures else ("FINISHED" if got >= expected else None)
+        tracker.log_trial(trial.key, trial_params(sweep, trial, meta, train_dcr),
+                          history=(meta or {}).get("history", ()), test_metrics=eval_metrics_of(rows),
+                          status=status)
+        n += 1
+    return n
+
+
+def _manifest_or_none(sweep: Sweep) -> pd.DataFrame | None:
+    from lossyvision.sweep.trials import read_manifest
+
+    try:
+        return read_manifest(sweep)
+    except Exception:  # only MLflow params need it; a missing store is no reason to fail
+        return None
+
+
+def _meta_or_none(output: str, key: str) -> dict[str, Any] | None:
+    try:
+        return read_meta(output, key)
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+class DriverListener:
+    """Tune's trial events -> state file, MLflow (live per-epoch metrics), progress lines."""
+
+    def __init__(self, sweep: Sweep, state: SweepState, tracker: Any, manifest: pd.DataFrame, echo: Echo,
+                 total: int) -> None:
+        self.sweep, self.state, self.tracker, self.manifest, self.echo = sweep, state, tracker, manifest, echo
+        self.total, self.done, self.t0 = total, 0, {}
+        self.trials = {t.key: t for t in plan(sweep)}
+
+    def started(self, key: str) -> None:
+        self.t0[key] = time.time()
+        self.state.set_trial(key, RUNNING)
+        trial = self.trials.get(key)
+        if trial is not None:
+            from lossyvision.sweep.tracking import trial_params
+
+            dcr = level_dcr(self.manifest, self.sweep.train_split, trial.train_level, self.sweep.codec.name)
+            self.tracker.log_trial(key, trial_params(self.sweep, trial, None, dcr.vs_source))
+        self.echo(f"trial {key}: started")
+
+    def epoch(self, key: str, epoch: int, metrics: dict[str, float]) -> None:
+        self.tracker.log_epoch(key, epoch, metrics)
+        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        self.echo(f"trial {key}: epoch {epoch} {shown}")
+
+    def finished(self, key: str) -> None:
+        self.done += 1
+        self.state.set_trial(key, DONE)
+        took = time.time() - self.t0.get(key, time.time())
+        self.echo(f"trial {key}: done in {took:.0f}s ({self.done}/{self.total})")
+
+    def failed(self, key: str, error: str) -> None:
+        self.state.set_trial(key, FAILED, error)
+        self.echo(f"trial {key}: FAILED: {error}")
+
+
+# --- the driver ------------------------------------------------------------------------------------
+@dataclass
+class SweepOutcome:
+    output: str
+    trials: int
+    cells: int
+    trials_run: int = 0
+    cells_run: int = 0
+    trial_failures: dict[str, str] = field(default_factory=dict)
+    cell_failures: dict[str, str] = field(default_factory=dict)
+    tracking_uri: str = ""
+    tracking_ok: bool = True
+    tracking_error: str | None = None
+    report: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.trial_failures and not self.cell_failures
+
+
+def compress_for(sweep: Sweep, echo: Echo) -> pd.DataFrame:
+    """Compress (or reuse) the store at every level the sweep needs; returns the manifest rows."""
+    from lossyvision.compress import sweep_job_args
+    from lossyvision.runners.compress import compress_dataset
+
+    return compress_dataset(**sweep_job_args(sweep), log=lambda m: echo(f"compress: {m}"))
+
+
+def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
+              ray_address: str | None = None, num_cpus: int | None = None,
+              build_report: bool = True) -> SweepOutcome:
+    """Run a sweep end to end; only what OUTPUT lacks is computed."""
+    from lossyvision.runners.cluster import init_ray
+    from lossyvision.runners.evaluate import evaluate_cells
+    from lossyvision.runners.tune import train_trials
+
+    started = time.time()
+    sweep = resolve_paths(sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file))
+    output = sweep.output
+    if not is_remote(output):
+        os.makedirs(output, exist_ok=True)
+    copy = join(output, SWEEP_COPY)
+    atomic_write_bytes(copy, sweep_to_yaml(sweep).encode())
+
+    # The grid, before anything starts.
+    all_trials = plan(sweep)
+    all_cells = cells(sweep, all_trials)
+    trials_todo = pending(all_trials, finished_keys(output, [t.key for t in all_trials]))
+    cells_todo = pending(all_cells, done_cell_keys(read_results(output)))
+    echo(grid_size(all_trials, all_cells, trials_todo, cells_todo).describe())
+    outcome = SweepOutcome(output, len(all_trials), len(all_cells), tracking_uri=sweep.tracking_uri)
+
+    if trials_todo or cells_todo:
+        init_ray(ray_address, num_cpus=num_cpus)
+        manifest = compress_for(sweep, echo)
+        plan(sweep, manifest)  # every level present in the store, or a clear error
+    else:  # nothing to compute: no Ray, no compression check; only MLflow is brought up to date
+        echo("nothing to run: every trial and cell is done")
+        manifest = _manifest_or_none(sweep)
+
+    tracker = make_tracker(sweep)
+    tracker.start_sweep(sweep_params(sweep, len(all_trials), len(all_cells)),
+                        sweep_file=copy if not is_remote(copy) else None)
+    state = SweepState(output)
+    state.driver_started()
+    try:
+        # Train what is missing.
+        if trials_todo:
+            echo(f"training {len(trials_todo)} trial(s) on Ray Tune "
+                 f"({sweep.resources.trial.cpu:g} CPU, {sweep.resources.trial.gpu:g} GPU each)")
+            listener = DriverListener(sweep, state, tracker, manifest, echo, len(trials_todo))
+            outcome.trial_failures = train_trials(sweep, trials_todo, output, manifest, listener)
+            outcome.trials_run = len(trials_todo)
+        finished = finished_keys(output, [t.key for t in all_trials])
+        for key in finished & {t.key for t in trials_todo}:
+            drop_progress(output, key)
+        for t in trials_todo:  # the listener may miss errors raised before a trial starts
+            if t.key not in finished and t.key not in outcome.trial_failures:
+                outcome.trial_failures[t.key] = "trial did not finish"
+                state.set_trial(t.key, FAILED, "trial did not finish")
+
+        # Evaluate every finished trial on its test levels.
+        cells_todo = [c for c in pending(all_cells, done_cell_keys(read_results(output)))
+                      if c.trial.key in finished]
+        if cells_todo:
+            echo(f"evaluating {len(cells_todo)} cell(s) on "
+                 f"{len({c.test_level for c in cells_todo})} test level(s)")
+            metas = {k: read_meta(output, k) for k in {c.trial.key for c in cells_todo}}
+            done_count = [0]
+
+            def on_cell(cell: CellSpec, metrics: dict[str, float] | None, error: str | None) -> None:
+                if metrics is None:
+                    state.set_cell(cell.key, FAILED, error)
+                    echo(f"cell {cell.key}: FAILED: {error}")
+                    return
+                from lossyvision.sweep.evaluate import cell_rows
+                from lossyvision.sweep.tracking import eval_metric_name
+
+                append_results(output, cell_rows(sweep, cell, metrics, metas[cell.trial.key], manifest))
+                if state.cell(cell.key):
+                    state.set_cell(cell.key, DONE)
+                tracker.log_trial(cell.trial.key, {}, test_metrics={
+                    eval_metric_name(k, cell.test_level): v for k, v in metrics.items()})
+                done_count[0] += 1
+                shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                echo(f"cell {cell.key}: {shown} ({done_count[0]}/{len(cells_todo)})")
+
+            outcome.cell_failures = evaluate_cells(sweep, cells_todo, output, manifest, on_cell)
+            outcome.cells_run = len(cells_todo)
+
+        # MLflow: make sure every trial's run has everything (statuses, params, missed epochs).
+        push_trials(tracker, sweep, all_trials, manifest, read_results(output), outcome.trial_failures)
+        tracker.finish_sweep("FINISHED" if outcome.ok else "FAILED")
+    finally:
+        state.driver_finished()
+    outcome.tracking_ok, outcome.tracking_error = tracker.available, tracker.error
+
+    if build_report:
+        outcome.report = _maybe_report(output, echo)
+    outcome.seconds = time.time() - started
+    return outcome
+
+
+def _maybe_report(output: str, echo: Echo) -> str | None:
+    """Build the report if ``lossyvision.report`` provides one; its failure never fails the sweep."""
+    try:
+        from lossyvision.report import build_report  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    try:
+        result = build_report(output)
+        return str(result) if result is not None else join(output, "report")
+    except Exception as e:  # the sweep's results are safe; say what went wrong and go on
+        echo(f"warning: the report failed ({type(e).__name__}: {e}); run `lossyvision report {output}`")
+        return None
+
+
+def sync_output(output: str, echo: Echo = print) -> int:
+    """Push whatever MLflow lacks for the sweep in OUTPUT; returns how many trial runs were checked.
+
+    Idempotent: runs are found by tags and only missing params/metrics are sent. Raises if the
+    tracking server is still unreachable.
+    """
+    sweep = load_output_sweep(output)
+    tracker = make_tracker(sweep, strict=True)
+    all_trials = plan(sweep)
+    tracker.start_sweep(sweep_params(sweep, len(all_trials), len(cells(sweep, all_trials))),
+                        sweep_file=join(sweep.output, SWEEP_COPY) if not is_remote(sweep.output) else None)
+    manifest = _manifest_or_none(sweep)
+    state = SweepState(sweep.output)
+    failures = {k: v.get("error", "") for k, v in state.data["trials"].items() if v.get("state") == FAILED}
+    n = push_trials(tracker, sweep, all_trials, manifest, read_results(sweep.output), failures)
+    results = read_results(sweep.output)
+    complete = len(done_cell_keys(results)) == len(cells(sweep, all_trials))
+    if complete and not state.driver_alive():
+        tracker.finish_sweep("FINISHED")
+    echo(f"synced {n} trial run(s) of {sweep.name} to {tracker.uri}")
+    return n
+
+
+def summary_lines(outcome: SweepOutcome) -> list[str]:
+    """What to tell the user at the end: where the results are, how to look at them."""
+    from lossyvision.sweep.tracking import ui_command
+
+    lines = [f"sweep done in {outcome.seconds:.0f}s: {outcome.trials_run} trial(s) and {outcome.cells_run} "
+             f"cell(s) run now, grid {outcome.trials} trials x {outcome.cells} evaluations",
+             f"results: {join(outcome.output, 'results.parquet')} (and results.csv)"]
+    for key, err in list(outcome.trial_failures.items())[:5]:
+        lines.append(f"FAILED trial {key}: {err}")
+    for key, err in list(outcome.cell_failures.items())[:5]:
+        lines.append(f"FAILED cell {key}: {err}")
+    if not outcome.ok:
+        lines.append("rerun the same command to retry what failed; "
+                     f"`lossyvision sweep status {outcome.output}` shows the grid")
+    if outcome.report:
+        lines.append(f"report: {outcome.report}")
+    if outcome.tracking_ok:
+        lines.append(f"MLflow: {ui_command(outcome.tracking_uri)}")
+    else:
+        lines.append(f"MLflow was unreachable ({outcome.tracking_error}); once it is back: "
+                     f"lossyvision sweep sync {outcome.output}")
+    return lines

@@ -1,0 +1,167 @@
+"""Where a sweep stands: done, running, failed and missing trials and cells.
+
+The state comes from what the sweep leaves in OUTPUT: results rows (done cells), final
+checkpoints (done trials) and ``OUTPUT/state.json``, a small file the driver keeps with the
+trials and cells that are running or failed and the driver's pid. A "running" entry whose
+driver is gone (killed) shows as interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from lossyvision.store import atomic_write_bytes, exists, format_level, join, read_bytes
+from lossyvision.sweep.plan import cells, done_cell_keys, plan
+from lossyvision.sweep.results import read_results
+from lossyvision.sweep.trials import finished_keys
+
+STATE_NAME = "state.json"
+DONE, RUNNING, FAILED, MISSING, INTERRUPTED = "done", "running", "failed", "missing", "interrupted"
+SYMBOLS = {DONE: "[green]done[/]", RUNNING: "[yellow]running[/]", FAILED: "[red]failed[/]",
+           MISSING: "[dim]missing[/]", INTERRUPTED: "[magenta]interrupted[/]"}
+
+
+class SweepState:
+    """``OUTPUT/state.json``: trial and cell states the driver records as they change."""
+
+    def __init__(self, output: str) -> None:
+        self.path = join(str(output), STATE_NAME)
+        self.data: dict[str, Any] = {"driver": None, "trials": {}, "cells": {}}
+        if exists(self.path):
+            try:
+                self.data.update(json.loads(read_bytes(self.path)))
+            except ValueError:
+                pass  # a corrupt state file only loses running/failed marks
+
+    def driver_started(self) -> None:
+        self.data["driver"] = {"pid": os.getpid(), "host": socket.gethostname()}
+        self.save()
+
+    def driver_finished(self) -> None:
+        self.data["driver"] = None
+        self.save()
+
+    def set_trial(self, key: str, state: str, error: str | None = None) -> None:
+        self._set("trials", key, state, error)
+
+    def set_cell(self, key: str, state: str, error: str | None = None) -> None:
+        self._set("cells", key, state, error)
+
+    def _set(self, kind: str, key: str, state: str, error: str | None) -> None:
+        entry = {"state": state}
+        if error:
+            entry["error"] = error
+        self.data[kind][key] = entry
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_bytes(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())
+
+    def driver_alive(self) -> bool:
+        d = self.data.get("driver")
+        if not d or d.get("host") != socket.gethostname():
+            return bool(d)  # another host: trust the file
+        try:
+            os.kill(int(d["pid"]), 0)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def trial(self, key: str) -> dict[str, Any]:
+        return self.data["trials"].get(key, {})
+
+    def cell(self, key: str) -> dict[str, Any]:
+        return self.data["cells"].get(key, {})
+
+
+@dataclass(frozen=True)
+class CellStatus:
+    model: str
+    trial: str
+    train_level: float
+    repeat: int
+    budget: int
+    test_level: float
+    trial_state: str
+    state: str
+    error: str | None = None
+
+
+def grid_status(sweep: Any, output: str) -> pd.DataFrame:
+    """One row per planned cell with its trial's state and its own (a :class:`CellStatus`)."""
+    state = SweepState(output)
+    alive = state.driver_alive()
+    trials = plan(sweep)
+    done_trials = finished_keys(output, [t.key for t in trials])
+    done_cells = done_cell_keys(read_results(output))
+
+    def live(entry: dict[str, Any]) -> str:
+        s = entry.get("state", MISSING)
+        if s == RUNNING and not alive:
+            return INTERRUPTED
+        return s if s in (RUNNING, FAILED) else MISSING
+
+    rows = []
+    for cell in cells(sweep, trials):
+        t = cell.trial
+        trial_state = DONE if t.key in done_trials else live(state.trial(t.key))
+        if cell.key in done_cells:
+            cell_state = DONE
+        else:
+            cell_state = live(state.cell(cell.key))
+            if cell_state == MISSING and trial_state in (RUNNING, FAILED, INTERRUPTED):
+                cell_state = trial_state
+        error = state.cell(cell.key).get("error") or state.trial(t.key).get("error")
+        rows.append(CellStatus(t.model, t.key, t.train_level, t.repeat, t.budget, cell.test_level,
+                               trial_state, cell_state, error if cell_state == FAILED else None).__dict__)
+    return pd.DataFrame(rows)
+
+
+def render_status(sweep: Any, table: pd.DataFrame):
+    """A rich renderable: per model, a train x test grid of cell states, plus a summary line."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = []
+    counts = table["state"].value_counts().to_dict() if not table.empty else {}
+    trials = table.drop_duplicates("trial")
+    tcounts = trials["trial_state"].value_counts().to_dict() if not trials.empty else {}
+    parts.append(Text.from_markup(
+        f"[bold]{sweep.name}[/]: trials " + _summary(tcounts, len(trials)) +
+        "; cells " + _summary(counts, len(table))))
+    for model, rows in table.groupby("model", sort=False):
+        grid = Table(title=f"model {model}", title_justify="left")
+        grid.add_column("train \\ test" + (" (repeat, budget)" if _has_axes(rows) else ""))
+        grid.add_column("trial")
+        levels = sorted(rows["test_level"].unique())
+        for level in levels:
+            grid.add_column(f"d{format_level(level)}", justify="center")
+        for trial, trows in rows.groupby("trial", sort=False):
+            first = trows.iloc[0]
+            label = f"d{format_level(first.train_level)}"
+            if _has_axes(rows):
+                label += f" / r{first.repeat}" + (f" / {first.budget}B" if first.budget >= 0 else "")
+            by_level = dict(zip(trows["test_level"], trows["state"]))
+            grid.add_row(label, SYMBOLS[first.trial_state],
+                         *[SYMBOLS[by_level[lv]] if lv in by_level else "" for lv in levels])
+        parts.append(grid)
+    failed = table[table["state"] == FAILED].drop_duplicates("error")
+    for row in failed.head(5).itertuples():
+        parts.append(Text(f"failed {row.trial} @ d{format_level(row.test_level)}: {row.error}", style="red"))
+    return Group(*parts)
+
+
+def _summary(counts: dict[str, int], total: int) -> str:
+    shown = [f"{counts[s]} {s}" for s in (DONE, RUNNING, INTERRUPTED, FAILED, MISSING) if counts.get(s)]
+    return f"{total} ({', '.join(shown) or 'none'})"
+
+
+def _has_axes(rows: pd.DataFrame) -> bool:
+    return rows["repeat"].nunique() > 1 or (rows["budget"] >= 0).any()

@@ -1,0 +1,303 @@
+"""One trial as a plain function: train a model on the store at one level, save its checkpoint.
+
+Ray Tune only schedules :func:`run_trial` (``lossyvision.runners.tune``). A trial's final
+checkpoint, ``OUTPUT/checkpoints/<trial key>/`` with ``model.pt`` and ``trial.json``, is its
+"done" marker: ``trial.json`` is written last, atomically, so a trial whose ``trial.json``
+exists never runs again.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import pandas as pd
+
+from lossyvision.spec import Sweep
+from lossyvision.store import atomic_write_bytes, exists, join, read_bytes
+from lossyvision.sweep.plan import TrialSpec, level_dcr, ok_rows
+from lossyvision.sweep.results import NO_BUDGET
+
+CHECKPOINTS = "checkpoints"
+MODEL_FILE = "model.pt"
+META_FILE = "trial.json"
+RESUME_STATE_FILE = "state.pt"
+RESUME_META_FILE = "progress.json"
+TUNE_DIR = "tune"
+
+#: ``report(epoch, metrics, checkpoint_dir)``: called after each epoch with the training metrics and
+#: a folder holding the resumable state (for ``tune.report(..., checkpoint=...)``).
+Reporter = Callable[[int, dict[str, float], str], None]
+
+
+class TrialError(RuntimeError):
+    """A trial cannot run (no images at its level, an empty budget subset, ...)."""
+
+
+# --- where things are ----------------------------------------------------------------------------
+def checkpoint_dir(output: str, key: str) -> str:
+    return join(str(output), CHECKPOINTS, key)
+
+
+def is_finished(output: str, key: str) -> bool:
+    return exists(join(checkpoint_dir(output, key), META_FILE))
+
+
+def finished_keys(output: str, keys: list[str]) -> set[str]:
+    return {k for k in keys if is_finished(output, k)}
+
+
+def read_meta(output: str, key: str) -> dict[str, Any]:
+    return json.loads(read_bytes(join(checkpoint_dir(output, key), META_FILE)))
+
+
+def device_for(gpu: float) -> str:
+    import torch
+
+    return "cuda" if gpu > 0 and torch.cuda.is_available() else "cpu"
+
+
+def manifest_path(sweep: Sweep) -> str:
+    from lossyvision.store import MANIFEST_NAME
+
+    return join(sweep.store_uri, MANIFEST_NAME)
+
+
+def read_manifest(sweep: Sweep) -> pd.DataFrame:
+    path = manifest_path(sweep)
+    if not exists(path):
+        raise TrialError(f"{path} does not exist: compress the dataset first")
+    return pd.read_parquet(io.BytesIO(read_bytes(path)))
+
+
+# --- the images a trial or an evaluation sees ---------------------------------------------------
+@dataclass
+class SplitImages:
+    """The compressed files of one split at one level, with their targets."""
+
+    uris: list[str]
+    targets: list[Any]
+    relpaths: list[str]
+    compressed_bytes: int
+    exhausted: bool = False  # budget sweeps: every candidate fit in the budget
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.uris)
+
+
+def split_images(sweep: Sweep, manifest: pd.DataFrame, split: str, level: float,
+                 reader: Any | None = None) -> tuple[pd.DataFrame, Any]:
+    """Ok manifest rows of ``split`` at ``level``, limited like the sweep (``limit_per_split``)."""
+    from lossyvision.datasets import create_dataset
+
+    reader = reader or create_dataset(sweep.dataset.kind, sweep.dataset.root, **sweep.dataset.options)
+    rows = ok_rows(manifest, split, level, sweep.codec.name)
+    if sweep.limit_per_split:
+        allowed = {r.relpath for r in reader.select(split)[: sweep.limit_per_split]}
+        rows = rows[rows["relpath"].isin(allowed)]
+    return rows, reader
+
+
+def images_of(sweep: Sweep, rows: pd.DataFrame, reader: Any, split: str) -> SplitImages:
+    records = {r.relpath: r for r in reader.select(split)}
+    missing = [p for p in rows["relpath"] if p not in records]
+    if missing:
+        raise TrialError(f"{len(missing)} manifest image(s) of split {split!r} are not in the dataset "
+                         f"(first: {missing[0]}); is the store from another dataset?")
+    return SplitImages(
+        uris=[_store_uri(sweep, p) for p in rows["output_path"]],
+        targets=[reader.load_target(records[p]) for p in rows["relpath"]],
+        relpaths=list(rows["relpath"]),
+        compressed_bytes=int(rows["compressed_bytes"].sum()),
+    )
+
+
+def _store_uri(sweep: Sweep, output_path: str) -> str:
+    """Manifest paths may be absolute (or URIs) or relative to the store."""
+    p = str(output_path)
+    if "://" in p or os.path.isabs(p):
+        return p
+    return join(sweep.store_uri, p)
+
+
+def train_images(sweep: Sweep, trial: TrialSpec, manifest: pd.DataFrame, reader: Any | None = None) -> SplitImages:
+    """What a trial trains on: the train split at its level, or a budget's subset of it."""
+    rows, reader = split_images(sweep, manifest, sweep.train_split, trial.train_level, reader)
+    if rows.empty:
+        raise TrialError(f"trial {trial.key}: no ok images in split {sweep.train_split!r} "
+                         f"at level {trial.train_level:g}")
+    exhausted = False
+    if trial.budget != NO_BUDGET:
+        from lossyvision.budget import select_subset
+
+        seed = sweep.seed + (trial.repeat if sweep.resample else 0)
+        subset = select_subset(rows[["relpath", "label", "compressed_bytes"]].reset_index(drop=True),
+                               int(trial.budget), seed)
+        chosen = list(subset.relpaths)
+        if not chosen:
+            raise TrialError(f"trial {trial.key}: no image fits the budget of {trial.budget} bytes")
+        rows = rows.set_index("relpath", drop=False).loc[chosen].reset_index(drop=True)
+        exhausted = bool(subset.exhausted)
+    images = images_of(sweep, rows, reader, sweep.train_split)
+    images.exhausted = exhausted
+    return images
+
+
+# --- resumable state -----------------------------------------------------------------------------
+def save_progress(directory: str, epoch: int, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """Write a resumable checkpoint (``state.pt`` + ``progress.json``) into a local folder."""
+    import torch
+
+    os.makedirs(directory, exist_ok=True)
+    torch.save(state, os.path.join(directory, RESUME_STATE_FILE))
+    with open(os.path.join(directory, RESUME_META_FILE), "w") as f:
+        json.dump({"epoch": epoch, "history": history}, f)
+
+
+def load_progress(directory: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    import torch
+
+    state = torch.load(os.path.join(directory, RESUME_STATE_FILE), map_location="cpu", weights_only=False)
+    with open(os.path.join(directory, RESUME_META_FILE)) as f:
+        history = json.load(f)["history"]
+    return state, history
+
+
+def latest_progress_dir(output: str, key: str) -> str | None:
+    """The newest resumable checkpoint of a trial among earlier Tune runs of this sweep.
+
+    Tune's own ``get_checkpoint()`` covers retries within a run; this covers a rerun after the
+    driver was killed (a new Tune run, whose trials start without a checkpoint).
+    """
+    best, best_epoch = None, -1
+    for meta in glob.glob(os.path.join(str(output), TUNE_DIR, "*", key, "checkpoint_*", RESUME_META_FILE)):
+        try:
+            with open(meta) as f:
+                epoch = int(json.load(f)["epoch"])
+        except (OSError, ValueError, KeyError):
+            continue
+        if epoch > best_epoch and os.path.exists(os.path.join(os.path.dirname(meta), RESUME_STATE_FILE)):
+            best, best_epoch = os.path.dirname(meta), epoch
+    return best
+
+
+def drop_progress(output: str, key: str) -> None:
+    """Delete a finished trial's epoch checkpoints under ``OUTPUT/tune`` (its final one is kept)."""
+    import shutil
+
+    for d in glob.glob(os.path.join(str(output), TUNE_DIR, "*", key, "checkpoint_*")):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# --- the trial ----------------------------------------------------------------------------------
+def model_spec_for_loading(spec: Any) -> Any:
+    """The model spec without pretrained weights: a checkpoint's state dict replaces them."""
+    return spec.model_copy(update={"pretrained": False, "checkpoint": None})
+
+
+def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter | None = None,
+              resume_dir: str | None = None, device: str | None = None,
+              manifest: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Train ``trial`` and save its final checkpoint; returns the trial's metadata (``trial.json``).
+
+    ``resume_dir`` is a folder written by :func:`save_progress` (a Tune checkpoint): training
+    continues after its epoch. ``report`` gets every epoch's metrics and a progress folder.
+    """
+    import tempfile
+
+    import torch
+
+    from lossyvision.data import ImageSamples
+    from lossyvision.codecs import create_codec
+    from lossyvision.tasks import create_task
+
+    started = time.time()
+    spec = sweep.model(trial.model)
+    manifest = read_manifest(sweep) if manifest is None else manifest
+    images = train_images(sweep, trial, manifest)
+    reader_classes = _classes(sweep)
+    device = device or device_for(sweep.resources.trial.gpu)
+    task = create_task(spec.task, spec, reader_classes, device=device)
+    codec = create_codec(sweep.codec.name, **sweep.codec.options)
+    train = ImageSamples(images.uris, images.targets, decode=codec.decode)
+
+    state, history = None, []
+    if resume_dir:
+        state, history = load_progress(resume_dir)
+    model = task.build_model()
+
+    def on_epoch(epoch: int, metrics: dict[str, float], st: dict[str, Any]) -> None:
+        row = {"epoch": int(epoch), **{k: float(v) for k, v in metrics.items() if _is_number(v)}}
+        history[:] = [h for h in history if h["epoch"] < epoch] + [row]
+        if report is not None:
+            with tempfile.TemporaryDirectory(prefix="lv-progress-") as tmp:
+                save_progress(tmp, epoch, st, history)
+                report(epoch, row, tmp)
+
+    task.fit(model, train, on_epoch=on_epoch, state=state)
+
+    train_dcr = level_dcr(manifest, sweep.train_split, trial.train_level, sweep.codec.name)
+    meta = {
+        "trial": trial.as_dict(), "key": trial.key, "sweep": sweep.name, "task": spec.task,
+        "metric_names": list(task.metric_names),
+        "n_train_images": len(images), "train_bytes": images.compressed_bytes,
+        "budget_exhausted": images.exhausted,
+        "train_dcr": _nan_to_none(train_dcr.vs_source), "train_dcr_raw": _nan_to_none(train_dcr.vs_raw),
+        "history": history, "seconds": round(time.time() - started, 3),
+        "finished_at": utc_now(),
+    }
+    directory = checkpoint_dir(output, trial.key)
+    buf = io.BytesIO()
+    torch.save(_cpu_state_dict(model), buf)
+    atomic_write_bytes(join(directory, MODEL_FILE), buf.getvalue())
+    atomic_write_bytes(join(directory, META_FILE), json.dumps(meta, indent=1).encode())  # done marker
+    return meta
+
+
+def load_trained(sweep: Sweep, trial: TrialSpec, output: str, device: str = "cpu") -> tuple[Any, Any]:
+    """``(task, model)`` of a finished trial, weights from its final checkpoint, in eval mode."""
+    import torch
+
+    from lossyvision.tasks import create_task
+
+    spec = sweep.model(trial.model)
+    task = create_task(spec.task, model_spec_for_loading(spec), _classes(sweep), device=device)
+    model = task.build_model()
+    data = read_bytes(join(checkpoint_dir(output, trial.key), MODEL_FILE))
+    model.load_state_dict(torch.load(io.BytesIO(data), map_location=device, weights_only=True))
+    model.to(device)
+    model.eval()
+    return task, model
+
+
+def _classes(sweep: Sweep) -> list[str]:
+    from lossyvision.datasets import create_dataset
+
+    return list(create_dataset(sweep.dataset.kind, sweep.dataset.root, **sweep.dataset.options).classes)
+
+
+def _cpu_state_dict(model: Any) -> dict[str, Any]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x != x else x
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
