@@ -42,21 +42,58 @@ def compress() -> None:
 
 # --- sweeps -------------------------------------------------------------------------------------
 @sweep_app.command("run")
-def sweep_run(sweep_file: Path = typer.Argument(..., help="Sweep YAML file.")) -> None:
-    """Compress, train every (model, train level, repeat) on Ray Tune, evaluate the grid, report."""
-    raise NotImplementedError
+def sweep_run(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML file."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else local)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray (default: all)."),
+    no_report: bool = typer.Option(False, "--no-report", help="Do not build the report at the end."),
+) -> None:
+    """Compress, train every (model, train level, repeat) on Ray Tune, evaluate the grid, report.
+
+    Rerunning on an existing output does only what is missing (trials, cells, MLflow runs)."""
+    from lossyvision.spec import SpecError
+    from lossyvision.sweep.plan import PlanError
+    from lossyvision.sweep.run import run_sweep, summary_lines
+
+    try:
+        outcome = run_sweep(sweep_file, echo=typer.echo, ray_address=address, num_cpus=num_cpus,
+                            build_report=not no_report)
+    except (SpecError, PlanError) as e:
+        fail(str(e))
+    for line in summary_lines(outcome):
+        typer.echo(line)
+    if not outcome.ok:
+        raise typer.Exit(1)
 
 
 @sweep_app.command("status")
 def sweep_status(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
     """Show the grid with done, running, failed and missing cells."""
-    raise NotImplementedError
+    from rich.console import Console
+
+    from lossyvision.spec import SpecError
+    from lossyvision.sweep.run import load_output_sweep
+    from lossyvision.sweep.status import grid_status, render_status
+
+    try:
+        sweep = load_output_sweep(output)
+    except SpecError as e:
+        fail(str(e))
+    Console().print(render_status(sweep, grid_status(sweep, output)))
 
 
 @sweep_app.command("sync")
 def sweep_sync(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
     """Push results missing from MLflow (after an outage) to the tracking server."""
-    raise NotImplementedError
+    from lossyvision.spec import SpecError
+    from lossyvision.sweep.run import sync_output
+
+    try:
+        sync_output(output, echo=typer.echo)
+    except SpecError as e:
+        fail(str(e))
+    except Exception as e:  # the server is still down: say so, no traceback
+        fail(f"cannot reach MLflow: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", code=1)
 
 
 # --- report and analysis -----------------------------------------------------------------------
