@@ -156,9 +156,51 @@ def advise(
 
 
 @app.command()
-def submit() -> None:
-    """Submit a sweep to a Ray cluster through the Job Submission API."""
-    raise NotImplementedError
+def submit(
+    sweep_file: Optional[Path] = typer.Argument(None, help="Sweep YAML file to run on the cluster."),
+    address: Optional[str] = typer.Option(
+        None, "--address", envvar="RAY_API_SERVER_ADDRESS",
+        help="The cluster's job server (Ray dashboard), e.g. http://127.0.0.1:8265."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Print the job id and return without following the logs."),
+    status: Optional[str] = typer.Option(None, "--status", metavar="JOB", help="Show a submitted job's status."),
+    stop: Optional[str] = typer.Option(None, "--stop", metavar="JOB", help="Stop a submitted job."),
+    env: list[str] = typer.Option([], "--env", metavar="NAME=VALUE", help="Extra env var for the job (repeatable)."),
+    ship_code: bool = typer.Option(
+        False, "--ship-code", help="Upload this checkout's lossyvision package with the job (no image rebuild)."),
+) -> None:
+    """Submit a sweep to a Ray cluster through the Job Submission API.
+
+    Streams the job's logs and exits 1 if it fails. RAY_AUTH_TOKEN, if set, is sent as the
+    bearer token of clusters with token authentication.
+    """
+    from lossyvision import submit as submission
+
+    if sum(x is not None for x in (sweep_file, status, stop)) != 1:
+        fail("give exactly one of SWEEP_FILE, --status JOB or --stop JOB")
+    try:
+        from lossyvision.runners import submit as runner
+
+        if status is not None:
+            info = runner.job_info(address, status)
+            typer.echo(submission.format_status(info))
+            raise typer.Exit(submission.exit_code(info["status"]))
+        if stop is not None:
+            stopped = runner.stop_job(address, stop)
+            typer.echo(f"job {stop}: {'stop requested' if stopped else 'had already ended'}")
+            return
+        result = runner.submit_sweep(str(sweep_file), address, wait=not no_wait,
+                                     env_vars=submission.parse_env_pairs(env), ship_code=ship_code,
+                                     echo=lambda text: typer.echo(text, nl=False))
+    except submission.SubmitError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        typer.echo("\ndetached: the job keeps running (lossyvision submit --status JOB / --stop JOB)", err=True)
+        raise typer.Exit(130)
+    if no_wait:
+        typer.echo(f"job {result.job_id}: {result.status}")
+        return
+    typer.echo(f"job {result.job_id}: {result.status}" + (f" ({result.message})" if result.message else ""))
+    raise typer.Exit(submission.exit_code(result.status))
 
 
 def main() -> None:
