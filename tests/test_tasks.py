@@ -217,3 +217,104 @@ def test_strip_prefixes_and_backbone_loading():
     assert loaded == ["0.bias", "0.weight"] and net[0].weight.abs().sum() == 0
     with pytest.raises(ValueError, match="missing"):
         load_backbone_weights(net, {}, head_prefixes=("1.",))
+
+
+# --------------------------------------------------------------------------- detection
+def samples_from_reader(reader, split: str) -> ImageSamples:
+    """The real path: a dataset reader's records and targets, decoded from files."""
+    from lossyvision.store import join
+
+    records = reader.select(split)
+    return ImageSamples([join(reader.root, r.relpath) for r in records], [reader.load_target(r) for r in records])
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    from datasets_fixtures import make_voc
+
+    from lossyvision.datasets import create_dataset
+
+    reader = create_dataset("voc", str(make_voc(tmp_path_factory.mktemp("voc"), n_train=4, n_val=2)))
+    return reader, samples_from_reader(reader, "train"), samples_from_reader(reader, "val")
+
+
+DET = dict(task="detection", arch="fasterrcnn_mobilenet_v3_large_320_fpn", batch_size=2, epochs=1,
+           options={"min_size": 128, "max_size": 160, "warmup_iters": 1})
+
+
+def test_detection_recipe_defaults_follow_mmdet_1x():
+    task = create_task("detection", spec(task="detection", arch="fasterrcnn_resnet50_fpn"), ["cat"])
+    assert (task.epochs, task.batch_size, task.lr, task.weight_decay, task.lr_steps) == (12, 16, 0.02, 1e-4, [8, 11])
+    task = create_task("detection", spec(task="detection", arch="fasterrcnn_resnet50_fpn", batch_size=4), ["cat"])
+    assert task.lr == pytest.approx(0.005)  # linear scaling: 0.02 per 16 images
+    task = create_task("detection", spec(task="detection", arch="x", epochs=24, lr=0.01), ["cat"])
+    assert (task.epochs, task.lr, task.lr_steps) == (24, 0.01, [16, 22])
+    with pytest.raises(ValueError, match="unknown detection backend"):
+        create_task("detection", spec(task="detection", arch="x", options={"backend": "detectron"}), ["cat"])
+
+
+def test_detection_r50_fpn_matches_the_recipe_structure(tmp_path):
+    from torchvision.models import resnet50
+    from torchvision.ops import FrozenBatchNorm2d
+
+    # an "ImageNet" ResNet-50 checkpoint (random here), as mmdet's torchvision://resnet50
+    ckpt = tmp_path / "r50.pth"
+    r50 = resnet50()
+    torch.save(r50.state_dict(), ckpt)
+    s = spec(task="detection", arch="fasterrcnn_resnet50_fpn", checkpoint=str(ckpt), options={"min_size": 128, "max_size": 160})
+    model = create_task("detection", s, ["cat", "dog"]).build_model()
+    body = model.backbone.body
+    assert torch.equal(body.layer3[0].conv1.weight, r50.layer3[0].conv1.weight)
+    assert torch.equal(body.bn1.running_mean, r50.bn1.running_mean)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in body.modules())
+    frozen = {n.split(".")[0] for n, p in body.named_parameters() if not p.requires_grad}
+    trainable = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
+    assert frozen == {"conv1", "layer1"} and trainable == {"layer2", "layer3", "layer4"}
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3  # 2 classes + background
+    assert (model.transform.min_size, model.transform.max_size) == ((128,), 160)
+    assert model.rpn._post_nms_top_n["training"] == 1000 and model.rpn._post_nms_top_n["testing"] == 1000
+
+
+@pytest.mark.slow
+def test_detection_trains_evaluates_and_resumes_on_voc_fixture(voc):
+    reader, train, val = voc
+    task = create_task("detection", spec(**{**DET, "epochs": 2}), reader.classes)
+    torch.manual_seed(0)
+    model = task.build_model()
+    states = {}
+    logged = []
+    task.fit(model, train, on_epoch=lambda e, m, s: (states.__setitem__(e, s), logged.append(m)))
+    assert sorted(states) == [1, 2]
+    assert {"loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} <= set(logged[0])
+    assert all(math.isfinite(m["loss"]) for m in logged)
+    scores = task.evaluate(model, val)
+    assert set(scores) == {"map50"}
+    assert 0.0 <= scores["map50"] <= 1.0
+    # resume from epoch 1 runs epoch 2 only
+    resumed = task.build_model()
+    seen = []
+    task.fit(resumed, train, state=states[1], on_epoch=lambda e, m, s: seen.append(e))
+    assert seen == [2]
+
+
+def test_detection_collate_flips_boxes_and_drops_difficult():
+    from lossyvision.tasks.detection import DetectionCollate
+
+    rgb = np.zeros((10, 20, 3), np.uint8)
+    rgb[:, :5] = 255  # left stripe
+    target = {"boxes": np.array([[0, 0, 5, 10], [10, 2, 12, 4]], np.float32), "labels": np.array([0, 1]),
+              "difficult": np.array([False, True])}
+    torch.manual_seed(0)
+    flips = []
+    for _ in range(20):
+        (img,), (t,) = DetectionCollate(2, train=True)([(rgb, target)])
+        assert t["labels"].tolist() == [1]  # difficult dropped, label + 1
+        flipped = bool(img[0, 0, -1] == 255)
+        flips.append(flipped)
+        assert t["boxes"].tolist() == ([[15, 0, 20, 10]] if flipped else [[0, 0, 5, 10]])
+    assert any(flips) and not all(flips)
+    (_,), (t,) = DetectionCollate(2, train=False)([(rgb, target)])
+    assert t["labels"].tolist() == [0, 1] and t["difficult"].tolist() == [False, True]
+    with pytest.raises(ValueError, match="labels must lie"):
+        DetectionCollate(1, train=False)([(rgb, target)])

@@ -287,7 +287,7 @@ def load_backbone_weights(model: torch.nn.Module, source: str | Mapping[str, Any
     own = model.state_dict()
     wanted = {k for k in own if not (head_prefixes and k.startswith(tuple(head_prefixes)))}
     missing = sorted(wanted - set(sd) - {k for k in wanted if k.endswith("num_batches_tracked")})
-    unexpected = sorted(set(sd) - set(own))
+    unexpected = sorted(k for k in set(sd) - set(own) if not k.endswith("num_batches_tracked"))  # FrozenBN has none
     wrong_shape = sorted(k for k in set(sd) & set(own) if tuple(sd[k].shape) != tuple(own[k].shape))
     problems = []
     if missing:
@@ -299,5 +299,5 @@ def load_backbone_weights(model: torch.nn.Module, source: str | Mapping[str, Any
                         f"{tuple(sd[wrong_shape[0]].shape)} vs {tuple(own[wrong_shape[0]].shape)})")
     if problems:
         raise ValueError(f"checkpoint {where} does not fit {type(model).__name__}: " + "; ".join(problems))
-    model.load_state_dict(sd, strict=False)
-    return sorted(sd)
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    return sorted(k for k in sd if k in own)

@@ -1,0 +1,286 @@
+"""Object detection: Faster R-CNN R50-FPN, configured after MMDetection's ``faster-rcnn_r50_fpn_1x``.
+
+Default backend: torchvision's Faster R-CNN. The recipe (each value overridable, see
+``docs/tasks.md`` for the remaining differences to mmdet):
+
+- images resized to short side 600, long side at most 1000 (mmdet's scale 1000x600), random
+  horizontal flip (p = 0.5) when training, ImageNet mean/std;
+- ResNet-50 backbone with ImageNet weights when ``pretrained: true`` (torchvision's, as mmdet's
+  ``torchvision://resnet50``) or from ``checkpoint``; then BatchNorm frozen (FrozenBatchNorm2d)
+  and the stem + stage 1 frozen (``trainable_backbone_layers: 3``);
+- 12 epochs of SGD, momentum 0.9, weight decay 1e-4, lr 0.02 per 16 images scaled linearly with
+  the batch size, linear warmup over 500 iterations from 0.001x, lr x0.1 after epochs 8 and 11;
+- 1000 RPN proposals per image in training (mmdet's ``max_per_img``), 1000 at test time;
+- difficult objects left out of training (mmdet drops ignored instances), kept for evaluation,
+  where they are neither TP nor FP.
+
+Recipe defaults apply to the fields a sweep file does not set: ``epochs`` (12), ``batch_size``
+(16), ``lr`` (0.02 x batch/16), ``weight_decay`` (1e-4). If ``epochs`` is set but ``lr_steps`` is
+not, the steps keep their place in the schedule (after 8/12 and 11/12 of the epochs).
+
+Targets are the VOC reader's dicts: ``boxes`` float32 Nx4 (x1, y1, x2, y2, continuous pixels),
+``labels`` int64 (class index), ``difficult`` bool. Class ``k`` is the model's label ``k + 1``
+(torchvision keeps 0 for the background). Metric: ``map50``, VOC2012 all-point AP
+(:func:`lossyvision.metrics.voc.voc_map`).
+
+``options.backend: mmdet`` trains MMDetection's own model instead (optional extra, see
+:mod:`lossyvision.tasks.mmdet_backend`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from lossyvision.metrics.voc import voc_map
+from lossyvision.tasks.base import TASKS, EpochCallback, Task
+from lossyvision.tasks.classification import uint8_chw
+from lossyvision.tasks.training import (
+    COMMON_OPTIONS,
+    autocast,
+    check_options,
+    load_backbone_weights,
+    load_weights_file,
+    make_loader,
+    make_scheduler,
+    option,
+    recipe,
+    strip_prefixes,
+    train_epochs,
+)
+
+OPTIONS = COMMON_OPTIONS + ("backend", "min_size", "max_size", "trainable_backbone_layers", "frozen_bn", "hflip",
+                            "train_difficult", "model_kwargs", "checkpoint_strip", "momentum", "rpn_proposals_train",
+                            "mmdet_config", "score_threshold")
+BACKENDS = ("torchvision", "mmdet")
+DEFAULT_ARCH = "fasterrcnn_resnet50_fpn"
+PREDICTOR = "roi_heads.box_predictor."
+
+# MMDetection faster-rcnn_r50_fpn_1x
+RECIPE_EPOCHS = 12
+RECIPE_BATCH = 16
+RECIPE_LR_PER_16 = 0.02
+RECIPE_WEIGHT_DECAY = 1e-4
+RECIPE_STEPS = (8, 11)
+
+
+def check_target(target: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes Nx4 float32, labels N int64, difficult N bool) from a reader's target, or a clear error."""
+    if not isinstance(target, Mapping) or "boxes" not in target or "labels" not in target:
+        raise ValueError(f"detection target must be a dict with 'boxes' and 'labels', got {type(target).__name__}")
+    boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(target["labels"], dtype=np.int64).reshape(-1)
+    difficult = np.asarray(target.get("difficult", np.zeros(len(labels), bool)), dtype=bool).reshape(-1)
+    if not len(boxes) == len(labels) == len(difficult):
+        raise ValueError(f"detection target has {len(boxes)} boxes, {len(labels)} labels, {len(difficult)} difficult flags")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"detection labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
+    return boxes, labels, difficult
+
+
+class DetectionCollate:
+    """Samples -> (list of uint8 CHW images, list of target dicts of tensors).
+
+    Training targets: difficult boxes and degenerate boxes dropped (unless ``keep_difficult``),
+    labels shifted by +1 for torchvision, random horizontal flip. Evaluation targets: as read.
+    """
+
+    def __init__(self, num_classes: int, *, train: bool, hflip: bool = True, keep_difficult: bool = False) -> None:
+        self.num_classes, self.train, self.hflip, self.keep_difficult = num_classes, train, hflip, keep_difficult
+
+    def __call__(self, batch: list[tuple[np.ndarray, Any]]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        images, targets = [], []
+        for rgb, target in batch:
+            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+                raise ValueError(f"expected uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
+            boxes, labels, difficult = check_target(target, self.num_classes)
+            img = uint8_chw(rgb)
+            if self.train:
+                keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+                if not self.keep_difficult:
+                    keep &= ~difficult
+                boxes, labels, difficult = boxes[keep], labels[keep] + 1, difficult[keep]
+                if self.hflip and torch.rand(()) < 0.5:
+                    img = img.flip(-1)
+                    w = rgb.shape[1]
+                    boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1)
+            images.append(img)
+            targets.append({"boxes": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)).reshape(-1, 4),
+                            "labels": torch.from_numpy(labels), "difficult": torch.from_numpy(difficult)})
+        return images, targets
+
+
+@TASKS.register("detection")
+class DetectionTask(Task):
+    name = "detection"
+    metric_names = ("map50",)
+
+    def __init__(self, spec: Any, classes: list[str], device: str = "cpu") -> None:
+        super().__init__(spec, classes, device)
+        check_options(spec, OPTIONS, self.name)
+        if not self.classes:
+            raise ValueError("detection needs at least one class")
+        self.backend = option(spec, "backend", "torchvision")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown detection backend {self.backend!r}; known: {', '.join(BACKENDS)}")
+        self._mmdet = None
+        if self.backend == "mmdet":
+            from lossyvision.tasks.mmdet_backend import MMDetBackend
+
+            self._mmdet = MMDetBackend(self)
+
+    # ------------------------------------------------------------------ recipe
+    @property
+    def epochs(self) -> int:
+        return int(recipe(self.spec, "epochs", RECIPE_EPOCHS))
+
+    @property
+    def batch_size(self) -> int:
+        return int(recipe(self.spec, "batch_size", RECIPE_BATCH))
+
+    @property
+    def lr(self) -> float:
+        return float(recipe(self.spec, "lr", RECIPE_LR_PER_16 * self.batch_size / 16))
+
+    @property
+    def weight_decay(self) -> float:
+        return float(recipe(self.spec, "weight_decay", RECIPE_WEIGHT_DECAY))
+
+    @property
+    def lr_steps(self) -> list[int]:
+        steps = option(self.spec, "lr_steps")
+        if steps is not None:
+            return [int(s) for s in steps]
+        return [max(1, round(self.epochs * s / RECIPE_EPOCHS)) for s in RECIPE_STEPS]
+
+    # ------------------------------------------------------------------ model
+    def build_model(self) -> Any:
+        if self._mmdet is not None:
+            return self._mmdet.build_model()
+        import torchvision
+        from torchvision.models import ResNet50_Weights
+        from torchvision.models.detection import FasterRCNN
+        from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+        from torchvision.ops import FrozenBatchNorm2d
+
+        arch = self.spec.arch or DEFAULT_ARCH
+        num_classes = len(self.classes) + 1
+        kwargs = {"min_size": int(option(self.spec, "min_size", 600)),
+                  "max_size": int(option(self.spec, "max_size", 1000)),
+                  "rpn_post_nms_top_n_train": int(option(self.spec, "rpn_proposals_train", 1000)),
+                  **(option(self.spec, "model_kwargs", {}) or {})}
+        if "score_threshold" in (self.spec.options or {}):
+            kwargs["box_score_thresh"] = float(option(self.spec, "score_threshold"))
+        pretrained_backbone = self.spec.pretrained is True or bool(self.spec.checkpoint)
+        trainable = option(self.spec, "trainable_backbone_layers", 3 if pretrained_backbone else 5)
+        if arch == DEFAULT_ARCH:
+            frozen_bn = bool(option(self.spec, "frozen_bn", pretrained_backbone))
+            backbone = resnet_fpn_backbone(
+                backbone_name="resnet50",
+                weights=ResNet50_Weights.IMAGENET1K_V1 if self.spec.pretrained is True else None,
+                norm_layer=FrozenBatchNorm2d if frozen_bn else torch.nn.BatchNorm2d,
+                trainable_layers=int(trainable))
+            if self.spec.checkpoint:
+                # an ImageNet ResNet-50 state dict: its layers are the FPN body's, its fc is unused
+                sd = strip_prefixes(load_weights_file(self.spec.checkpoint),
+                                    tuple(option(self.spec, "checkpoint_strip", ("module.",))))
+                sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+                load_backbone_weights(backbone.body, sd, strip=())
+            model = FasterRCNN(backbone, num_classes=num_classes, **kwargs)
+        else:
+            if self.spec.checkpoint:
+                raise ValueError(f"checkpoint (backbone weights) is supported for {DEFAULT_ARCH} only, not {arch}")
+            extra = {"trainable_backbone_layers": int(trainable)} if pretrained_backbone else {}
+            try:
+                model = torchvision.models.get_model(
+                    arch, weights=None, weights_backbone="DEFAULT" if self.spec.pretrained is True else None,
+                    num_classes=num_classes, **extra, **kwargs)
+            except ValueError as e:
+                if "Unknown model" in str(e) or "unknown" in str(e).lower():
+                    names = [n for n in torchvision.models.list_models(torchvision.models.detection)
+                             if n.startswith("fasterrcnn")]
+                    raise ValueError(f"unknown detection architecture {arch!r}; known: {', '.join(names)}") from None
+                raise
+        if isinstance(self.spec.pretrained, str) and self.spec.pretrained.strip():
+            load_detector_weights(model, self.spec.pretrained.strip())
+        return model
+
+    # ------------------------------------------------------------------ training
+    def _loader(self, data: Any, *, train: bool, seed: int = 0, batch_size: int | None = None):
+        collate = DetectionCollate(len(self.classes), train=train, hflip=bool(option(self.spec, "hflip", True)),
+                                   keep_difficult=bool(option(self.spec, "train_difficult", False)))
+        return make_loader(data, batch_size or self.batch_size, collate, shuffle=train,
+                           num_workers=int(option(self.spec, "num_workers", 0)), seed=seed, device=self.device)
+
+    def fit(self, model: Any, train: Any, *, on_epoch: EpochCallback | None = None,
+            state: dict[str, Any] | None = None) -> None:
+        if self._mmdet is not None:
+            return self._mmdet.fit(model, train, on_epoch=on_epoch, state=state)
+        device = torch.device(self.device)
+        model.to(device)
+        seed = int(option(self.spec, "seed", 0))
+        iters = len(self._loader(train, train=True))
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=self.lr, momentum=float(option(self.spec, "momentum", 0.9)),
+                                    weight_decay=self.weight_decay)
+        scheduler = make_scheduler(optimizer, self.spec, self.epochs, iters, schedule="step", warmup_iters=500,
+                                   warmup_ratio=0.001, lr_steps=self.lr_steps)
+        amp = bool(option(self.spec, "amp", False))
+
+        def step(batch):
+            images, targets = batch
+            images = [im.to(device, non_blocking=True).float().div_(255) for im in images]
+            targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+            with autocast(self.device, amp):
+                losses = model(images, targets)
+            loss = sum(v.float() for v in losses.values())
+            n = len(images)
+            return loss, n, {k: float(v.detach()) * n for k, v in losses.items()}
+
+        train_epochs(model, lambda e: self._loader(train, train=True, seed=seed * 1000 + e), step,
+                     optimizer=optimizer, scheduler=scheduler, epochs=self.epochs, on_epoch=on_epoch, state=state,
+                     grad_clip=option(self.spec, "grad_clip"), seed=seed)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(self, model: Any, test: Any) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+        """(detections, ground truths) per test image, as numpy dicts in image pixels (0-based labels)."""
+        device = torch.device(self.device)
+        model.to(device).eval()
+        amp = bool(option(self.spec, "amp", False))
+        dets, gts = [], []
+        bs = int(option(self.spec, "eval_batch_size", self.batch_size))
+        for images, targets in self._loader(test, train=False, batch_size=bs):
+            with autocast(self.device, amp):
+                outputs = model([im.to(device, non_blocking=True).float().div_(255) for im in images])
+            for out, t in zip(outputs, targets):
+                dets.append({"boxes": out["boxes"].float().cpu().numpy(), "scores": out["scores"].float().cpu().numpy(),
+                             "labels": out["labels"].cpu().numpy() - 1})
+                gts.append({k: v.numpy() for k, v in t.items()})
+        if not gts:
+            raise ValueError("no test samples: the test split is empty")
+        return dets, gts
+
+    def evaluate(self, model: Any, test: Any) -> dict[str, float]:
+        if self._mmdet is not None:
+            dets, gts = self._mmdet.predict(model, test)
+        else:
+            dets, gts = self.predict(model, test)
+        return {"map50": voc_map(dets, gts, len(self.classes), iou_threshold=0.5, mode="area")}
+
+    def load_state(self, model: Any, state: dict[str, Any]) -> Any:
+        if self._mmdet is not None:
+            return self._mmdet.load_state(model, state)
+        return super().load_state(model, state)
+
+
+def load_detector_weights(model: torch.nn.Module, source: str) -> None:
+    """Whole-detector weights (path or URL); the box predictor is skipped if its class count differs."""
+    sd = strip_prefixes(load_weights_file(source), ("module.",))
+    own = model.state_dict()
+    head = tuple(k for k in own if k.startswith(PREDICTOR))
+    fits = all(k in sd and sd[k].shape == own[k].shape for k in head)
+    load_backbone_weights(model, sd if fits else {k: v for k, v in sd.items() if not k.startswith(PREDICTOR)},
+                          head_prefixes=() if fits else (PREDICTOR,), strip=())
