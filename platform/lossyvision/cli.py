@@ -35,9 +35,52 @@ def demo_data(
 
 # --- compress -----------------------------------------------------------------------------------
 @app.command()
-def compress() -> None:
-    """Compress a dataset at every level with Ray Data and write the manifest."""
-    raise NotImplementedError
+def compress(
+    sweep_file: Optional[Path] = typer.Argument(
+        None, help="Sweep YAML: take dataset, codec, levels (train + test), store and options from it."),
+    source: Optional[str] = typer.Option(None, "--source", help="Dataset root (folder or s3:// URI)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Store to write: OUT/<codec>-<level>/..., manifest."),
+    dataset: str = typer.Option("imagefolder", "--dataset", help="Dataset layout: imagefolder, food101, ..."),
+    codec: str = typer.Option("jpegxl", "--codec", help="Codec name."),
+    levels: str = typer.Option("0,0.5,1,2,5,10", "--levels", help="Comma-separated levels (jpegxl: distances)."),
+    effort: Optional[int] = typer.Option(None, "--effort", help="Encoder effort (jpegxl: 1..10, default 7)."),
+    on_error: str = typer.Option("skip", "--on-error", help="skip: record bad images and go on; fail: stop."),
+    max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Reject images with more pixels."),
+    quality_metric: Optional[str] = typer.Option(
+        None, "--quality-metric", help="Measure achieved quality on a sample: ssimulacra2 or butteraugli."),
+    quality_sample: int = typer.Option(16, "--quality-sample", help="Images per level whose quality is measured."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray (default: all)."),
+) -> None:
+    """Compress a dataset at every level with Ray Data and write the manifest (resumable)."""
+    from rich.console import Console
+
+    from lossyvision import compress as job
+    from lossyvision.spec import SpecError, load_sweep
+
+    try:
+        if sweep_file is not None:
+            given = [n for n, v in (("--source", source), ("--out", out), ("--effort", effort)) if v is not None]
+            if given:
+                fail(f"{', '.join(given)} cannot be combined with a sweep file (set them in the file)")
+            args = job.sweep_job_args(load_sweep(sweep_file))
+        else:
+            if not source or not out:
+                fail("give --source DIR and --out DIR, or a sweep file")
+            args = {"source": source, "store_uri": out, "dataset": dataset, "codec": codec,
+                    "codec_options": {} if effort is None else {"effort": effort},
+                    "levels": job.parse_levels(levels), "on_error": on_error, "max_pixels": max_pixels,
+                    "quality_metric": quality_metric, "quality_sample": quality_sample}
+        from lossyvision.runners.compress import compress_job
+
+        result = compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
+    except (SpecError, job.CompressError) as exc:
+        fail(str(exc), code=1 if isinstance(exc, job.CompressError) else 2)
+    console = Console()
+    if not console.is_terminal:  # logs and CI: don't squeeze the table into 80 columns
+        console = Console(width=max(console.width, 110))
+    console.print(job.render_summary(result.summary))
+    typer.echo(f"manifest: {args['store_uri']}/manifest.parquet ({len(result.manifest)} rows; "
+               f"{result.done} compressed now, {result.skipped} already done); summary.csv beside it")
 
 
 # --- sweeps -------------------------------------------------------------------------------------
