@@ -39,6 +39,7 @@ from lossyvision.datasets.base import Record
 
 DEFAULT_LEVELS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
 ON_ERROR = ("skip", "fail")
+DEFAULT_FLUSH_SECONDS = 2.0
 
 #: ``execute(items, params)`` yields lists of finished rows as work completes.
 Executor = Callable[[list[dict], dict], Iterator[list[dict]]]
@@ -235,11 +236,16 @@ def quality_sample(records: Sequence[Record], n: int) -> set[str]:
 
 
 def _listed_outputs(store_uri: str, codec: str, levels: Iterable[float]) -> dict[str, int]:
+    """``store-relative path -> size`` of the outputs on disk; removes temp files of killed writes."""
     sizes = {}
+    fs, _ = store.filesystem(store_uri)
     for level in levels:
         d = store.join(store_uri, store.level_dir(codec, level))
         if store.exists(d):
             for rel, info in list_files(d).items():
+                if posixpath.basename(rel).startswith(".tmp-"):
+                    fs.rm(store.filesystem(store.join(d, rel))[1])
+                    continue
                 sizes[posixpath.join(store.level_dir(codec, level), rel)] = info["size"]
     return sizes
 
@@ -267,7 +273,7 @@ def plan(records: Sequence[Record], source_root: str, store_uri: str, options: C
     params = params or job_params(options, store_uri)
     listing = list_files(source_root)
     done = manifest.done_keys(existing[existing["codec"] == options.codec]) if len(existing) else {}
-    outputs = _listed_outputs(store_uri, options.codec, options.levels) if done else {}
+    outputs = _listed_outputs(store_uri, options.codec, options.levels) if store.exists(store_uri) else {}
     sample = quality_sample(records, options.quality_sample) if options.quality_metric else set()
     names = output_names((r.relpath for r in records), _codec(options.codec, "{}").extension)
     items, skipped = [], 0
@@ -342,14 +348,17 @@ def validate(options: CompressOptions) -> None:
 
 
 def run_job(records: Sequence[Record], source_root: str, store_uri: str, options: CompressOptions,
-            execute: Executor, *, flush_rows: int = 500, flush_seconds: float = 2.0,
+            execute: Executor, *, flush_rows: int = 500, flush_seconds: float | None = None,
             consolidate_every: int = 256, log: Callable[[str], None] = lambda msg: None) -> JobResult:
     """Plan, execute, persist rows incrementally, consolidate the manifest, write summary.csv.
 
     Finished rows are flushed to a part file every ``flush_rows`` rows or ``flush_seconds``
-    (whichever first, checked as batches arrive), so a kill loses only recent work; every
-    ``consolidate_every`` parts they are folded into the manifest, bounding the number of files.
+    (whichever first, checked as batches arrive; default 2 s, or ``LOSSYVISION_FLUSH_SECONDS``),
+    so a kill loses only recent work; every ``consolidate_every`` parts they are folded into the
+    manifest, bounding the number of files.
     """
+    if flush_seconds is None:
+        flush_seconds = float(os.environ.get("LOSSYVISION_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS))
     validate(options)
     if not records:
         raise CompressError(f"{source_root}: the dataset has no images")

@@ -1,0 +1,151 @@
+"""The compress job end to end on a real local Ray (num_cpus=2), and resume after a real kill.
+
+One Ray per module; a hang fails fast (Ray Data's no-progress timeout). The kill test runs the
+``lossyvision`` command as a subprocess, SIGKILLs it mid-run and reruns it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from badimages import jpeg_bytes, photo, write_bad_images
+from lossyvision import compress, manifest
+from lossyvision.datasets import create_dataset
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[1]
+LOSSYVISION = str(Path(sys.executable).with_name("lossyvision"))
+
+
+@pytest.fixture(scope="module")
+def ray_2cpu():
+    import ray
+    from ray.data import DataContext
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ctx = DataContext.get_current()
+    saved = ctx.execution_no_progress_timeout_s
+    ctx.execution_no_progress_timeout_s = 60  # a deadlock fails in a minute, not hangs
+    ctx.enable_progress_bars = False
+    yield ray
+    ctx.execution_no_progress_timeout_s = saved
+    ray.shutdown()
+
+
+def tiny_dataset(root: Path) -> Path:
+    for i in range(4):
+        for split, name in (("train", "chelsea"), ("test", "coffee")):
+            d = root / split / "cat"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"img {i}.jpg").write_bytes(jpeg_bytes(photo(name, (64 + 8 * i, 48))))
+    write_bad_images(root / "train" / "odd")
+    return root
+
+
+def test_end_to_end_on_two_cpus_with_every_bad_input(ray_2cpu, tmp_path):
+    from lossyvision.runners.compress import compress_dataset
+
+    root = tiny_dataset(tmp_path / "src")
+    out = tmp_path / "out"
+    m = compress_dataset(str(root), str(out), codec_options={"effort": 1}, levels=(0, 1, 4),
+                         quality_metric="ssimulacra2", quality_sample=3, log=lambda _: None)
+    assert ray_2cpu.is_initialized()  # the caller's Ray is kept
+
+    n_images = len(create_dataset("imagefolder", str(root)).records())
+    assert len(m) == 3 * n_images and not m.duplicated(list(manifest.KEY)).any()
+    assert sorted(m["level"].unique()) == [0.0, 1.0, 4.0]
+    expected = {p.name: outcome for p, outcome in write_bad_images(tmp_path / "cases").values()}
+    for r in m.to_dict("records"):
+        name = r["relpath"].rsplit("/", 1)[-1]
+        assert r["status"] == expected.get(name, "ok"), (name, r["error"])
+        if r["status"] == "ok":
+            assert os.path.getsize(out / r["output_path"]) == r["compressed_bytes"]
+            assert r["dcr_vs_raw"] == pytest.approx(1 - r["compressed_bytes"] / r["raw_bytes"])
+        else:
+            assert r["error"]
+    measured = m.dropna(subset=["quality"])
+    assert 1 <= measured["relpath"].nunique() <= 3 and set(measured["quality_metric"]) == {"ssimulacra2"}
+    on_disk = pd.read_parquet(out / "manifest.parquet")
+    assert len(on_disk) == len(m) and not list(out.glob(f"{manifest.PARTS_DIR}/*"))
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["codec"]) == ["jpegxl"] * 3 + ["png"]
+    n_bad = sum(1 for v in expected.values() if v == "failed")
+    assert list(summary["images_failed"].iloc[:3]) == [n_bad] * 3
+
+
+def test_on_error_fail_stops_on_ray_and_names_the_file(ray_2cpu, tmp_path):
+    from lossyvision.runners.compress import compress_dataset
+
+    root = tmp_path / "src"
+    (root / "cat").mkdir(parents=True)
+    for i in range(6):
+        (root / "cat" / f"{i}.jpg").write_bytes(jpeg_bytes(photo("chelsea", (40, 40))))
+    (root / "cat" / "zz truncated.jpg").write_bytes(jpeg_bytes(photo("coffee", (40, 40)))[:300])
+    with pytest.raises(compress.CompressError, match=r"cat/zz truncated\.jpg: truncated file"):
+        compress_dataset(str(root), str(tmp_path / "out"), codec_options={"effort": 1}, levels=(1,),
+                         on_error="fail", log=lambda _: None)
+
+
+def big_photos(root: Path, n: int) -> None:
+    """Real-photo crops large enough (384x384) that effort 7 takes a while on 2 CPUs."""
+    import skimage.data
+
+    names = ["astronaut", "chelsea", "coffee", "rocket"]
+    for i in range(n):
+        src = getattr(skimage.data, names[i % 4])()[..., :3]
+        h, w = src.shape[:2]
+        y, x = (i * 13) % (h - 384), (i * 29) % (w - 384)
+        d = root / names[i % 4]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(src[y:y + 384, x:x + 384])).save(d / f"{i:03d}.jpg", quality=92)
+
+
+def test_cli_resumes_after_a_real_kill(tmp_path):
+    root, out = tmp_path / "src", tmp_path / "out"
+    big_photos(root, 16)
+    cmd = [LOSSYVISION, "compress", "--source", str(root), "--out", str(out), "--levels", "1,2,4",
+           "--effort", "7", "--num-cpus", "2"]
+    # Flush finished rows after every block, so the kill comes early in the job.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "LOSSYVISION_FLUSH_SECONDS": "0"}
+    parts_dir = out / manifest.PARTS_DIR
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (parts_dir.exists() and any(parts_dir.glob("part-*.parquet"))):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no part file appeared"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the job and the Ray it started, like kill -9
+        proc.wait()
+    assert not (out / "summary.csv").exists(), "the job finished before the kill; make it bigger"
+
+    before = manifest.read_manifest(str(out))
+    assert 0 < len(before) < 16 * 3
+    assert (before["status"] == "ok").all()
+    stamps = {r["output_path"]: (out / r["output_path"]).stat() for r in before.to_dict("records")}
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "already done" in done.stderr and "jpegxl 4" in done.stdout  # plan line and the table
+    after = pd.read_parquet(out / "manifest.parquet")
+    assert len(after) == 16 * 3 and not after.duplicated(list(manifest.KEY)).any()
+    assert (after["status"] == "ok").all()
+    for path, st in stamps.items():  # finished before the kill: not re-encoded
+        now = (out / path).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), path
+    for r in after.to_dict("records"):
+        assert (out / r["output_path"]).stat().st_size == r["compressed_bytes"]
+    assert not list(out.rglob(".tmp-*"))  # temp files of writes cut by the kill were cleaned up
