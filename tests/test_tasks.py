@@ -318,3 +318,100 @@ def test_detection_collate_flips_boxes_and_drops_difficult():
     assert t["labels"].tolist() == [0, 1] and t["difficult"].tolist() == [False, True]
     with pytest.raises(ValueError, match="labels must lie"):
         DetectionCollate(1, train=False)([(rgb, target)])
+
+
+# --------------------------------------------------------------------------- segmentation
+@pytest.fixture(scope="module")
+def cityscapes(tmp_path_factory):
+    from datasets_fixtures import make_cityscapes
+
+    from lossyvision.datasets import create_dataset
+
+    reader = create_dataset("cityscapes", str(make_cityscapes(tmp_path_factory.mktemp("city"), n_train=2, n_val=2)))
+    return reader, samples_from_reader(reader, "train"), samples_from_reader(reader, "val")
+
+
+SEG = dict(task="segmentation", arch="segformer-tiny", batch_size=2, epochs=1, lr=1e-3,
+           options={"crop_size": 64, "warmup_iters": 0, "eval_stride": 48})
+
+
+def test_segformer_presets_and_config():
+    from lossyvision.tasks.segmentation import preset_for
+
+    assert preset_for("nvidia/mit-b5")["depths"] == [3, 6, 40, 3]
+    assert preset_for("segformer-b0")["hidden_sizes"] == [32, 64, 160, 256]
+    assert preset_for("nvidia/segformer-b2-finetuned-cityscapes-1024-1024")["depths"] == [3, 4, 6, 3]
+    assert preset_for("resnet50") is None
+    model = create_task("segmentation", spec(**SEG), [f"c{i}" for i in range(19)]).build_model()
+    assert model.config.num_labels == 19 and model.config.hidden_sizes == [8, 16, 32, 64]
+    assert model.config.semantic_loss_ignore_index == 255
+    with pytest.raises(ValueError, match="names no size preset"):
+        create_task("segmentation", spec(**{**SEG, "arch": "unet"}), ["a", "b"]).build_model()
+
+
+def test_segmentation_collate_crops_pads_and_ignores():
+    from lossyvision.tasks.segmentation import SegmentationCollate
+
+    rgb = np.full((20, 30, 3), 7, np.uint8)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[:, 15:] = 1
+    torch.manual_seed(0)
+    x, y = SegmentationCollate(2, train=True, crop_size=64, ratio_range=(1.0, 1.0), hflip=False)([(rgb, lambda: mask)])
+    assert x.shape == (1, 3, 64, 64) and y.shape == (1, 64, 64) and y.dtype == torch.int64
+    assert (y[0, :20, :30].numpy() == mask).all()  # crop larger than the image: nothing cut
+    assert (y[0, 20:] == 255).all() and (y[0, :, 30:] == 255).all()  # padding is ignored
+    assert (x[0, :, 20:] == 0).all()
+    images, masks = SegmentationCollate(2, train=False, crop_size=64)([(rgb, mask)])
+    assert images[0].shape == (3, 20, 30) and masks[0] is mask
+    with pytest.raises(ValueError, match="outside"):
+        SegmentationCollate(2, train=False)([(rgb, np.full((20, 30), 5, np.uint8))])
+    with pytest.raises(ValueError, match="does not match"):
+        SegmentationCollate(2, train=False)([(rgb, np.zeros((3, 3), np.uint8))])
+
+
+def test_segmentation_slide_inference_covers_every_pixel():
+    task = create_task("segmentation", spec(**SEG), ["a", "b"])
+    model = task.build_model().eval()
+    img = torch.randint(0, 255, (1, 3, 100, 130), dtype=torch.uint8)
+    with torch.no_grad():
+        slide = task.logits(model, img)
+        assert slide.shape == (1, 2, 100, 130) and torch.isfinite(slide).all()
+        whole = create_task("segmentation", spec(**{**SEG, "options": {**SEG["options"], "eval_mode": "whole"}}),
+                            ["a", "b"]).logits(model, img)
+    assert whole.shape == slide.shape
+    # an image no larger than the crop is one window: slide == whole
+    small = img[:, :, :64, :64]
+    with torch.no_grad():
+        assert torch.allclose(task.logits(model, small),
+                              create_task("segmentation", spec(**{**SEG, "options": {"eval_mode": "whole"}}),
+                                          ["a", "b"]).logits(model, small), atol=1e-5)
+
+
+def test_segmentation_trains_evaluates_and_resumes_on_cityscapes_fixture(cityscapes):
+    reader, train, val = cityscapes
+    assert len(reader.classes) == 19
+    task = create_task("segmentation", spec(**{**SEG, "epochs": 2}), reader.classes)
+    torch.manual_seed(0)
+    model = task.build_model()
+    states, logged = {}, []
+    task.fit(model, train, on_epoch=lambda e, m, s: (states.__setitem__(e, s), logged.append(m)))
+    assert sorted(states) == [1, 2]
+    assert all(math.isfinite(m["loss"]) and 0 <= m["train_pixel_acc"] <= 1 for m in logged)
+    scores = task.evaluate(model, val)
+    assert set(scores) == {"miou", "macc"}
+    assert 0.0 <= scores["miou"] <= 1.0 and 0.0 <= scores["macc"] <= 1.0
+    seen = []
+    task.fit(task.build_model(), train, state=states[1], on_epoch=lambda e, m, s: seen.append(e))
+    assert seen == [2]
+
+
+def test_segmentation_loss_ignores_255_and_survives_all_void_crops():
+    from lossyvision.tasks.segmentation import SegmentationTask
+
+    logits = torch.zeros(1, 3, 4, 4, requires_grad=True)
+    masks = torch.full((1, 8, 8), 255, dtype=torch.int64)
+    loss = SegmentationTask.loss(logits, masks)
+    assert loss.item() == 0.0
+    loss.backward()
+    masks[0, 0, 0] = 1
+    assert SegmentationTask.loss(logits, masks).item() == pytest.approx(math.log(3))
