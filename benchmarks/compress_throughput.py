@@ -1,0 +1,187 @@
+"""P1: throughput of the compress job (Ray Data, all cores) against two baselines, in one run.
+
+* job: ``lossyvision.runners.compress.compress_job`` on a local Ray with ``--num-cpus`` CPUs
+  (``ray.init`` timed separately: it is paid once per process, not per image);
+* (a) serial: a plain Python loop calling imagecodecs on the same images, levels and effort:
+  read the JPEG, decode it, encode every level (level 0: lossless JPEG transcode), the same
+  PNG baseline once per image as the job, write the files;
+* (b) limit: the single-core time of those encode calls alone (timed inside the loop), divided
+  by the number of CPUs: what perfect parallel encoding with zero overhead would take.
+
+Throughput is megapixels encoded per second: image pixels x levels / wall time. The images are
+real photos (scikit-image's bundled astronaut, coffee, rocket, Hubble deep field,
+immunohistochemistry; public domain / CC0), cropped at seeded random positions to
+``--size`` squares and stored as JPEG q90. Run it on a quiet machine: the load average is
+recorded before and after.
+
+    .venv/bin/python benchmarks/compress_throughput.py --images 400 --json runs/p1.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform as std_platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
+
+
+def make_images(root: Path, n: int, size: int, seed: int = 0) -> list[Path]:
+    """``n`` JPEG crops of real photos, ``size`` x ``size``, in class folders (ImageFolder)."""
+    import skimage.data
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    photos = [np.ascontiguousarray(getattr(skimage.data, name)()[..., :3]) for name in PHOTOS]
+    paths = []
+    for i in range(n):
+        k = i % len(photos)
+        src = photos[k]
+        h, w = src.shape[:2]
+        y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        crop = src[y:y + size, x:x + size]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        path = root / PHOTOS[k] / f"{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(crop)).save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def serial_loop(paths: list[Path], levels: list[float], effort: int, out: Path) -> dict:
+    """Baseline (a), timing the encode calls alone for (b)."""
+    import imagecodecs
+
+    encode_s = 0.0
+    pixels = 0
+    start = time.perf_counter()
+    for path in paths:
+        data = path.read_bytes()
+        rgb = imagecodecs.jpeg8_decode(data)
+        for level in levels:
+            t = time.perf_counter()
+            if level == 0:
+                encoded = imagecodecs.jpegxl_encode_jpeg(data)
+            else:
+                encoded = imagecodecs.jpegxl_encode(rgb, distance=level, effort=effort)
+            encode_s += time.perf_counter() - t
+            pixels += rgb.shape[0] * rgb.shape[1]
+            target = out / f"{level:g}" / path.parent.name / (path.stem + ".jxl")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(encoded)
+        t = time.perf_counter()
+        png = imagecodecs.png_encode(rgb, level=6)  # the job's PNG baseline (png codec default)
+        encode_s += time.perf_counter() - t
+        (out / "png").mkdir(exist_ok=True)
+        (out / "png" / (path.stem + ".png")).write_bytes(png)
+    return {"seconds": time.perf_counter() - start, "encode_seconds": encode_s, "megapixels": pixels / 1e6}
+
+
+def run_job(source: Path, store: Path, levels: list[float], effort: int, num_cpus: int) -> dict:
+    import ray
+
+    from lossyvision.runners.compress import compress_job
+
+    t = time.perf_counter()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    init_s = time.perf_counter() - t
+    try:
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+        t = time.perf_counter()
+        result = compress_job(str(source), str(store), codec_options={"effort": effort}, levels=levels,
+                              log=lambda msg: None)
+        seconds = time.perf_counter() - t
+    finally:
+        ray.shutdown()
+    m = result.manifest
+    ok = m[m["status"] == "ok"]
+    return {"seconds": seconds, "ray_init_seconds": init_s, "rows": len(m), "rows_ok": len(ok),
+            "megapixels": float((ok["width"] * ok["height"]).sum()) / 1e6,
+            "encode_seconds": float(ok["encode_seconds"].sum())}
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    import imagecodecs
+    import ray
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": std_platform.python_version(),
+            "ray": ray.__version__, "imagecodecs": imagecodecs.__version__,
+            "libjxl": imagecodecs.jpegxl_version() if hasattr(imagecodecs, "jpegxl_version") else "",
+            "commit": commit}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=400)
+    ap.add_argument("--size", type=int, default=384, help="side of the square crops, pixels")
+    ap.add_argument("--levels", default="0,0.5,1,2,5,10")
+    ap.add_argument("--effort", type=int, default=7)
+    ap.add_argument("--num-cpus", type=int, default=os.cpu_count())
+    ap.add_argument("--workdir", default=None, help="scratch folder (default: a temp folder, removed)")
+    ap.add_argument("--json", default=None, help="write the results here too")
+    args = ap.parse_args(argv)
+    levels = [float(x) for x in args.levels.split(",")]
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="lossyvision-p1-"))
+    try:
+        paths = make_images(work / "src", args.images, args.size)
+        load_before = os.getloadavg()
+        serial = serial_loop(paths, levels, args.effort, work / "serial")
+        job = run_job(work / "src", work / "store", levels, args.effort, args.num_cpus)
+        load_after = os.getloadavg()
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    mp = serial["megapixels"]
+    assert abs(job["megapixels"] - mp) < 1e-6, (job["megapixels"], mp)
+    limit_s = serial["encode_seconds"] / args.num_cpus
+    res = {
+        "machine": machine(), "images": args.images, "size": args.size, "levels": levels,
+        "effort": args.effort, "num_cpus": args.num_cpus, "megapixels": mp,
+        "serial": {**serial, "mp_per_s": mp / serial["seconds"]},
+        "limit": {"seconds": limit_s, "mp_per_s": mp / limit_s},
+        "job": {**job, "mp_per_s": mp / job["seconds"],
+                "mp_per_s_with_ray_init": mp / (job["seconds"] + job["ray_init_seconds"])},
+        "load_before": load_before, "load_after": load_after,
+    }
+    res["speedup_vs_serial"] = res["job"]["mp_per_s"] / res["serial"]["mp_per_s"]
+    res["fraction_of_limit"] = res["job"]["mp_per_s"] / res["limit"]["mp_per_s"]
+    res["fraction_of_limit_with_ray_init"] = res["job"]["mp_per_s_with_ray_init"] / res["limit"]["mp_per_s"]
+    print(json.dumps(res, indent=2))
+    print(f"\nP1: {mp:.1f} MP on {args.num_cpus} CPUs: job {res['job']['mp_per_s']:.3f} MP/s, "
+          f"serial {res['serial']['mp_per_s']:.3f} MP/s, limit {res['limit']['mp_per_s']:.3f} MP/s -> "
+          f"{res['speedup_vs_serial']:.2f}x serial, {res['fraction_of_limit']:.3f} of the limit "
+          f"({res['fraction_of_limit_with_ray_init']:.3f} counting ray.init)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
