@@ -415,3 +415,32 @@ def test_segmentation_loss_ignores_255_and_survives_all_void_crops():
     loss.backward()
     masks[0, 0, 0] = 1
     assert SegmentationTask.loss(logits, masks).item() == pytest.approx(math.log(3))
+
+
+# --------------------------------------------------------------------------- optional mmdet backend
+def test_mmdet_backend_absent_gives_install_instructions():
+    from lossyvision.tasks.mmdet_backend import mmdet_available
+
+    if mmdet_available():
+        pytest.skip("mmdet and mmcv ops are installed")
+    task = create_task("detection", spec(**{**DET, "options": {"backend": "mmdet"}}), ["cat"])
+    with pytest.raises(ImportError, match=r"pip install 'lossyvision\[mmdet\]'"):
+        task.build_model()
+
+
+@pytest.mark.slow
+def test_mmdet_backend_trains_and_evaluates(voc):
+    pytest.importorskip("mmdet")
+    from lossyvision.tasks.mmdet_backend import mmdet_available
+
+    if not mmdet_available():
+        pytest.skip("mmcv's compiled ops are missing")
+    reader, train, val = voc
+    s = spec(task="detection", arch="faster-rcnn_r50_fpn_1x", batch_size=2, epochs=1,
+             options={"backend": "mmdet", "min_size": 128, "max_size": 160, "warmup_iters": 1})
+    task = create_task("detection", s, reader.classes)
+    model = task.build_model()
+    logged = []
+    task.fit(model, train, on_epoch=lambda e, m, st: logged.append(m))
+    assert logged and math.isfinite(logged[0]["loss"])
+    assert 0.0 <= task.evaluate(model, val)["map50"] <= 1.0
