@@ -91,6 +91,17 @@ def test_demo_rebuild_as_png_replaces_jpegs_and_refuses_foreign_folders(tmp_path
     assert (foreign / "thesis.tex").read_text() == "x"
 
 
+def test_demo_interrupted_build_is_rebuilt(tmp_path):
+    clean, broken = tmp_path / "clean", tmp_path / "broken"
+    build_demo_dataset(str(clean), train_per_class=3, test_per_class=2)
+    build_demo_dataset(str(broken), train_per_class=3, test_per_class=2)
+    for p in [broken / "README.md", broken / "classes.txt", *sorted((broken / "train").rglob("*.jpg"))[::2]]:
+        p.unlink()  # as if killed mid-way: LICENSES.md is written first, README.md last
+    (broken / "test" / "cat" / "cat_099.jpg").write_bytes(b"stale")
+    build_demo_dataset(str(broken), train_per_class=3, test_per_class=2)
+    assert _tree_digest(broken) == _tree_digest(clean)
+
+
 def test_cli_demo_data(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["demo-data", str(tmp_path / "d"), "--png"])

@@ -28,6 +28,7 @@ no timestamps or metadata in the files.
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import io
 import os
@@ -75,10 +76,18 @@ def _package_photo(package: str, *parts: str) -> Callable[[], np.ndarray]:
         path = os.path.join(spec.submodule_search_locations[0], *parts)
         if not os.path.isfile(path):
             raise RuntimeError(f"the demo dataset needs {path}, which this {package} install lacks")
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+        return _read_rgb(path)
 
     return load
+
+
+@functools.lru_cache(maxsize=16)
+def _read_rgb(path: str) -> np.ndarray:
+    """A photo file as read-only uint8 RGB, cached: rebuilding in one process decodes once."""
+    with Image.open(path) as img:
+        rgb = np.array(img.convert("RGB"))
+    rgb.setflags(write=False)
+    return rgb
 
 
 def _skimage(file: str) -> Callable[[], np.ndarray]:
@@ -204,16 +213,22 @@ def build_demo_dataset(out: str, png: bool = False, train_per_class: int = TRAIN
                        test_per_class: int = TEST_PER_CLASS, image_size: int = IMAGE_SIZE) -> DemoSummary:
     """Write the demo dataset into ``out`` (a folder or URI) and return what was written.
 
-    ``out`` must be missing, empty, or an earlier demo dataset (whose stale images, e.g. JPEGs
-    when rebuilding with ``png``, are removed). Raises ``ValueError`` otherwise.
+    ``out`` must be missing, empty, or an earlier (possibly interrupted) demo build, whose stale
+    images (e.g. JPEGs when rebuilding with ``png``) are removed; ``ValueError`` otherwise.
+    ``README.md`` is written last: its presence means the build completed.
     """
     if train_per_class < 1 or test_per_class < 1 or image_size < 8:
         raise ValueError("demo-data: need at least one train and one test image per class and a size of 8 px or more")
     existing = _check_target(out)
+    fs, readme = filesystem(join(out, "README.md"))
+    if fs.exists(readme):
+        fs.rm_file(readme)  # until rewritten last, the folder reads as an incomplete build
     ext = ".png" if png else ".jpg"
     sources = sorted(SOURCES, key=lambda s: s.label)
     classes = [s.label for s in sources]
-    counts = {split: {} for split in SPLITS}
+    # first: an interrupted build is recognised as ours and simply rebuilt by the next run
+    atomic_write_bytes(join(out, "LICENSES.md"), _licences_md(sources).encode())
+    counts: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
     nbytes = {split: 0 for split in SPLITS}
     rows = []
     written: set[str] = set()
@@ -237,8 +252,7 @@ def build_demo_dataset(out: str, png: bool = False, train_per_class: int = TRAIN
     atomic_write_bytes(join(out, "classes.txt"), "".join(f"{c}\n" for c in classes).encode())
     atomic_write_bytes(join(out, "crops.csv"), _csv(rows))
     summary = DemoSummary(str(out), "png" if png else "jpeg", image_size, classes, counts, nbytes)
-    atomic_write_bytes(join(out, "LICENSES.md"), _licences_md(sources).encode())
-    atomic_write_bytes(join(out, "README.md"), _readme_md(summary).encode())
+    atomic_write_bytes(join(out, "README.md"), _readme_md(summary).encode())  # last: marks a complete build
     return summary
 
 
