@@ -40,6 +40,9 @@ class ReportResult:
     tables: list[str] = field(default_factory=list)      # CSV paths/URIs under OUTPUT/report/
     warnings: list[str] = field(default_factory=list)    # parts that could not be drawn, and why
 
+    def __str__(self) -> str:
+        return self.index_html
+
     @property
     def paths(self) -> list[str]:
         """Every file written, for logging as artifacts."""
