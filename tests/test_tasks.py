@@ -444,3 +444,34 @@ def test_mmdet_backend_trains_and_evaluates(voc):
     task.fit(model, train, on_epoch=lambda e, m, st: logged.append(m))
     assert logged and math.isfinite(logged[0]["loss"])
     assert 0.0 <= task.evaluate(model, val)["map50"] <= 1.0
+
+
+# --------------------------------------------------------------------------- reloading trained weights
+@pytest.mark.parametrize("kw", [
+    {**CLS, "mode": "linear_probe"},
+    {"task": "detection", "arch": "fasterrcnn_resnet50_fpn", "options": {"min_size": 64, "max_size": 64}},
+    {**DET},
+    {**SEG},
+], ids=["classification", "detection-r50", "detection-mobilenet", "segmentation"])
+def test_trained_state_loads_into_a_model_rebuilt_without_weights(tmp_path, kw):
+    """The sweep rebuilds models with pretrained: false, checkpoint: none, then loads the trained state
+    dict strictly: the architecture must not depend on where the initial weights came from."""
+    classes = ["a", "b"]
+    if kw["task"] == "classification":
+        ckpt = tmp_path / "swav.pth"
+        swav_style_checkpoint(ckpt)
+        trained_spec = spec(**{**kw, "checkpoint": str(ckpt)})
+    elif kw["arch"] == "fasterrcnn_resnet50_fpn":
+        from torchvision.models import resnet50
+
+        ckpt = tmp_path / "r50.pth"
+        torch.save(resnet50().state_dict(), ckpt)
+        trained_spec = spec(**{**kw, "checkpoint": str(ckpt)})
+    else:
+        trained_spec = spec(**kw)
+    trained = create_task(kw["task"], trained_spec, classes).build_model()
+    plain_spec = trained_spec.model_copy(update={"pretrained": False, "checkpoint": None})
+    task = create_task(kw["task"], plain_spec, classes)
+    rebuilt = task.build_model()
+    rebuilt.load_state_dict(trained.state_dict())  # strict
+    task.load_state(rebuilt, {"epoch": 1, "model": trained.state_dict()})

@@ -6,8 +6,11 @@ Default backend: torchvision's Faster R-CNN. The recipe (each value overridable,
 - images resized to short side 600, long side at most 1000 (mmdet's scale 1000x600), random
   horizontal flip (p = 0.5) when training, ImageNet mean/std;
 - ResNet-50 backbone with ImageNet weights when ``pretrained: true`` (torchvision's, as mmdet's
-  ``torchvision://resnet50``) or from ``checkpoint``; then BatchNorm frozen (FrozenBatchNorm2d)
-  and the stem + stage 1 frozen (``trainable_backbone_layers: 3``);
+  ``torchvision://resnet50``) or from ``checkpoint``; BatchNorm frozen (FrozenBatchNorm2d,
+  option ``frozen_bn``) and the stem + stage 1 frozen (``trainable_backbone_layers: 3``), as in
+  mmdet whatever the weights. Training from scratch wants ``frozen_bn: false`` and
+  ``trainable_backbone_layers: 5``. The architecture never depends on ``pretrained``, so a
+  trained state dict loads into a model rebuilt with ``pretrained: false``;
 - 12 epochs of SGD, momentum 0.9, weight decay 1e-4, lr 0.02 per 16 images scaled linearly with
   the batch size, linear warmup over 500 iterations from 0.001x, lr x0.1 after epochs 8 and 11;
 - 1000 RPN proposals per image in training (mmdet's ``max_per_img``), 1000 at test time;
@@ -173,15 +176,16 @@ class DetectionTask(Task):
                   **(option(self.spec, "model_kwargs", {}) or {})}
         if "score_threshold" in (self.spec.options or {}):
             kwargs["box_score_thresh"] = float(option(self.spec, "score_threshold"))
-        pretrained_backbone = self.spec.pretrained is True or bool(self.spec.checkpoint)
-        trainable = option(self.spec, "trainable_backbone_layers", 3 if pretrained_backbone else 5)
+        # The architecture depends on arch and options only, never on pretrained/checkpoint: a trained
+        # state dict then loads into a model rebuilt without fetching any weights.
+        frozen_bn = bool(option(self.spec, "frozen_bn", True))
+        trainable = int(option(self.spec, "trainable_backbone_layers", 3))
         if arch == DEFAULT_ARCH:
-            frozen_bn = bool(option(self.spec, "frozen_bn", pretrained_backbone))
             backbone = resnet_fpn_backbone(
                 backbone_name="resnet50",
                 weights=ResNet50_Weights.IMAGENET1K_V1 if self.spec.pretrained is True else None,
                 norm_layer=FrozenBatchNorm2d if frozen_bn else torch.nn.BatchNorm2d,
-                trainable_layers=int(trainable))
+                trainable_layers=trainable)
             if self.spec.checkpoint:
                 # an ImageNet ResNet-50 state dict: its layers are the FPN body's, its fc is unused
                 sd = strip_prefixes(load_weights_file(self.spec.checkpoint),
@@ -192,7 +196,7 @@ class DetectionTask(Task):
         else:
             if self.spec.checkpoint:
                 raise ValueError(f"checkpoint (backbone weights) is supported for {DEFAULT_ARCH} only, not {arch}")
-            extra = {"trainable_backbone_layers": int(trainable)} if pretrained_backbone else {}
+            extra = {"trainable_backbone_layers": trainable} if self.spec.pretrained is True else {}
             try:
                 model = torchvision.models.get_model(
                     arch, weights=None, weights_backbone="DEFAULT" if self.spec.pretrained is True else None,
@@ -203,6 +207,8 @@ class DetectionTask(Task):
                              if n.startswith("fasterrcnn")]
                     raise ValueError(f"unknown detection architecture {arch!r}; known: {', '.join(names)}") from None
                 raise
+            body = getattr(model.backbone, "body", model.backbone)
+            set_batchnorm_frozen(body, frozen_bn)
         if isinstance(self.spec.pretrained, str) and self.spec.pretrained.strip():
             load_detector_weights(model, self.spec.pretrained.strip())
         return model
@@ -284,3 +290,26 @@ def load_detector_weights(model: torch.nn.Module, source: str) -> None:
     fits = all(k in sd and sd[k].shape == own[k].shape for k in head)
     load_backbone_weights(model, sd if fits else {k: v for k, v in sd.items() if not k.startswith(PREDICTOR)},
                           head_prefixes=() if fits else (PREDICTOR,), strip=())
+
+
+def set_batchnorm_frozen(module: torch.nn.Module, frozen: bool) -> torch.nn.Module:
+    """Make every BatchNorm2d under ``module`` a FrozenBatchNorm2d (``frozen``) or the reverse, in place.
+
+    torchvision picks the norm layer from whether backbone weights were requested; this makes the
+    choice an option instead, so the state dict's keys do not depend on ``pretrained``.
+    """
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if frozen and isinstance(child, torch.nn.BatchNorm2d):
+            new: torch.nn.Module = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+        elif not frozen and isinstance(child, FrozenBatchNorm2d):
+            new = torch.nn.BatchNorm2d(child.weight.numel(), eps=child.eps)
+        else:
+            set_batchnorm_frozen(child, frozen)
+            continue
+        with torch.no_grad():
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(new, key).copy_(getattr(child, key))
+        setattr(module, name, new)
+    return module

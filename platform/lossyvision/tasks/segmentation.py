@@ -18,8 +18,10 @@ distortion. Recipe defaults apply to fields the sweep file leaves unset (``lr``,
 
 Weights: ``pretrained: true`` loads ``arch`` from the Hugging Face hub (``nvidia/mit-b5``; the decode
 head is new), ``pretrained: DIR`` a local ``save_pretrained`` folder. ``pretrained: false`` builds a
-random model from a size preset named in ``arch`` (``segformer-b0`` .. ``b5``, ``mit-b5``,
-``segformer-tiny`` for tests) and/or ``options.config`` (``SegformerConfig`` fields).
+random model of the same shape from a size preset named in ``arch`` (``segformer-b0`` .. ``b5``,
+``nvidia/mit-b5``, ``segformer-tiny`` for tests), else from ``arch``'s config if it is a local
+folder or cached, and/or ``options.config`` (``SegformerConfig`` fields) -- so a trained state dict
+loads into a model rebuilt with ``pretrained: false``.
 
 Targets: uint8 HxW train-id masks (255 = ignore), or zero-argument callables returning one, so a
 large dataset's masks can be read lazily (``functools.partial(reader.load_target, record)``).
@@ -204,9 +206,16 @@ class SegmentationTask(Task):
                 raise ValueError(f"cannot load SegFormer weights {source!r}: {e}") from None
         preset = preset_for(self.spec.arch)
         if preset is None and not overrides:
-            raise ValueError(f"segformer arch {self.spec.arch!r} names no size preset for pretrained: false; use "
-                             f"one of {', '.join('segformer-' + k for k in PRESETS)} (or nvidia/mit-bN), "
-                             "or give options.config")
+            try:  # a local save_pretrained folder, or a hub id whose config is cached
+                base = SegformerConfig.from_pretrained(self.spec.arch).to_dict()
+            except (OSError, ValueError):
+                raise ValueError(
+                    f"segformer arch {self.spec.arch!r} names no size preset for pretrained: false and no "
+                    f"config could be loaded for it; use one of {', '.join('segformer-' + k for k in PRESETS)} "
+                    "(or nvidia/mit-bN), or give options.config") from None
+            preset = {k: base[k] for k in ("hidden_sizes", "depths", "num_attention_heads", "sr_ratios",
+                                           "decoder_hidden_size", "mlp_ratios", "patch_sizes", "strides",
+                                           "num_encoder_blocks") if k in base}
         try:
             config = SegformerConfig(**{**(preset or {}), **overrides, **labels})
         except TypeError as e:
