@@ -18,7 +18,7 @@ venv: $(STAMP)
 
 ## Run the demo sweep end to end on the bundled real photos (about 5 minutes on 2 cores).
 demo: $(STAMP)
-	@test -d $(DEMO_DATA) || $(BIN)/lossyvision demo-data $(DEMO_DATA)
+	@test -f $(DEMO_DATA)/README.md || $(BIN)/lossyvision demo-data $(DEMO_DATA)
 	$(BIN)/lossyvision sweep run sweeps/demo.yaml
 
 ## All tests: fast unit tests, then the Ray end-to-end tiers.
