@@ -475,3 +475,25 @@ def test_trained_state_loads_into_a_model_rebuilt_without_weights(tmp_path, kw):
     rebuilt = task.build_model()
     rebuilt.load_state_dict(trained.state_dict())  # strict
     task.load_state(rebuilt, {"epoch": 1, "model": trained.state_dict()})
+
+
+# --------------------------------------------------------------------------- CUDA
+@pytest.mark.gpu
+def test_tasks_train_on_cuda_with_bf16_autocast(tmp_path, cityscapes):
+    train = colour_split(tmp_path, 16, 0)
+    task = create_task("classification", spec(**{**CLS, "options": {"amp": True}}), ["red", "blue"], device="cuda")
+    model = task.build_model()
+    states = []
+    task.fit(model, train, on_epoch=lambda e, m, s: states.append(s))
+    assert next(model.parameters()).is_cuda
+    assert all(not v.is_cuda for v in states[-1]["model"].values())  # states are CPU copies
+    assert 0.0 <= task.evaluate(model, train)["top1"] <= 1.0
+    x01 = torch.rand(2, 3, 32, 32, device="cuda", requires_grad=True)
+    task.probabilities(model.eval(), x01)[:, 1].sum().backward()
+    assert x01.grad is not None
+    reader, seg_train, seg_val = cityscapes
+    seg = create_task("segmentation", spec(**{**SEG, "options": {**SEG["options"], "amp": True}}), reader.classes,
+                      device="cuda")
+    seg_model = seg.build_model()
+    seg.fit(seg_model, seg_train)
+    assert set(seg.evaluate(seg_model, seg_val)) == {"miou", "macc"}
