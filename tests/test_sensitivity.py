@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -150,3 +151,78 @@ def test_basis_mosaic_adds_the_pattern_to_every_block():
     assert np.allclose(tile_77[:8, :8], tile_77[8:, 8:])                          # same pattern in every block
     assert tile_77.std() > 5
     assert plot_basis_illustration(img.float(), 2)[:4] == b"\x89PNG"
+
+
+def _sweep_output(tmp_path):
+    """A sweep output with one finished classifier checkpoint and a store of test images."""
+    import imagecodecs
+    import io as _io
+    import json
+
+    from datasets_fixtures import make_imagefolder
+    from lossyvision import store
+    from lossyvision.spec import load_sweep
+    from lossyvision.sweep.plan import TrialSpec
+    from lossyvision.sweep.trials import checkpoint_dir
+    from lossyvision.tasks import create_task
+    from skimage import io as skio
+
+    root = make_imagefolder(tmp_path / "data", per_class=2, size=(40, 36))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.yaml").write_text(
+        "name: sens-test\n"
+        f"dataset: {{kind: imagefolder, root: {root}}}\n"
+        "codec: {name: jpegxl, effort: 1}\n"
+        "train_levels: [0, 2]\ntest_levels: [0]\n"
+        "models: [{name: tiny, task: classification, arch: resnet10t, image_size: 32}]\n"
+        f"output: {out}\n")
+    sweep = load_sweep(out / "sweep.yaml")
+    rows = []
+    for p in sorted((root / "test").rglob("*.jpg")):
+        rel = p.relative_to(root).as_posix()
+        data = bytes(imagecodecs.jpegxl_encode(skio.imread(p), lossless=True, effort=1))
+        op = store.join(store.level_dir("jpegxl", 0), store.output_relpath(rel, ".jxl"))
+        store.atomic_write_bytes(str(out / "store" / op), data)
+        rows.append(dict(relpath=rel, split="test", codec="jpegxl", level=0.0, status="ok", output_path=op))
+    pd.DataFrame(rows).to_parquet(out / "store" / "manifest.parquet")
+    spec = sweep.model("tiny")
+    task = create_task("classification", spec, ["astronaut", "chelsea", "coffee"])
+    net = task.build_model()
+    key = TrialSpec(model="tiny", train_level=0.0).key
+    ckpt = checkpoint_dir(str(out), key)
+    buf = _io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    store.atomic_write_bytes(store.join(ckpt, "model.pt"), buf.getvalue())
+    store.atomic_write_bytes(store.join(ckpt, "trial.json"), json.dumps({"key": key}).encode())
+    return out, key
+
+
+@pytest.mark.slow
+def test_cli_sensitivity_on_a_sweep_checkpoint_logs_to_mlflow(tmp_path):
+    from typer.testing import CliRunner
+
+    from lossyvision.cli import app
+    from lossyvision.report.build import build_report
+    from lossyvision.sweep.run import load_output_sweep, make_tracker
+
+    out, key = _sweep_output(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["sensitivity", str(out), "-n", "3"])
+    assert res.exit_code == 0, res.output
+    assert "3 image(s) of 32x32, 16 of 16 blocks" in res.output
+    npz = out / "sensitivity" / f"{key}-gradient.npz"
+    back = SensitivityResult.from_npz_bytes(npz.read_bytes())
+    assert back.maps.shape == (3, 8, 8) and back.n_classes == 3 and back.extra["trial"] == key
+    assert (out / "sensitivity" / f"{key}-basis-Cr.png").exists()
+    tracker = make_tracker(load_output_sweep(str(out)))
+    logged = {a.path for a in tracker.client.list_artifacts(tracker.parent_run(), "sensitivity")}
+    assert f"sensitivity/{key}-gradient.npz" in logged and f"sensitivity/{key}-basis-Y.png" in logged
+    # the report picks the maps up
+    report = build_report(str(out))
+    assert any(p.endswith(f"sensitivity-{key}-gradient.png") for p in report.figures), report.warnings
+    # user errors are clear, not tracebacks
+    bad = runner.invoke(app, ["sensitivity", str(out), "--train-level", "2"])
+    assert bad.exit_code == 2 and "no finished checkpoint" in bad.output
+    bad = runner.invoke(app, ["sensitivity", str(out), "--mode", "nope", "--no-mlflow"])
+    assert bad.exit_code == 2 and "unknown mode" in bad.output

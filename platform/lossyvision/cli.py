@@ -153,15 +153,71 @@ def sweep_sync(output: str = typer.Argument(..., help="The sweep's output folder
 
 # --- report and analysis -----------------------------------------------------------------------
 @app.command()
-def report(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
+def report(
+    output: str = typer.Argument(..., help="The sweep's output folder."),
+    keep: float = typer.Option(99.0, "--keep", help="Advice threshold: % of the baseline a train level must keep."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the files to the sweep's MLflow run."),
+) -> None:
     """Draw the study's figures and write OUTPUT/report/index.html."""
-    raise NotImplementedError
+    from lossyvision.report.build import build_report
+    from lossyvision.report.cells import ReportError
+
+    try:
+        result = build_report(output, keep_fraction=keep / 100.0)
+    except ReportError as e:
+        fail(str(e))
+    for w in result.warnings:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"wrote {result.index_html} ({len(result.figures)} figures)")
+    if mlflow:
+        _log_artifacts(output, result.paths, "report")
+
+
+def _log_artifacts(output: str, paths: list[str], artifact_path: str) -> None:
+    """Log files to the sweep's MLflow parent run when OUTPUT is a sweep's output; warn otherwise."""
+    from lossyvision.spec import SpecError
+    from lossyvision.sweep.tracking import log_report_artifacts
+
+    try:
+        ok = log_report_artifacts(output, paths, artifact_path=artifact_path)
+    except SpecError as e:
+        typer.secho(f"warning: not logged to MLflow: {str(e).splitlines()[0]}", fg=typer.colors.YELLOW, err=True)
+        return
+    if ok:
+        typer.echo(f"logged {len(paths)} file(s) to MLflow under {artifact_path}/")
+    else:
+        typer.secho("warning: MLflow is unreachable; the files are only in OUTPUT", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()
-def sensitivity() -> None:
+def sensitivity(
+    output: str = typer.Argument(..., help="The sweep's output folder (checkpoints, store, sweep.yaml)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name in the sweep (default: first classifier)."),
+    train_level: Optional[float] = typer.Option(None, "--train-level", help="Trial's train level (default: smallest)."),
+    repeat: int = typer.Option(0, "--repeat", help="Trial's repeat."),
+    images: int = typer.Option(32, "--images", "-n", min=1, help="Test-split images to average over."),
+    mode: str = typer.Option("gradient", "--mode", help="gradient (exact, every block) or finite-difference."),
+    eps: float = typer.Option(1.0, "--eps", help="finite-difference step in JPEG DCT units (YCbCr 0..255)."),
+    blocks: Optional[int] = typer.Option(None, "--blocks", min=1, help="Sample this many blocks per image."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the files to the sweep's MLflow run."),
+) -> None:
     """DCT-frequency sensitivity maps of a trained classifier."""
-    raise NotImplementedError
+    from lossyvision.sensitivity import SensitivityError, run_sweep_sensitivity
+    from lossyvision.spec import SpecError
+    from lossyvision.sweep.trials import TrialError
+
+    try:
+        done = run_sweep_sensitivity(output, model=model, train_level=train_level, repeat=repeat, n_images=images,
+                                     mode=mode, eps=eps, blocks_per_image=blocks, seed=seed, device=device)
+    except (SensitivityError, SpecError, TrialError, KeyError) as e:
+        fail(str(e).strip("'\""))
+    typer.echo(done.result.describe())
+    for p in done.paths:
+        typer.echo(f"wrote {p}")
+    if mlflow:
+        _log_artifacts(output, done.paths, "sensitivity")
 
 
 @app.command()

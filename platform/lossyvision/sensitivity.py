@@ -307,3 +307,97 @@ def plot_basis_illustration(image01: torch.Tensor, channel: int, *, amplitude: f
     data = _png_bytes(fig)
     plt.close(fig)
     return data
+
+
+# --- a sweep's trained classifier (``lossyvision sensitivity OUTPUT``) ------------------------------
+@dataclass
+class SweepSensitivity:
+    """What :func:`run_sweep_sensitivity` measured and wrote (npz, maps PNG, basis PNGs)."""
+
+    result: SensitivityResult
+    trial_key: str
+    paths: list[str]
+
+
+def load_test_images(sweep, n_images: int, size: int, *, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """``n_images`` test-split images (a seeded sample, at the store's smallest level), resized to
+    ``size`` x ``size`` float RGB in [0, 1] (bilinear, antialiased: the classifier's 'resize' view)."""
+    import torch.nn.functional as F
+
+    from lossyvision import store
+    from lossyvision.codecs import create_codec
+    from lossyvision.sweep.trials import read_manifest
+
+    m = read_manifest(sweep)
+    rows = m[(m["split"] == sweep.test_split) & (m["status"] == "ok") & (m["codec"] == sweep.codec.name)]
+    if rows.empty:
+        raise SensitivityError(f"the store has no compressed images of split {sweep.test_split!r}")
+    rows = rows[rows["level"] == rows["level"].min()].sort_values("relpath")
+    take = np.sort(np.random.default_rng(seed).choice(len(rows), min(n_images, len(rows)), replace=False))
+    rows = rows.iloc[take]
+    codec = create_codec(sweep.codec.name, **sweep.codec.options)
+    images = []
+    for path in rows["output_path"]:
+        uri = path if ("://" in str(path) or str(path).startswith("/")) else store.join(sweep.store_uri, path)
+        rgb = codec.decode(store.read_bytes(uri))
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
+        images.append(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True))
+    return torch.cat(images).clamp(0, 1), list(rows["relpath"])
+
+
+def run_sweep_sensitivity(output: str, *, model: str | None = None, train_level: float | None = None,
+                          repeat: int = 0, n_images: int = 32, mode: str = "gradient", eps: float = 1.0,
+                          blocks_per_image: int | None = None, seed: int = 0, device: str = "cpu",
+                          amplitude: float = 100.0) -> SweepSensitivity:
+    """Δ maps of a sweep's trained classifier; files go to ``OUTPUT/sensitivity/<trial>-<mode>.*``.
+
+    Defaults: the sweep's first classification model, trained at its smallest train level.
+    Images are measured at the model's ``image_size`` rounded down to a multiple of 8 (the task's
+    ``probabilities`` resizes back when they differ, which both modes differentiate through).
+    """
+    from lossyvision import store
+    from lossyvision.sweep.plan import TrialSpec
+    from lossyvision.sweep.run import load_output_sweep
+    from lossyvision.sweep.trials import is_finished, load_trained
+
+    if mode not in MODES:
+        raise SensitivityError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    sweep = load_output_sweep(output)
+    if model is None:
+        classifiers = [m.name for m in sweep.models if m.task == "classification"]
+        if not classifiers:
+            raise SensitivityError(f"sweep {sweep.name} has no classification model")
+        model = classifiers[0]
+    spec = sweep.model(model)
+    if spec.task != "classification":
+        raise SensitivityError(f"model {model!r} is a {spec.task} model; sensitivity needs a classifier")
+    level = min(sweep.train_levels) if train_level is None else float(train_level)
+    trial = TrialSpec(model=model, train_level=level, repeat=repeat)
+    if not is_finished(output, trial.key):
+        raise SensitivityError(f"no finished checkpoint for trial {trial.key} in {output}/checkpoints "
+                               f"(train levels: {sweep.train_levels}, repeats: {sweep.repeats})")
+    task, net = load_trained(sweep, trial, output, device=device)
+    size = (int(spec.image_size) // 8) * 8
+    if size < 8:
+        raise SensitivityError(f"image_size {spec.image_size} is too small for 8x8 blocks")
+    images, _ = load_test_images(sweep, n_images, size, seed=seed)
+    images = images.to(device)
+
+    def probs_fn(x01: torch.Tensor) -> torch.Tensor:
+        return task.probabilities(net, x01)
+
+    result = measure_sensitivity(probs_fn, images, mode=mode, eps=eps, blocks_per_image=blocks_per_image, seed=seed)
+    result.extra = {"trial": trial.key, "model": model, "train_level": level}
+    folder = store.join(str(output), "sensitivity")
+    stem = f"{trial.key}-{mode}"
+    paths = []
+    for name, data in [(f"{stem}.npz", result.to_npz_bytes()),
+                       (f"{stem}.png", plot_sensitivity_maps(result, title=f"{trial.key}: {result.describe()}"))]:
+        uri = store.join(folder, name)
+        store.atomic_write_bytes(uri, data)
+        paths.append(uri)
+    for c, ch in enumerate(dct.CHANNELS):
+        uri = store.join(folder, f"{trial.key}-basis-{ch}.png")
+        store.atomic_write_bytes(uri, plot_basis_illustration(images[0].detach().cpu(), c, amplitude=amplitude))
+        paths.append(uri)
+    return SweepSensitivity(result=result, trial_key=trial.key, paths=paths)
