@@ -16,7 +16,8 @@ ViT image processor; option ``eval_crop: center`` resizes the short side to
 ``image_size / crop_pct`` and crops the centre, timm's eval transform), random horizontal flips
 when training (option ``hflip``), then the mean/std of the architecture's timm data config
 (ImageNet's for most). Options: ``train_crop`` (``resize`` | ``random_resized_crop``),
-``eval_crop`` (``resize`` | ``center``), ``hflip`` (true), ``model_kwargs`` (passed to
+``eval_crop`` (``resize`` | ``center``), ``hflip`` (true), ``optimizer`` (``adamw`` | ``sgd``
+with ``momentum`` 0.9), ``model_kwargs`` (passed to
 ``timm.create_model``, e.g. ``{img_size: 64}`` for a small ViT), ``checkpoint_strip`` (key
 prefixes to remove from ``checkpoint``), plus the common ones (:mod:`lossyvision.tasks.training`).
 """
@@ -43,7 +44,9 @@ from lossyvision.tasks.training import (
     train_epochs,
 )
 
-OPTIONS = COMMON_OPTIONS + ("train_crop", "eval_crop", "hflip", "model_kwargs", "checkpoint_strip")
+OPTIONS = COMMON_OPTIONS + ("train_crop", "eval_crop", "hflip", "model_kwargs", "checkpoint_strip", "optimizer",
+                            "momentum")
+OPTIMIZERS = ("adamw", "sgd")
 #: Keys of self-supervised checkpoints that are not part of the backbone (SwAV, DINO-style heads).
 SSL_HEAD_PREFIXES = ("projection_head.", "prototypes.", "head.mlp.", "head.last_layer.")
 
@@ -210,7 +213,15 @@ class ClassificationTask(Task):
 
         iters = len(loader(1))
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.spec.lr, weight_decay=self.spec.weight_decay)
+        kind = option(self.spec, "optimizer", "adamw")
+        if kind == "sgd":  # e.g. SwAV's linear evaluation protocol
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=self.spec.lr, momentum=float(option(self.spec, "momentum", 0.9)),
+                weight_decay=self.spec.weight_decay)
+        elif kind == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=self.spec.lr, weight_decay=self.spec.weight_decay)
+        else:
+            raise ValueError(f"option optimizer: unknown value {kind!r}; known: {', '.join(OPTIMIZERS)}")
         scheduler = make_scheduler(optimizer, self.spec, self.spec.epochs, iters, schedule="cosine",
                                    lr_steps=option(self.spec, "lr_steps", ()))
         amp = bool(option(self.spec, "amp", False))

@@ -15,10 +15,6 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-#: A resumable training state as given to ``on_epoch``: tensors are CPU copies.
-STATE_KEYS = ("epoch", "model", "optimizer", "scheduler")
-
-
 # --------------------------------------------------------------------------- options
 def option(spec: Any, key: str, default: Any = None) -> Any:
     """``spec.options[key]`` or ``default``."""
