@@ -14,8 +14,9 @@ For an image ``x``, a channel ``c`` (Y, Cb, Cr), a block ``b`` and a frequency `
   The perturbation map is linear and orthonormal, so for every class k one backward pass gives
   ``∇p_k`` and its blockwise YCbCr DCT (:func:`lossyvision.dct.gradient_to_coefficients`) is the
   directional derivative for *every* block, channel and frequency at once. The mean over classes of
-  absolute values needs each class's derivative separately (|.| does not commute with the sum),
-  so it takes one forward and C backward passes per batch: full coverage, no sampling.
+  absolute values needs each class's derivative separately (|.| does not commute with the sum):
+  N x C input gradients, computed as batched (image, class) rows, one backward per batch (see
+  :func:`sensitivity_gradient`): full coverage, no sampling.
 
 ``probs_fn(x01) -> probs`` maps float RGB in [0, 1] ``[N, 3, H, W]`` to class probabilities
 ``[N, C]`` and must treat samples independently (a model in eval mode).
@@ -121,9 +122,16 @@ def _check_blocks(blocks_per_image: int | None, total: int) -> int:
     return int(blocks_per_image)
 
 
-def sensitivity_gradient(probs_fn: ProbsFn, images01: torch.Tensor, *, batch_size: int = 8,
+def sensitivity_gradient(probs_fn: ProbsFn, images01: torch.Tensor, *, batch_size: int = 64,
                          blocks_per_image: int | None = None, seed: int = 0) -> SensitivityResult:
-    """Exact Δ maps: one forward and C backward passes per batch of images give every block.
+    """Exact Δ maps over every block from N x C input gradients (one per image and class).
+
+    Each class needs its own gradient (the mean of |∂p_k| is not |∂ of a sum|). Rather than C
+    backward passes over a small batch, the (image, class) pairs are laid out as one batch of up to
+    ``batch_size`` rows (row r = image m_r, class k_r): one forward, and one backward of
+    ``sum_r p[r, k_r]``, give row r's input gradient ``∂p_{k_r}(x_{m_r})/∂x`` exactly, since rows
+    do not interact in eval mode. Its blockwise YCbCr DCT is the directional derivative of every
+    block, channel and frequency.
 
     ``blocks_per_image``/``seed`` restrict the average to the blocks finite-difference mode would
     sample with the same arguments (for comparisons at equal coverage); the cost is the same.
@@ -132,24 +140,25 @@ def sensitivity_gradient(probs_fn: ProbsFn, images01: torch.Tensor, *, batch_siz
     n, _, h, w = images01.shape
     total_blocks = (h // dct.BLOCK) * (w // dct.BLOCK)
     k_blocks = _check_blocks(blocks_per_image, total_blocks)
-    rng = np.random.default_rng(seed)
+    if batch_size < 1:
+        raise SensitivityError(f"batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
-    per_image = []
-    n_classes = 0
-    for lo in range(0, n, batch_size):
-        x = images01[lo:lo + batch_size].detach().clone().requires_grad_(True)
+    with torch.no_grad():
+        n_classes = _probs(probs_fn, images01[:1]).shape[1]
+    sums = torch.zeros(n, 3, total_blocks, 8, 8, dtype=torch.float64, device=images01.device)
+    rows_img = torch.arange(n, device=images01.device).repeat_interleave(n_classes)
+    rows_cls = torch.arange(n_classes, device=images01.device).repeat(n)
+    for lo in range(0, len(rows_img), batch_size):
+        m_idx, k_idx = rows_img[lo:lo + batch_size], rows_cls[lo:lo + batch_size]
+        x = images01[m_idx].detach().clone().requires_grad_(True)
         probs = _probs(probs_fn, x)
-        n_classes = probs.shape[1]
-        total = None
-        for k in range(n_classes):
-            (g,) = torch.autograd.grad(probs[:, k].sum(), x, retain_graph=k < n_classes - 1)
-            d = dct.gradient_to_coefficients(g).abs()          # [B, 3, Hb, Wb, 8, 8]
-            total = d if total is None else total + d
-        per_block = (total / n_classes).flatten(2, 3).detach().double().cpu().numpy()   # [B, 3, blocks, 8, 8]
-        for m in range(per_block.shape[0]):
-            blocks = _sample_blocks(rng, total_blocks, k_blocks)
-            per_image.append(per_block[m][:, blocks].mean(axis=1))
-    per_image_arr = np.stack(per_image)
+        (g,) = torch.autograd.grad(probs[torch.arange(len(k_idx), device=x.device), k_idx].sum(), x)
+        d = dct.gradient_to_coefficients(g.detach()).abs().flatten(2, 3).double()   # [B, 3, blocks, 8, 8]
+        sums.index_add_(0, m_idx, d)
+    per_block = (sums / n_classes).cpu().numpy()
+    rng = np.random.default_rng(seed)
+    per_image_arr = np.stack([per_block[m][:, _sample_blocks(rng, total_blocks, k_blocks)].mean(axis=1)
+                              for m in range(n)])
     return SensitivityResult(maps=per_image_arr.mean(0), per_image=per_image_arr, mode="gradient", eps=None,
                              n_images=n, n_classes=n_classes, blocks_per_image=k_blocks, blocks_total=total_blocks,
                              image_size=(h, w), seconds=time.perf_counter() - start)
@@ -217,7 +226,7 @@ def measure_sensitivity(probs_fn: ProbsFn, images01: torch.Tensor, *, mode: str 
                         batch_size: int | None = None) -> SensitivityResult:
     """Δ maps in ``mode`` (``gradient`` or ``finite-difference``); see the module docstring."""
     if mode == "gradient":
-        return sensitivity_gradient(probs_fn, images01, batch_size=batch_size or 8,
+        return sensitivity_gradient(probs_fn, images01, batch_size=batch_size or 64,
                                     blocks_per_image=blocks_per_image, seed=seed)
     if mode == "finite-difference":
         return sensitivity_finite_difference(probs_fn, images01, eps=eps, blocks_per_image=blocks_per_image,
