@@ -149,3 +149,20 @@ def test_build_report_without_results_or_store_still_writes_a_page(tmp_path):
         build_report(str(tmp_path / "missing"))
     with pytest.raises(ReportError, match="keep fraction"):
         build_report(str(tmp_path), keep_fraction=0)
+
+
+def test_cli_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from lossyvision.cli import app
+    from report_data import write_results
+
+    write_results(tmp_path, result_rows(models=("m",), repeats=2))
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(tmp_path), "--keep", "95"])
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output and "index.html" in res.output
+    assert "not logged to MLflow" in res.output          # no sweep.yaml: a warning, not a failure
+    assert "&ge; 95%" in (tmp_path / "report" / "index.html").read_text()
+    bad = runner.invoke(app, ["report", str(tmp_path / "nope")])
+    assert bad.exit_code == 2 and "does not exist" in bad.output
