@@ -166,3 +166,19 @@ def test_cli_report(tmp_path):
     assert "&ge; 95%" in (tmp_path / "report" / "index.html").read_text()
     bad = runner.invoke(app, ["report", str(tmp_path / "nope")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+def test_zero_baseline_is_skipped_with_a_warning(tmp_path):
+    from report_data import write_results
+
+    df = result_rows(models=("good", "dead"), repeats=1)
+    df.loc[df.model == "dead", "value"] = 0.0
+    with pytest.raises(ReportError, match="relative values are undefined"):
+        relative_cells(cell_table(df))
+    notes: list[str] = []
+    rel = relative_cells(cell_table(df), skipped=notes)
+    assert set(rel["model"]) == {"good"} and len(notes) == 1 and "dead/top1" in notes[0]
+    write_results(tmp_path, df)
+    res = build_report(str(tmp_path))
+    assert [p.rsplit("/", 1)[-1] for p in res.figures] == ["heatmap-good-top1.png"]
+    assert any("dead/top1" in w for w in res.warnings)

@@ -135,7 +135,9 @@ def _results_sections(output: str, writer: _Writer, keep_fraction: float, warnin
     cells = cell_table(results)
     if cells.empty:
         return [Section("Relative performance", text="The results table has no finite values yet.")]
-    rel = relative_cells(cells)
+    rel = relative_cells(cells, skipped=warnings)
+    if rel.empty:
+        return [Section("Relative performance", text="No group has a non-zero baseline value (see Warnings).")]
     heat = Section("Relative performance", text=(
         "Each circle is an observed (train level, test level) cell: its value as a percentage of the baseline cell "
         "(train level 0, test level 0, or the smallest levels observed; named in each title), averaged over repeats. "

@@ -72,18 +72,29 @@ def baseline_levels(cells: pd.DataFrame) -> tuple[float, float]:
     return train, test
 
 
-def relative_cells(cells: pd.DataFrame) -> pd.DataFrame:
-    """Add ``baseline_train_level``, ``baseline_test_level``, ``baseline`` and ``rel``/``rel_low``/``rel_high`` (%)."""
+def relative_cells(cells: pd.DataFrame, skipped: list[str] | None = None) -> pd.DataFrame:
+    """Add ``baseline_train_level``, ``baseline_test_level``, ``baseline`` and ``rel``/``rel_low``/``rel_high`` (%).
+
+    A group whose baseline is 0 (a model that learnt nothing) has no relative values: it raises
+    :class:`ReportError`, or, when a ``skipped`` list is given, is left out with a note appended.
+    """
     out = []
     for _, g in cells.groupby(list(GROUP), sort=True):
         train, test = baseline_levels(g)
         base = float(g.loc[(g["train_level"] == train) & (g["test_level"] == test), "mean"].iloc[0])
         if base == 0 or not math.isfinite(base):
-            raise ReportError(f"baseline value of {g['model'].iloc[0]}/{g['metric'].iloc[0]} at train level "
-                              f"{train:g}, test level {test:g} is {base}: relative values are undefined")
+            msg = (f"baseline value of {g['model'].iloc[0]}/{g['metric'].iloc[0]} at train level "
+                   f"{train:g}, test level {test:g} is {base}: relative values are undefined")
+            if skipped is None:
+                raise ReportError(msg)
+            skipped.append(msg)
+            continue
         g = g.copy()
         g["baseline_train_level"], g["baseline_test_level"], g["baseline"] = train, test, base
         for src, dst in (("mean", "rel"), ("ci_low", "rel_low"), ("ci_high", "rel_high")):
             g[dst] = 100.0 * g[src] / base
         out.append(g)
-    return pd.concat(out, ignore_index=True) if out else cells.assign(rel=[], rel_low=[], rel_high=[])
+    if not out:
+        return cells.iloc[0:0].assign(baseline_train_level=[], baseline_test_level=[], baseline=[], rel=[],
+                                      rel_low=[], rel_high=[])
+    return pd.concat(out, ignore_index=True)
