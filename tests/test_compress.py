@@ -295,3 +295,18 @@ def test_sources_sharing_an_output_name_keep_their_extension():
     names = compress.output_names(["a/x.jpg", "a/x.png", "a/y.JPG", "b/x.jpg", "c/Z.jpg", "c/z.png"], ".jxl")
     assert names == {"a/x.jpg": "a/x.jpg.jxl", "a/x.png": "a/x.png.jxl", "a/y.JPG": "a/y.jxl",
                      "b/x.jpg": "b/x.jxl", "c/Z.jpg": "c/Z.jpg.jxl", "c/z.png": "c/z.png.jxl"}
+
+
+def test_food101_layout_carries_splits_and_labels(tmp_path):
+    from datasets_fixtures import make_food101
+
+    root = make_food101(tmp_path / "food", n_train=2, n_test=1)
+    reader = create_dataset("food101", str(root))
+    res = compress.run_job(reader.records(), str(root), str(tmp_path / "out"),
+                           compress.CompressOptions(codec_options=FAST, levels=(2.0,)), compress.execute_serially)
+    m = res.manifest
+    assert len(m) == 9 and (m["status"] == "ok").all()
+    assert sorted(m["split"].value_counts().items()) == [("test", 3), ("train", 6)]
+    row = m.iloc[0]
+    assert row["output_path"] == "jpegxl-2/" + row["relpath"][:-4] + ".jxl"
+    assert row["label"] == reader.classes.index(row["relpath"].split("/")[1])
