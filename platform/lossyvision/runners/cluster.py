@@ -37,9 +37,6 @@ def _quiet_ray_data() -> None:
     """Ray Data logs every dataset's plan and progress at INFO: keep warnings only."""
     import logging
 
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 

@@ -64,6 +64,7 @@ def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any
         return {}
     output = os.path.abspath(output)
     # Quiet: our listener prints one line per event; Tune's tables and snapshot warnings are noise.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter prints nothing at verbose=0
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no result.json/progress.csv/TB:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # ...so no "no metrics"

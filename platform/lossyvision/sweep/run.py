@@ -192,6 +192,7 @@ class SweepOutcome:
     tracking_error: str | None = None
     report: str | None = None
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (compress, train, ...)
 
     @property
     def ok(self) -> bool:
@@ -230,9 +231,12 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
     echo(grid_size(all_trials, all_cells, trials_todo, cells_todo).describe())
     outcome = SweepOutcome(output, len(all_trials), len(all_cells), tracking_uri=sweep.tracking_uri)
 
+    clock = _Clock(outcome.phases)
     if trials_todo or cells_todo:
-        init_ray(ray_address, num_cpus=num_cpus)
-        manifest = compress_for(sweep, echo)
+        with clock("ray"):
+            init_ray(ray_address, num_cpus=num_cpus)
+        with clock("compress"):
+            manifest = compress_for(sweep, echo)
         plan(sweep, manifest)  # every level present in the store, or a clear error
     else:  # nothing to compute: no Ray, no compression check; only MLflow is brought up to date
         echo("nothing to run: every trial and cell is done")
@@ -249,7 +253,8 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
             echo(f"training {len(trials_todo)} trial(s) on Ray Tune "
                  f"({sweep.resources.trial.cpu:g} CPU, {sweep.resources.trial.gpu:g} GPU each)")
             listener = DriverListener(sweep, state, tracker, manifest, echo, len(trials_todo))
-            outcome.trial_failures = train_trials(sweep, trials_todo, output, manifest, listener)
+            with clock("train"):
+                outcome.trial_failures = train_trials(sweep, trials_todo, output, manifest, listener)
             outcome.trials_run = len(trials_todo)
         finished = finished_keys(output, [t.key for t in all_trials])
         for key in finished & {t.key for t in trials_todo}:
@@ -285,7 +290,8 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
                 shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
                 echo(f"cell {cell.key}: {shown} ({done_count[0]}/{len(cells_todo)})")
 
-            outcome.cell_failures = evaluate_cells(sweep, cells_todo, output, manifest, on_cell)
+            with clock("evaluate"):
+                outcome.cell_failures = evaluate_cells(sweep, cells_todo, output, manifest, on_cell)
             outcome.cells_run = len(cells_todo)
 
         # MLflow: make sure every trial's run has everything (statuses, params, missed epochs).
@@ -296,9 +302,27 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
     outcome.tracking_ok, outcome.tracking_error = tracker.available, tracker.error
 
     if build_report:
-        outcome.report = _maybe_report(output, echo)
+        with clock("report"):
+            outcome.report = _maybe_report(output, echo)
     outcome.seconds = time.time() - started
     return outcome
+
+
+class _Clock:
+    """``with clock("train"): ...`` adds the block's seconds to ``phases["train"]``."""
+
+    def __init__(self, phases: dict[str, float]) -> None:
+        self.phases = phases
+
+    def __call__(self, name: str) -> "_Clock":
+        self.name = name
+        return self
+
+    def __enter__(self) -> None:
+        self.t0 = time.time()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.phases[self.name] = round(self.phases.get(self.name, 0.0) + time.time() - self.t0, 2)
 
 
 def _maybe_report(output: str, echo: Echo) -> str | None:

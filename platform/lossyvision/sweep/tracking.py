@@ -85,6 +85,7 @@ class Tracker:
 
         for k, v in HTTP_ENV.items():
             os.environ.setdefault(k, v)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating tables..."
         self.uri = tracking_uri
         self.experiment_name = experiment
         self.sweep_name = sweep_name

@@ -231,7 +231,15 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
 
     state, history = None, []
     if resume_dir:
-        state, history = load_progress(resume_dir)
+        try:
+            state, history = load_progress(resume_dir)
+        except Exception as e:  # a checkpoint cut short by a kill: start over rather than fail
+            import logging
+
+            logging.getLogger(__name__).warning("trial %s: cannot resume from %s (%s); starting over",
+                                                trial.key, resume_dir, e)
+            state, history = None, []
+    resumed_from = int(state["epoch"]) if state else 0
     model = task.build_model()
 
     def on_epoch(epoch: int, metrics: dict[str, float], st: dict[str, Any]) -> None:
@@ -251,7 +259,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
         "n_train_images": len(images), "train_bytes": images.compressed_bytes,
         "budget_exhausted": images.exhausted,
         "train_dcr": _nan_to_none(train_dcr.vs_source), "train_dcr_raw": _nan_to_none(train_dcr.vs_raw),
-        "history": history, "seconds": round(time.time() - started, 3),
+        "history": history, "resumed_from": resumed_from, "seconds": round(time.time() - started, 3),
         "finished_at": utc_now(),
     }
     directory = checkpoint_dir(output, trial.key)

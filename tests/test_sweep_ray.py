@@ -1,0 +1,255 @@
+"""End to end on a real local Ray (2 CPUs), real MLflow (SQLite and a real server), real timm models.
+
+Tiny everywhere: a few dozen 32 px demo photos, resnet10t, 2 train x 2 test levels. What is
+checked is the engine: the full grid lands in results.parquet, MLflow has a parent and a child
+per trial, reruns do no work, a killed driver resumes without redoing finished work, an MLflow
+outage does not stop the sweep and ``sweep sync`` repairs MLflow afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.ray
+
+LEVELS = [0, 4]
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> str:
+    from lossyvision.demo import build_demo_dataset
+
+    root = tmp_path_factory.mktemp("data") / "demo"
+    build_demo_dataset(str(root), train_per_class=4, test_per_class=2, image_size=32)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("store"))  # shared by the sweeps: compressed once
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from lossyvision.runners.cluster import init_ray, shutdown_ray
+
+    resources = init_ray(num_cpus=2)
+    yield resources
+    shutdown_ray()
+
+
+def write_sweep(path: Path, demo_root: str, store: str, output: Path, **over) -> Path:
+    data = {
+        "name": output.name, "dataset": {"kind": "imagefolder", "root": demo_root},
+        "codec": {"name": "jpegxl", "effort": 1}, "train_levels": LEVELS, "test_levels": LEVELS,
+        "models": [{"name": "r10", "task": "classification", "arch": "resnet10t", "epochs": 1,
+                    "lr": 0.003, "batch_size": 16, "image_size": 32}],
+        "resources": {"trial": {"cpu": 1}, "eval": {"cpu": 1}},
+        "store": store, "output": str(output), "max_failures": 0,
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def child_runs(uri: str, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment} at {uri}"
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("lossyvision.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("lossyvision.role") == "trial"]
+    return client, parents, children
+
+
+def check_mlflow(uri: str, experiment: str) -> None:
+    client, parents, children = child_runs(uri, experiment)
+    assert len(parents) == 1 and len(children) == 2
+    pid = parents[0].info.run_id
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {pid}
+    assert parents[0].data.params["n_trials"] == "2" and parents[0].data.params["n_evaluations"] == "4"
+    for c in children:
+        assert {"test/top1/d0", "test/top1/d4", "test/top5/d4"} <= set(c.data.metrics)
+        assert {"model", "task", "train_level", "train_dcr", "budget", "n_images"} <= set(c.data.params)
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "train/loss")] == [1]
+        assert c.info.status == "FINISHED"
+    assert "sweep.yaml" in [a.path for a in client.list_artifacts(pid)]
+
+
+def test_sweep_fills_the_grid_tracks_it_and_reruns_do_nothing(ray_cluster, demo_root, store, tmp_path, capsys):
+    from lossyvision.sweep.results import read_results
+    from lossyvision.sweep.run import load_output_sweep, run_sweep
+    from lossyvision.sweep.status import grid_status
+
+    out = tmp_path / "grid"
+    sweep_file = write_sweep(tmp_path / "s.yaml", demo_root, store, out, limit_per_split=24)
+    outcome = run_sweep(sweep_file, build_report=False)
+    assert outcome.ok and outcome.trials_run == 2 and outcome.cells_run == 4
+    printed = capsys.readouterr().out
+    assert printed.startswith("grid: 2 trials, 4 evaluations")
+
+    results = read_results(str(out))
+    assert len(results) == 2 * 2 * 2  # trials x test levels x (top1, top5)
+    assert set(zip(results.train_level, results.test_level)) == {(a, b) for a in (0.0, 4.0) for b in (0.0, 4.0)}
+    assert results.value.between(0, 1).all() and results.test_dcr.notna().all()
+    # The DCR columns come from the manifest: more compression, higher DCR.
+    dcr = results.groupby("test_level").test_dcr.first()
+    assert dcr[4.0] > dcr[0.0]
+    assert (results.n_train_images == 24).all()
+    check_mlflow(outcome.tracking_uri, "grid")
+
+    status = grid_status(load_output_sweep(str(out)), str(out))
+    assert (status.state == "done").all() and len(status) == 4
+
+    # Rerun: nothing trained, evaluated or logged twice.
+    mtime = os.path.getmtime(out / "results.parquet")
+    again = run_sweep(sweep_file, build_report=False)
+    assert again.trials_run == 0 and again.cells_run == 0 and again.ok
+    assert os.path.getmtime(out / "results.parquet") == mtime
+    assert "0 trials and 0 evaluations to run" in capsys.readouterr().out
+    check_mlflow(outcome.tracking_uri, "grid")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(db: Path, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+         "--artifacts-destination", str(db.parent / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    import urllib.request
+
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            break
+    stop(proc)
+    raise RuntimeError(f"mlflow server did not start: {log.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.mark.slow
+def test_remote_server_then_outage_then_sync(ray_cluster, demo_root, store, tmp_path):
+    from lossyvision.sweep.results import read_results
+    from lossyvision.sweep.run import run_sweep, sync_output
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    db = tmp_path / "server" / "mlflow.db"
+    db.parent.mkdir()
+    server = start_mlflow_server(db, port, tmp_path / "server.log")
+    try:
+        # The remote path: a live server.
+        live = run_sweep(write_sweep(tmp_path / "live.yaml", demo_root, store, tmp_path / "live",
+                                     limit_per_split=24, tracking={"uri": uri}), build_report=False)
+        assert live.ok and live.tracking_ok
+        check_mlflow(uri, "live")
+    finally:
+        stop(server)
+
+    # The outage: the server is down for a whole sweep; the sweep still completes, fast.
+    started = time.time()
+    down = run_sweep(write_sweep(tmp_path / "down.yaml", demo_root, store, tmp_path / "down",
+                                 limit_per_split=24, tracking={"uri": uri}), build_report=False)
+    assert down.ok and not down.tracking_ok and down.tracking_error
+    assert len(read_results(str(tmp_path / "down"))) == 8
+    assert time.time() - started < 240
+
+    server = start_mlflow_server(db, port, tmp_path / "server.log")
+    try:
+        assert sync_output(str(tmp_path / "down"), echo=lambda m: None) == 2
+        check_mlflow(uri, "down")
+        sync_output(str(tmp_path / "down"), echo=lambda m: None)  # idempotent: nothing duplicated
+        check_mlflow(uri, "down")
+        check_mlflow(uri, "live")  # the other sweep's runs untouched
+    finally:
+        stop(server)
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_redoing_finished_work(demo_root, store, tmp_path):
+    """SIGKILL the driver once trial 1 is done and trial 2 has an epoch checkpoint; rerun finishes."""
+    out = tmp_path / "killed"
+    sweep_file = write_sweep(tmp_path / "k.yaml", demo_root, store, out, limit_per_split=24,
+                             resources={"trial": {"cpu": 2}, "eval": {"cpu": 1}},  # trials one at a time
+                             models=[{"name": "r10", "task": "classification", "arch": "resnet10t",
+                                      "epochs": 12, "lr": 0.003, "batch_size": 16, "image_size": 32}])
+    cmd = [sys.executable, "-m", "lossyvision.cli", "sweep", "run", str(sweep_file), "--num-cpus", "2",
+           "--no-report"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    log = (tmp_path / "driver.log").open("wb")
+    driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    first, second = "r10__d0__r0", "r10__d4__r0"
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and driver.poll() is None:
+            done = [k for k in (first, second) if (out / "checkpoints" / k / "trial.json").exists()]
+            running = [k for k in (first, second) if k not in done
+                       and list(out.glob(f"tune/*/{k}/checkpoint_*/state.pt"))]
+            if len(done) == 1 and running:
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the sweep finished before it could be killed: " + \
+            (tmp_path / "driver.log").read_text()[-3000:]
+        os.kill(driver.pid, signal.SIGKILL)  # the driver only: as a lost head pod would
+        driver.wait(30)
+    finally:
+        time.sleep(1)
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)  # then the local Ray it had started
+        except ProcessLookupError:
+            pass
+    finished_key = done[0]
+    finished_meta = json.loads((out / "checkpoints" / finished_key / "trial.json").read_text())
+    interrupted = running[0]
+    assert not (out / "checkpoints" / interrupted / "trial.json").exists()
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, start_new_session=True)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "grid: 2 trials, 4 evaluations (1 trials and 4 evaluations to run)" in rerun.stdout
+    # The finished trial was not trained again; the interrupted one resumed from its checkpoint.
+    assert json.loads((out / "checkpoints" / finished_key / "trial.json").read_text()) == finished_meta
+    resumed = json.loads((out / "checkpoints" / interrupted / "trial.json").read_text())
+    assert resumed["resumed_from"] >= 1
+    assert [h["epoch"] for h in resumed["history"]] == list(range(1, 13))
+    import pandas as pd
+
+    assert len(pd.read_parquet(out / "results.parquet")) == 8
