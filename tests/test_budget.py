@@ -162,5 +162,6 @@ def test_manifest_helpers():
     table = bytes_per_image(manifest, "train", "jpegxl")
     assert table.to_dict() == {0.0: 200.0, 2.0: 20.0}
     assert images_available(manifest) == 3
+    assert images_available(manifest.assign(status=["ok", "failed", "ok", "ok", "failed", "ok", "ok"])) == 2
     with pytest.raises(ValueError, match="no ok images"):
         bytes_per_image(manifest, "val")

@@ -164,5 +164,8 @@ def bytes_per_image(manifest: pd.DataFrame, split: str = "train", codec: str | N
 
 
 def images_available(manifest: pd.DataFrame, split: str = "train") -> int:
-    """Distinct source images of ``split`` in the manifest (what a budget subset can draw from)."""
-    return int(manifest.loc[manifest["split"] == split, "relpath"].nunique())
+    """Distinct images of ``split`` compressed ok at some level (what a budget subset can draw from)."""
+    rows = manifest[manifest["split"] == split]
+    if "status" in rows.columns:
+        rows = rows[rows["status"] == OK]
+    return int(rows["relpath"].nunique())
