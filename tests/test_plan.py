@@ -106,3 +106,33 @@ def test_plan_with_manifest_names_missing_levels(tmp_path):
     assert len(plan(sweep, manifest_rows())) == 6
     with pytest.raises(PlanError, match=r"no 'test' images at level\(s\) 5"):
         plan(sweep, manifest_rows(levels=(0.0, 1.0, 2.0)))
+
+
+def test_budget_trials_train_on_the_selected_subset(tmp_path):
+    """A budget trial's images: budget.select_subset over the ok train rows at its level."""
+    from lossyvision.demo import build_demo_dataset
+    from lossyvision.sweep.trials import train_images
+
+    root = tmp_path / "demo"
+    build_demo_dataset(str(root), train_per_class=3, test_per_class=1, image_size=16)
+    from lossyvision.datasets import create_dataset
+
+    reader = create_dataset("imagefolder", str(root))
+    rows = [dict(relpath=r.relpath, split=r.split, label=r.label, codec="jpegxl", level=1.0, status="ok",
+                 compressed_bytes=100, dcr_vs_source=0.5, dcr_vs_raw=0.9,
+                 output_path=f"jpegxl-1/{r.relpath}") for r in reader.records()]
+    manifest = pd.DataFrame(rows)
+    n_classes = len(reader.classes)
+    sweep = make_sweep(root, train_levels=[1], test_levels=[1], budgets=[f"{100 * n_classes + 50}B"],
+                       models=[model("a")], output=str(tmp_path / "out"))
+    trial = plan(sweep)[0]
+    images = train_images(sweep, trial, manifest)
+    assert len(images) == n_classes and images.compressed_bytes == 100 * n_classes  # fits, never over
+    assert sorted(images.targets) == list(range(n_classes))  # class-balanced: one of each
+    assert images.uris[0].startswith(sweep.store_uri) and not images.exhausted
+    again = train_images(sweep, trial, manifest)
+    assert again.relpaths == images.relpaths  # deterministic
+    everything = train_images(make_sweep(root, train_levels=[1], test_levels=[1], budgets=["1MB"],
+                                         models=[model("a")], output=str(tmp_path / "out")),
+                              trial.__class__("a", 1.0, 0, 1_000_000), manifest)
+    assert everything.exhausted and len(everything) == 3 * n_classes

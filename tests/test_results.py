@@ -54,3 +54,59 @@ def test_cell_rows_join_the_store_dcr(tmp_path):
     assert rows[0]["train_dcr"] == pytest.approx(0.15) and rows[0]["test_dcr"] == pytest.approx(0.25)
     assert rows[0]["budget"] == -1 and rows[0]["trial_id"] == "m__d1__r0"
     assert append_results(str(tmp_path), rows) == 2
+
+
+def test_status_grid_from_results_checkpoints_and_state_file(tmp_path):
+    """done from results/checkpoints, failed from the state file, running -> interrupted when the driver died."""
+    import json
+
+    from lossyvision.sweep.plan import cells, plan
+    from lossyvision.sweep.status import SweepState, grid_status, render_status
+
+    spec = ModelSpec.model_construct(name="m", task="classification", arch="x")
+    sweep = Sweep(name="s", dataset={"root": str(tmp_path)}, train_levels=[0, 1, 2], test_levels=[0, 2],
+                  models=[spec], output=str(tmp_path))
+    t0, t1, t2 = plan(sweep)
+    (tmp_path / "checkpoints" / t0.key).mkdir(parents=True)
+    (tmp_path / "checkpoints" / t0.key / "trial.json").write_text(json.dumps({"task": "classification"}))
+    append_results(str(tmp_path), [dict(row(0, "top1", 0.5, train_level=0.0), trial_id=t0.key)])
+    state = SweepState(str(tmp_path))
+    state.set_trial(t1.key, "failed", "FloatingPointError: loss is nan")
+    state.set_trial(t2.key, "running")
+    state.data["driver"] = {"pid": 2 ** 22 + 12345, "host": __import__("socket").gethostname()}  # no such pid
+    state.save()
+    table = grid_status(sweep, str(tmp_path)).set_index(["train_level", "test_level"])
+    assert len(table) == len(cells(sweep, plan(sweep))) == 6
+    assert table.loc[(0.0, 0.0), "state"] == "done" and table.loc[(0.0, 2.0), "state"] == "missing"
+    assert table.loc[(0.0, 0.0), "trial_state"] == "done"
+    assert table.loc[(1.0, 2.0), "state"] == "failed" and "nan" in table.loc[(1.0, 2.0), "error"]
+    assert table.loc[(2.0, 0.0), "state"] == "interrupted"
+    from rich.console import Console
+
+    console = Console(record=True, width=120)
+    console.print(render_status(sweep, grid_status(sweep, str(tmp_path))))
+    text = console.export_text()
+    assert "trials 3 (1 done, 1 interrupted, 1 failed)" in text and "loss is nan" in text
+
+
+def test_cli_status_and_sync_on_a_folder_that_is_not_a_sweep(tmp_path):
+    from typer.testing import CliRunner
+
+    from lossyvision.cli import app
+
+    for cmd in ("status", "sync"):
+        result = CliRunner().invoke(app, ["sweep", cmd, str(tmp_path)])
+        assert result.exit_code == 2
+        assert "sweep.yaml does not exist" in result.output
+
+
+def test_cli_sweep_run_rejects_a_bad_sweep_file_cleanly(tmp_path):
+    from typer.testing import CliRunner
+
+    from lossyvision.cli import app
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain_levels: []\n")
+    result = CliRunner().invoke(app, ["sweep", "run", str(bad)])
+    assert result.exit_code == 2 and "train_levels" in result.output
+    assert "Traceback" not in result.output

@@ -369,6 +369,8 @@ def summary_lines(outcome: SweepOutcome) -> list[str]:
     lines = [f"sweep done in {outcome.seconds:.0f}s: {outcome.trials_run} trial(s) and {outcome.cells_run} "
              f"cell(s) run now, grid {outcome.trials} trials x {outcome.cells} evaluations",
              f"results: {join(outcome.output, 'results.parquet')} (and results.csv)"]
+    if outcome.phases:
+        lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in outcome.phases.items()))
     for key, err in list(outcome.trial_failures.items())[:5]:
         lines.append(f"FAILED trial {key}: {err}")
     for key, err in list(outcome.cell_failures.items())[:5]:
