@@ -62,3 +62,21 @@ def test_cli_help_on_every_command():
     for cmd in ["run", "status", "sync"]:
         sub = runner.invoke(app, ["sweep", cmd, "--help"])
         assert sub.exit_code == 0, (cmd, sub.output)
+
+
+def test_atomic_write_is_whole_and_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from lossyvision.store import atomic_write_bytes, format_level, level_dir, output_relpath, read_bytes
+
+    target = tmp_path / "a" / "b.bin"
+    atomic_write_bytes(str(target), b"one")
+    atomic_write_bytes(str(target), b"two")
+    assert read_bytes(str(target)) == b"two"
+    assert os.listdir(target.parent) == ["b.bin"]  # no temp files left behind
+    assert stat.S_IMODE(os.stat(target).st_mode) & 0o044  # not owner-only
+    assert [format_level(x) for x in (0, 0.5, 1.0, 10)] == ["0", "0.5", "1", "10"]
+    assert level_dir("jpegxl", 2.0) == "jpegxl-2"
+    assert output_relpath("cls/a b.JPG", ".jxl") == "cls/a b.jxl"
+    assert output_relpath("noext", ".jxl") == "noext.jxl"
