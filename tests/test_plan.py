@@ -136,3 +136,13 @@ def test_budget_trials_train_on_the_selected_subset(tmp_path):
                                          models=[model("a")], output=str(tmp_path / "out")),
                               trial.__class__("a", 1.0, 0, 1_000_000), manifest)
     assert everything.exhausted and len(everything) == 3 * n_classes
+
+
+def test_a_local_ray_without_the_resources_asked_for_is_a_clear_error(tmp_path):
+    from lossyvision.spec import SpecError
+    from lossyvision.sweep.run import check_local_resources
+
+    sweep = make_sweep(tmp_path, resources={"trial": {"cpu": 1, "gpu": 1}})
+    with pytest.raises(SpecError, match=r"resources.trial.gpu: asks for 1 but the local Ray has 0"):
+        check_local_resources(sweep, {"CPU": 2.0})
+    check_local_resources(make_sweep(tmp_path), {"CPU": 2.0})  # the defaults fit

@@ -62,7 +62,9 @@ def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any
 
     if not trials:
         return {}
-    output = os.path.abspath(output)
+    from lossyvision.store import is_remote, join
+
+    output = str(output) if is_remote(str(output)) else os.path.abspath(output)  # trials run elsewhere
     # Quiet: our listener prints one line per event; Tune's tables and snapshot warnings are noise.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter prints nothing at verbose=0
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -82,7 +84,7 @@ def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any
         ),
         run_config=tune.RunConfig(
             name=time.strftime("run-%Y%m%d-%H%M%S"),
-            storage_path=os.path.join(output, TUNE_DIR),
+            storage_path=join(output, TUNE_DIR),
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[_ListenerCallback(listener)] if listener else [],

@@ -199,6 +199,17 @@ class SweepOutcome:
         return not self.trial_failures and not self.cell_failures
 
 
+def check_local_resources(sweep: Sweep, resources: dict[str, float]) -> None:
+    """A local Ray never grows: a trial or cell asking for more than it has would wait forever."""
+    have = {"cpu": resources.get("CPU", 0.0), "gpu": resources.get("GPU", 0.0)}
+    for what, res in (("trial", sweep.resources.trial), ("eval", sweep.resources.eval)):
+        for kind in ("cpu", "gpu"):
+            want = getattr(res, kind)
+            if want > have[kind]:
+                raise SpecError(f"resources.{what}.{kind}: asks for {want:g} but the local Ray has "
+                                f"{have[kind]:g}; lower it or run on a cluster (RAY_ADDRESS)")
+
+
 def compress_for(sweep: Sweep, echo: Echo) -> pd.DataFrame:
     """Compress (or reuse) the store at every level the sweep needs; returns the manifest rows."""
     from lossyvision.compress import sweep_job_args
@@ -234,7 +245,9 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
     clock = _Clock(outcome.phases)
     if trials_todo or cells_todo:
         with clock("ray"):
-            init_ray(ray_address, num_cpus=num_cpus)
+            resources = init_ray(ray_address, num_cpus=num_cpus)
+        if not (ray_address or os.environ.get("RAY_ADDRESS")):
+            check_local_resources(sweep, resources)
         with clock("compress"):
             manifest = compress_for(sweep, echo)
         plan(sweep, manifest)  # every level present in the store, or a clear error
