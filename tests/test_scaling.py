@@ -286,6 +286,9 @@ def test_budget_figures_written_per_model_and_metric(tmp_path):
     assert [n for n, _ in budget_figure_pngs(few, n_bootstrap=5)] == [
         "budget-level-vit-top1.png", "budget-budget-vit-top1.png", "budget-fit-vit-top1.png"]
     assert budget_figures(results.assign(budget=-1), str(tmp_path / "none")) == []
-    # The image cap: level 12 used all 100k images at the two largest budgets.
-    assert images_cap(synthetic_points(budgets=BUDGETS + [1_000_000_000])) == AVAILABLE
+    # The image cap: level 12 left most of the largest budget unused (all 100k images fit).
+    assert images_cap(synthetic_points()) == AVAILABLE
     assert images_cap(synthetic_points(budgets=BUDGETS[:3])) == math.inf
+    same_n = pd.DataFrame({"train_level": [1.0, 1.0], "budget": [10, 20], "n": [5.0, 5.0],
+                           "bytes_per_image": [2.0, 2.0]})  # n stopped growing: all 5 images used
+    assert images_cap(same_n) == 5.0

@@ -9,8 +9,8 @@ Per (model, metric), on the test level the advisor uses (:func:`lossyvision.scal
   when the fit is too poor to advise from, and only the points are drawn when there is no fit.
 
 Error bars are the spread (standard deviation) over repeats. Rows without a budget are ignored.
-``N`` on the curves caps ``n`` at the train set's size when the sweep shows it (a level whose
-subset stopped growing between the two largest budgets used all its images).
+``N`` on the curves caps ``n`` at the train set's size when the sweep shows it (see
+:func:`images_cap`); the curves span the observed bytes per image only.
 """
 
 from __future__ import annotations
@@ -93,8 +93,15 @@ def plot_accuracy_by_budget(points: pd.DataFrame, selection: dict) -> bytes:
 
 
 def images_cap(points: pd.DataFrame) -> float:
-    """The train set's size if some level used all its images (same n at its two largest budgets)."""
+    """The train set's size, when the points show that some level used all its images.
+
+    A trial's subset stops within one image of its budget, so a trial that left more than three
+    images' worth of its budget unused, or a level whose ``n`` did not grow between its two largest
+    budgets, used every image. Without such evidence there is no cap (``inf``).
+    """
     caps = []
+    unused = points["budget"] - points["n"] * points["bytes_per_image"]
+    caps += points.loc[unused > 3 * points["bytes_per_image"], "n"].astype(float).tolist()
     for _, g in points.groupby("train_level"):
         top = g.sort_values("budget")["n"].to_numpy()[-2:]
         if len(top) == 2 and math.isclose(top[0], top[1], rel_tol=5e-3):
@@ -128,15 +135,15 @@ def plot_fit(points: pd.DataFrame, selection: dict, *, n_bootstrap: int = FIT_BO
             ax.annotate(f"{p['train_level']:g}", (p["bytes_per_image"], p["error"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points", color=color)
         if fit is not None:
-            lo, hi = fit.bytes_range
-            L = np.geomspace(lo / 1.5, hi * 1.5, 120)
+            lo, hi = fit.bytes_range  # drawn over the observed range only: no extrapolation
+            L = np.geomspace(lo, hi, 120)
             n = np.minimum(cap, budget / L)
             ok = n >= 1
             pred = fit.predict(n[ok], L[ok])
             band_lo, band_hi = fit.predict_interval(n[ok], L[ok])
             ax.plot(L[ok], pred, color=color, lw=1.2)
-            ax.fill_between(L[ok], band_lo, band_hi, color=color, alpha=0.12, lw=0)
-            best = int(np.argmin(pred))
+            ax.fill_between(L[ok], np.clip(band_lo, 0, 1), np.clip(band_hi, 0, 1), color=color, alpha=0.12, lw=0)
+            best = int(np.flatnonzero(pred <= pred.min() + 1e-9)[-1])  # ties: the least compressed
             ax.plot(L[ok][best], pred[best], marker="*", ms=11, color=color, mec="black", mew=0.5)
     ax.set_xscale("log")
     ax.set_xlabel("bytes per image L (log); labels: train level")
