@@ -292,3 +292,18 @@ def test_budget_figures_written_per_model_and_metric(tmp_path):
     same_n = pd.DataFrame({"train_level": [1.0, 1.0], "budget": [10, 20], "n": [5.0, 5.0],
                            "bytes_per_image": [2.0, 2.0]})  # n stopped growing: all 5 images used
     assert images_cap(same_n) == 5.0
+
+
+def test_ties_go_to_the_level_with_the_largest_files():
+    # Error independent of the bytes per image (B = 0): when every level stores all the images,
+    # the levels tie, and the one with the largest files (the best quality) must win, whichever
+    # way the codec numbers its levels (distance up = smaller; quality up = larger).
+    no_b = {**TRUE, "B": 0.0}
+    pts = synthetic_points(noise=0.0)
+    pts["error"] = law(pts["n"], pts["bytes_per_image"], no_b)
+    fit = fit_scaling_law(pts, n_bootstrap=30)
+    assert fit.params["B"] < 1e-6
+    for table, want in (({1.0: 30_000.0, 3.0: 15_000.0}, 1.0), ({50.0: 15_000.0, 90.0: 30_000.0}, 90.0)):
+        advice = optimal_level(fit, 100_000_000, 1_000, table)
+        assert all(p.limited_by == "images" for p in advice.predictions)
+        assert advice.best_level == want

@@ -297,13 +297,19 @@ def _as_level_table(level_table: Mapping[float, float] | pd.Series) -> list[tupl
     return sorted(rows)
 
 
+def _first_best(errors: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """Per row, the first column within ``tol`` of the row's lowest error."""
+    return np.argmax(errors <= errors.min(axis=1, keepdims=True) + tol, axis=1)
+
+
 def optimal_level(fit: ScalingFit, budget_bytes: int, images_available: int,
                   level_table: Mapping[float, float] | pd.Series, *,
                   policy: AdvicePolicy = AdvicePolicy()) -> LevelAdvice:
     """Predict the error of each level at ``budget_bytes`` and pick the lowest.
 
     ``level_table`` maps level -> mean bytes per image. At each level ``n = min(images_available,
-    budget // L)``. Raises :class:`AdviceRefused` for a poor fit, for any level whose ``n`` or
+    budget // L)``; ties (within 1e-9) go to the level with the most bytes per image. Raises
+    :class:`AdviceRefused` for a poor fit, for any level whose ``n`` or
     ``L`` lies outside the extrapolation limits, or when the best level's interval is too wide.
     """
     check_fit(fit, policy)
@@ -331,9 +337,11 @@ def optimal_level(fit: ScalingFit, budget_bytes: int, images_available: int,
     n_arr = np.array(ns, dtype=float)
     err = fit.predict(n_arr, sizes)
     lo, hi = fit.predict_interval(n_arr, sizes)
-    best = int(np.argmin(err))
+    by_size = np.argsort(-sizes, kind="stable")  # ties go to the level with the largest files
+    best = int(by_size[_first_best(err[None, by_size])[0]])
     draws = fit.predict_draws(n_arr, sizes)
-    agreement = float(np.mean(np.argmin(draws, axis=1) == best)) if len(draws) else float("nan")
+    agreement = (float(np.mean(by_size[_first_best(draws[:, by_size])] == best))
+                 if len(draws) else float("nan"))
     width = float(hi[best] - lo[best])
     if not math.isfinite(width) or width > policy.max_interval_width:
         raise AdviceRefused(
