@@ -223,8 +223,8 @@ def test_cli_advise_prints_fit_and_levels_and_writes_json(tmp_path, classificati
     assert result.exit_code == 0, result.output
     assert "err_star" in result.output and "R^2 0.99" in result.output
     assert "Budget 40.0 MB (asked)" in result.output and "-> store at level" in result.output
-    saved = json.loads((out / "scaling_fit.json").read_text())
-    assert saved["refused"] is None and abs(saved["fit"]["params"]["alpha"] - TRUE["alpha"]) < 0.1
+    saved = json.loads((out / "scaling_fit.json").read_text(), parse_constant=pytest.fail)  # strict: no NaN
+    assert saved["refused"] is None and saved["fit"]["points"][0]["error_std"] is None and abs(saved["fit"]["params"]["alpha"] - TRUE["alpha"]) < 0.1
     assert [a["budget"] for a in saved["advice"]] == BUDGETS + [40_000_000]
     truth = {lv: float(law(min(DATASET_IMAGES, 40_000_000 // L), L)) for lv, L in LEVELS.items()}
     assert saved["advice"][-1]["best_level"] == min(truth, key=truth.get)

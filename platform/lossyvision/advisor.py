@@ -148,9 +148,22 @@ def advise_output(output: str, *, budget: int | None = None, images_available: i
                 item.refused = str(e)
             report.budgets.append(item)
     if write:
-        payload = json.dumps(report.to_dict(), indent=2, default=_json_default).encode()
+        payload = json.dumps(_finite(report.to_dict()), indent=2, allow_nan=False, default=_json_default).encode()
         store.atomic_write_bytes(store.join(output, FIT_NAME), payload)
     return report
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinities as null, so the JSON is strict (browsers and jq reject NaN)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
