@@ -12,7 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from lossyvision.advisor import advise_output, parse_count
+from lossyvision.advisor import parse_count
 from lossyvision.scaling import (
     PARAMS,
     AdvicePolicy,

@@ -67,7 +67,7 @@ def _model(theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return e + a * x ** (-alpha) + b * y ** (-beta)
 
 
-def _jacobian(theta: np.ndarray, x: np.ndarray, y: np.ndarray, err: np.ndarray) -> np.ndarray:
+def _jacobian(theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     _, a, alpha, b, beta = theta
     xa, yb = x ** (-alpha), y ** (-beta)
     return np.column_stack([np.ones_like(x), xa, -a * xa * np.log(x), yb, -b * yb * np.log(y)])
@@ -80,7 +80,7 @@ def _fit_once(x: np.ndarray, y: np.ndarray, err: np.ndarray, starts: list[np.nda
     for start in starts:
         try:
             res = least_squares(lambda t: _model(t, x, y) - err, np.clip(start, lower, upper),
-                                jac=lambda t: _jacobian(t, x, y, err), bounds=(lower, upper),
+                                jac=lambda t: _jacobian(t, x, y), bounds=(lower, upper),
                                 method="trf", x_scale="jac", max_nfev=2000)
         except (ValueError, FloatingPointError):
             continue
