@@ -176,11 +176,17 @@ def test_submit_runs_the_sweep_and_streams_its_logs(head, dataset, tmp_path):
 @pytest.mark.timeout(300)
 def test_failed_job_exits_nonzero(head, tmp_path):
     # Valid to the client (the root may exist on the cluster's disks); the job fails on the cluster.
+    from lossyvision.runners.submit import job_info
+
     sweep = tiny_sweep(tmp_path, tmp_path / "no-such-dataset")
-    result = runner.invoke(app, ["submit", str(sweep), "--address", head.address])
+    result = runner.invoke(app, ["submit", str(sweep), "--address", head.address, "--ship-code",
+                                 "--env", "LV_SUBMIT_TEST=1"])
     assert result.exit_code == 1, result.output
     assert re.search(r"job \S+: FAILED", result.output)
     assert "does not exist" in result.output  # the driver's own error, streamed back
+    runtime_env = job_info(head.address, job_id_of(result.output))["runtime_env"]
+    assert runtime_env["env_vars"] == {"LV_SUBMIT_TEST": "1"}
+    assert len(runtime_env["py_modules"]) == 1  # this checkout's package went with the job
 
 
 @pytest.mark.ray
