@@ -2,7 +2,7 @@
 
 The Ray tests submit through Ray's Job Submission API to a 2-CPU head on 127.0.0.1 started by
 this module (token auth off), and check what the job leaves behind: the results table and the
-MLflow runs of a tiny sweep.
+MLflow runs of the demo sweep (sweeps/demo.yaml on smaller settings).
 """
 
 from __future__ import annotations
@@ -138,10 +138,26 @@ def head():
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    from datasets_fixtures import make_imagefolder
+def demo_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo") / "demo"
+    result = runner.invoke(app, ["demo-data", str(root)])
+    assert result.exit_code == 0, result.output
+    return root
 
-    return make_imagefolder(tmp_path_factory.mktemp("data") / "tiny", per_class=2, size=(32, 32))
+
+def demo_sweep(tmp: Path, data: Path) -> Path:
+    """sweeps/demo.yaml as shipped, on smaller settings: 2 cells, 1 epoch, 18 images per split, effort 1."""
+    sweep = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / "demo.yaml").read_text())
+    sweep["dataset"]["root"] = str(data)
+    sweep["output"] = str(tmp / "out")
+    sweep["codec"]["effort"] = 1
+    sweep["train_levels"], sweep["test_levels"] = [0], [0, 8]
+    sweep["limit_per_split"] = 18
+    for model in sweep["models"]:
+        model["epochs"] = 1
+    path = tmp / "demo.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
 
 
 def job_id_of(output: str) -> str:
@@ -152,8 +168,8 @@ def job_id_of(output: str) -> str:
 
 @pytest.mark.ray
 @pytest.mark.timeout(600)
-def test_submit_runs_the_sweep_and_streams_its_logs(head, dataset, tmp_path):
-    sweep = tiny_sweep(tmp_path, dataset)
+def test_submit_runs_the_demo_sweep_and_streams_its_logs(head, demo_data, tmp_path):
+    sweep = demo_sweep(tmp_path, demo_data)
     result = runner.invoke(app, ["submit", str(sweep), "--address", head.address])
     assert result.exit_code == 0, result.output
     job_id = job_id_of(result.output)
@@ -162,7 +178,7 @@ def test_submit_runs_the_sweep_and_streams_its_logs(head, dataset, tmp_path):
 
     results = pd.read_parquet(tmp_path / "out" / "results.parquet")
     cells = results[["model", "train_level", "test_level", "repeat"]].drop_duplicates()
-    assert len(cells) == 2 and set(cells["test_level"]) == {0.0, 4.0}  # one row per (cell, metric)
+    assert len(cells) == 2 and set(cells["test_level"]) == {0.0, 8.0}  # one row per (cell, metric)
     assert "top1" in set(results["metric"])
     with sqlite3.connect(tmp_path / "out" / "mlflow.db") as db:
         runs = db.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0]
@@ -191,8 +207,8 @@ def test_failed_job_exits_nonzero(head, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-def test_no_wait_then_status_and_stop(head, dataset, tmp_path):
-    sweep = tiny_sweep(tmp_path, dataset, name="to-stop")
+def test_no_wait_then_status_and_stop(head, demo_data, tmp_path):
+    sweep = demo_sweep(tmp_path, demo_data)
     result = runner.invoke(app, ["submit", str(sweep), "--address", head.address, "--no-wait"])
     assert result.exit_code == 0, result.output
     job_id = job_id_of(result.output)
