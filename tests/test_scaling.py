@@ -307,3 +307,15 @@ def test_ties_go_to_the_level_with_the_largest_files():
         advice = optimal_level(fit, 100_000_000, 1_000, table)
         assert all(p.limited_by == "images" for p in advice.predictions)
         assert advice.best_level == want
+
+
+def test_report_of_a_budget_sweep_has_budget_figures_and_the_fit(tmp_path):
+    from lossyvision.report import build_report
+
+    out = build_output(tmp_path, synthetic_points())
+    result = build_report(str(out))
+    names = [Path(p).name for p in result.figures]
+    assert any(n.startswith("budget-fit-") for n in names) and any(n.startswith("budget-level-") for n in names)
+    html = Path(result.index_html).read_text()
+    assert "Storage budgets" in html and "store at level" in html
+    assert str(out / "scaling_fit.json") in result.paths and (out / "scaling_fit.json").exists()

@@ -218,6 +218,42 @@ def _dcr_table_html(table: pd.DataFrame) -> str:
     return f'<table class="dcr">{head}{body}{foot}</table>'
 
 
+def _budget_sections(output: str, writer: _Writer, warnings: list[str]) -> list[Section]:
+    """Storage-budget sweeps (#6): accuracy by level and by budget, the fitted scaling law, the advice."""
+    uri = store.join(output, RESULTS_NAME)
+    if not store.exists(uri):
+        return []
+    results = _read_parquet(uri)
+    if "budget" not in results.columns or not (results["budget"] >= 0).any():
+        return []
+    from lossyvision.report.budget import budget_figure_pngs
+
+    section = Section("Storage budgets", text=(
+        "Each trial trained on the largest class-balanced subset whose compressed bytes fit its budget. "
+        "The fit is Err(n, L) = Err* + A·n^-α + B·L^-β (n images, L bytes per image) with 95% bootstrap "
+        "intervals; iso-budget curves are drawn over the observed range only."))
+    try:
+        for name, png in budget_figure_pngs(results):
+            section.figures.append(writer.figure(Figure(name, png, name[:-4])))
+    except Exception as e:  # noqa: BLE001 - a failed fit must not sink the report
+        warnings.append(f"budget figures: {type(e).__name__}: {e}")
+    try:
+        from lossyvision.advisor import advise_output, format_report
+
+        advice = advise_output(output, write=True)
+        section.tables_html.append(f"<pre>{_escape(format_report(advice))}</pre>")
+        writer.tables.append(store.join(output, "scaling_fit.json"))
+    except Exception as e:  # noqa: BLE001 - too few points etc.: say so, keep the figures
+        section.text += f"\n\nNo scaling-law advice: {e}"
+    return [section] if section.figures or section.tables_html else []
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
 def _sensitivity_sections(output: str, writer: _Writer, warnings: list[str]) -> list[Section]:
     from lossyvision.sensitivity import SensitivityResult, plot_sensitivity_maps
 
@@ -260,6 +296,7 @@ def build_report(output: str, *, keep_fraction: float = 0.99, sample_levels: lis
     writer = _Writer(output)
     warnings: list[str] = []
     sections = _results_sections(output, writer, keep_fraction, warnings)
+    sections += _budget_sections(output, writer, warnings)
     sections += _store_sections(info, writer, warnings, sample_levels, n_samples)
     sections += _sensitivity_sections(output, writer, warnings)
     if warnings:

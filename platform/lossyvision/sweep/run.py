@@ -346,10 +346,13 @@ def _maybe_report(output: str, echo: Echo) -> str | None:
         return None
     try:
         result = build_report(output)
-        return str(result) if result is not None else join(output, "report")
     except Exception as e:  # the sweep's results are safe; say what went wrong and go on
         echo(f"warning: the report failed ({type(e).__name__}: {e}); run `lossyvision report {output}`")
         return None
+    from lossyvision.sweep.tracking import log_report_artifacts
+
+    log_report_artifacts(output, result.paths)  # warns and goes on when MLflow is down
+    return str(result)
 
 
 def sync_output(output: str, echo: Echo = print) -> int:
