@@ -87,6 +87,28 @@ def test_sweep_file_with_s3_paths_and_env_bucket(tmp_path, monkeypatch):
     assert sweep.store_uri == f"s3://{BUCKET}/sweeps/s3/store"
 
 
+def test_local_overlay_seed_script_uploads_the_demo_data_once(s3_server):
+    """k8s/overlays/local/seed_demo_data.py, as the head's init container runs it."""
+    import subprocess
+
+    script = Path(__file__).parents[1] / "k8s" / "overlays" / "local" / "seed_demo_data.py"
+    env = {**os.environ, "LOSSYVISION_BUCKET": "seed-test",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    first = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "uploaded the demo dataset to s3://seed-test/datasets/demo" in first.stdout
+    fs = s3()
+    fs.invalidate_cache()
+    images = [k for k in fs.find("seed-test/datasets/demo") if k.endswith((".jpg", ".png"))]
+    assert len(images) > 100 and fs.exists("seed-test/datasets/demo/.lossyvision-seeded")
+    from lossyvision.datasets.base import create_dataset
+
+    records = create_dataset("imagefolder", "s3://seed-test/datasets/demo").records()
+    assert len(records) == len(images)  # the reader sees every image on s3, and the marker is no image
+    again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already holds the demo dataset" in again.stdout
+
+
 # --- Ray: compress and a sweep with source and output on s3:// -----------------------------------
 @pytest.fixture(scope="module")
 def s3_dataset(s3_server, tmp_path_factory) -> str:
