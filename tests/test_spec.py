@@ -65,6 +65,7 @@ def test_s3_root_is_not_checked_locally(tmp_path):
         (lambda d: d["models"][0].update(task="nope"), "models.0.task: unknown task 'nope'; known:"),
         (lambda d: d["models"][0].update(epochs=0), "models.0.epochs:"),
         (lambda d: d["models"].append(dict(d["models"][0])), "models: model names must be unique"),
+        (lambda d: d["models"][0].update(options={"colour": 1}), "models.0: classification model 'm': unknown option(s) ['colour']"),
         (lambda d: d.update(budgets=["12 parsecs"]), "budgets: not a byte size: '12 parsecs'"),
         (lambda d: d["compress"].update(on_error="explode") if "compress" in d else d.update(
             compress={"on_error": "explode"}), "compress.on_error: Input should be 'skip' or 'fail'"),

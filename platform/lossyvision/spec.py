@@ -116,6 +116,19 @@ class ModelSpec(_Strict):
         return v
 
 
+    @model_validator(mode="after")
+    def _task_accepts_options(self) -> "ModelSpec":
+        """Typos in ``options`` fail when the file is read, not hours later inside a trial."""
+        from lossyvision.tasks import TASKS
+
+        if self.task in TASKS:
+            try:
+                TASKS.get(self.task)(self, ["class-0", "class-1"])
+            except ValueError as e:
+                raise ValueError(str(e)) from None
+        return self
+
+
 class Resource(_Strict):
     cpu: float = Field(1.0, ge=0)
     gpu: float = Field(0.0, ge=0)
