@@ -39,12 +39,17 @@ class RayHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_head(num_cpus: int = 2, env: dict[str, str] | None = None, timeout_s: float = 120) -> RayHead:
-    """Start a 2-CPU head with the dashboard (the job server needs it); token auth off."""
+def start_head(num_cpus: int = 2, env: dict[str, str] | None = None, timeout_s: float = 120,
+               auth_token: str | None = None) -> RayHead:
+    """Start a 2-CPU head with the dashboard (the job server needs it); token auth only with ``auth_token``."""
     temp_dir = tempfile.mkdtemp(prefix="lvray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     dash = free_port()
     run_env = {**os.environ, **(env or {})}
-    run_env["RAY_AUTH_MODE"] = "disabled"
+    run_env["RAY_AUTH_MODE"] = "token" if auth_token else "disabled"
+    if auth_token:
+        run_env["RAY_AUTH_TOKEN"] = auth_token
+    else:
+        run_env.pop("RAY_AUTH_TOKEN", None)
     run_env["PATH"] = f"{VENV_BIN}{os.pathsep}{run_env.get('PATH', '')}"  # jobs run `lossyvision ...`
     for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         run_env.pop(var, None)
@@ -61,7 +66,9 @@ def start_head(num_cpus: int = 2, env: dict[str, str] | None = None, timeout_s: 
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                with urllib.request.urlopen(f"{head.address}/api/version", timeout=5) as r:
+                request = urllib.request.Request(f"{head.address}/api/version", headers=(
+                    {"Authorization": f"Bearer {auth_token}"} if auth_token else {}))
+                with urllib.request.urlopen(request, timeout=5) as r:
                     if r.status == 200:
                         return head
             except OSError:

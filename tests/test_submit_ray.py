@@ -227,3 +227,23 @@ def test_no_wait_then_status_and_stop(head, demo_data, tmp_path):
 
     unknown = runner.invoke(app, ["submit", "--status", "raysubmit_nope", "--address", head.address])
     assert unknown.exit_code == 2 and "raysubmit_nope" in unknown.output
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_token_auth_cluster_takes_the_token_from_ray_auth_token():
+    from ray_head import start_head
+
+    token = "lossyvision-test-token-0123456789"
+    secured = start_head(num_cpus=1, auth_token=token)
+    try:
+        args = ["submit", "--status", "raysubmit_nope", "--address", secured.address]
+        refused = runner.invoke(app, args, env={"RAY_AUTH_TOKEN": None})
+        assert refused.exit_code == 2 and "set RAY_AUTH_TOKEN" in refused.output, refused.output
+        wrong = runner.invoke(app, args, env={"RAY_AUTH_TOKEN": "not-the-token"})
+        assert wrong.exit_code == 2 and "token in RAY_AUTH_TOKEN was refused" in wrong.output, wrong.output
+        accepted = runner.invoke(app, args, env={"RAY_AUTH_TOKEN": token})
+        # past authentication: the server itself answers that the job does not exist
+        assert accepted.exit_code == 2 and "raysubmit_nope does not exist" in accepted.output, accepted.output
+    finally:
+        secured.stop()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
 from lossyvision import submit as submission
@@ -38,6 +39,12 @@ def connect(address: str, headers: Mapping[str, str] | None = None) -> JobSubmis
         return JobSubmissionClient(address, headers=headers or None)
     except ConnectionError as e:
         raise submission.SubmitError(f"cannot reach the Ray job server at {address}: {e}") from None
+    except AuthenticationError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else "authentication failed"
+        hint = ("the token in RAY_AUTH_TOKEN was refused" if "Authorization" in headers
+                else "this cluster uses token authentication: set RAY_AUTH_TOKEN to its token")
+        raise submission.SubmitError(f"the Ray job server at {address} refused the request ({reason}); "
+                                     f"{hint} (docs/kubernetes.md, section 5)") from None
 
 
 def submit_sweep(sweep_file: str, address: str, *, wait: bool = True, env_vars: Mapping[str, str] | None = None,
