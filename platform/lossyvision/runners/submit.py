@@ -60,8 +60,11 @@ def submit_sweep(sweep_file: str, address: str, *, wait: bool = True, env_vars: 
     with tempfile.TemporaryDirectory(prefix="lossyvision-submit-") as staging:
         name = submission.stage_sweep(sweep_file, staging)
         runtime_env = submission.build_runtime_env(staging, env_vars=env_vars, ship_code=ship_code)
-        job_id = client.submit_job(entrypoint=submission.entrypoint(name), runtime_env=runtime_env,
-                                   metadata={"lossyvision_sweep": sweep_name})
+        try:
+            job_id = client.submit_job(entrypoint=submission.entrypoint(name), runtime_env=runtime_env,
+                                       metadata={"lossyvision_sweep": sweep_name})
+        except RuntimeError as e:  # the server refused the job (bad runtime env, package too large, ...)
+            raise submission.SubmitError(f"the Ray job server refused the job: {e}") from None
     echo(f"submitted job {job_id} (sweep {sweep_name}) to {submission.normalize_address(address)}\n")
     if not wait:
         return SubmitResult(job_id, str(client.get_job_status(job_id).value))
