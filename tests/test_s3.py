@@ -109,6 +109,18 @@ def test_local_overlay_seed_script_uploads_the_demo_data_once(s3_server):
     assert again.returncode == 0 and "already holds the demo dataset" in again.stdout
 
 
+def test_expand_env_defaults_and_missing_variables():
+    from lossyvision.spec import SpecError, expand_env
+
+    text = "root: s3://${B}/d\nout: s3://${O:-fallback}/o\nkeep: $B\n"
+    assert expand_env(text, {"B": "bkt"}) == "root: s3://bkt/d\nout: s3://fallback/o\nkeep: $B\n"
+    assert "s3://set/o" in expand_env(text, {"B": "bkt", "O": "set"})
+    with pytest.raises(SpecError, match="not set: B"):
+        expand_env(text, {}, source="x.yaml")
+    with pytest.raises(SpecError, match="not set: B"):
+        expand_env(text, {"B": ""})  # empty counts as unset: an empty bucket name is never meant
+
+
 # --- Ray: compress and a sweep with source and output on s3:// -----------------------------------
 @pytest.fixture(scope="module")
 def s3_dataset(s3_server, tmp_path_factory) -> str:
