@@ -185,6 +185,16 @@ def test_every_container_is_locked_down(overlay):
                     assert r in (res.get(kind) or {}), f"{where}: no {kind}.{r}"
     # head, cpu workers, submitter, autoscaler, mlflow, postgres (+ gpu workers | minio and the seed)
     assert seen >= 7, f"{name}: only {seen} containers found"
+    # the rest of the "restricted" Pod Security Standard: a seccomp profile, only these volume types
+    for doc in docs:
+        for path, spec in pod_specs(doc):
+            where = f"{doc['kind']}/{doc['metadata']['name']}{path}"
+            assert (spec.get("securityContext") or {}).get("seccompProfile") == {"type": "RuntimeDefault"}, where
+            assert spec.get("automountServiceAccountToken") is False, f"{where}: no API token in pods"
+            for volume in spec.get("volumes") or []:
+                kinds = set(volume) - {"name"}
+                assert kinds <= {"emptyDir", "configMap", "secret", "persistentVolumeClaim"}, f"{where}: {volume}"
+            assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), where
 
 
 def test_no_literal_secrets(overlay):
