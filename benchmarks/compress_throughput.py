@@ -8,11 +8,14 @@
 * (b) limit: the single-core time of those encode calls alone (timed inside the loop), divided
   by the number of CPUs: what perfect parallel encoding with zero overhead would take.
 
+The serial loop runs before and after the job (A-B-A) and the baselines are the mean of the two,
+so that a load drifting during the run weighs on both sides alike.
+
 Throughput is megapixels encoded per second: image pixels x levels / wall time. The images are
 real photos (scikit-image's bundled astronaut, coffee, rocket, Hubble deep field,
 immunohistochemistry; public domain / CC0), cropped at seeded random positions to
 ``--size`` squares and stored as JPEG q90. Run it on a quiet machine: the load average is
-recorded before and after.
+recorded after each phase.
 
     .venv/bin/python benchmarks/compress_throughput.py --images 400 --json runs/p1.json
 """
@@ -149,10 +152,17 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lossyvision-p1-"))
     try:
         paths = make_images(work / "src", args.images, args.size)
-        load_before = os.getloadavg()
-        serial = serial_loop(paths, levels, args.effort, work / "serial")
+        loads = {"start": os.getloadavg()}
+        # A-B-A: serial, job, serial again; the baselines are the mean of the two serial runs, so
+        # a load that drifts during the run (other users of the machine) affects both sides alike.
+        first = serial_loop(paths, levels, args.effort, work / "serial")
+        loads["after_serial_1"] = os.getloadavg()
         job = run_job(work / "src", work / "store", levels, args.effort, args.num_cpus)
-        load_after = os.getloadavg()
+        loads["after_job"] = os.getloadavg()
+        second = serial_loop(paths, levels, args.effort, work / "serial")
+        loads["after_serial_2"] = os.getloadavg()
+        serial = {k: (first[k] + second[k]) / 2 for k in first}
+        serial["runs_seconds"] = [first["seconds"], second["seconds"]]
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         "limit": {"seconds": limit_s, "mp_per_s": mp / limit_s},
         "job": {**job, "mp_per_s": mp / job["seconds"],
                 "mp_per_s_with_ray_init": mp / (job["seconds"] + job["ray_init_seconds"])},
-        "load_before": load_before, "load_after": load_after,
+        "load_average_1_5_15": loads,
     }
     res["speedup_vs_serial"] = res["job"]["mp_per_s"] / res["serial"]["mp_per_s"]
     res["fraction_of_limit"] = res["job"]["mp_per_s"] / res["limit"]["mp_per_s"]
