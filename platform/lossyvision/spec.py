@@ -35,6 +35,20 @@ def _check_local_exists(path: str) -> str:
     return path
 
 
+def _check_registered(registry: Any, name: str) -> str:
+    """``name`` if the registry knows it, else the registry's own "unknown ..., known: ..." error."""
+    if name not in registry:
+        raise ValueError(f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")
+    return name
+
+
+def _check_slug(name: str) -> str:
+    """Names end up in paths, run names and metric keys: keep them to a safe alphabet."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"{name!r} must be letters, digits, '.', '_' or '-'")
+    return name
+
+
 class DatasetSpec(_Strict):
     kind: str = "imagefolder"
     root: str
@@ -45,9 +59,7 @@ class DatasetSpec(_Strict):
     def _known_kind(cls, v: str) -> str:
         from lossyvision.datasets import DATASETS
 
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; known: {', '.join(DATASETS.names())}")
-        return v
+        return _check_registered(DATASETS, v)
 
     @field_validator("root")
     @classmethod
@@ -102,18 +114,14 @@ class ModelSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _slug(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
-            raise ValueError(f"{v!r} must be letters, digits, '.', '_' or '-'")
-        return v
+        return _check_slug(v)
 
     @field_validator("task")
     @classmethod
     def _known_task(cls, v: str) -> str:
         from lossyvision.tasks import TASKS
 
-        if v not in TASKS:
-            raise ValueError(f"unknown task {v!r}; known: {', '.join(TASKS.names())}")
-        return v
+        return _check_registered(TASKS, v)
 
 
     @model_validator(mode="after")
@@ -170,9 +178,7 @@ class Sweep(_Strict):
     @field_validator("name")
     @classmethod
     def _name_slug(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
-            raise ValueError(f"{v!r} must be letters, digits, '.', '_' or '-'")
-        return v
+        return _check_slug(v)
 
     @field_validator("train_levels", "test_levels")
     @classmethod
