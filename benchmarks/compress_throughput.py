@@ -97,6 +97,7 @@ def run_job(source: Path, store: Path, levels: list[float], effort: int, num_cpu
 
     from lossyvision.runners.compress import compress_job
 
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     t = time.perf_counter()
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - t
