@@ -83,6 +83,13 @@ def test_end_to_end_on_two_cpus_with_every_bad_input(ray_2cpu, tmp_path):
     n_bad = sum(1 for v in expected.values() if v == "failed")
     assert list(summary["images_failed"].iloc[:3]) == [n_bad] * 3
 
+    from lossyvision.runners.compress import compress_job
+
+    again = compress_job(str(root), str(out), codec_options={"effort": 1}, levels=(0, 1, 4),
+                         quality_metric="ssimulacra2", quality_sample=3, log=lambda _: None)
+    assert again.done == 3 * n_bad and again.skipped == len(m) - 3 * n_bad  # only failed rows are retried
+    assert len(again.manifest) == len(m)
+
 
 def test_on_error_fail_stops_on_ray_and_names_the_file(ray_2cpu, tmp_path):
     from lossyvision.runners.compress import compress_dataset

@@ -98,8 +98,8 @@ def compress_job(
 
     Returns a :class:`~lossyvision.compress.JobResult`; ``.manifest`` is this job's rows as a
     DataFrame (:data:`lossyvision.manifest.SCHEMA`), ``.summary`` the per-level table. Uses the
-    running Ray if there is one, else starts a local one with ``num_cpus`` (all CPUs by default)
-    and stops it at the end. Raises :class:`~lossyvision.compress.CompressError` for bad options,
+    running Ray if there is one, else (only if there is work to do) starts a local one with
+    ``num_cpus`` (all CPUs by default) and stops it at the end. Raises :class:`~lossyvision.compress.CompressError` for bad options,
     an empty dataset, or the first bad image under ``on_error='fail'``.
     """
     from lossyvision.datasets import create_dataset
@@ -115,9 +115,15 @@ def compress_job(
             records = reader.records()
         except (KeyError, ValueError, FileNotFoundError) as exc:
             raise compress.CompressError(f"{source}: {str(exc).strip(chr(39))}") from None
-    started = ensure_ray(num_cpus)
+    started = False
+
+    def execute(items: list[dict], params: dict) -> Iterator[list[dict]]:
+        nonlocal started  # Ray starts only when there is work: a finished store reruns in seconds
+        started = ensure_ray(num_cpus)
+        yield from execute_with_ray(items, params)
+
     try:
-        return compress.run_job(records, source, store_uri, options, execute_with_ray, log=log)
+        return compress.run_job(records, source, store_uri, options, execute, log=log)
     finally:
         if started:
             ray.shutdown()
