@@ -87,6 +87,8 @@ def compress(
         result = compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
     except (SpecError, job.CompressError) as exc:
         fail(str(exc), code=1 if isinstance(exc, job.CompressError) else 2)
+    except OSError as exc:  # an unwritable store, a vanished folder: say so, no traceback
+        fail(f"{type(exc).__name__}: {exc}", code=1)
     console = Console()
     if not console.is_terminal:  # logs and CI: don't squeeze the table into 80 columns
         console = Console(width=max(console.width, 110))
