@@ -12,7 +12,6 @@ ask for one CPU each, so the job uses all CPUs of the cluster and no more.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterator, Sequence
 
 import pandas as pd
@@ -21,6 +20,7 @@ import ray
 
 from lossyvision import compress, manifest
 from lossyvision.datasets.base import Record
+from lossyvision.runners.cluster import init_ray
 
 #: Upper bound on items per block: small enough to balance the tail and flush rows often.
 MAX_ITEMS_PER_BLOCK = 16
@@ -31,16 +31,15 @@ BLOCKS_PER_CPU = 4
 def ensure_ray(num_cpus: int | None = None) -> bool:
     """Start a local Ray (or join ``RAY_ADDRESS``) unless one is running; True if we started it.
 
+    Starting goes through :func:`lossyvision.runners.cluster.init_ray` (no dashboard, token auth
+    off and quiet logs for a local cluster).
+
     A caller that already called ``ray.init`` (the sweep engine, a notebook) keeps its cluster and
     its terms; ``num_cpus`` then has no effect.
     """
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=num_cpus)
     return True
 
 
