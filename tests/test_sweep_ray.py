@@ -126,6 +126,37 @@ def test_sweep_fills_the_grid_tracks_it_and_reruns_do_nothing(ray_cluster, demo_
     check_mlflow(outcome.tracking_uri, "grid")
 
 
+def test_budget_sweep_trains_on_subsets_that_fit_and_tracks_them(ray_cluster, demo_root, store, tmp_path):
+    """#6 end to end: the budget axis through Tune; every trial's bytes fit its budget; MLflow has them."""
+    import pandas as pd
+
+    from lossyvision.manifest import read_manifest
+    from lossyvision.sweep.results import read_results
+    from lossyvision.sweep.run import run_sweep
+
+    out = tmp_path / "budget"
+    sweep_file = write_sweep(tmp_path / "b.yaml", demo_root, store, out, budgets=["6kB", "1MB"],
+                             eval_levels="baseline")
+    outcome = run_sweep(sweep_file, build_report=False)
+    assert outcome.ok and outcome.trials_run == 4 and outcome.cells_run == 4  # 2 levels x 2 budgets, 1 test level
+
+    results = read_results(str(out))
+    assert set(results.test_level) == {0.0} and set(results.budget) == {6000, 1_000_000}
+    trials = results.drop_duplicates(["train_level", "budget"]).set_index(["train_level", "budget"])
+    assert (trials.train_bytes <= trials.index.get_level_values("budget")).all()
+    train_ok = read_manifest(store).query("split == 'train' and status == 'ok'")
+    for level in (0.0, 4.0):
+        # The large budget takes every image; the small one fewer, and more of them where files are smaller.
+        assert trials.loc[(level, 1_000_000), "n_train_images"] == (train_ok.level == level).sum()
+        assert 0 < trials.loc[(level, 6000), "n_train_images"] < trials.loc[(level, 1_000_000), "n_train_images"]
+    assert trials.loc[(4.0, 6000), "n_train_images"] > trials.loc[(0.0, 6000), "n_train_images"]
+
+    _, parents, children = child_runs(outcome.tracking_uri, "budget")
+    assert len(parents) == 1 and len(children) == 4
+    params = pd.DataFrame([c.data.params for c in children])
+    assert set(params.budget) == {"6000", "1000000"} and params.n_images.astype(int).gt(0).all()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
