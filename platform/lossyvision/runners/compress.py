@@ -12,6 +12,7 @@ ask for one CPU each, so the job uses all CPUs of the cluster and no more.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Iterator, Sequence
 
 import pandas as pd
@@ -51,6 +52,24 @@ def items_per_block(n_items: int, n_cpus: int) -> int:
     return max(1, min(MAX_ITEMS_PER_BLOCK, n_items // max(1, n_cpus * BLOCKS_PER_CPU)))
 
 
+def lean_data_context(ctx: Any) -> None:
+    """Trim Ray Data's own work for this job on ``ctx`` (the dataset's copy; the global is untouched).
+
+    One CPU-bound operator over in-memory items: nothing to protect from contention. Ray Data's
+    reservation allocator (2.60) kept it at ~1.5 of 2 CPUs (jobs 20-25% slower, see
+    docs/benchmarks.md P1). Every map task also polls its own memory (USS, from /proc) each second,
+    and a progress bar redraws in the driver: CPU taken from the encoders for numbers nobody reads
+    here. Progress bars stay on for an interactive terminal.
+    """
+    settings = {"op_resource_reservation_enabled": False, "memory_usage_poll_interval_s": None,
+                "enable_auto_log_stats": False}
+    if not sys.stderr.isatty():
+        settings["enable_progress_bars"] = False
+    for name, value in settings.items():
+        if hasattr(ctx, name):  # knobs of ray 2.60; older or newer versions may lack one
+            setattr(ctx, name, value)
+
+
 def execute_with_ray(items: list[dict], params: dict) -> Iterator[list[dict]]:
     """Run work items as Ray Data tasks; yield finished rows as blocks complete."""
     n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -59,11 +78,7 @@ def execute_with_ray(items: list[dict], params: dict) -> Iterator[list[dict]]:
     ds = ray.data.from_items(items, override_num_blocks=n_blocks)
     ds = ds.map_batches(_compress_block, fn_kwargs={"params": params}, batch_size=None,
                         batch_format="pyarrow", num_cpus=1, compute=ray.data.TaskPoolStrategy())
-    # One CPU-bound operator over in-memory items: nothing to protect from contention. Ray Data's
-    # reservation allocator (2.60) kept it at ~1.5 of 2 CPUs (jobs 20-25% slower, see
-    # docs/benchmarks.md P1). ``ds.context`` is this dataset's own copy; the global is untouched.
-    if hasattr(ds.context, "op_resource_reservation_enabled"):
-        ds.context.op_resource_reservation_enabled = False
+    lean_data_context(ds.context)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         yield batch.to_pylist()
 
