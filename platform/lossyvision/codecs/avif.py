@@ -24,10 +24,7 @@ class AvifCodec(Codec):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        speed = options.get("speed", DEFAULT_SPEED)
-        if isinstance(speed, bool) or not isinstance(speed, (int, np.integer)) or not 0 <= speed <= 10:
-            raise ValueError(f"avif speed must be an integer in 0..10, got {speed!r}")
-        self.speed = int(speed)
+        self.speed = self.int_option("speed", DEFAULT_SPEED, 0, 10)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:

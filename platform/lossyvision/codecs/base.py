@@ -37,6 +37,13 @@ class Codec(ABC):
         """Names of keyword options the constructor accepts (e.g. ``effort``)."""
         return ()
 
+    def int_option(self, name: str, default: int, low: int, high: int) -> int:
+        """The integer option ``name`` (``default`` if absent); a clear error outside ``low..high``."""
+        value = self.options.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+            raise ValueError(f"{self.name} {name} must be an integer in {low}..{high}, got {value!r}")
+        return int(value)
+
     @abstractmethod
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:

@@ -58,10 +58,7 @@ class JpegXLCodec(Codec):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        effort = options.get("effort", DEFAULT_EFFORT)
-        if isinstance(effort, bool) or not isinstance(effort, (int, np.integer)) or not 1 <= effort <= 10:
-            raise ValueError(f"jpegxl effort must be an integer in 1..10, got {effort!r}")
-        self.effort = int(effort)
+        self.effort = self.int_option("effort", DEFAULT_EFFORT, 1, 10)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:

@@ -17,11 +17,7 @@ class PngCodec(Codec):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        compression = options.get("compression", 6)
-        if isinstance(compression, bool) or not isinstance(compression, (int, np.integer)) \
-                or not 0 <= compression <= 9:
-            raise ValueError(f"png compression must be an integer in 0..9, got {compression!r}")
-        self.compression = int(compression)
+        self.compression = self.int_option("compression", 6, 0, 9)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:

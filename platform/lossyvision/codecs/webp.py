@@ -25,10 +25,7 @@ class WebpCodec(Codec):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        method = options.get("method", DEFAULT_METHOD)
-        if isinstance(method, bool) or not isinstance(method, (int, np.integer)) or not 0 <= method <= 6:
-            raise ValueError(f"webp method must be an integer in 0..6, got {method!r}")
-        self.method = int(method)
+        self.method = self.int_option("method", DEFAULT_METHOD, 0, 6)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
