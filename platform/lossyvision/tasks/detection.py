@@ -220,6 +220,16 @@ class DetectionTask(Task):
         return make_loader(data, batch_size or self.batch_size, collate, shuffle=train,
                            num_workers=int(option(self.spec, "num_workers", 0)), seed=seed, device=self.device)
 
+    def optimizer_and_schedule(self, model: Any, iters_per_epoch: int) -> tuple[Any, Any]:
+        """mmdet's 1x recipe, shared by both backends: SGD on the trainable weights, linear warmup over
+        500 iterations from 0.001x, then x0.1 steps at ``lr_steps``, stepped per iteration."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=self.lr, momentum=float(option(self.spec, "momentum", 0.9)),
+                                    weight_decay=self.weight_decay)
+        scheduler = make_scheduler(optimizer, self.spec, self.epochs, iters_per_epoch, schedule="step",
+                                   warmup_iters=500, warmup_ratio=0.001, lr_steps=self.lr_steps)
+        return optimizer, scheduler
+
     def fit(self, model: Any, train: Any, *, on_epoch: EpochCallback | None = None,
             state: dict[str, Any] | None = None) -> None:
         if self._mmdet is not None:
@@ -228,11 +238,7 @@ class DetectionTask(Task):
         model.to(device)
         seed = int(option(self.spec, "seed", 0))
         iters = len(self._loader(train, train=True))
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=self.lr, momentum=float(option(self.spec, "momentum", 0.9)),
-                                    weight_decay=self.weight_decay)
-        scheduler = make_scheduler(optimizer, self.spec, self.epochs, iters, schedule="step", warmup_iters=500,
-                                   warmup_ratio=0.001, lr_steps=self.lr_steps)
+        optimizer, scheduler = self.optimizer_and_schedule(model, iters)
         amp = bool(option(self.spec, "amp", False))
 
         def step(batch):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lossyvision.tasks.training import autocast, make_scheduler, option, train_epochs
+from lossyvision.tasks.training import autocast, option, train_epochs
 
 DEFAULT_CONFIG = "mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py"
 INSTALL_HINT = (
@@ -125,11 +125,7 @@ class MMDetBackend:
         model.to(device)
         seed = int(option(self.spec, "seed", 0))
         iters = len(task._loader(train, train=True))
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=task.lr, momentum=float(option(self.spec, "momentum", 0.9)),
-                                    weight_decay=task.weight_decay)
-        scheduler = make_scheduler(optimizer, self.spec, task.epochs, iters, schedule="step", warmup_iters=500,
-                                   warmup_ratio=0.001, lr_steps=task.lr_steps)
+        optimizer, scheduler = task.optimizer_and_schedule(model, iters)
         amp = bool(option(self.spec, "amp", False))
 
         def step(batch):
