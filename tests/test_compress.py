@@ -310,3 +310,35 @@ def test_food101_layout_carries_splits_and_labels(tmp_path):
     row = m.iloc[0]
     assert row["output_path"] == "jpegxl-2/" + row["relpath"][:-4] + ".jxl"
     assert row["label"] == reader.classes.index(row["relpath"].split("/")[1])
+
+
+def _items(sizes: dict[str, int], levels: int = 6) -> list[dict]:
+    return [{"uri": uri, "level": float(k), "source_size": size} for uri, size in sizes.items()
+            for k in range(levels)]
+
+
+def test_work_chunks_cover_every_item_once_largest_sources_first():
+    sizes = {f"img{i:03d}.jpg": (i * 37) % 101 for i in range(120)}
+    items = _items(sizes)
+    chunks = compress.work_chunks(items, n_workers=2)
+    flat = [it for c in chunks for it in c]
+    assert sorted((it["uri"], it["level"]) for it in flat) == sorted((it["uri"], it["level"]) for it in items)
+    order = list(dict.fromkeys(it["uri"] for it in flat))
+    assert [sizes[u] for u in order] == sorted(sizes.values(), reverse=True)
+    for uri in sizes:  # an image's levels stay together and in order
+        mine = [i for i, it in enumerate(flat) if it["uri"] == uri]
+        assert mine == list(range(mine[0], mine[0] + 6))
+        assert [flat[i]["level"] for i in mine] == [float(k) for k in range(6)]
+
+
+def test_work_chunks_shrink_towards_the_end_so_the_tail_is_short():
+    items = _items({f"{i:04d}.jpg": 100 for i in range(400)})  # 2,400 items
+    sizes = [len(c) for c in compress.work_chunks(items, n_workers=2, max_size=48, per_worker=4)]
+    assert sum(sizes) == 2400
+    assert max(sizes) == 48 and sizes[0] == 48
+    assert sizes == sorted(sizes, reverse=True)  # never grows again
+    assert sizes[-1] <= 2 and sizes[-2] <= 2   # the last rounds are tiny
+    # Even 48-item chunks would leave one worker alone with up to a whole chunk at the end.
+    assert sum(sizes[-4:]) < 48
+    assert compress.work_chunks([], 2) == []
+    assert [len(c) for c in compress.work_chunks(_items({"a": 1}, levels=3), 16)] == [2, 1]

@@ -294,10 +294,37 @@ def plan(records: Sequence[Record], source_root: str, store_uri: str, options: C
                 "label": rec.label, "target": rec.target, "level": level,
                 "output_relpath": names[rec.relpath],
                 "source_version": listed["version"] if listed else None,
+                "source_size": listed["size"] if listed else 0,
                 "png": bool(options.png_baseline and i == 0 and not has_png),
                 "quality": wants_quality,
             })
     return items, skipped
+
+
+# --- scheduling --------------------------------------------------------------------------------
+def work_chunks(items: Sequence[dict], n_workers: int, *, max_size: int = 48, per_worker: int = 4,
+                min_size: int = 2) -> list[list[dict]]:
+    """Cut work items into chunks (one parallel task each) so that every worker finishes together.
+
+    Largest sources first (by listed size; an image's items stay together and in order), then
+    guided self-scheduling: each chunk takes ``1 / (per_worker * n_workers)`` of what remains,
+    capped at ``max_size`` items. Chunks are large while there is much to do (few scheduling
+    rounds) and shrink towards the end, so the last ones are short and no worker sits idle
+    while another finishes a long one: with even chunks, the job waits for up to one whole
+    chunk on one worker.
+    """
+    groups: dict[str, list[dict]] = {}
+    for item in items:
+        groups.setdefault(item["uri"], []).append(item)
+    ordered = [it for g in sorted(groups.values(), key=lambda g: -int(g[0].get("source_size") or 0))
+               for it in g]
+    chunks, start, share = [], 0, max(1, per_worker * max(1, n_workers))
+    while start < len(ordered):
+        remaining = len(ordered) - start
+        size = min(max_size, max(min_size, -(-remaining // share)))
+        chunks.append(ordered[start:start + size])
+        start += size
+    return chunks
 
 
 # --- running a job -----------------------------------------------------------------------------

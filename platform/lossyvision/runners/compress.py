@@ -12,6 +12,7 @@ ask for one CPU each, so the job uses all CPUs of the cluster and no more.
 
 from __future__ import annotations
 
+import pickle
 import sys
 from typing import Any, Iterator, Sequence
 
@@ -22,13 +23,6 @@ import ray
 from lossyvision import compress, manifest
 from lossyvision.datasets.base import Record
 from lossyvision.runners.cluster import init_ray
-
-#: Upper bound on items per block: small enough to balance the tail and flush rows often (48 JPEG XL
-#: encodes of a 384 px image at effort 7 take about 2 s), large enough to keep scheduling rounds few.
-MAX_ITEMS_PER_BLOCK = 48
-#: Aim for at least this many blocks per CPU, so every CPU stays busy until the end.
-BLOCKS_PER_CPU = 4
-
 
 def ensure_ray(num_cpus: int | None = None) -> bool:
     """Start a local Ray (or join ``RAY_ADDRESS``) unless one is running; True if we started it.
@@ -46,11 +40,8 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
 
 
 def _compress_block(batch: pa.Table, params: dict) -> pa.Table:
-    return manifest.to_table(compress.compress_items(batch.to_pylist(), params))
-
-
-def items_per_block(n_items: int, n_cpus: int) -> int:
-    return max(1, min(MAX_ITEMS_PER_BLOCK, n_items // max(1, n_cpus * BLOCKS_PER_CPU)))
+    items = [item for chunk in batch.column("chunk").to_pylist() for item in pickle.loads(chunk)]
+    return manifest.to_table(compress.compress_items(items, params))
 
 
 def lean_data_context(ctx: Any) -> None:
@@ -74,9 +65,10 @@ def lean_data_context(ctx: Any) -> None:
 def execute_with_ray(items: list[dict], params: dict) -> Iterator[list[dict]]:
     """Run work items as Ray Data tasks; yield finished rows as blocks complete."""
     n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    per_block = items_per_block(len(items), n_cpus)
-    n_blocks = max(1, -(-len(items) // per_block))
-    ds = ray.data.from_items(items, override_num_blocks=n_blocks)
+    # One block per chunk (a pickled list of items): Ray Data would cut plain rows into even
+    # blocks, and the shrinking chunks of ``work_chunks`` are what keeps the tail short.
+    chunks = compress.work_chunks(items, n_cpus)
+    ds = ray.data.from_items([{"chunk": pickle.dumps(c)} for c in chunks], override_num_blocks=len(chunks))
     ds = ds.map_batches(_compress_block, fn_kwargs={"params": params}, batch_size=None,
                         batch_format="pyarrow", num_cpus=1, compute=ray.data.TaskPoolStrategy())
     lean_data_context(ds.context)
