@@ -13,10 +13,10 @@ Writes are atomic: a temp file plus rename locally, a single PUT on object store
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import tempfile
-import uuid
 from pathlib import PurePosixPath
 
 import fsspec
@@ -72,18 +72,28 @@ def read_bytes(uri: str) -> bytes:
 
 
 def atomic_write_bytes(uri: str, data: bytes) -> None:
-    """Write ``data`` so that readers see the old file or the whole new one, never a part."""
-    fs, path = filesystem(uri)
-    if is_remote(str(uri)):
+    """Write ``data`` so that readers see the old file or the whole new one, never a part.
+
+    Locally: a temp file (``.tmp-*``, which resume sweeps away) in the target's folder, then a
+    rename. It runs once per output file, so it avoids fsspec and redundant system calls: the
+    folder is created only when the temp file cannot be.
+    """
+    uri = str(uri)
+    if is_remote(uri):
+        fs, path = filesystem(uri)
         fs.pipe_file(path, data)  # one PUT: objects appear whole
         return
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=f"-{uuid.uuid4().hex[:8]}")
+    path = os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
+    directory = os.path.dirname(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -91,7 +101,9 @@ def atomic_write_bytes(uri: str, data: bytes) -> None:
         raise
 
 
+@functools.lru_cache(maxsize=1)
 def _umask() -> int:
+    """The process umask (read once: reading it means setting it, twice)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
