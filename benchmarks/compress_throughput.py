@@ -29,7 +29,6 @@ recorded after each phase.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform as std_platform

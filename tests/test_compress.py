@@ -19,7 +19,6 @@ from badimages import EXPECTED_REASONS, jpeg_bytes, photo, write_bad_images
 from lossyvision import compress, manifest
 from lossyvision.codecs.jpegxl import reconstruct_jpeg
 from lossyvision.datasets import create_dataset
-from lossyvision.imageio import load_rgb
 
 FAST = {"effort": 1}
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import numpy as np
 import pandas as pd
 
 from lossyvision import manifest, store

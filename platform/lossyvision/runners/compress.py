@@ -24,6 +24,7 @@ from lossyvision import compress, manifest
 from lossyvision.datasets.base import Record
 from lossyvision.runners.cluster import init_ray
 
+
 def ensure_ray(num_cpus: int | None = None) -> bool:
     """Start a local Ray (or join ``RAY_ADDRESS``) unless one is running; True if we started it.
 
@@ -106,8 +107,9 @@ def compress_job(
     Returns a :class:`~lossyvision.compress.JobResult`; ``.manifest`` is this job's rows as a
     DataFrame (:data:`lossyvision.manifest.SCHEMA`), ``.summary`` the per-level table. Uses the
     running Ray if there is one, else (only if there is work to do) starts a local one with
-    ``num_cpus`` (all CPUs by default) and stops it at the end. Raises :class:`~lossyvision.compress.CompressError` for bad options,
-    an empty dataset, or the first bad image under ``on_error='fail'``.
+    ``num_cpus`` (all CPUs by default) and stops it at the end. Raises
+    :class:`~lossyvision.compress.CompressError` for bad options, an empty dataset, or the first
+    bad image under ``on_error='fail'``.
     """
     from lossyvision.datasets import create_dataset
 
