@@ -34,9 +34,76 @@ def result_rows(models=("vit", "cnn"), repeats=3, seed=0, baseline=0.8) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def write_results(output: Path, df: pd.DataFrame) -> None:
-    table = pa.Table.from_pandas(df[SCHEMA.names], schema=SCHEMA, preserve_index=False)
-    pq.write_table(table, str(output / "results.parquet"))
+def keyed(df: pd.DataFrame) -> tuple[pd.DataFrame, object]:
+    """``df`` with every results column the engine writes (keys, hashes, empty intervals) and its grid.
+
+    The keys carry made-up configuration hashes: one per trial and cell, as ``sweep run`` plans them.
+    """
+    from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec
+
+    df = df.copy()
+    if "budget" not in df.columns:
+        df["budget"] = -1
+    grid = Grid([], [])
+    trial_ids, cell_ids, trial_hashes, cell_hashes = [], [], [], []
+    trials: dict = {}
+    cells: dict = {}
+    for r in df.itertuples(index=False):
+        t = TrialSpec(r.model, float(r.train_level), int(r.repeat), int(r.budget), "c0ffee0000")
+        if t not in trials:
+            trials[t] = t
+            grid.trials.append(t)
+        c = CellSpec(t, float(r.test_level), "5eed000000")
+        if c not in cells:
+            cells[c] = c
+            grid.cells.append(c)
+        trial_ids.append(t.key), cell_ids.append(c.key), trial_hashes.append(t.config), cell_hashes.append(c.config)
+    df["trial_id"], df["cell_id"], df["trial_hash"], df["cell_hash"] = trial_ids, cell_ids, trial_hashes, cell_hashes
+    for col, default in (("ci_low", np.nan), ("ci_high", np.nan), ("confidence", 0.95), ("n_test_images", 100),
+                         ("rel", np.nan), ("rel_low", np.nan), ("rel_high", np.nan), ("baseline_cell", None),
+                         ("train_dcr_raw", np.nan), ("test_dcr_raw", np.nan), ("n_train_images", 10),
+                         ("train_bytes", 1000), ("sweep", "t"), ("task", "classification"),
+                         ("finished_at", "2026-01-01T00:00:00Z")):
+        if col not in df.columns:
+            df[col] = default
+    return df[SCHEMA.names], grid
+
+
+def outcomes_for(accuracy: float, n: int = 200, num_classes: int = 9, seed: int = 0):
+    """Classification outcomes of ``n`` images with top-1 accuracy ``round(accuracy * n) / n``.
+
+    Correct images are a seeded random subset, so cells differ image by image as real ones do.
+    """
+    from lossyvision.metrics.classification import ClassificationOutcomes
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % num_classes
+    scores = rng.random((n, num_classes))
+    correct = rng.permutation(n)[: int(round(accuracy * n))]
+    scores[correct, labels[correct]] = 2.0
+    scores[np.setdiff1d(np.arange(n), correct), labels[np.setdiff1d(np.arange(n), correct)]] = -1.0
+    return ClassificationOutcomes.from_scores([f"test/c{k % num_classes}/{k}.jpg" for k in range(n)], scores, labels)
+
+
+def write_results(output: Path, df: pd.DataFrame, predictions: bool = False) -> object:
+    """``df`` as a sweep output of the current format: the marker, ``plan.json`` and ``results.parquet``.
+
+    With ``predictions``, every top-1 cell also gets a predictions file whose accuracy is its value
+    (values are rounded to the file's 200 images), as ``sweep run`` leaves them.
+    """
+    from lossyvision import output as outdir
+    from lossyvision.sweep import results
+
+    df, grid = keyed(df)
+    outdir.mark(str(output))
+    outdir.write_plan(str(output), grid)
+    if predictions:
+        for i, row in df.iterrows():
+            o = outcomes_for(float(row["value"]), seed=i)
+            df.loc[i, "value"] = o.metrics()["top1"]
+            outdir.write_predictions(str(output), row["cell_id"], o)
+    results.write_results(str(output), df)
+    return grid
 
 
 def _photos(n: int) -> list[np.ndarray]:
@@ -101,7 +168,7 @@ def write_sensitivity(output: Path) -> None:
 def make_output(tmp: Path, *, repeats=3, sensitivity=True) -> Path:
     out = tmp / "out"
     out.mkdir(parents=True)
-    write_results(out, result_rows(repeats=repeats))
+    write_results(out, result_rows(repeats=repeats), predictions=True)
     write_store(out)
     write_sweep_copy(out)
     if sensitivity:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from lossyvision.spec import ModelSpec, Sweep
-from lossyvision.sweep.plan import (CellSpec, PlanError, TrialSpec, cells, compress_levels, done_cell_keys,
+from lossyvision.sweep.plan import (CellSpec, Grid, PlanError, TrialSpec, compress_levels, done_cell_keys,
                                     grid_size, level_dcr, pending, plan)
 from lossyvision.sweep.results import NO_BUDGET
 
@@ -32,61 +32,124 @@ def manifest_rows(levels=(0.0, 1.0, 2.0, 5.0), splits=("train", "test")) -> pd.D
         for level in levels:
             for i in range(3):
                 rows.append(dict(relpath=f"{split}/c{i % 2}/{i}.jpg", split=split, label=i % 2, codec="jpegxl",
-                                 level=level, status="ok", compressed_bytes=100 + i,
+                                 level=level, status="ok", compressed_bytes=100 + i, source_sha256=f"sha{i}",
                                  dcr_vs_source=level / 10 + i / 100, dcr_vs_raw=0.9 + level / 100))
     return pd.DataFrame(rows)
 
 
+class Reader:
+    """The two things planning asks of a dataset reader: class names and a split's records."""
+
+    classes = ["c0", "c1"]
+
+    def select(self, split):
+        from lossyvision.datasets.base import Record
+
+        return [Record(f"{split}/c{i % 2}/{i}.jpg", split, i % 2) for i in range(3)]
+
+
+def grid_of(sweep, manifest=None):
+    return plan(sweep, manifest_rows() if manifest is None else manifest, reader=Reader())
+
+
 def test_trial_and_cell_keys_are_stable_and_path_safe():
-    t = TrialSpec("vit-b16", 2.0, 0)
-    assert t.key == "vit-b16__d2__r0"
-    assert TrialSpec("m", 0.5, 1, 50_000_000).key == "m__d0.5__r1__b50000000"
-    assert CellSpec(t, 10.0).key == "vit-b16__d2__r0__t10"
+    t = TrialSpec("vit-b16", 2.0, 0, config="3f9a2c1b07")
+    assert t.key == "vit-b16__d2__r0__3f9a2c1b07"
+    assert TrialSpec("m", 0.5, 1, 50_000_000, "abc").key == "m__d0.5__r1__b50000000__abc"
+    assert CellSpec(t, 10.0, "0123456789").key == "vit-b16__d2__r0__3f9a2c1b07__t10__0123456789"
     assert TrialSpec.from_dict(t.as_dict()) == t
-    assert "/" not in CellSpec(TrialSpec("m.x_1", 0.25, 3), 1.5).key
+    assert CellSpec.from_dict(CellSpec(t, 1.0, "x").as_dict()) == CellSpec(t, 1.0, "x")
+    assert "/" not in CellSpec(TrialSpec("m.x_1", 0.25, 3, config="ab"), 1.5, "cd").key
 
 
 def test_plan_is_the_product_in_stable_order(tmp_path):
     sweep = make_sweep(tmp_path, repeats=2)
-    trials = plan(sweep)
+    grid = grid_of(sweep)
+    trials = grid.trials
     assert len(trials) == 2 * 3 * 2
-    assert trials[0] == TrialSpec("a", 0.0, 0, NO_BUDGET)
+    assert (trials[0].model, trials[0].train_level, trials[0].repeat, trials[0].budget) == ("a", 0.0, 0, NO_BUDGET)
     assert [t.train_level for t in trials[:6:2]] == [0.0, 1.0, 2.0]  # levels sorted by the spec
     assert len({t.key for t in trials}) == len(trials)
-    assert plan(sweep) == trials  # pure: same input, same list
-    all_cells = cells(sweep, trials)
-    assert len(all_cells) == len(trials) * 3
-    assert grid_size(trials, all_cells).describe().startswith("grid: 12 trials, 36 evaluations")
+    assert all(len(t.config) == 10 and t.key.endswith(t.config) for t in trials)
+    assert grid_of(sweep).to_dict() == grid.to_dict()  # pure: same input, same grid
+    assert len(grid.cells) == len(trials) * 3 and len({c.key for c in grid.cells}) == len(grid.cells)
+    assert grid_size(grid, trials, grid.cells).describe().startswith("grid: 12 trials, 36 evaluations")
     assert compress_levels(sweep) == [0.0, 1.0, 2.0, 5.0]
+    assert Grid.from_dict(grid.to_dict()).digest == grid.digest
+
+
+def keys(grid):
+    return {t.key for t in grid.trials}, {c.key for c in grid.cells}
+
+
+def test_an_edit_changes_exactly_the_keys_of_what_it_changes(tmp_path):
+    """Same input, same keys; an edited model retrains only its own trials; where things run is not identity."""
+    base = grid_of(make_sweep(tmp_path))
+    trials, cells = keys(base)
+    # Where the output, store and tracking live, the resources and retries: not part of a result.
+    moved = make_sweep(tmp_path, output=str(tmp_path / "elsewhere"), store=str(tmp_path / "st"),
+                       resources={"trial": {"cpu": 2}}, max_failures=5, tracking={"experiment": "x"})
+    assert keys(grid_of(moved)) == (trials, cells)
+    # A model edit: only model a's trials and cells move.
+    edited = make_sweep(tmp_path, models=[model("a").model_copy(update={"epochs": 12}), model("b")])
+    et, ec = keys(grid_of(edited))
+    assert {k for k in et - trials} == {k for k in et if k.startswith("a__")}
+    assert trials - et == {k for k in trials if k.startswith("a__")}
+    assert {k for k in ec if k.startswith("b__")} == {k for k in cells if k.startswith("b__")}
+    # The seed, a codec option, the dataset options: every trial moves.
+    for change in (dict(seed=1), dict(codec={"name": "jpegxl", "effort": 3}), dict(limit_per_split=2),
+                   dict(deterministic=True)):
+        ct, _ = keys(grid_of(make_sweep(tmp_path, **change)))
+        assert not ct & trials, change
+    # More repeats add trials and keep the existing ones.
+    assert trials < keys(grid_of(make_sweep(tmp_path, repeats=2)))[0]
+    # Analysis settings are not identity.
+    assert keys(grid_of(make_sweep(tmp_path, report={"keep": 0.9, "resamples": 500}))) == (trials, cells)
+
+
+def test_the_rows_a_trial_trains_on_are_part_of_its_identity(tmp_path):
+    sweep = make_sweep(tmp_path)
+    base = grid_of(sweep)
+    m = manifest_rows()
+    m.loc[(m.split == "train") & (m.level == 1.0) & (m.relpath.str.endswith("0.jpg")), "compressed_bytes"] = 999
+    changed = grid_of(sweep, m)
+    moved = {t.key for t in base.trials} - {t.key for t in changed.trials}
+    assert moved and all(k.split("__")[1] == "d1" for k in moved)  # only the trials trained at level 1
+    # A test image that changed moves the cells tested on it, not the trials.
+    m2 = manifest_rows()
+    m2.loc[(m2.split == "test") & (m2.level == 5.0) & (m2.relpath.str.endswith("1.jpg")), "compressed_bytes"] = 7
+    again = grid_of(sweep, m2)
+    assert {t.key for t in again.trials} == {t.key for t in base.trials}
+    moved_cells = {c.key for c in base.cells} - {c.key for c in again.cells}
+    assert moved_cells and all("__t5__" in k for k in moved_cells)
+    assert base.identities[base.trials[0].key]["train_rows"] == changed.identities[changed.trials[0].key]["train_rows"]
 
 
 def test_budget_axis_and_eval_levels(tmp_path):
     sweep = make_sweep(tmp_path, budgets=["1KB", "2KB"], eval_levels="same", models=[model("a")])
-    trials = plan(sweep)
-    assert {t.budget for t in trials} == {1000, 2000} and len(trials) == 3 * 2
-    same = cells(sweep, trials)
-    assert all(c.test_level == c.trial.train_level for c in same) and len(same) == 6
-    base = cells(make_sweep(tmp_path, budgets=["1KB"], eval_levels="baseline", models=[model("a")]),
-                 plan(make_sweep(tmp_path, budgets=["1KB"], models=[model("a")])))
-    assert {c.test_level for c in base} == {0.0}
-    everything = cells(make_sweep(tmp_path, budgets=["1KB"], models=[model("a")]), trials)
-    assert len(everything) == len(trials) * 3
+    grid = grid_of(sweep)
+    assert {t.budget for t in grid.trials} == {1000, 2000} and len(grid.trials) == 3 * 2
+    assert all(c.test_level == c.trial.train_level for c in grid.cells) and len(grid.cells) == 6
+    base = grid_of(make_sweep(tmp_path, budgets=["1KB"], eval_levels="baseline", models=[model("a")]))
+    assert {c.test_level for c in base.cells} == {0.0}
+    everything = grid_of(make_sweep(tmp_path, budgets=["1KB"], models=[model("a")]))
+    assert len(everything.cells) == len(everything.trials) * 3
+    resampled = grid_of(make_sweep(tmp_path, budgets=["1KB", "2KB"], eval_levels="same", models=[model("a")],
+                                   resample=True))
+    assert not {t.key for t in resampled.trials} & {t.key for t in grid.trials}
 
 
 def test_resume_skips_done_keys(tmp_path):
-    sweep = make_sweep(tmp_path)
-    trials = plan(sweep)
+    grid = grid_of(make_sweep(tmp_path))
+    trials = grid.trials
     done = {trials[0].key, trials[3].key}
     todo = pending(trials, done)
     assert len(todo) == len(trials) - 2 and trials[0] not in todo and todo[0] == trials[1]
-    all_cells = cells(sweep, trials)
-    c = all_cells[4]
-    results = pd.DataFrame([dict(model=c.trial.model, train_level=c.trial.train_level, repeat=c.trial.repeat,
-                                 budget=c.trial.budget, test_level=c.test_level, metric=m, value=0.5)
-                            for m in ("top1", "top5")])
+    c = grid.cells[4]
+    results = pd.DataFrame([dict(cell_id=c.key, metric=m, value=0.5) for m in ("top1", "top5")])
     assert done_cell_keys(results) == {c.key}
-    assert [x.key for x in pending(all_cells, done_cell_keys(results))] == \
-        [x.key for x in all_cells if x.key != c.key]
+    assert [x.key for x in pending(grid.cells, done_cell_keys(results))] == \
+        [x.key for x in grid.cells if x.key != c.key]
     assert done_cell_keys(pd.DataFrame()) == set()
 
 
@@ -103,9 +166,9 @@ def test_level_dcr_is_the_mean_over_ok_rows_of_the_split_and_level():
 
 def test_plan_with_manifest_names_missing_levels(tmp_path):
     sweep = make_sweep(tmp_path)
-    assert len(plan(sweep, manifest_rows())) == 6
+    assert len(grid_of(sweep).trials) == 6
     with pytest.raises(PlanError, match=r"no 'test' images at level\(s\) 5"):
-        plan(sweep, manifest_rows(levels=(0.0, 1.0, 2.0)))
+        grid_of(sweep, manifest_rows(levels=(0.0, 1.0, 2.0)))
 
 
 def test_budget_trials_train_on_the_selected_subset(tmp_path):
@@ -125,7 +188,7 @@ def test_budget_trials_train_on_the_selected_subset(tmp_path):
     n_classes = len(reader.classes)
     sweep = make_sweep(root, train_levels=[1], test_levels=[1], budgets=[f"{100 * n_classes + 50}B"],
                        models=[model("a")], output=str(tmp_path / "out"))
-    trial = plan(sweep)[0]
+    trial = plan(sweep, manifest).trials[0]
     images = train_images(sweep, trial, manifest)
     assert len(images) == n_classes and images.compressed_bytes == 100 * n_classes  # fits, never over
     assert sorted(images.targets) == list(range(n_classes))  # class-balanced: one of each

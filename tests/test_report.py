@@ -85,7 +85,7 @@ def test_advice_uses_the_interval_lower_bound_with_repeats():
     adv = advice_table(rel, keep_fraction=0.99)
     assert len(adv) == 1
     assert adv["train_level"].iloc[0] == 1.0 and adv["train_dcr"].iloc[0] == pytest.approx(0.25)
-    assert adv["judged_on"].iloc[0] == "95% CI lower bound"
+    assert adv["judged_on"].iloc[0] == "95% interval lower bound"
     # with a single repeat the mean decides: level 2's 0.999 keeps 99%
     one = pd.DataFrame([r for r in rows if r["repeat"] == 0])
     adv1 = advice_table(relative_cells(cell_table(one)), keep_fraction=0.99)
@@ -135,7 +135,17 @@ def test_build_report_writes_a_self_contained_page(tmp_path):
         assert s.startswith("data:image/png;base64,")
         assert base64.b64decode(s.split(",", 1)[1])[:4] == b"\x89PNG"
     assert not re.search(r'(src|href)="(https?:)?//', html), "the page must not load external resources"
-    assert "largest train DCR keeping &ge; 95%" in html and "95% CI lower bound" in html
+    assert "largest train DCR keeping &ge; 95%" in html and "95% interval lower bound" in html
+    # The answer first: a verdict section opens the page, each line with its 95% bound or why not.
+    assert html.index("<h2>Verdict</h2>") < html.index("<h2>Relative performance</h2>")
+    first_third = html[: len(html) // 3]
+    assert "Verdict" in first_third and re.search(r"lower bound \d+\.\d%|cannot tell|Keep the originals", first_third)
+    assert res.verdict and res.verdict[0].startswith("cnn (top1)")
+    verdict = pd.read_csv(out / "report" / "verdict.csv")
+    assert set(verdict["question"]) == {"matched", "train", "test"} and set(verdict["model"]) == {"vit", "cnn"}
+    cells = pd.read_csv(out / "report" / "cells.csv")
+    assert (cells["interval"] == "bootstrap").all() and (cells["rel_interval"] == "paired").all()
+    assert (cells["ci_low"] <= cells["mean"]).all() and (cells["mean"] <= cells["ci_high"]).all()
     adv = pd.read_csv(out / "report" / "advice.csv")
     assert len(adv) == 2 * 3 and set(adv["model"]) == {"vit", "cnn"}
     assert set(res.paths) >= {res.index_html, *res.figures}

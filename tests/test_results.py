@@ -11,11 +11,16 @@ from lossyvision.sweep.plan import CellSpec, TrialSpec
 from lossyvision.sweep.results import KEY, SCHEMA, append_results, read_results
 
 
-def row(test_level: float, metric: str, value: float, train_level: float = 1.0) -> dict:
+def row(test_level: float, metric: str, value: float, train_level: float = 1.0, trial: TrialSpec | None = None) -> dict:
+    trial = trial or TrialSpec("m", train_level, 0, config="c0ffee0000")
+    cell = CellSpec(trial, test_level, "5eed000000")
     return dict(sweep="s", model="m", task="classification", train_level=train_level, test_level=test_level,
-                repeat=0, budget=-1, metric=metric, value=value, train_dcr=0.3, test_dcr=0.4,
+                repeat=0, budget=-1, metric=metric, value=value, ci_low=value - 0.1, ci_high=value + 0.1,
+                confidence=0.95, n_test_images=100, rel=float("nan"), rel_low=float("nan"), rel_high=float("nan"),
+                baseline_cell=None, train_dcr=0.3, test_dcr=0.4,
                 train_dcr_raw=0.9, test_dcr_raw=0.95, n_train_images=10, train_bytes=1000,
-                trial_id="m__d1__r0", finished_at="2026-01-01T00:00:00+00:00")
+                trial_id=trial.key, trial_hash=trial.config, cell_id=cell.key, cell_hash=cell.config,
+                finished_at="2026-01-01T00:00:00+00:00")
 
 
 def test_append_dedups_on_key_and_writes_parquet_and_csv(tmp_path):
@@ -30,6 +35,21 @@ def test_append_dedups_on_key_and_writes_parquet_and_csv(tmp_path):
     assert len(csv) == 3 and list(csv.columns) == SCHEMA.names
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # no temp files left
     assert append_results(out, [row(0, "top1", 0.7)]) == 0
+    # Another configuration of the same cell (a new hash) is a new row: never taken for the old one.
+    other = row(0, "top1", 0.2, trial=TrialSpec("m", 1.0, 0, config="ed17ed0000"))
+    assert append_results(out, [other]) == 1
+    assert len(read_results(out)) == 4
+
+
+def test_an_older_or_damaged_results_table_is_one_clear_error(tmp_path):
+    from lossyvision.sweep.results import ResultsError
+
+    pd.DataFrame([dict(model="m", value=0.5)]).to_parquet(tmp_path / "results.parquet")
+    with pytest.raises(ResultsError, match="earlier lossyvision"):
+        read_results(str(tmp_path))
+    (tmp_path / "results.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(ResultsError, match="damaged.*delete it"):
+        read_results(str(tmp_path))
 
 
 def test_rows_missing_a_column_are_refused(tmp_path):
@@ -39,7 +59,9 @@ def test_rows_missing_a_column_are_refused(tmp_path):
         append_results(str(tmp_path), [bad])
 
 
-def test_cell_rows_join_the_store_dcr(tmp_path):
+def test_cell_rows_join_the_store_dcr_and_carry_intervals_and_hashes(tmp_path):
+    from report_data import outcomes_for
+
     spec = ModelSpec.model_construct(name="m", task="classification", arch="x")
     sweep = Sweep(name="s", dataset={"root": str(tmp_path)}, train_levels=[1], test_levels=[0, 2],
                   models=[spec], output=str(tmp_path))
@@ -47,46 +69,66 @@ def test_cell_rows_join_the_store_dcr(tmp_path):
         dict(relpath=f"{s}/{i}.jpg", split=s, codec="jpegxl", level=lv, status="ok", compressed_bytes=10,
              dcr_vs_source=lv / 10 + i / 10, dcr_vs_raw=0.9)
         for s in ("train", "test") for lv in (0.0, 1.0, 2.0) for i in range(2)])
-    cell = CellSpec(TrialSpec("m", 1.0, 0), 2.0)
-    rows = cell_rows(sweep, cell, {"top1": 0.75, "top5": 1.0},
-                     {"task": "classification", "n_train_images": 2, "train_bytes": 20}, manifest)
+    cell = CellSpec(TrialSpec("m", 1.0, 0, config="c0ffee0000"), 2.0, "5eed000000")
+    outcomes = outcomes_for(0.75, n=200)
+    rows = cell_rows(sweep, cell, outcomes, {"task": "classification", "n_train_images": 2, "train_bytes": 20},
+                     manifest)
     assert [r["metric"] for r in rows] == ["top1", "top5"]
+    assert rows[0]["value"] == 0.75 and rows[0]["n_test_images"] == 200 and rows[0]["confidence"] == 0.95
+    # the binomial interval of 150/200 is about +-6 points; the bootstrap agrees
+    from scipy.stats import binomtest
+
+    wilson = binomtest(150, 200).proportion_ci()
+    assert rows[0]["ci_low"] == pytest.approx(wilson.low, abs=0.015)
+    assert rows[0]["ci_high"] == pytest.approx(wilson.high, abs=0.015)
     assert rows[0]["train_dcr"] == pytest.approx(0.15) and rows[0]["test_dcr"] == pytest.approx(0.25)
-    assert rows[0]["budget"] == -1 and rows[0]["trial_id"] == "m__d1__r0"
+    assert rows[0]["budget"] == -1 and rows[0]["trial_id"] == "m__d1__r0__c0ffee0000"
+    assert rows[0]["cell_id"] == cell.key and rows[0]["trial_hash"] == "c0ffee0000" and rows[0]["cell_hash"]
     assert append_results(str(tmp_path), rows) == 2
 
 
 def test_status_grid_from_results_checkpoints_and_state_file(tmp_path):
-    """done from results/checkpoints, failed from the state file, running -> interrupted when the driver died."""
+    """done from results/checkpoints, failed from the state file, running -> interrupted when the driver died;
+    checkpoints and results of another configuration listed as stale."""
     import json
 
-    from lossyvision.sweep.plan import cells, plan
-    from lossyvision.sweep.status import SweepState, grid_status, render_status
+    from lossyvision.sweep.plan import plan
+    from lossyvision.sweep.status import SweepState, grid_status, render_status, stale_entries
+    from test_plan import Reader, manifest_rows
 
     spec = ModelSpec.model_construct(name="m", task="classification", arch="x")
     sweep = Sweep(name="s", dataset={"root": str(tmp_path)}, train_levels=[0, 1, 2], test_levels=[0, 2],
-                  models=[spec], output=str(tmp_path))
-    t0, t1, t2 = plan(sweep)
-    (tmp_path / "checkpoints" / t0.key).mkdir(parents=True)
-    (tmp_path / "checkpoints" / t0.key / "trial.json").write_text(json.dumps({"task": "classification"}))
-    append_results(str(tmp_path), [dict(row(0, "top1", 0.5, train_level=0.0), trial_id=t0.key)])
+                  models=[spec], output=str(tmp_path), repeats=2)
+    grid = plan(sweep, manifest_rows(), reader=Reader())
+    t0, t1, t2 = [t for t in grid.trials if t.repeat == 0]
+    for key in (t0.key, "m__d0__r0__01d0000000"):  # the second: a trial of an earlier configuration
+        (tmp_path / "checkpoints" / key).mkdir(parents=True)
+        (tmp_path / "checkpoints" / key / "trial.json").write_text(json.dumps({"task": "classification"}))
+    append_results(str(tmp_path), [row(0, "top1", 0.5, train_level=0.0, trial=t0) | dict(
+        cell_id=grid.cells_of(t0)[0].key)])
+    append_results(str(tmp_path), [row(0, "top1", 0.4, train_level=0.0)])  # a stale cell
     state = SweepState(str(tmp_path))
     state.set_trial(t1.key, "failed", "FloatingPointError: loss is nan")
     state.set_trial(t2.key, "running")
     state.data["driver"] = {"pid": 2 ** 22 + 12345, "host": __import__("socket").gethostname()}  # no such pid
     state.save()
-    table = grid_status(sweep, str(tmp_path)).set_index(["train_level", "test_level"])
-    assert len(table) == len(cells(sweep, plan(sweep))) == 6
+    table = grid_status(sweep, str(tmp_path), grid)
+    assert len(table) == len(grid.cells) == 12
+    table = table[table["repeat"] == 0].set_index(["train_level", "test_level"])
     assert table.loc[(0.0, 0.0), "state"] == "done" and table.loc[(0.0, 2.0), "state"] == "missing"
     assert table.loc[(0.0, 0.0), "trial_state"] == "done"
     assert table.loc[(1.0, 2.0), "state"] == "failed" and "nan" in table.loc[(1.0, 2.0), "error"]
     assert table.loc[(2.0, 0.0), "state"] == "interrupted"
+    stale = stale_entries(str(tmp_path), grid)
+    assert stale.trials == ["m__d0__r0__01d0000000"] and len(stale.cells) == 1
     from rich.console import Console
 
     console = Console(record=True, width=120)
-    console.print(render_status(sweep, grid_status(sweep, str(tmp_path))))
+    console.print(render_status(sweep, grid_status(sweep, str(tmp_path), grid), stale))
     text = console.export_text()
-    assert "trials 3 (1 done, 1 interrupted, 1 failed)" in text and "loss is nan" in text
+    assert "trials 6 (1 done, 1 interrupted, 1 failed, 3 missing)" in text and "loss is nan" in text
+    assert "d0 / r0" in text and "d2 / r1" in text and "bound method" not in text  # repeats render
+    assert "stale trial m__d0__r0__01d0000000" in text and "1 trial(s), 1 cell(s)" in text
 
 
 def test_cli_status_and_sync_on_a_folder_that_is_not_a_sweep(tmp_path):

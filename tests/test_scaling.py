@@ -197,7 +197,9 @@ def build_output(tmp_path: Path, points: pd.DataFrame, budgets=BUDGETS) -> Path:
              "models": [{"name": "vit", "task": "classification", "arch": "vit_tiny_patch16_224"}],
              "budgets": budgets, "eval_levels": "baseline", "output": str(out)}
     (out / "sweep.yaml").write_text(yaml.safe_dump(sweep))
-    results_frame(points).to_parquet(out / "results.parquet")
+    from report_data import write_results
+
+    write_results(out, results_frame(points))
     relpaths = [f"train/c{i % 10}/{i:06d}.jpg" for i in range(DATASET_IMAGES)]
     manifest = pd.concat([pd.DataFrame({
         "relpath": relpaths, "split": "train", "label": np.arange(DATASET_IMAGES) % 10, "codec": "jpegxl",
@@ -260,7 +262,7 @@ def test_cli_advise_bad_input_is_a_clear_error(tmp_path, classification_task):
 
     runner = CliRunner()
     result = runner.invoke(app, ["advise", str(tmp_path / "nowhere")])
-    assert result.exit_code == 2 and "results.parquet does not exist" in result.output
+    assert result.exit_code == 2 and "sweep.yaml does not exist" in result.output
     out = build_output(tmp_path, synthetic_points())
     result = runner.invoke(app, ["advise", str(out), "--images-available", "lots", "--budget", "1GB"])
     assert result.exit_code == 2 and "not a count: 'lots'" in result.output

@@ -16,8 +16,9 @@ def _run_one_cell(tmp_path, dataset: dict, model: dict) -> dict[str, float]:
     from lossyvision.datasets import create_dataset
     from lossyvision.spec import parse_sweep
     from lossyvision.sweep.evaluate import decode_test_level, evaluate_trial
-    from lossyvision.sweep.plan import cells, plan
-    from lossyvision.sweep.trials import read_manifest, run_trial
+    from lossyvision.output import read_predictions, write_predictions
+    from lossyvision.sweep.plan import plan
+    from lossyvision.sweep.trials import load_trained, read_manifest, run_trial
 
     sweep = parse_sweep({
         "name": "t", "dataset": dataset, "codec": {"name": "jpegxl", "effort": 1},
@@ -30,11 +31,20 @@ def _run_one_cell(tmp_path, dataset: dict, model: dict) -> dict[str, float]:
     assert (job.manifest.status == "ok").all()
 
     manifest = read_manifest(sweep)
-    [trial] = plan(sweep, manifest)
+    grid = plan(sweep, manifest)
+    [trial], [cell] = grid.trials, grid.cells
     meta = run_trial(sweep, trial, sweep.output, manifest=manifest)
-    assert meta["n_train_images"] == len(reader.select("train"))
-    [cell] = cells(sweep, [trial])
-    return evaluate_trial(sweep, cell, sweep.output, decode_test_level(sweep, manifest, 2.0))
+    assert meta["n_train_images"] == len(reader.select("train")) and meta["config"] == trial.config
+    test = decode_test_level(sweep, manifest, 2.0)
+    outcomes = evaluate_trial(sweep, cell, sweep.output, test)
+    metrics = outcomes.metrics()
+    # The predictions file alone recomputes the cell's metrics, and they are the task's own.
+    write_predictions(sweep.output, cell.key, outcomes)
+    again = read_predictions(sweep.output, cell.key)
+    assert list(again.ids) == list(test.ids) and again.metrics() == metrics
+    task, model = load_trained(sweep, trial, sweep.output)
+    assert task.evaluate(model, test) == metrics
+    return metrics
 
 
 @pytest.mark.slow

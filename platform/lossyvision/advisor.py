@@ -95,10 +95,16 @@ def load_inputs(output: str, store_uri: str | None = None) -> tuple[pd.DataFrame
     """The results, the sweep and the manifest of a sweep output; ValueError says what is missing."""
     from lossyvision.spec import load_sweep
 
+    from lossyvision.output import OutputError, load_plan
+    from lossyvision.sweep.results import ResultsError, current_rows, read_results
+
     results_uri = store.join(output, RESULTS_NAME)
     if not store.exists(results_uri):
         raise ValueError(f"{results_uri} does not exist: is {output} the output folder of a budget sweep?")
-    results = _read_parquet(results_uri)
+    try:  # only the rows of the sweep's current configuration, never an edited sweep's stale ones
+        results = current_rows(read_results(output), [c.key for c in load_plan(output).cells])
+    except (OutputError, ResultsError) as e:
+        raise ValueError(str(e)) from None
     sweep_path = store.join(output, SWEEP_NAME)
     if not store.exists(sweep_path):
         raise ValueError(f"{sweep_path} does not exist: is {output} the output folder of a sweep run?")

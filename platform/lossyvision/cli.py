@@ -108,14 +108,16 @@ def sweep_run(
     """Compress, train every (model, train level, repeat) on Ray Tune, evaluate the grid, report.
 
     Rerunning on an existing output does only what is missing (trials, cells, MLflow runs)."""
+    from lossyvision.output import OutputError
     from lossyvision.spec import SpecError
     from lossyvision.sweep.plan import PlanError
+    from lossyvision.sweep.results import ResultsError
     from lossyvision.sweep.run import run_sweep, summary_lines
 
     try:
         outcome = run_sweep(sweep_file, echo=typer.echo, ray_address=address, num_cpus=num_cpus,
                             build_report=not no_report)
-    except (SpecError, PlanError) as e:
+    except (SpecError, PlanError, OutputError, ResultsError) as e:
         fail(str(e))
     for line in summary_lines(outcome):
         typer.echo(line)
@@ -128,26 +130,32 @@ def sweep_status(output: str = typer.Argument(..., help="The sweep's output fold
     """Show the grid with done, running, failed and missing cells."""
     from rich.console import Console
 
+    from lossyvision.output import OutputError, load_output_sweep, load_plan
     from lossyvision.spec import SpecError
-    from lossyvision.sweep.run import load_output_sweep
-    from lossyvision.sweep.status import grid_status, render_status
+    from lossyvision.sweep.results import ResultsError
+    from lossyvision.sweep.status import grid_status, render_status, stale_entries
 
     try:
         sweep = load_output_sweep(output)
-    except SpecError as e:
+        grid = load_plan(output)
+        table = grid_status(sweep, output, grid)
+        stale = stale_entries(output, grid)
+    except (SpecError, OutputError, ResultsError) as e:
         fail(str(e))
-    Console().print(render_status(sweep, grid_status(sweep, output)))
+    Console().print(render_status(sweep, table, stale))
 
 
 @sweep_app.command("sync")
 def sweep_sync(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
     """Push results missing from MLflow (after an outage) to the tracking server."""
+    from lossyvision.output import OutputError
     from lossyvision.spec import SpecError
+    from lossyvision.sweep.results import ResultsError
     from lossyvision.sweep.run import sync_output
 
     try:
         sync_output(output, echo=typer.echo)
-    except SpecError as e:
+    except (SpecError, OutputError, ResultsError) as e:
         fail(str(e))
     except Exception as e:  # the server is still down: say so, no traceback
         fail(f"cannot reach MLflow: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", code=1)
@@ -157,17 +165,21 @@ def sweep_sync(output: str = typer.Argument(..., help="The sweep's output folder
 @app.command()
 def report(
     output: str = typer.Argument(..., help="The sweep's output folder."),
-    keep: float = typer.Option(99.0, "--keep", help="Advice threshold: % of the baseline a train level must keep."),
+    keep: Optional[float] = typer.Option(
+        None, "--keep", help="Verdict threshold: % of the baseline a level must keep (default: the sweep's "
+                             "report.keep, 99)."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the files to the sweep's MLflow run."),
 ) -> None:
-    """Draw the study's figures and write OUTPUT/report/index.html."""
+    """Draw the study's figures and write OUTPUT/report/index.html; print the verdict."""
     from lossyvision.report.build import build_report
     from lossyvision.report.cells import ReportError
 
     try:
-        result = build_report(output, keep_fraction=keep / 100.0)
+        result = build_report(output, keep_fraction=None if keep is None else keep / 100.0)
     except ReportError as e:
         fail(str(e))
+    for line in result.verdict:
+        typer.echo(line)
     for w in result.warnings:
         typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"wrote {result.index_html} ({len(result.figures)} figures)")
@@ -236,14 +248,40 @@ def advise(
     bootstrap: int = typer.Option(300, "--bootstrap", min=0, help="Bootstrap refits for the intervals."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
 ) -> None:
-    """Recommend a compression level for a storage budget from a budget sweep's fitted scaling law.
+    """Recommend a compression level: the report's verdict, or for a budget sweep its fitted scaling law.
 
-    Exits with code 3, saying why, when the fit is too poor or the budget asks it to extrapolate.
+    A sweep without budgets gets the report's verdict (per model: the distance to store at, with its
+    95% bound, or why the data cannot tell). A budget sweep: exits with code 3, saying why, when the
+    fit is too poor or the budget asks it to extrapolate.
     """
     from lossyvision.advisor import advise_output, format_report, parse_count
+    from lossyvision.output import OutputError, load_output_sweep
     from lossyvision.spec import SpecError
     from lossyvision.units import parse_bytes
 
+    try:
+        sweep = load_output_sweep(output)
+    except (SpecError, OutputError) as e:
+        fail(str(e))
+    if not sweep.budgets:
+        given = [n for n, v in (("--budget", budget), ("--images-available", images_available),
+                                ("--test-level", test_level), ("--store", store_uri)) if v is not None]
+        if given:
+            fail(f"{', '.join(given)} only apply to a budget sweep; {output} has no budgets")
+        from lossyvision.report.build import analyse
+        from lossyvision.report.cells import ReportError
+
+        try:
+            result = analyse(output)
+        except ReportError as e:
+            fail(str(e))
+        found = [v for v in result.verdicts if (model is None or v.model == model) and
+                 (metric is None or v.metric == metric)]
+        if not found:
+            fail("no verdict: " + ("; ".join(result.notes) or "no results of the current configuration"))
+        for line in result.lines if (model is None and metric is None) else [v.text for v in found]:
+            typer.echo(line)
+        return
     try:
         budget_bytes = parse_bytes(budget) if budget is not None else None
         if budget_bytes is not None and budget_bytes <= 0:

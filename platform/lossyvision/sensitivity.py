@@ -365,8 +365,7 @@ def run_sweep_sensitivity(output: str, *, model: str | None = None, train_level:
     ``probabilities`` resizes back when they differ, which both modes differentiate through).
     """
     from lossyvision import store
-    from lossyvision.sweep.plan import TrialSpec
-    from lossyvision.sweep.run import load_output_sweep
+    from lossyvision.output import load_output_sweep, load_plan
     from lossyvision.sweep.trials import is_finished, load_trained
 
     if mode not in MODES:
@@ -381,9 +380,12 @@ def run_sweep_sensitivity(output: str, *, model: str | None = None, train_level:
     if spec.task != "classification":
         raise SensitivityError(f"model {model!r} is a {spec.task} model; sensitivity needs a classifier")
     level = min(sweep.train_levels) if train_level is None else float(train_level)
-    trial = TrialSpec(model=model, train_level=level, repeat=repeat)
-    if not is_finished(output, trial.key):
-        raise SensitivityError(f"no finished checkpoint for trial {trial.key} in {output}/checkpoints "
+    planned = [t for t in load_plan(output).trials
+               if t.model == model and t.train_level == level and t.repeat == repeat and t.budget < 0]
+    trial = planned[0] if planned else None
+    if trial is None or not is_finished(output, trial.key):
+        which = trial.key if trial else f"{model} at train level {level:g}, repeat {repeat}"
+        raise SensitivityError(f"no finished checkpoint for trial {which} in {output}/checkpoints "
                                f"(train levels: {sweep.train_levels}, repeats: {sweep.repeats})")
     task, net = load_trained(sweep, trial, output, device=device)
     size = (int(spec.image_size) // 8) * 8

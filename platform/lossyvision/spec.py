@@ -147,6 +147,14 @@ class ResourcesSpec(_Strict):
     eval: Resource = Field(default_factory=Resource)
 
 
+class ReportSpec(_Strict):
+    """How the report judges and states its numbers (analysis only: never part of a trial's hash)."""
+
+    keep: float = Field(0.99, gt=0, le=1.5, description="fraction of the baseline a level must keep")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="two-sided interval level")
+    resamples: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples per interval")
+
+
 class TrackingSpec(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<output>/mlflow.db")
     experiment: str | None = Field(None, description="MLflow experiment; default: the sweep's name")
@@ -172,7 +180,9 @@ class Sweep(_Strict):
     resample: bool = False
     eval_levels: Literal["all", "same", "baseline"] = Field(
         "all", description="with budgets: test on every test level, the train level, or the first test level")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="with the repeat index, fixes every random choice of a trial")
+    deterministic: bool = Field(False, description="deterministic kernels (cuDNN, cuBLAS); see docs/benchmarks.md")
+    report: ReportSpec = Field(default_factory=ReportSpec)
     max_failures: int = Field(2, ge=0, description="retries of a failed trial")
 
     @field_validator("name")

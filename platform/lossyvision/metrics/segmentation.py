@@ -14,9 +14,12 @@ whatever was predicted there.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Sequence
+
 import numpy as np
 
-from lossyvision.metrics.base import METRICS
+from lossyvision.metrics.base import METRICS, OUTCOMES, Outcomes, as_str_ids
 
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
@@ -76,3 +79,80 @@ def pixel_accuracy(confusion: np.ndarray) -> float:
     conf = np.asarray(confusion, dtype=np.float64)
     total = conf.sum()
     return float(np.trace(conf) / total) if total > 0 else float("nan")
+
+
+def _batched_scores(conf: np.ndarray) -> dict[str, np.ndarray]:
+    """mIoU and mAcc of every confusion matrix in a (B, C, C) stack, as the functions above do."""
+    conf = conf.astype(np.float64)
+    tp = np.diagonal(conf, axis1=1, axis2=2)
+    gt = conf.sum(axis=2)
+    pred = conf.sum(axis=1)
+    union = gt + pred - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        acc = np.where(gt > 0, tp / gt, np.nan)
+        miou = np.nansum(iou, axis=1) / np.sum(~np.isnan(iou), axis=1)
+        macc = np.nansum(acc, axis=1) / np.sum(~np.isnan(acc), axis=1)
+    return {"miou": miou, "macc": macc}
+
+
+@OUTCOMES.register("segmentation")
+@dataclass
+class SegmentationOutcomes(Outcomes):
+    """Per image: its (C, C) confusion matrix (rows ground truth, columns prediction).
+
+    The cell's mIoU/mAcc come from the matrices summed over images (mmseg's way), so a resample
+    of images is a weighted sum of the per-image matrices.
+    """
+
+    ids: np.ndarray             # (n,) image ids
+    confusion: np.ndarray       # (n, C, C) int64 pixel counts
+
+    kind = "segmentation"
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.confusion.shape[-1])
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return ("miou", "macc")
+
+    @property
+    def resample_cost(self) -> int:
+        return len(self) * self.num_classes ** 2
+
+    def metrics(self) -> dict[str, float]:
+        total = self.confusion.sum(axis=0)
+        return {"miou": mean_iou(total), "macc": mean_accuracy(total)}
+
+    def weighted(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        c = self.num_classes
+        stacked = (w @ self.confusion.reshape(len(self), c * c).astype(np.float64)).reshape(-1, c, c)
+        return _batched_scores(stacked)
+
+    def take(self, index: np.ndarray) -> "SegmentationOutcomes":
+        return SegmentationOutcomes(self.ids[index], self.confusion[index])
+
+    @classmethod
+    def concat(cls, parts: Sequence["SegmentationOutcomes"]) -> "SegmentationOutcomes":
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        return cls(np.concatenate([p.ids for p in parts]), np.concatenate([p.confusion for p in parts]))
+
+    def to_table(self) -> Any:
+        import pyarrow as pa
+
+        c = self.num_classes
+        flat = self.confusion.reshape(len(self), c * c).astype(np.int64)
+        table = pa.table({"image": pa.array(self.ids.tolist(), pa.string()),
+                          "confusion": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.int64()), c * c)})
+        return table.replace_schema_metadata({b"num_classes": str(c).encode()})
+
+    @classmethod
+    def from_table(cls, table: Any) -> "SegmentationOutcomes":
+        c = int(table.schema.metadata[b"num_classes"])
+        col = table.column("confusion").combine_chunks()
+        flat = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
+        return cls(as_str_ids(table.column("image").to_pylist()), flat.reshape(len(table), c, c))

@@ -28,11 +28,12 @@ given as raw inclusive pixel indices. Use one convention for detections and grou
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lossyvision.metrics.base import METRICS
+from lossyvision.metrics.base import METRICS, OUTCOMES, Outcomes, as_str_ids
 
 AP_MODES = ("area", "11point")
 
@@ -92,23 +93,10 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
         raise ValueError(f"{where}: labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
 
 
-def voc_average_precisions(
-    detections: Sequence[Mapping[str, Any]],
-    ground_truths: Sequence[Mapping[str, Any]],
-    num_classes: int,
-    iou_threshold: float = 0.5,
-    mode: str = "area",
-    legacy_coordinates: bool = False,
-) -> np.ndarray:
-    """Per-class VOC AP, shape (num_classes,); NaN for classes without non-difficult ground truth.
-
-    ``detections[i]`` (image i): ``boxes`` (N, 4), ``scores`` (N,), ``labels`` (N,) class indices.
-    ``ground_truths[i]``: ``boxes`` (M, 4), ``labels`` (M,), optional ``difficult`` (M,) bools.
-    """
+def _parse(detections: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]],
+           num_classes: int) -> tuple[list, list]:
     if len(detections) != len(ground_truths):
         raise ValueError(f"{len(detections)} images of detections but {len(ground_truths)} of ground truth")
-    if mode not in AP_MODES:
-        raise ValueError(f"unknown AP mode {mode!r}; known: {', '.join(AP_MODES)}")
     dets, gts = [], []
     for i, (d, g) in enumerate(zip(detections, ground_truths)):
         db = _field(d, "boxes", (4,), np.float64, None, f"detections[{i}]")
@@ -122,13 +110,41 @@ def voc_average_precisions(
         _check_labels(gl, num_classes, f"ground_truths[{i}]")
         dets.append((db, ds, dl))
         gts.append((gb, gl, gd))
+    return dets, gts
 
-    aps = np.full(num_classes, np.nan)
+
+@dataclass(frozen=True)
+class ClassMatches:
+    """One class's counted detections in ranked order (descending score, stable): image, TP or FP.
+
+    A detection's status depends only on its own image's boxes and the higher-ranked detections of
+    that image, so it is fixed once; any resample of images reuses it (see :func:`weighted_ap`).
+    """
+
+    image: np.ndarray   # (D,) image index of each detection
+    tp: np.ndarray      # (D,) 1.0 for a true positive, else 0.0 (a false positive)
+
+
+@dataclass(frozen=True)
+class Matches:
+    classes: list[ClassMatches]   # one per class
+    positives: np.ndarray         # (n_images, num_classes) non-difficult ground-truth boxes
+
+
+def match_detections(
+    detections: Sequence[Mapping[str, Any]],
+    ground_truths: Sequence[Mapping[str, Any]],
+    num_classes: int,
+    iou_threshold: float = 0.5,
+    legacy_coordinates: bool = False,
+) -> Matches:
+    """The devkit's greedy matching (module docstring, steps 1-2), without the AP."""
+    dets, gts = _parse(detections, ground_truths, num_classes)
+    positives = np.zeros((len(gts), num_classes), dtype=np.int64)
+    for i, (_, gl, gd) in enumerate(gts):
+        np.add.at(positives[i], gl[~gd], 1)
+    classes = []
     for c in range(num_classes):
-        npos = sum(int(np.count_nonzero((gl == c) & ~gd)) for _, gl, gd in gts)
-        if npos == 0:
-            continue
-        # (score, image, iou row with this image's class-c boxes) for every class-c detection
         scores, images, ious = [], [], []
         difficult, taken = [], []
         for i, ((db, ds, dl), (gb, gl, gd)) in enumerate(zip(dets, gts)):
@@ -142,7 +158,7 @@ def voc_average_precisions(
             images.append(np.full(int(dmask.sum()), i))
             ious.extend(box_iou(db[dmask], gb[gmask], legacy_coordinates))
         if not scores:
-            aps[c] = 0.0
+            classes.append(ClassMatches(np.zeros(0, np.int64), np.zeros(0)))
             continue
         score = np.concatenate(scores)
         image = np.concatenate(images)
@@ -166,12 +182,80 @@ def voc_average_precisions(
             else:
                 fp[rank] = 1
         counted = (tp + fp) > 0  # drop ignored detections: they add no point to the curve
-        tpc = np.cumsum(tp[counted])
-        fpc = np.cumsum(fp[counted])
+        classes.append(ClassMatches(image[order][counted].astype(np.int64), tp[counted]))
+    return Matches(classes, positives)
+
+
+def voc_average_precisions(
+    detections: Sequence[Mapping[str, Any]],
+    ground_truths: Sequence[Mapping[str, Any]],
+    num_classes: int,
+    iou_threshold: float = 0.5,
+    mode: str = "area",
+    legacy_coordinates: bool = False,
+) -> np.ndarray:
+    """Per-class VOC AP, shape (num_classes,); NaN for classes without non-difficult ground truth.
+
+    ``detections[i]`` (image i): ``boxes`` (N, 4), ``scores`` (N,), ``labels`` (N,) class indices.
+    ``ground_truths[i]``: ``boxes`` (M, 4), ``labels`` (M,), optional ``difficult`` (M,) bools.
+    """
+    if mode not in AP_MODES:
+        raise ValueError(f"unknown AP mode {mode!r}; known: {', '.join(AP_MODES)}")
+    matches = match_detections(detections, ground_truths, num_classes, iou_threshold, legacy_coordinates)
+    aps = np.full(num_classes, np.nan)
+    for c, m in enumerate(matches.classes):
+        npos = int(matches.positives[:, c].sum())
+        if npos == 0:
+            continue
+        if not len(m.tp):
+            aps[c] = 0.0
+            continue
+        tpc = np.cumsum(m.tp)
+        fpc = np.cumsum(1.0 - m.tp)
         recall = tpc / npos
         precision = tpc / np.maximum(tpc + fpc, np.finfo(np.float64).eps)
         aps[c] = average_precision(recall, precision, mode)
     return aps
+
+
+def weighted_ap(matches: Matches, weights: np.ndarray, mode: str = "area") -> np.ndarray:
+    """mAP for each row of (B, n_images) image weights: image ``i`` counted ``weights[b, i]`` times.
+
+    Counting an image k times is the same as listing it k times (a bootstrap resample): its
+    detections' cumulative TP/FP counts step by k at once, and the precision envelope over a run of
+    identical detections is its value at the run's end, so the AP is the one of the longer list.
+    With all weights 1 this is :func:`voc_map` (to rounding).
+    """
+    if mode not in AP_MODES:
+        raise ValueError(f"unknown AP mode {mode!r}; known: {', '.join(AP_MODES)}")
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    npos = w @ matches.positives.astype(np.float64)            # (B, C)
+    aps = np.full(npos.shape, np.nan)
+    eps = np.finfo(np.float64).eps
+    for c, m in enumerate(matches.classes):
+        has = npos[:, c] > 0
+        if not has.any():
+            continue
+        if not len(m.tp):
+            aps[has, c] = 0.0
+            continue
+        wd = w[:, m.image]                                      # (B, D)
+        tpw = wd * m.tp
+        tpc = np.cumsum(tpw, axis=1)
+        fpc = np.cumsum(wd - tpw, axis=1)
+        precision = tpc / np.maximum(tpc + fpc, eps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            recall = tpc / npos[:, c:c + 1]
+        if mode == "area":
+            envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ap = (tpw * envelope).sum(axis=1) / npos[:, c]
+        else:
+            ap = sum(np.where(recall >= t, precision, 0.0).max(axis=1) for t in np.linspace(0.0, 1.0, 11)) / 11.0
+        aps[has, c] = ap[has]
+    valid = ~np.isnan(aps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(valid.any(axis=1), np.nansum(aps, axis=1) / valid.sum(axis=1), np.nan)
 
 
 @METRICS.register("voc_map")
@@ -191,3 +275,105 @@ def voc_map(
                                  legacy_coordinates)
     valid = ~np.isnan(aps)
     return float(aps[valid].mean()) if valid.any() else float("nan")
+
+
+@OUTCOMES.register("detection")
+class DetectionOutcomes(Outcomes):
+    """Per image: its detections (boxes, scores, 0-based labels) and its ground truth.
+
+    The ground truth is kept beside the detections so that the file alone recomputes the cell's
+    VOC mAP (``map50``); the matching is done once (:func:`match_detections`) and reused by every
+    resample (:func:`weighted_ap`).
+    """
+
+    kind = "detection"
+
+    def __init__(self, ids: Sequence[Any], detections: Sequence[Mapping[str, Any]],
+                 ground_truths: Sequence[Mapping[str, Any]], num_classes: int,
+                 iou_threshold: float = 0.5, mode: str = "area") -> None:
+        if len(ids) != len(detections) or len(detections) != len(ground_truths):
+            raise ValueError(f"{len(ids)} ids, {len(detections)} detections, {len(ground_truths)} ground truths")
+        self.ids = as_str_ids(ids)
+        self.detections = [{k: np.asarray(v) for k, v in d.items()} for d in detections]
+        self.ground_truths = [{k: np.asarray(v) for k, v in g.items()} for g in ground_truths]
+        self.num_classes = int(num_classes)
+        self.iou_threshold = float(iou_threshold)
+        self.mode = mode
+        self._matches: Matches | None = None
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return ("map50",)
+
+    @property
+    def matches(self) -> Matches:
+        if self._matches is None:
+            self._matches = match_detections(self.detections, self.ground_truths, self.num_classes,
+                                             self.iou_threshold)
+        return self._matches
+
+    @property
+    def resample_cost(self) -> int:
+        return max(len(self), sum(len(m.tp) for m in self.matches.classes))
+
+    def metrics(self) -> dict[str, float]:
+        return {"map50": voc_map(self.detections, self.ground_truths, self.num_classes, self.iou_threshold,
+                                 self.mode)}
+
+    def weighted(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        return {"map50": weighted_ap(self.matches, weights, self.mode)}
+
+    def take(self, index: np.ndarray) -> "DetectionOutcomes":
+        index = np.asarray(index, dtype=np.int64)
+        return DetectionOutcomes(self.ids[index], [self.detections[i] for i in index],
+                                 [self.ground_truths[i] for i in index], self.num_classes, self.iou_threshold,
+                                 self.mode)
+
+    @classmethod
+    def concat(cls, parts: Sequence["DetectionOutcomes"]) -> "DetectionOutcomes":
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        first = parts[0]
+        return cls(np.concatenate([p.ids for p in parts]), [d for p in parts for d in p.detections],
+                   [g for p in parts for g in p.ground_truths], first.num_classes, first.iou_threshold, first.mode)
+
+    def __getstate__(self) -> dict[str, Any]:  # Ray ships outcomes between processes: not the cache
+        return {**self.__dict__, "_matches": None}
+
+    def to_table(self) -> Any:
+        import pyarrow as pa
+
+        def boxes(items: Sequence[Mapping[str, Any]]) -> Any:
+            return pa.array([np.asarray(d.get("boxes", np.zeros((0, 4))), np.float64).reshape(-1).tolist()
+                             for d in items], pa.list_(pa.float64()))
+
+        def column(items: Sequence[Mapping[str, Any]], key: str, typ: Any, dtype: Any) -> Any:
+            return pa.array([np.asarray(d.get(key, []), dtype).reshape(-1).tolist() for d in items], pa.list_(typ))
+
+        d, g = self.detections, self.ground_truths
+        table = pa.table({
+            "image": pa.array(self.ids.tolist(), pa.string()),
+            "boxes": boxes(d), "scores": column(d, "scores", pa.float64(), np.float64),
+            "labels": column(d, "labels", pa.int64(), np.int64),
+            "gt_boxes": boxes(g), "gt_labels": column(g, "labels", pa.int64(), np.int64),
+            "gt_difficult": column(g, "difficult", pa.bool_(), bool),
+        })
+        return table.replace_schema_metadata({
+            b"num_classes": str(self.num_classes).encode(), b"iou_threshold": repr(self.iou_threshold).encode(),
+            b"ap_mode": self.mode.encode(), b"box_format": b"xyxy, continuous pixel coordinates"})
+
+    @classmethod
+    def from_table(cls, table: Any) -> "DetectionOutcomes":
+        meta = table.schema.metadata
+        cols = table.to_pydict()
+        dets, gts = [], []
+        for i in range(len(table)):
+            dets.append({"boxes": np.asarray(cols["boxes"][i], np.float64).reshape(-1, 4),
+                         "scores": np.asarray(cols["scores"][i], np.float64),
+                         "labels": np.asarray(cols["labels"][i], np.int64)})
+            gt_boxes = np.asarray(cols["gt_boxes"][i], np.float64).reshape(-1, 4)
+            difficult = np.asarray(cols["gt_difficult"][i], bool)
+            gts.append({"boxes": gt_boxes, "labels": np.asarray(cols["gt_labels"][i], np.int64),
+                        "difficult": difficult if len(difficult) == len(gt_boxes) else np.zeros(len(gt_boxes), bool)})
+        return cls(cols["image"], dets, gts, int(meta[b"num_classes"]), float(meta[b"iou_threshold"]),
+                   meta[b"ap_mode"].decode())

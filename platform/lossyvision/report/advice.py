@@ -1,9 +1,9 @@
 """How far can a team compress? Per model, metric and test level, the largest train DCR that keeps X%.
 
 A train level *keeps* ``keep_fraction`` of the baseline at a test level when its cell's value is at
-least ``keep_fraction · baseline``. With repeats the judgement uses the lower end of the cell's 95%
-t-interval, not the mean: a level is only advised when the data say it is good enough with
-confidence. With a single repeat the mean is all there is (and the table says so).
+least ``keep_fraction · baseline``. The judgement uses the lower end of the cell's relative 95%
+interval (paired with the baseline), not the mean: a level is only advised when the data say it is
+good enough with confidence. Only a cell without any interval is judged on its mean (the table says so).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def advice_table(rel: pd.DataFrame, keep_fraction: float = 0.99) -> pd.DataFrame
     rows = []
     threshold = 100.0 * keep_fraction
     for key, g in rel.groupby(list(GROUP) + ["test_level"], sort=True):
-        with_ci = g["n"] > 1
+        with_ci = np.isfinite(g["rel_low"].to_numpy(dtype=float))
         judged = np.where(with_ci, g["rel_low"], g["rel"])
         ok = g[judged >= threshold - 1e-9]
         order = ok.assign(_dcr=ok["train_dcr"].fillna(-math.inf)).sort_values(["_dcr", "train_level"])
@@ -39,7 +39,7 @@ def advice_table(rel: pd.DataFrame, keep_fraction: float = 0.99) -> pd.DataFrame
             "train_dcr": float(best["train_dcr"]) if best is not None else math.nan,
             "rel": float(best["rel"]) if best is not None else math.nan,
             "rel_low": float(best["rel_low"]) if best is not None else math.nan,
-            "judged_on": "95% CI lower bound" if bool(with_ci.any()) else "mean",
+            "judged_on": "95% interval lower bound" if bool(with_ci.any()) else "mean",
         })
     return pd.DataFrame(rows)
 
@@ -76,12 +76,12 @@ def cells_html(rel: pd.DataFrame) -> str:
     from html import escape
 
     head = ("<tr><th>model</th><th>metric</th><th>budget</th><th>train level</th><th>test level</th>"
-            "<th>train DCR</th><th>test DCR</th><th>repeats</th><th>mean [95% CI]</th>"
-            "<th>relative [95% CI]</th></tr>")
+            "<th>train DCR</th><th>test DCR</th><th>repeats</th><th>mean [95% interval]</th>"
+            "<th>relative [95% interval]</th></tr>")
     body = []
     for r in rel.sort_values(list(GROUP) + ["train_level", "test_level"]).itertuples(index=False):
-        ci = f" [{r.ci_low:.4g}, {r.ci_high:.4g}]" if r.n > 1 else ""
-        rci = f" [{r.rel_low:.1f}, {r.rel_high:.1f}]" if r.n > 1 else ""
+        ci = f" [{r.ci_low:.4g}, {r.ci_high:.4g}]" if math.isfinite(r.ci_low) else ""
+        rci = f" [{r.rel_low:.1f}, {r.rel_high:.1f}]" if math.isfinite(r.rel_low) else ""
         cells = (r.model, r.metric, "none" if r.budget < 0 else r.budget, f"{r.train_level:g}", f"{r.test_level:g}",
                  f"{r.train_dcr:.3f}", f"{r.test_dcr:.3f}", r.n, f"{r.mean:.4g}{ci}", f"{r.rel:.1f}%{rci}")
         body.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")

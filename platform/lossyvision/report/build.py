@@ -1,10 +1,14 @@
 """``lossyvision report OUTPUT``: every figure and table of a sweep's output in one HTML page.
 
-Reads what is there and skips what is not: ``OUTPUT/results.parquet`` (heatmaps, cells, advice),
-the store's ``manifest.parquet`` (DCR curve, visual samples), ``OUTPUT/sensitivity/*.npz`` and
-``*basis*.png`` (sensitivity maps). Writes ``OUTPUT/report/index.html`` (self-contained), every
-figure as a PNG next to it, and ``advice.csv``/``cells.csv``. All writes are atomic; works on local
-folders and fsspec URIs. MLflow logging is the caller's: :class:`ReportResult` lists the files.
+The page states its answer first: one verdict per model and metric (:mod:`lossyvision.report.verdict`)
+with its 95 % bound, or why the data cannot say. Then it draws what is there and skips what is
+not: ``OUTPUT/results.parquet`` (heatmaps, cells, advice; only the rows of the configuration in
+``OUTPUT/plan.json``, never an edited sweep's stale ones), the per-image outcomes in
+``OUTPUT/predictions`` (the bootstrap intervals), the store's ``manifest.parquet`` (DCR curve,
+visual samples), ``OUTPUT/sensitivity/*.npz`` and ``*basis*.png`` (sensitivity maps). Writes
+``OUTPUT/report/index.html`` (self-contained), every figure as a PNG next to it, and
+``advice.csv``/``cells.csv``/``verdict.csv``. All writes are atomic; works on local folders and
+fsspec URIs. MLflow logging is the caller's: :class:`ReportResult` lists the files.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import pandas as pd
 
 from lossyvision import store
 from lossyvision.report.advice import advice_html, advice_table, cells_html
-from lossyvision.report.cells import ReportError, cell_table, relative_cells
+from lossyvision.report.cells import PredictionsCache, ReportError, cell_table, relative_cells
 from lossyvision.report.curves import dcr_by_level, plot_dcr_curve
 from lossyvision.report.heatmap import heatmap_groups, plot_relative_heatmap
 from lossyvision.report.html import Figure, Section, render_html
@@ -39,6 +43,7 @@ class ReportResult:
     figures: list[str] = field(default_factory=list)     # PNG paths/URIs under OUTPUT/report/
     tables: list[str] = field(default_factory=list)      # CSV paths/URIs under OUTPUT/report/
     warnings: list[str] = field(default_factory=list)    # parts that could not be drawn, and why
+    verdict: list[str] = field(default_factory=list)     # the answer, as plain-text lines
 
     def __str__(self) -> str:
         return self.index_html
@@ -58,6 +63,10 @@ class SweepInfo:
     codec: str = "jpegxl"
     test_split: str = "test"
     test_levels: list[float] | None = None
+    seed: int = 0
+    keep: float = 0.99
+    confidence: float = 0.95
+    resamples: int = 2000
 
 
 def slug(text: str) -> str:
@@ -86,7 +95,8 @@ def read_sweep_info(output: str) -> SweepInfo:
 
             sw = load_sweep(uri)
             return SweepInfo(name=sw.name, store_uri=sw.store or default_store, codec=sw.codec.name,
-                             test_split=sw.test_split, test_levels=list(sw.test_levels))
+                             test_split=sw.test_split, test_levels=list(sw.test_levels), seed=sw.seed,
+                             keep=sw.report.keep, confidence=sw.report.confidence, resamples=sw.report.resamples)
         except Exception:  # noqa: BLE001 - fall back to the raw file below
             pass
     import yaml
@@ -99,10 +109,15 @@ def read_sweep_info(output: str) -> SweepInfo:
         return SweepInfo(store_uri=default_store)
     codec = data.get("codec") or {}
     levels = data.get("test_levels")
+    rep = data.get("report") if isinstance(data.get("report"), dict) else {}
+    defaults = SweepInfo()
     return SweepInfo(name=str(data.get("name", "sweep")), store_uri=data.get("store") or default_store,
                      codec=str(codec.get("name", "jpegxl")) if isinstance(codec, dict) else "jpegxl",
                      test_split=str(data.get("test_split", "test")),
-                     test_levels=[float(x) for x in levels] if isinstance(levels, list) else None)
+                     test_levels=[float(x) for x in levels] if isinstance(levels, list) else None,
+                     seed=int(data.get("seed", 0) or 0), keep=float(rep.get("keep", defaults.keep)),
+                     confidence=float(rep.get("confidence", defaults.confidence)),
+                     resamples=int(rep.get("resamples", defaults.resamples)))
 
 
 class _Writer:
@@ -125,24 +140,98 @@ class _Writer:
         self.tables.append(uri)
 
 
-def _results_sections(output: str, writer: _Writer, keep_fraction: float, warnings: list[str]) -> list[Section]:
-    uri = store.join(output, RESULTS_NAME)
-    if not store.exists(uri):
-        return [Section("Relative performance", text=f"No results yet ({RESULTS_NAME} is absent).")]
-    results = _read_parquet(uri)
-    if "budget" not in results.columns:
-        results["budget"] = -1
-    cells = cell_table(results)
+def current_results(output: str) -> tuple[pd.DataFrame, int]:
+    """The results rows of the configuration in ``plan.json`` and how many stale rows were left out."""
+    from lossyvision.output import OutputError, load_plan
+    from lossyvision.sweep.results import ResultsError, current_rows, read_results
+
+    try:
+        results = read_results(output)
+        grid = load_plan(output)
+    except (ResultsError, OutputError) as e:
+        raise ReportError(str(e)) from None
+    current = current_rows(results, [c.key for c in grid.cells])
+    return current, len(results) - len(current)
+
+
+@dataclass
+class Analysis:
+    """The numbers behind the report: relative cells with their intervals, and the verdicts."""
+
+    rel: pd.DataFrame
+    verdicts: list[Any]
+    keep: float
+    notes: list[str] = field(default_factory=list)   # why something is missing or left out
+
+    @property
+    def lines(self) -> list[str]:
+        from lossyvision.report.verdict import verdict_lines
+
+        return verdict_lines(self.verdicts)
+
+
+def analyse(output: str, keep_fraction: float | None = None, info: SweepInfo | None = None) -> Analysis:
+    """Cells, paired relative values and verdicts of the current configuration's results; writes nothing."""
+    from lossyvision.report.verdict import verdicts
+    from lossyvision.seeding import derive_seed
+
+    output = str(output)
+    info = info or read_sweep_info(output)
+    keep = info.keep if keep_fraction is None else keep_fraction
+    notes: list[str] = []
+    empty = Analysis(pd.DataFrame(), [], keep, notes)
+    if not store.exists(store.join(output, RESULTS_NAME)):
+        notes.append(f"No results yet ({RESULTS_NAME} is absent).")
+        return empty
+    results, stale = current_results(output)
+    if stale:
+        notes.append(f"{stale} result row(s) of an earlier configuration of this sweep are stale: kept in "
+                     f"{RESULTS_NAME}, left out of this report (`lossyvision sweep status` lists them).")
+    source = PredictionsCache(output)
+    missing: list[str] = []
+
+    def seed_of(model: str) -> int:
+        return derive_seed("bootstrap", info.seed, model)
+
+    stats = dict(confidence=info.confidence, resamples=info.resamples, seed_of=seed_of)
+    cells = cell_table(results, source, missing=missing, **stats)
+    if missing:
+        notes.append(f"{len(missing)} cell(s) have no predictions file (e.g. {missing[0]}): their intervals are "
+                     "t-intervals over repeats, not bootstrap intervals")
     if cells.empty:
-        return [Section("Relative performance", text="The results table has no finite values yet.")]
-    rel = relative_cells(cells, skipped=warnings)
+        notes.append("The results table has no finite values yet.")
+        return empty
+    rel = relative_cells(cells, skipped=notes, outcomes=source, **stats)
     if rel.empty:
-        return [Section("Relative performance", text="No group has a non-zero baseline value (see Warnings).")]
+        notes.append("No group has a non-zero baseline value.")
+        return empty
+    return Analysis(rel, verdicts(rel, keep, headline_only=False), keep, notes)
+
+
+def _results_sections(output: str, writer: _Writer, info: SweepInfo, keep_fraction: float,
+                      warnings: list[str]) -> tuple[list[Section], list[Section], list[str]]:
+    """(verdict sections, result sections, verdict lines)."""
+    result = analyse(output, keep_fraction, info)
+    warnings.extend(result.notes)
+    rel, found = result.rel, result.verdicts
+    if rel.empty:
+        return [], [Section("Relative performance", text=result.notes[-1] if result.notes else "No results.")], []
+    verdict_sections = []
+    if found:
+        writer.table("verdict.csv", pd.DataFrame([v.__dict__ for v in found]))
+        verdict_sections.append(Section(
+            "Verdict", text=(f"Keep threshold {100 * keep_fraction:g}% of the baseline; "
+                             f"{100 * info.confidence:g}% intervals (bootstrap over test images and repeats, paired "
+                             "with the baseline)."),
+            tables_html=[verdict_html(found)]))
     heat = Section("Relative performance", text=(
         "Each circle is an observed (train level, test level) cell: its value as a percentage of the baseline cell "
-        "(train level 0, test level 0, or the smallest levels observed; named in each title), averaged over repeats. "
-        "The background is a 2-D linear interpolation of the circles (scipy griddata, method 'linear'). "
-        "Axes: mean DCR against the original files; the levels (distances) are marked on the top and right."))
+        "(train level 0, test level 0, or the smallest levels observed; named in each title), averaged over repeats, "
+        "with its 95% interval (a bootstrap over the test images, and over repeats when there are any, paired with "
+        "the baseline on the same resampled images). Hollow dashed circles: the interval contains 100%, so the "
+        "drop cannot be told from zero. The colour scale is symmetric around 100%. The background is a 2-D linear "
+        "interpolation of the circles (scipy griddata, method 'linear'). Axes: mean DCR against the original files; "
+        "the levels (distances) are marked on the top and right."))
     for model, metric, budget in heatmap_groups(rel):
         name = f"heatmap-{slug(model)}-{slug(metric)}" + (f"-budget{budget}" if budget >= 0 else "") + ".png"
         try:
@@ -153,14 +242,25 @@ def _results_sections(output: str, writer: _Writer, keep_fraction: float, warnin
         heat.figures.append(writer.figure(Figure(name, png, f"{model}: {metric} relative to the baseline")))
     advice = advice_table(rel, keep_fraction)
     writer.table("advice.csv", advice)
-    writer.table("cells.csv", rel)
+    writer.table("cells.csv", rel.drop(columns=["cell_ids"], errors="ignore"))
     adv = Section(f"Compression advice (keep ≥ {100 * keep_fraction:g}% of the baseline)", text=(
         "For each model, metric and test level: the largest train DCR whose cell keeps at least "
-        f"{100 * keep_fraction:g}% of the baseline. With repeats the judgement uses the lower end of the cell's "
-        "95% t-interval, not the mean; with a single repeat, the mean."), tables_html=[advice_html(advice, keep_fraction)])
-    table = Section("All cells", text="Mean over repeats with its 95% t-interval (when there are repeats).",
+        f"{100 * keep_fraction:g}% of the baseline, judged on the lower end of the cell's 95% interval (paired with "
+        "the baseline), not on the mean."), tables_html=[advice_html(advice, keep_fraction)])
+    table = Section("All cells", text="Mean over repeats with its 95% interval, absolute and relative to the baseline.",
                     tables_html=[cells_html(rel)])
-    return [heat, adv, table]
+    return verdict_sections, [heat, adv, table], result.lines
+
+
+def verdict_html(found: list) -> str:
+    """The verdicts as a table: one row per model, metric and question (escaped)."""
+    from html import escape
+
+    head = "<tr><th>model</th><th>metric</th><th>question</th><th>answer</th></tr>"
+    body = "".join(
+        f"<tr><td>{escape(v.model)}</td><td>{escape(v.metric)}</td><td>{escape(v.question)}</td>"
+        f'<td class="verdict">{escape(v.text)}</td></tr>' for v in found)
+    return f'<table class="verdict">{head}{body}</table>'
 
 
 def _store_sections(info: SweepInfo, writer: _Writer, warnings: list[str], sample_levels: list[float] | None,
@@ -223,7 +323,7 @@ def _budget_sections(output: str, writer: _Writer, warnings: list[str]) -> list[
     uri = store.join(output, RESULTS_NAME)
     if not store.exists(uri):
         return []
-    results = _read_parquet(uri)
+    results, _ = current_results(output)
     if "budget" not in results.columns or not (results["budget"] >= 0).any():
         return []
     from lossyvision.report.budget import budget_figure_pngs
@@ -284,18 +384,23 @@ def _sensitivity_sections(output: str, writer: _Writer, warnings: list[str]) -> 
     return [section] if section.figures else []
 
 
-def build_report(output: str, *, keep_fraction: float = 0.99, sample_levels: list[float] | None = None,
+def build_report(output: str, *, keep_fraction: float | None = None, sample_levels: list[float] | None = None,
                  n_samples: int = 2) -> ReportResult:
-    """Draw every figure and table that ``output`` has data for and write ``OUTPUT/report/index.html``."""
+    """Draw every figure and table that ``output`` has data for and write ``OUTPUT/report/index.html``.
+
+    ``keep_fraction`` defaults to the sweep's ``report.keep`` (0.99).
+    """
     output = str(output)
     if not store.exists(output):
         raise ReportError(f"{output} does not exist")
+    info = read_sweep_info(output)
+    keep_fraction = info.keep if keep_fraction is None else keep_fraction
     if not 0 < keep_fraction <= 1.5:
         raise ReportError(f"keep fraction must be in (0, 1.5], e.g. 0.99; got {keep_fraction}")
-    info = read_sweep_info(output)
     writer = _Writer(output)
     warnings: list[str] = []
-    sections = _results_sections(output, writer, keep_fraction, warnings)
+    verdict_sections, result_sections, lines = _results_sections(output, writer, info, keep_fraction, warnings)
+    sections = verdict_sections + result_sections
     sections += _budget_sections(output, writer, warnings)
     sections += _store_sections(info, writer, warnings, sample_levels, n_samples)
     sections += _sensitivity_sections(output, writer, warnings)
@@ -305,4 +410,5 @@ def build_report(output: str, *, keep_fraction: float = 0.99, sample_levels: lis
                        subtitle=f"Output {output}; codec {info.codec}; keep threshold {100 * keep_fraction:g}%.")
     index = store.join(writer.dir, INDEX_NAME)
     store.atomic_write_bytes(index, html.encode("utf-8"))
-    return ReportResult(index_html=index, figures=writer.figures, tables=writer.tables, warnings=warnings)
+    return ReportResult(index_html=index, figures=writer.figures, tables=writer.tables, warnings=warnings,
+                        verdict=lines)

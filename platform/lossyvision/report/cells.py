@@ -1,24 +1,32 @@
-"""From result rows to grid cells: means over repeats, 95% t-intervals, and values relative to a baseline.
+"""From result rows to grid cells: means over repeats, 95 % intervals, and values relative to a baseline.
 
-One *cell* is (model, metric, budget, train level, test level). Its ``mean`` averages the repeats;
-with two or more repeats ``ci_low``/``ci_high`` is the two-sided t-interval of that mean
-(``mean ± t_{n-1} · s / sqrt(n)``), otherwise both are NaN.
+One *cell* is (model, metric, budget, train level, test level). Its ``mean`` averages the repeats.
+
+With the per-image outcomes of the cells (``OUTPUT/predictions``, an :class:`OutcomeSource`) the
+intervals are bootstrap intervals over the test images and, with repeats, over the repeats
+(:mod:`lossyvision.intervals`), and a cell's value relative to its group's baseline is a *paired*
+ratio: both cells on the same resampled images and repeats. Without outcomes (tables made by hand,
+tests) the interval is the t-interval over repeats, and relative values are the cell's interval
+rescaled by the baseline's mean.
 
 The *baseline* of a (model, metric, budget) group is the cell at (train level 0, test level 0), or,
 when a sweep has no level 0, at the smallest train level and the smallest test level observed with
-it. Relative values are ``100 · value / baseline mean``: the baseline's own noise is not folded into
-a cell's interval (the interval is the cell's interval, rescaled).
+it.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 GROUP = ("model", "metric", "budget")
 CELL = GROUP + ("train_level", "test_level")
+
+#: ``source(cell_id) -> Outcomes`` (raises ``KeyError``/``OSError``/``ValueError`` when missing).
+OutcomeSource = Callable[[str], Any]
 
 
 class ReportError(ValueError):
@@ -39,28 +47,78 @@ def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, flo
     return mean - half, mean + half
 
 
-def cell_table(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """One row per cell: n, mean, std, ci_low, ci_high and the mean train/test DCRs."""
+class PredictionsCache:
+    """Reads cells' outcomes from ``OUTPUT/predictions`` once each (an :data:`OutcomeSource`)."""
+
+    def __init__(self, output: str) -> None:
+        self.output = str(output)
+        self._cache: dict[str, Any] = {}
+
+    def __call__(self, cell_id: str) -> Any:
+        if cell_id not in self._cache:
+            from lossyvision.output import read_predictions
+
+            self._cache[cell_id] = read_predictions(self.output, cell_id)
+        return self._cache[cell_id]
+
+
+def _outcomes(source: OutcomeSource | None, cell_ids: list[str]) -> list[Any] | None:
+    if source is None:
+        return None
+    try:
+        return [source(c) for c in cell_ids]
+    except (KeyError, OSError, ValueError, FileNotFoundError):
+        return None
+
+
+def cell_table(results: pd.DataFrame, outcomes: OutcomeSource | None = None, *, confidence: float = 0.95,
+               resamples: int = 2000, seed_of: Callable[[str], int] = lambda model: 0,
+               missing: list[str] | None = None) -> pd.DataFrame:
+    """One row per cell: n (repeats), mean, std, ci_low, ci_high, n_images, the mean train/test DCRs,
+    ``cell_ids`` (one per repeat, in repeat order) and ``interval`` (how it was computed)."""
+    from lossyvision.intervals import metric_interval
+
     needed = set(CELL) | {"value", "repeat"}
-    missing = sorted(needed - set(results.columns))
-    if missing:
-        raise ReportError(f"results lack column(s) {missing}")
+    absent = sorted(needed - set(results.columns))
+    if absent:
+        raise ReportError(f"results lack column(s) {absent}")
     df = results.copy()
     for col in ("train_dcr", "test_dcr"):
         if col not in df.columns:
             df[col] = np.nan
+    if "cell_id" not in df.columns:
+        df["cell_id"] = None
     df = df[np.isfinite(df["value"].astype(float))]
+    columns = list(CELL) + ["n", "mean", "std", "ci_low", "ci_high", "n_images", "train_dcr", "test_dcr",
+                            "cell_ids", "interval"]
     if df.empty:
-        return pd.DataFrame(columns=list(CELL) + ["n", "mean", "std", "ci_low", "ci_high", "train_dcr", "test_dcr"])
+        return pd.DataFrame(columns=columns)
     rows = []
     for key, g in df.groupby(list(CELL), sort=True):
+        g = g.sort_values("repeat")
         v = g["value"].to_numpy(dtype=float)
-        lo, hi = t_interval(v, confidence)
+        ids = [str(c) for c in g["cell_id"]]
+        found = _outcomes(outcomes, ids) if g["cell_id"].notna().all() else None
+        if found is not None:
+            ci = metric_interval(found, str(key[1]), confidence=confidence, n_resamples=resamples,
+                                 seed=seed_of(str(key[0])))
+            lo, hi, n_images, how = ci.low, ci.high, ci.n_images, "bootstrap"
+        else:
+            if outcomes is not None and missing is not None:
+                missing.append(f"{key[0]}/{key[1]} train {key[3]:g} test {key[4]:g}")
+            lo, hi = t_interval(v, confidence)
+            if len(v) == 1 and {"ci_low", "ci_high"} <= set(g.columns):
+                lo, hi = float(g["ci_low"].iloc[0]), float(g["ci_high"].iloc[0])
+            n_images = (int(g["n_test_images"].iloc[0])
+                        if "n_test_images" in g.columns and pd.notna(g["n_test_images"].iloc[0]) else -1)
+            how = "t over repeats" if len(v) > 1 else ("bootstrap (row)" if math.isfinite(lo) else "none")
         rows.append({**dict(zip(CELL, key)), "n": len(v), "mean": float(v.mean()),
                      "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan, "ci_low": lo, "ci_high": hi,
+                     "n_images": n_images,
                      "train_dcr": float(g["train_dcr"].astype(float).mean()),
-                     "test_dcr": float(g["test_dcr"].astype(float).mean())})
-    return pd.DataFrame(rows)
+                     "test_dcr": float(g["test_dcr"].astype(float).mean()),
+                     "cell_ids": ids, "interval": how})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def baseline_levels(cells: pd.DataFrame) -> tuple[float, float]:
@@ -72,16 +130,24 @@ def baseline_levels(cells: pd.DataFrame) -> tuple[float, float]:
     return train, test
 
 
-def relative_cells(cells: pd.DataFrame, skipped: list[str] | None = None) -> pd.DataFrame:
+def relative_cells(cells: pd.DataFrame, skipped: list[str] | None = None, outcomes: OutcomeSource | None = None, *,
+                   confidence: float = 0.95, resamples: int = 2000,
+                   seed_of: Callable[[str], int] = lambda model: 0) -> pd.DataFrame:
     """Add ``baseline_train_level``, ``baseline_test_level``, ``baseline`` and ``rel``/``rel_low``/``rel_high`` (%).
 
-    A group whose baseline is 0 (a model that learnt nothing) has no relative values: it raises
-    :class:`ReportError`, or, when a ``skipped`` list is given, is left out with a note appended.
+    With ``outcomes``, ``rel_low``/``rel_high`` is the paired bootstrap interval of the ratio (the
+    baseline's own noise is in it, and the shared test images' luck cancels); without, the cell's
+    interval rescaled by the baseline's mean. A group whose baseline is 0 (a model that learnt
+    nothing) has no relative values: it raises :class:`ReportError`, or, when a ``skipped`` list
+    is given, is left out with a note appended.
     """
+    from lossyvision.intervals import relative_interval
+
     out = []
     for _, g in cells.groupby(list(GROUP), sort=True):
         train, test = baseline_levels(g)
-        base = float(g.loc[(g["train_level"] == train) & (g["test_level"] == test), "mean"].iloc[0])
+        base_row = g.loc[(g["train_level"] == train) & (g["test_level"] == test)].iloc[0]
+        base = float(base_row["mean"])
         if base == 0 or not math.isfinite(base):
             msg = (f"baseline value of {g['model'].iloc[0]}/{g['metric'].iloc[0]} at train level "
                    f"{train:g}, test level {test:g} is {base}: relative values are undefined")
@@ -93,8 +159,67 @@ def relative_cells(cells: pd.DataFrame, skipped: list[str] | None = None) -> pd.
         g["baseline_train_level"], g["baseline_test_level"], g["baseline"] = train, test, base
         for src, dst in (("mean", "rel"), ("ci_low", "rel_low"), ("ci_high", "rel_high")):
             g[dst] = 100.0 * g[src] / base
+        g["rel_interval"] = "rescaled"
+        base_ids = list(base_row["cell_ids"]) if "cell_ids" in g.columns else []
+        base_out = _outcomes(outcomes, base_ids) if base_ids else None
+        if base_out is not None:
+            for idx, row in g.iterrows():
+                cell_out = _outcomes(outcomes, list(row["cell_ids"]))
+                if cell_out is None or len(cell_out) != len(base_out):
+                    continue
+                ci = relative_interval(cell_out, base_out, str(row["metric"]), confidence=confidence,
+                                       n_resamples=resamples, seed=seed_of(str(row["model"])))
+                g.loc[idx, ["rel", "rel_low", "rel_high", "rel_interval"]] = [ci.estimate, ci.low, ci.high, "paired"]
         out.append(g)
     if not out:
         return cells.iloc[0:0].assign(baseline_train_level=[], baseline_test_level=[], baseline=[], rel=[],
-                                      rel_low=[], rel_high=[])
+                                      rel_low=[], rel_high=[], rel_interval=[])
     return pd.concat(out, ignore_index=True)
+
+
+def fill_relative(output: str, sweep: Any, grid: Any) -> int:
+    """Fill the ``rel`` columns of ``results.parquet`` for current rows that lack them; returns how many.
+
+    Per repeat: each row against the baseline cell of the same model, budget and repeat, paired on
+    the test images (:func:`lossyvision.intervals.relative_interval`). Rows whose baseline is not
+    evaluated yet stay empty until a later run fills them.
+    """
+    from lossyvision.intervals import relative_interval
+    from lossyvision.seeding import derive_seed
+    from lossyvision.sweep.results import read_results, write_results
+
+    results = read_results(output)
+    if results.empty:
+        return 0
+    planned = {c.key: c for c in grid.cells}
+    baselines: dict[tuple[str, int, int], str] = {}
+    for (model, budget, repeat), cells in _by_trial_group(grid.cells).items():
+        train = min(c.trial.train_level for c in cells)
+        test = min(c.test_level for c in cells if c.trial.train_level == train)
+        baselines[(model, budget, repeat)] = next(c.key for c in cells
+                                                  if c.trial.train_level == train and c.test_level == test)
+    source = PredictionsCache(output)
+    todo = results.index[results["cell_id"].isin(planned.keys()) & results["rel"].isna()]
+    filled = 0
+    for idx in todo:
+        row = results.loc[idx]
+        cell = planned[row["cell_id"]]
+        base_key = baselines[(cell.trial.model, cell.trial.budget, cell.trial.repeat)]
+        found = _outcomes(source, [row["cell_id"], base_key])
+        if found is None:
+            continue
+        ci = relative_interval([found[0]], [found[1]], str(row["metric"]), confidence=sweep.report.confidence,
+                               n_resamples=sweep.report.resamples,
+                               seed=derive_seed("bootstrap", sweep.seed, cell.trial.model))
+        results.loc[idx, ["rel", "rel_low", "rel_high", "baseline_cell"]] = [ci.estimate, ci.low, ci.high, base_key]
+        filled += 1
+    if filled:
+        write_results(output, results)
+    return filled
+
+
+def _by_trial_group(cells: list[Any]) -> dict[tuple[str, int, int], list[Any]]:
+    groups: dict[tuple[str, int, int], list[Any]] = {}
+    for c in cells:
+        groups.setdefault((c.trial.model, c.trial.budget, c.trial.repeat), []).append(c)
+    return groups

@@ -1,5 +1,11 @@
 """The study's relative-performance heatmap: train DCR x test DCR, observed cells as circles over a
-2-D linear interpolation (``scipy.interpolate.griddata``, method 'linear') of the same cells."""
+2-D linear interpolation (``scipy.interpolate.griddata``, method 'linear') of the same cells.
+
+Noise must not look like structure: the colour scale is diverging and symmetric around 100 %, at
+least ±``MIN_SPAN`` points wide (a 1-point wobble stays pale), every circle is labelled with its
+value and 95 % interval, and circles whose interval contains 100 % (a drop not distinguishable from
+zero) are drawn hollow with a dashed edge.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +52,24 @@ def _level_ticks(ax_secondary, positions: np.ndarray, levels: np.ndarray, axis: 
         ax_secondary.set_yticks(table.to_numpy(), labels, fontsize=7)
 
 
+MIN_SPAN = 10.0  # percentage points either side of 100 that the colour scale always covers
+
+
+def colour_range(values: np.ndarray, min_span: float = MIN_SPAN) -> tuple[float, float]:
+    """Symmetric limits around 100 that cover every value and at least ``±min_span``."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    span = max(min_span, float(np.ceil(np.max(np.abs(v - 100.0))))) if v.size else min_span
+    return 100.0 - span, 100.0 + span
+
+
+def indistinguishable(cells: pd.DataFrame) -> np.ndarray:
+    """True where a cell's interval contains 100 % (no drop or gain can be told); False without an interval."""
+    lo = cells["rel_low"].to_numpy(dtype=float)
+    hi = cells["rel_high"].to_numpy(dtype=float)
+    return np.isfinite(lo) & np.isfinite(hi) & (lo <= 100.0) & (hi >= 100.0)
+
+
 def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget: int = -1,
                           resolution: int = 200) -> bytes:
     """One (model, metric[, budget]) heatmap as PNG bytes; ``rel`` comes from ``relative_cells``."""
@@ -61,12 +85,10 @@ def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget:
     x, xlabel, _ = _axis(cells, "train")
     y, ylabel, _ = _axis(cells, "test")
     v = cells["rel"].to_numpy(dtype=float)
-    lo = float(np.floor(min(v.min(), 100.0)))
-    hi = float(np.ceil(max(v.max(), 100.0)))
-    if hi - lo < 1:
-        lo, hi = lo - 0.5, hi + 0.5
+    lo, hi = colour_range(np.concatenate([v, cells["rel_low"].to_numpy(float), cells["rel_high"].to_numpy(float)]))
     norm = Normalize(vmin=lo, vmax=hi)
-    cmap = "viridis"
+    cmap = "RdBu"
+    same = indistinguishable(cells)
 
     fig, ax = plt.subplots(figsize=(7.8, 6.4), constrained_layout=True)
     pad_x = 0.04 * (np.ptp(x) or 1.0)
@@ -75,11 +97,18 @@ def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget:
     background = interpolate(x, y, v, gx, gy)
     if np.isfinite(background).any():
         ax.pcolormesh(gx, gy, np.ma.masked_invalid(background), cmap=cmap, norm=norm, shading="auto", alpha=0.85)
-    sc = ax.scatter(x, y, c=v, cmap=cmap, norm=norm, s=110, edgecolors="black", linewidths=0.8, zorder=3)
+    ax.scatter(x[~same], y[~same], c=v[~same], cmap=cmap, norm=norm, s=110, edgecolors="black",
+                    linewidths=0.8, zorder=3)
+    if same.any():
+        ax.scatter(x[same], y[same], facecolors="none", edgecolors="black", linewidths=1.0, linestyles="--",
+                   s=110, zorder=3, label="interval contains 100%: not distinguishable from the baseline")
+        ax.legend(loc="lower left", fontsize=7, framealpha=0.85)
+    lows, highs = cells["rel_low"].to_numpy(float), cells["rel_high"].to_numpy(float)
     if len(cells) <= 49:
-        for xx, yy, vv in zip(x, y, v):
-            ax.annotate(f"{vv:.0f}", (xx, yy), textcoords="offset points", xytext=(0, 8), ha="center",
-                        fontsize=7, zorder=4)
+        for xx, yy, vv, l, h in zip(x, y, v, lows, highs):
+            label = f"{vv:.1f}" + (f"\n[{l:.1f}, {h:.1f}]" if np.isfinite(l) and np.isfinite(h) else "")
+            ax.annotate(label, (xx, yy), textcoords="offset points", xytext=(0, 9), ha="center",
+                        fontsize=6, zorder=4, linespacing=0.95)
     ax.set_xlim(x.min() - pad_x, x.max() + pad_x)
     ax.set_ylim(y.min() - pad_y, y.max() + pad_y)
     ax.set_xlabel(xlabel)
@@ -90,15 +119,22 @@ def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget:
     right = ax.secondary_yaxis("right")
     _level_ticks(right, y, cells["test_level"].to_numpy(float), "y")
     right.set_ylabel("test level (distance)", fontsize=8)
-    cbar = fig.colorbar(sc, ax=ax, pad=0.02)
-    cbar.set_label(f"{metric} relative to baseline (%)")
+    from matplotlib.cm import ScalarMappable
+
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
+    cbar.set_label(f"{metric} relative to baseline (%), scale symmetric around 100")
     first = cells.iloc[0]
     base_train, base_test, base = first["baseline_train_level"], first["baseline_test_level"], first["baseline"]
     repeats = int(cells["n"].max())
     budget_txt = f", budget {budget:,} B" if budget >= 0 else ""
+    base_row = cells[(cells["train_level"] == base_train) & (cells["test_level"] == base_test)]
+    base_ci = ""
+    if len(base_row) and np.isfinite(base_row["ci_low"].iloc[0]):
+        base_ci = f" [{base_row['ci_low'].iloc[0]:.4g}, {base_row['ci_high'].iloc[0]:.4g}]"
     ax.set_title(f"{model} — {metric}{budget_txt}: % of baseline (train level {base_train:g}, "
-                 f"test level {base_test:g}) = {base:.4g}"
-                 + (f"; mean of {repeats} repeats" if repeats > 1 else ""), fontsize=9)
+                 f"test level {base_test:g}) = {base:.4g}{base_ci}"
+                 + (f"; mean of {repeats} repeats" if repeats > 1 else "")
+                 + "\nlabels: value [95% interval], paired with the baseline", fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

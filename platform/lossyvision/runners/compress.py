@@ -25,7 +25,7 @@ from lossyvision.datasets.base import Record
 from lossyvision.runners.cluster import init_ray
 
 
-def ensure_ray(num_cpus: int | None = None) -> bool:
+def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
     """Start a local Ray (or join ``RAY_ADDRESS``) unless one is running; True if we started it.
 
     Starting goes through :func:`lossyvision.runners.cluster.init_ray` (no dashboard, token auth
@@ -36,7 +36,7 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
     """
     if ray.is_initialized():
         return False
-    init_ray(num_cpus=num_cpus)
+    init_ray(address, num_cpus=num_cpus)
     return True
 
 
@@ -99,6 +99,8 @@ def compress_job(
     quality_metric: str | None = None,
     quality_sample: int = 16,
     num_cpus: int | None = None,
+    address: str | None = None,
+    keep_ray: bool = False,
     records: Sequence[Record] | None = None,
     log=print,
 ) -> compress.JobResult:
@@ -106,8 +108,9 @@ def compress_job(
 
     Returns a :class:`~lossyvision.compress.JobResult`; ``.manifest`` is this job's rows as a
     DataFrame (:data:`lossyvision.manifest.SCHEMA`), ``.summary`` the per-level table. Uses the
-    running Ray if there is one, else (only if there is work to do) starts a local one with
-    ``num_cpus`` (all CPUs by default) and stops it at the end. Raises
+    running Ray if there is one, else (only if there is work to do) joins ``address`` or starts a
+    local one with ``num_cpus`` (all CPUs by default) and stops it at the end, unless ``keep_ray``
+    (the sweep engine goes on to train on it). Raises
     :class:`~lossyvision.compress.CompressError` for bad options, an empty dataset, or the first
     bad image under ``on_error='fail'``.
     """
@@ -128,11 +131,11 @@ def compress_job(
 
     def execute(items: list[dict], params: dict) -> Iterator[list[dict]]:
         nonlocal started  # Ray starts only when there is work: a finished store reruns in seconds
-        started = ensure_ray(num_cpus)
+        started = ensure_ray(num_cpus, address)
         yield from execute_with_ray(items, params)
 
     try:
         return compress.run_job(records, source, store_uri, options, execute, log=log)
     finally:
-        if started:
+        if started and not keep_ray:
             ray.shutdown()

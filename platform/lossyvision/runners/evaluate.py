@@ -2,8 +2,9 @@
 
 One task per test level decodes it and returns the arrays, which stay in the object store; one
 task per (trained model, test level) scores that model from the shared ref, with the sweep's
-eval resources. At most ``levels_in_flight`` decoded levels are alive at a time (memory), and
-each finished cell goes to ``on_cell`` on the driver at once (results rows, MLflow).
+eval resources, and returns its per-image outcomes. At most ``levels_in_flight`` decoded levels
+are alive at a time (memory), and each finished cell goes to ``on_cell`` on the driver at once
+(predictions file, results rows, MLflow).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any, Callable
 from lossyvision.sweep.evaluate import decode_test_level, evaluate_trial
 from lossyvision.sweep.plan import CellSpec
 
-#: ``on_cell(cell, metrics, error)``: metrics on success, else an error message.
-CellCallback = Callable[[CellSpec, "dict[str, float] | None", "str | None"], None]
+#: ``on_cell(cell, outcomes, error)``: the per-image outcomes on success, else an error message.
+CellCallback = Callable[[CellSpec, Any, "str | None"], None]
 
 
 def _decode(sweep: Any, manifest: Any, level: float) -> Any:
@@ -23,7 +24,7 @@ def _decode(sweep: Any, manifest: Any, level: float) -> Any:
     return decode_test_level(sweep, manifest, level)
 
 
-def _score(sweep: Any, cell: CellSpec, output: str, test: Any) -> dict[str, float]:
+def _score(sweep: Any, cell: CellSpec, output: str, test: Any) -> Any:
     from lossyvision.sweep.trials import device_for
 
     _limit_threads(sweep.resources.eval.cpu)
@@ -70,11 +71,11 @@ def evaluate_cells(sweep: Any, cells: list[CellSpec], output: str, manifest: Any
         ready, _ = ray.wait(list(running), num_returns=1)
         cell = running.pop(ready[0])
         try:
-            metrics, error = ray.get(ready[0]), None
+            outcomes, error = ray.get(ready[0]), None
         except Exception as e:  # a RayTaskError wraps the task's own exception
-            metrics, error = None, _short_error(e)
+            outcomes, error = None, _short_error(e)
             failures[cell.key] = error
-        on_cell(cell, metrics, error)
+        on_cell(cell, outcomes, error)
         left[cell.test_level] -= 1
         if left[cell.test_level] == 0:
             del decoded[cell.test_level]  # drop the ref: the decoded level can leave the object store

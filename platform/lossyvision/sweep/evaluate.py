@@ -2,7 +2,8 @@
 
 ``lossyvision.runners.evaluate`` decodes each test level in one Ray task, shares the decoded
 arrays through the object store, and scores every trained model on them; the functions here do
-the work and build the results rows.
+the work: a model's per-image :class:`~lossyvision.metrics.base.Outcomes` on a test level, and the
+cell's results rows, each metric with its bootstrap interval.
 """
 
 from __future__ import annotations
@@ -19,14 +20,21 @@ from lossyvision.sweep.trials import TrialError, images_of, load_trained, split_
 
 
 class DecodedSamples(Dataset):
-    """``(rgb uint8 HxWx3, target)`` pairs already decoded: one test level, shared by every model."""
+    """``(rgb uint8 HxWx3, target)`` pairs already decoded: one test level, shared by every model.
 
-    def __init__(self, images: list[np.ndarray], targets: list[Any], level: float) -> None:
+    ``ids`` name the images (their relpaths), so each model's outcomes can be paired per image.
+    """
+
+    def __init__(self, images: list[np.ndarray], targets: list[Any], level: float,
+                 ids: list[str] | None = None) -> None:
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         self.images = images
         self.targets = targets
         self.level = float(level)
+        self.ids = list(ids) if ids is not None else [str(i) for i in range(len(images))]
+        if len(self.ids) != len(images):
+            raise ValueError(f"{len(self.ids)} ids for {len(images)} images")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -46,34 +54,47 @@ def decode_test_level(sweep: Sweep, manifest: pd.DataFrame, level: float) -> Dec
     images = images_of(sweep, rows, reader, sweep.test_split)
     codec = create_codec(sweep.codec.name, **sweep.codec.options)
     decoded = [np.ascontiguousarray(codec.decode(read_bytes(u))) for u in images.uris]
-    return DecodedSamples(decoded, images.targets, level)
+    return DecodedSamples(decoded, images.targets, level, ids=images.relpaths)
 
 
-def evaluate_trial(sweep: Sweep, cell: CellSpec, output: str, test: DecodedSamples,
-                   device: str = "cpu") -> dict[str, float]:
-    """Metric name -> value of the cell's trained model on the decoded test level."""
+def evaluate_trial(sweep: Sweep, cell: CellSpec, output: str, test: DecodedSamples, device: str = "cpu") -> Any:
+    """The per-image outcomes of the cell's trained model on the decoded test level."""
     import torch
 
     task, model = load_trained(sweep, cell.trial, output, device=device)
     with torch.no_grad():
-        metrics = task.evaluate(model, test)
-    return {str(k): float(v) for k, v in metrics.items()}
+        return task.outcomes(model, test)
 
 
-def cell_rows(sweep: Sweep, cell: CellSpec, metrics: dict[str, float], trial_meta: dict[str, Any],
+def cell_rows(sweep: Sweep, cell: CellSpec, outcomes: Any, trial_meta: dict[str, Any],
               manifest: pd.DataFrame) -> list[dict[str, Any]]:
-    """The results rows of one cell: one per metric, with the train/test DCR of the store."""
+    """The results rows of one cell: one per metric, with its image-bootstrap interval and the store's DCRs.
+
+    The relative columns are filled later (:func:`lossyvision.sweep.summary.fill_relative`): the
+    baseline cell may not be evaluated yet.
+    """
+    from lossyvision.intervals import metric_interval
+    from lossyvision.seeding import derive_seed
+
     test = level_dcr(manifest, sweep.test_split, cell.test_level, sweep.codec.name)
     train = level_dcr(manifest, sweep.train_split, cell.trial.train_level, sweep.codec.name)
     finished = utc_now()
-    return [{
-        "sweep": sweep.name, "model": cell.trial.model, "task": trial_meta.get("task", ""),
-        "train_level": cell.trial.train_level, "test_level": cell.test_level,
-        "repeat": cell.trial.repeat, "budget": cell.trial.budget,
-        "metric": name, "value": float(value),
-        "train_dcr": train.vs_source, "test_dcr": test.vs_source,
-        "train_dcr_raw": train.vs_raw, "test_dcr_raw": test.vs_raw,
-        "n_train_images": int(trial_meta.get("n_train_images", -1)),
-        "train_bytes": int(trial_meta.get("train_bytes", -1)),
-        "trial_id": cell.trial.key, "finished_at": finished,
-    } for name, value in metrics.items()]
+    rows = []
+    for name, value in outcomes.metrics().items():
+        ci = metric_interval([outcomes], name, confidence=sweep.report.confidence,
+                             n_resamples=sweep.report.resamples, seed=derive_seed("bootstrap", sweep.seed, cell.trial.model))
+        rows.append({
+            "sweep": sweep.name, "model": cell.trial.model, "task": trial_meta.get("task", ""),
+            "train_level": cell.trial.train_level, "test_level": cell.test_level,
+            "repeat": cell.trial.repeat, "budget": cell.trial.budget,
+            "metric": name, "value": float(value), "ci_low": ci.low, "ci_high": ci.high,
+            "confidence": sweep.report.confidence, "n_test_images": len(outcomes),
+            "rel": np.nan, "rel_low": np.nan, "rel_high": np.nan, "baseline_cell": None,
+            "train_dcr": train.vs_source, "test_dcr": test.vs_source,
+            "train_dcr_raw": train.vs_raw, "test_dcr_raw": test.vs_raw,
+            "n_train_images": int(trial_meta.get("n_train_images", -1)),
+            "train_bytes": int(trial_meta.get("train_bytes", -1)),
+            "trial_id": cell.trial.key, "trial_hash": cell.trial.config,
+            "cell_id": cell.key, "cell_hash": cell.config, "finished_at": finished,
+        })
+    return rows

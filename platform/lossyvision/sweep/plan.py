@@ -1,15 +1,25 @@
 """The grid as data: which trials to train and which (trial, test level) cells to evaluate.
 
-Everything here is a pure function of the sweep file (and the manifest). A trial is keyed by
-(model, train level, repeat, budget), a cell by a trial plus a test level; resuming a sweep is
-"drop the keys already done", nothing more.
+Everything here is a pure function of the sweep file and the store's manifest. A trial is keyed by
+what it is (model, train level, repeat, budget) *and* by a short hash of everything that determines
+its result (:func:`trial_identity`): the model entry, the codec and level, budget, repeat and seed,
+the dataset's kind, options, split and limit, and a digest of the manifest rows it trains on. A
+cell adds the test level and a digest of its test rows. So an edited sweep gets new keys for
+exactly the trials and cells whose configuration changed, and resuming is still "drop the keys
+already done", nothing more. Results of keys no longer planned are *stale*: kept, never mixed in.
+
+Not in the hash: where things run or are written (output, store, tracking, resources, retries),
+and the dataset's root path: its content is in the rows' digest (source file hashes), so a moved
+dataset does not retrain and a changed one does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
@@ -18,26 +28,45 @@ from lossyvision.store import format_level
 from lossyvision.sweep.results import NO_BUDGET
 
 OK = "ok"
+#: Bump when a change of the code changes what a trial or an evaluation computes: every key moves.
+IDENTITY_VERSION = 1
+HASH_CHARS = 10
+#: Manifest columns that determine what a model sees: the image (its source's hash, codec, level
+#: and compressed size) and its label or annotation file.
+ROW_COLUMNS = ("relpath", "split", "label", "target", "codec", "codec_options", "level", "source_sha256",
+               "compressed_bytes")
 
 
 class PlanError(ValueError):
     """The sweep cannot be planned (e.g. a level is missing from the compressed store)."""
 
 
+def short_hash(obj: Any) -> str:
+    """A short, stable content hash of a JSON-able object (key order does not matter)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()[:HASH_CHARS]
+
+
 @dataclass(frozen=True, order=True)
 class TrialSpec:
-    """One training run: a model trained at one compression level (one repeat, one budget)."""
+    """One training run: a model trained at one compression level (one repeat, one budget).
+
+    ``config`` is the hash of the trial's identity (empty only in hand-made specs).
+    """
 
     model: str
     train_level: float
     repeat: int = 0
     budget: int = NO_BUDGET
+    config: str = ""
 
     @property
     def key(self) -> str:
-        """``vit__d2__r0`` (``__b50000000`` appended with a budget): path- and tag-safe."""
+        """``vit__d2__r0__3f9a2c1b07`` (``__b50000000`` before the hash with a budget): path- and tag-safe."""
         key = f"{self.model}__d{format_level(self.train_level)}__r{self.repeat}"
-        return key if self.budget == NO_BUDGET else f"{key}__b{self.budget}"
+        if self.budget != NO_BUDGET:
+            key += f"__b{self.budget}"
+        return f"{key}__{self.config}" if self.config else key
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,19 +74,61 @@ class TrialSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrialSpec":
         return cls(model=str(d["model"]), train_level=float(d["train_level"]),
-                   repeat=int(d.get("repeat", 0)), budget=int(d.get("budget", NO_BUDGET)))
+                   repeat=int(d.get("repeat", 0)), budget=int(d.get("budget", NO_BUDGET)),
+                   config=str(d.get("config", "") or ""))
 
 
 @dataclass(frozen=True, order=True)
 class CellSpec:
-    """One evaluation: a trained trial tested at one compression level."""
+    """One evaluation: a trained trial tested at one compression level; ``config`` hashes its identity."""
 
     trial: TrialSpec
     test_level: float
+    config: str = ""
 
     @property
     def key(self) -> str:
-        return f"{self.trial.key}__t{format_level(self.test_level)}"
+        key = f"{self.trial.key}__t{format_level(self.test_level)}"
+        return f"{key}__{self.config}" if self.config else key
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"trial": self.trial.as_dict(), "test_level": self.test_level, "config": self.config}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CellSpec":
+        return cls(TrialSpec.from_dict(d["trial"]), float(d["test_level"]), str(d.get("config", "") or ""))
+
+
+@dataclass
+class Grid:
+    """A planned sweep: its trials and cells (keys with hashes) and what each hash was made of."""
+
+    trials: list[TrialSpec]
+    cells: list[CellSpec]
+    identities: dict[str, dict[str, Any]] = field(default_factory=dict)   # key -> identity
+
+    @property
+    def digest(self) -> str:
+        """One hash of the whole configuration (every trial and cell key)."""
+        return short_hash(sorted([t.key for t in self.trials] + [c.key for c in self.cells]))
+
+    def cells_of(self, trial: TrialSpec) -> list[CellSpec]:
+        return [c for c in self.cells if c.trial == trial]
+
+    def trial(self, key: str) -> TrialSpec:
+        for t in self.trials:
+            if t.key == key:
+                return t
+        raise KeyError(f"no trial {key!r} in the plan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trials": [t.as_dict() for t in self.trials], "cells": [c.as_dict() for c in self.cells],
+                "identities": self.identities}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Grid":
+        return cls([TrialSpec.from_dict(t) for t in d["trials"]], [CellSpec.from_dict(c) for c in d["cells"]],
+                   dict(d.get("identities") or {}))
 
 
 @dataclass(frozen=True)
@@ -66,10 +137,16 @@ class GridSize:
     evaluations: int
     trials_todo: int
     evaluations_todo: int
+    stale_trials: int = 0
+    stale_cells: int = 0
 
     def describe(self) -> str:
-        return (f"grid: {self.trials} trials, {self.evaluations} evaluations "
+        text = (f"grid: {self.trials} trials, {self.evaluations} evaluations "
                 f"({self.trials_todo} trials and {self.evaluations_todo} evaluations to run)")
+        if self.stale_trials or self.stale_cells:
+            text += (f"; {self.stale_trials} trial(s) and {self.stale_cells} cell(s) in the output are stale "
+                     "(another configuration): kept, not used")
+        return text
 
 
 def compress_levels(sweep: Any) -> list[float]:
@@ -77,65 +154,7 @@ def compress_levels(sweep: Any) -> list[float]:
     return sorted(set(sweep.train_levels) | set(sweep.test_levels))
 
 
-def plan(sweep: Any, manifest: pd.DataFrame | None = None) -> list[TrialSpec]:
-    """All trials of ``sweep``: models x train levels x repeats (x budgets), in a stable order.
-
-    With a ``manifest``, every train level must have ok images in the train split: a level
-    without any is a :class:`PlanError` naming it (rather than a trial failing later).
-    """
-    if manifest is not None:
-        _check_levels(manifest, sweep.train_split, sweep.train_levels, sweep.codec.name)
-        _check_levels(manifest, sweep.test_split, sweep.test_levels, sweep.codec.name)
-    budgets = list(sweep.budgets) if sweep.budgets else [NO_BUDGET]
-    return [TrialSpec(m.name, float(level), repeat, int(budget))
-            for m, level, repeat, budget in itertools.product(
-                sweep.models, sweep.train_levels, range(sweep.repeats), budgets)]
-
-
-def test_levels_for(sweep: Any, trial: TrialSpec) -> list[float]:
-    """Test levels a trial is evaluated on: all of them, or for budget sweeps per ``eval_levels``."""
-    levels = list(sweep.test_levels)
-    if trial.budget == NO_BUDGET or sweep.eval_levels == "all":
-        return levels
-    if sweep.eval_levels == "same":
-        return [trial.train_level]
-    return [levels[0]]  # baseline: the first (least compressed) test level
-
-
-def cells(sweep: Any, trials: Iterable[TrialSpec]) -> list[CellSpec]:
-    """Every (trial, test level) evaluation, in trial order then test level."""
-    return [CellSpec(t, float(level)) for t in trials for level in test_levels_for(sweep, t)]
-
-
-def pending(specs: Iterable[Any], done_keys: Iterable[str]) -> list[Any]:
-    """The specs whose ``.key`` is not in ``done_keys``, order kept: the whole of resuming."""
-    done = set(done_keys)
-    return [s for s in specs if s.key not in done]
-
-
-def cell_key_of_row(row: Mapping[str, Any]) -> str:
-    """The cell key a results row belongs to."""
-    trial = TrialSpec.from_dict(row)
-    return CellSpec(trial, float(row["test_level"])).key
-
-
-def done_cell_keys(results: pd.DataFrame) -> set[str]:
-    """Cells with rows in the results table (a cell's rows are written together)."""
-    if results is None or results.empty:
-        return set()
-    cols = ["model", "train_level", "repeat", "budget", "test_level"]
-    return {cell_key_of_row(r) for r in results[cols].drop_duplicates().to_dict("records")}
-
-
-def grid_size(all_trials: list[TrialSpec], all_cells: list[CellSpec],
-              trials_todo: list[TrialSpec] | None = None,
-              cells_todo: list[CellSpec] | None = None) -> GridSize:
-    return GridSize(len(all_trials), len(all_cells),
-                    len(all_trials if trials_todo is None else trials_todo),
-                    len(all_cells if cells_todo is None else cells_todo))
-
-
-# --- the manifest side -----------------------------------------------------------------------------
+# --- the manifest side ---------------------------------------------------------------------------
 def ok_rows(manifest: pd.DataFrame, split: str, level: float, codec: str | None = None) -> pd.DataFrame:
     """Manifest rows of one split and level that compressed fine, sorted by relpath."""
     m = manifest
@@ -143,6 +162,29 @@ def ok_rows(manifest: pd.DataFrame, split: str, level: float, codec: str | None 
     if codec is not None and "codec" in m.columns:
         mask &= m["codec"] == codec
     return m[mask].sort_values("relpath", kind="stable")
+
+
+def reader_of(sweep: Any) -> Any:
+    from lossyvision.datasets import create_dataset
+
+    return create_dataset(sweep.dataset.kind, sweep.dataset.root, **sweep.dataset.options)
+
+
+def split_rows(sweep: Any, manifest: pd.DataFrame, split: str, level: float,
+               reader: Any | None = None) -> pd.DataFrame:
+    """Ok manifest rows of ``split`` at ``level``, limited like the sweep (``limit_per_split``)."""
+    rows = ok_rows(manifest, split, level, sweep.codec.name)
+    if sweep.limit_per_split:
+        allowed = {r.relpath for r in (reader or reader_of(sweep)).select(split)[: sweep.limit_per_split]}
+        rows = rows[rows["relpath"].isin(allowed)]
+    return rows
+
+
+def rows_digest(rows: pd.DataFrame) -> str:
+    """A digest of the manifest rows a trial trains on (or a cell tests on), in relpath order."""
+    cols = [c for c in ROW_COLUMNS if c in rows.columns]
+    text = rows[cols].sort_values("relpath", kind="stable").to_csv(index=False, lineterminator="\n")
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -160,6 +202,98 @@ def level_dcr(manifest: pd.DataFrame, split: str, level: float, codec: str | Non
     if rows.empty:
         return LevelDcr(math.nan, math.nan, 0)
     return LevelDcr(float(rows["dcr_vs_source"].mean()), float(rows["dcr_vs_raw"].mean()), len(rows))
+
+
+# --- identities ------------------------------------------------------------------------------------
+def trial_identity(sweep: Any, model: Any, train_level: float, repeat: int, budget: int, train_rows: str,
+                   classes: list[str]) -> dict[str, Any]:
+    """Everything that determines a trial's result (its hash is the trial's ``config``)."""
+    identity: dict[str, Any] = {
+        "version": IDENTITY_VERSION,
+        "model": model.model_dump(mode="json"),
+        "codec": {"name": sweep.codec.name, "options": sweep.codec.options},
+        "train_level": float(train_level),
+        "repeat": int(repeat),
+        "seed": int(sweep.seed),
+        "deterministic": bool(sweep.deterministic),
+        "dataset": {"kind": sweep.dataset.kind, "options": sweep.dataset.options, "split": sweep.train_split,
+                    "limit_per_split": sweep.limit_per_split, "classes": short_hash(list(classes))},
+        "train_rows": train_rows,
+    }
+    if budget != NO_BUDGET:
+        identity["budget"] = {"bytes": int(budget), "resample": bool(sweep.resample)}
+    return identity
+
+
+def cell_identity(sweep: Any, trial: TrialSpec, test_level: float, test_rows: str) -> dict[str, Any]:
+    """Everything that determines a cell's result beyond its trial."""
+    return {"version": IDENTITY_VERSION, "trial": trial.config, "test_level": float(test_level),
+            "codec": {"name": sweep.codec.name, "options": sweep.codec.options},
+            "dataset": {"split": sweep.test_split, "limit_per_split": sweep.limit_per_split},
+            "test_rows": test_rows}
+
+
+# --- the plan ------------------------------------------------------------------------------------
+def plan(sweep: Any, manifest: pd.DataFrame, reader: Any | None = None) -> Grid:
+    """The sweep's grid: models x train levels x repeats (x budgets), then their test levels.
+
+    Every train level must have ok images in the train split, every test level in the test split:
+    a level without any is a :class:`PlanError` naming it (rather than a trial failing later).
+    """
+    _check_levels(manifest, sweep.train_split, sweep.train_levels, sweep.codec.name)
+    _check_levels(manifest, sweep.test_split, sweep.test_levels, sweep.codec.name)
+    reader = reader or reader_of(sweep)
+    classes = list(reader.classes)
+    digests: dict[tuple[str, float], str] = {}
+
+    def digest(split: str, level: float) -> str:
+        if (split, level) not in digests:
+            digests[(split, level)] = rows_digest(split_rows(sweep, manifest, split, level, reader))
+        return digests[(split, level)]
+
+    budgets = list(sweep.budgets) if sweep.budgets else [NO_BUDGET]
+    grid = Grid([], [])
+    for m, level, repeat, budget in itertools.product(sweep.models, sweep.train_levels, range(sweep.repeats),
+                                                      budgets):
+        identity = trial_identity(sweep, m, level, repeat, budget, digest(sweep.train_split, float(level)), classes)
+        trial = TrialSpec(m.name, float(level), repeat, int(budget), short_hash(identity))
+        grid.trials.append(trial)
+        grid.identities[trial.key] = identity
+    for trial in grid.trials:
+        for level in test_levels_for(sweep, trial):
+            identity = cell_identity(sweep, trial, level, digest(sweep.test_split, float(level)))
+            cell = CellSpec(trial, float(level), short_hash(identity))
+            grid.cells.append(cell)
+            grid.identities[cell.key] = identity
+    return grid
+
+
+def test_levels_for(sweep: Any, trial: TrialSpec) -> list[float]:
+    """Test levels a trial is evaluated on: all of them, or for budget sweeps per ``eval_levels``."""
+    levels = list(sweep.test_levels)
+    if trial.budget == NO_BUDGET or sweep.eval_levels == "all":
+        return levels
+    if sweep.eval_levels == "same":
+        return [trial.train_level]
+    return [levels[0]]  # baseline: the first (least compressed) test level
+
+
+def pending(specs: Iterable[Any], done_keys: Iterable[str]) -> list[Any]:
+    """The specs whose ``.key`` is not in ``done_keys``, order kept: the whole of resuming."""
+    done = set(done_keys)
+    return [s for s in specs if s.key not in done]
+
+
+def done_cell_keys(results: pd.DataFrame) -> set[str]:
+    """Cells with rows in the results table (a cell's rows are written together)."""
+    if results is None or results.empty:
+        return set()
+    return set(results["cell_id"].astype(str))
+
+
+def grid_size(grid: Grid, trials_todo: list[TrialSpec], cells_todo: list[CellSpec], stale_trials: int = 0,
+              stale_cells: int = 0) -> GridSize:
+    return GridSize(len(grid.trials), len(grid.cells), len(trials_todo), len(cells_todo), stale_trials, stale_cells)
 
 
 def _check_levels(manifest: pd.DataFrame, split: str, levels: Iterable[float], codec: str) -> None:

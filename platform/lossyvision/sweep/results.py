@@ -1,15 +1,23 @@
-"""The results table: flat keyed rows, one per (model, train level, test level, repeat, budget, metric).
+"""The results table: flat keyed rows, one per (cell, metric); a cell is one repeat of one trial at one test level.
 
 ``OUTPUT/results.parquet`` (and ``results.csv``) hold these rows; cells are appended as they
-complete. Resume is "skip keys already present": :data:`KEY` identifies a row.
+complete. Resume is "skip keys already present": :data:`KEY` identifies a row, and ``cell_id`` is
+the cell's key, which carries the hash of its configuration (:mod:`lossyvision.sweep.plan`): rows of
+an edited sweep's old configuration stay in the table and are never taken for the new one.
+
+Every value carries its interval: ``ci_low``/``ci_high`` from a bootstrap over the test images,
+and ``rel``/``rel_low``/``rel_high``, the value as a percentage of the baseline cell of the same
+model, budget and repeat, with the interval of that paired ratio (:mod:`lossyvision.intervals`).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-#: Columns that identify a row. ``budget`` is -1 for sweeps without a budget axis.
-KEY = ("model", "train_level", "test_level", "repeat", "budget", "metric")
+#: Columns that identify a row.
+KEY = ("cell_id", "metric")
+FORMAT_KEY = b"lossyvision.results_format"
+FORMAT = b"2"
 
 SCHEMA = pa.schema([
     ("sweep", pa.string()),
@@ -21,13 +29,24 @@ SCHEMA = pa.schema([
     ("budget", pa.int64()),          # bytes; -1 = no budget axis
     ("metric", pa.string()),         # e.g. top1, top5, map50, miou, macc
     ("value", pa.float64()),
+    ("ci_low", pa.float64()),        # interval of value: bootstrap over the test images
+    ("ci_high", pa.float64()),
+    ("confidence", pa.float64()),    # of the intervals, e.g. 0.95
+    ("n_test_images", pa.int64()),
+    ("rel", pa.float64()),           # 100 * value / baseline cell's value (same model, budget, repeat)
+    ("rel_low", pa.float64()),       # paired interval of rel (same resampled images)
+    ("rel_high", pa.float64()),
+    ("baseline_cell", pa.string()),  # cell_id of the baseline
     ("train_dcr", pa.float64()),     # mean DCR against source of the train level (manifest)
     ("test_dcr", pa.float64()),      # mean DCR against source of the test level
     ("train_dcr_raw", pa.float64()), # same, against raw pixels
     ("test_dcr_raw", pa.float64()),
     ("n_train_images", pa.int64()),
     ("train_bytes", pa.int64()),     # compressed bytes the trial trained on
-    ("trial_id", pa.string()),
+    ("trial_id", pa.string()),       # the trial's key (with its configuration hash)
+    ("trial_hash", pa.string()),
+    ("cell_id", pa.string()),        # the cell's key (with its configuration hash)
+    ("cell_hash", pa.string()),
     ("finished_at", pa.string()),    # ISO 8601 UTC
 ])
 
@@ -35,6 +54,10 @@ NO_BUDGET = -1
 
 RESULTS_NAME = "results.parquet"
 RESULTS_CSV_NAME = "results.csv"
+
+
+class ResultsError(ValueError):
+    """``results.parquet`` cannot be used (damaged, or from an older lossyvision); the message says what to do."""
 
 
 def results_path(output: str) -> str:
@@ -59,7 +82,15 @@ def read_results(output: str):
     path = results_path(output)
     if not exists(path):
         return empty_results()
-    return pq.read_table(io.BytesIO(read_bytes(path))).to_pandas()
+    try:
+        table = pq.read_table(io.BytesIO(read_bytes(path)))
+    except (pa.ArrowException, OSError) as e:
+        raise ResultsError(f"{path} is damaged ({str(e).splitlines()[0][:200]}); delete it and rerun "
+                           "`lossyvision sweep run`: trained models are kept and only the evaluations rerun") from None
+    if (table.schema.metadata or {}).get(FORMAT_KEY) != FORMAT:
+        raise ResultsError(f"{path} was written by an earlier lossyvision (rows without configuration hashes); "
+                           "run the sweep into a new output folder")
+    return table.to_pandas()
 
 
 def normalise(rows):
@@ -73,19 +104,30 @@ def normalise(rows):
     return pa.Table.from_pandas(df[SCHEMA.names], schema=SCHEMA, preserve_index=False).to_pandas()
 
 
+def write_results(output: str, table) -> None:
+    """Replace ``results.parquet`` and ``results.csv`` with ``table``, atomically. One writer (the driver)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from lossyvision.store import atomic_write_bytes, join
+
+    arrow = pa.Table.from_pandas(normalise(table), schema=SCHEMA, preserve_index=False)
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), FORMAT_KEY: FORMAT})
+    buf = io.BytesIO()
+    pq.write_table(arrow, buf)
+    atomic_write_bytes(results_path(output), buf.getvalue())
+    atomic_write_bytes(join(str(output), RESULTS_CSV_NAME), arrow.to_pandas().to_csv(index=False).encode())
+
+
 def append_results(output: str, rows) -> int:
     """Add ``rows`` to ``OUTPUT/results.parquet`` (and ``results.csv``); returns how many were new.
 
     Rows whose :data:`KEY` is already present are dropped (the first one stays): appending the
     same cell twice changes nothing. Both files are rewritten atomically, so a kill leaves the
-    previous table or the new one, never a torn file. One writer (the sweep driver) at a time.
+    previous table or the new one, never a torn file.
     """
-    import io
-
     import pandas as pd
-    import pyarrow.parquet as pq
-
-    from lossyvision.store import atomic_write_bytes, join
 
     new = normalise(rows)
     if new.empty:
@@ -95,10 +137,12 @@ def append_results(output: str, rows) -> int:
     table = pd.concat([old, new], ignore_index=True) if before else new
     table = table.drop_duplicates(subset=list(KEY), keep="first").reset_index(drop=True)
     added = len(table) - before
-    if added == 0:
-        return 0
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(table, schema=SCHEMA, preserve_index=False), buf)
-    atomic_write_bytes(results_path(output), buf.getvalue())
-    atomic_write_bytes(join(str(output), RESULTS_CSV_NAME), table.to_csv(index=False).encode())
+    if added:
+        write_results(output, table)
     return added
+
+
+def current_rows(results, cell_keys) -> "object":
+    """The rows of the planned cells only: stale configurations are never mixed in."""
+    keys = set(cell_keys)
+    return results[results["cell_id"].isin(keys)].reset_index(drop=True)

@@ -2,8 +2,11 @@
 
 Every step skips what OUTPUT already holds (the store's manifest, final checkpoints, results
 rows), so rerunning a sweep, or running it after the driver was killed, does only what is
-missing. The resolved sweep file is copied to ``OUTPUT/sweep.yaml``: status, sync and the report
-need nothing but OUTPUT.
+missing. Keys carry a hash of each trial's and cell's configuration (:mod:`lossyvision.sweep.plan`):
+after an edit exactly the changed trials and cells run again, and the old ones stay in OUTPUT as
+stale, never mixed into the results used. The resolved sweep file and its plan are copied to
+``OUTPUT/sweep.yaml`` and ``OUTPUT/plan.json`` (:mod:`lossyvision.output`): status, sync and the
+report need nothing but OUTPUT.
 """
 
 from __future__ import annotations
@@ -12,35 +15,25 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-import yaml
 
-from lossyvision.spec import SpecError, Sweep, load_sweep, parse_sweep
-from lossyvision.store import atomic_write_bytes, exists, format_level, is_remote, join
-from lossyvision.sweep.plan import (CellSpec, TrialSpec, cells, compress_levels, done_cell_keys, grid_size,
-                                    level_dcr, pending, plan)
+from lossyvision import output as outdir
+from lossyvision.spec import SpecError, Sweep, load_sweep
+from lossyvision.store import is_remote
+from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec, done_cell_keys, grid_size, level_dcr, pending, plan
 from lossyvision.sweep.results import append_results, read_results
-from lossyvision.sweep.status import DONE, FAILED, RUNNING, SweepState
+from lossyvision.sweep.status import DONE, FAILED, RUNNING, SweepState, stale_entries
+from lossyvision.sweep.tracking import absolute_tracking_uri
 from lossyvision.sweep.trials import drop_progress, finished_keys, read_meta
 
 log = logging.getLogger(__name__)
 
-SWEEP_COPY = "sweep.yaml"
 Echo = Callable[[str], None]
 
 
 # --- the sweep file ---------------------------------------------------------------------------------
-def absolute_tracking_uri(uri: str) -> str:
-    """``sqlite:///runs/x.db`` -> ``sqlite:////abs/runs/x.db``: trials run in other folders."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + os.path.abspath(uri[len(prefix):])
-    return uri
-
-
 def resolve_paths(sweep: Sweep) -> Sweep:
     """The sweep with every local path absolute (workers and later commands run elsewhere)."""
     def local(p: str) -> str:
@@ -57,55 +50,31 @@ def resolve_paths(sweep: Sweep) -> Sweep:
     return sweep.model_copy(update=update)
 
 
-def sweep_to_yaml(sweep: Sweep) -> str:
-    return yaml.safe_dump(sweep.model_dump(mode="json", exclude_none=True), sort_keys=False)
-
-
-def load_output_sweep(output: str) -> Sweep:
-    """The sweep a run left in OUTPUT (``OUTPUT/sweep.yaml``), its output set to OUTPUT."""
-    path = join(str(output), SWEEP_COPY)
-    if not exists(path):
-        raise SpecError(f"{path} does not exist: is {output} the output folder of a sweep run?")
-    if is_remote(path):
-        from lossyvision.store import read_bytes
-
-        data = yaml.safe_load(read_bytes(path))
-    else:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    if isinstance(data, dict):
-        data["output"] = str(output) if is_remote(str(output)) else os.path.abspath(output)
-    return parse_sweep(data, source=path)
-
-
 # --- tracking glue ---------------------------------------------------------------------------------
-def make_tracker(sweep: Sweep, strict: bool = False):
-    from lossyvision.sweep.tracking import Tracker
+def sweep_params(sweep: Sweep, grid: Grid) -> dict[str, Any]:
+    from lossyvision.store import format_level
 
-    return Tracker(absolute_tracking_uri(sweep.tracking_uri), sweep.experiment, sweep.name, sweep.output,
-                   strict=strict)
-
-
-def sweep_params(sweep: Sweep, n_trials: int, n_cells: int) -> dict[str, Any]:
     return {
-        "n_trials": n_trials, "n_evaluations": n_cells,
+        "n_trials": len(grid.trials), "n_evaluations": len(grid.cells), "plan": grid.digest,
         "models": ",".join(m.name for m in sweep.models),
         "train_levels": ",".join(format_level(x) for x in sweep.train_levels),
         "test_levels": ",".join(format_level(x) for x in sweep.test_levels),
-        "repeats": sweep.repeats, "codec": sweep.codec.name,
+        "repeats": sweep.repeats, "seed": sweep.seed, "codec": sweep.codec.name,
         "budgets": ",".join(str(b) for b in sweep.budgets) if sweep.budgets else None,
         "dataset": sweep.dataset.kind,
     }
 
 
-def push_trials(tracker: Any, sweep: Sweep, trials: list[TrialSpec], manifest: pd.DataFrame | None,
+def push_trials(tracker: Any, sweep: Sweep, grid: Grid, manifest: pd.DataFrame | None,
                 results: pd.DataFrame, failures: dict[str, str] | None = None) -> int:
-    """Send everything known about ``trials`` to MLflow (only what is missing); returns how many."""
+    """Send everything known about the grid's trials to MLflow (only what is missing); returns how many."""
+    from lossyvision.sweep.results import current_rows
     from lossyvision.sweep.tracking import eval_metrics_of, trial_params
 
     failures = failures or {}
+    results = current_rows(results, [c.key for c in grid.cells])
     n = 0
-    for trial in trials:
+    for trial in grid.trials:
         if not tracker.available:
             break
         meta = _meta_or_none(sweep.output, trial.key)
@@ -114,24 +83,15 @@ def push_trials(tracker: Any, sweep: Sweep, trials: list[TrialSpec], manifest: p
         train_dcr = meta.get("train_dcr") if meta else (
             level_dcr(manifest, sweep.train_split, trial.train_level, sweep.codec.name).vs_source
             if manifest is not None else None)
-        rows = results[results["trial_id"] == trial.key] if not results.empty else results
-        expected = len([c for c in cells(sweep, [trial])])
-        got = rows[["test_level"]].drop_duplicates().shape[0] if not rows.empty else 0
+        rows = results[results["trial_id"] == trial.key]
+        expected = len(grid.cells_of(trial))
+        got = rows["cell_id"].nunique()
         status = "FAILED" if trial.key in failures else ("FINISHED" if got >= expected else None)
         tracker.log_trial(trial.key, trial_params(sweep, trial, meta, train_dcr),
                           history=(meta or {}).get("history", ()), test_metrics=eval_metrics_of(rows),
                           status=status)
         n += 1
     return n
-
-
-def _manifest_or_none(sweep: Sweep) -> pd.DataFrame | None:
-    from lossyvision.sweep.trials import read_manifest
-
-    try:
-        return read_manifest(sweep)
-    except Exception:  # only MLflow params need it; a missing store is no reason to fail
-        return None
 
 
 def _meta_or_none(output: str, key: str) -> dict[str, Any] | None:
@@ -144,11 +104,11 @@ def _meta_or_none(output: str, key: str) -> dict[str, Any] | None:
 class DriverListener:
     """Tune's trial events -> state file, MLflow (live per-epoch metrics), progress lines."""
 
-    def __init__(self, sweep: Sweep, state: SweepState, tracker: Any, manifest: pd.DataFrame, echo: Echo,
-                 total: int) -> None:
+    def __init__(self, sweep: Sweep, grid: Grid, state: SweepState, tracker: Any, manifest: pd.DataFrame,
+                 echo: Echo, total: int) -> None:
         self.sweep, self.state, self.tracker, self.manifest, self.echo = sweep, state, tracker, manifest, echo
         self.total, self.done, self.t0 = total, 0, {}
-        self.trials = {t.key: t for t in plan(sweep)}
+        self.trials = {t.key: t for t in grid.trials}
 
     def started(self, key: str) -> None:
         self.t0[key] = time.time()
@@ -191,12 +151,24 @@ class SweepOutcome:
     tracking_ok: bool = True
     tracking_error: str | None = None
     report: str | None = None
+    verdict: list[str] = field(default_factory=list)      # the report's answer, first lines
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (compress, train, ...)
 
     @property
     def ok(self) -> bool:
         return not self.trial_failures and not self.cell_failures
+
+
+def local_resources(num_cpus: int | None) -> dict[str, float]:
+    """What a local Ray started here would have: its CPUs and this machine's CUDA devices."""
+    try:
+        import torch
+
+        gpus = float(torch.cuda.device_count())
+    except Exception:  # noqa: BLE001 - no torch or no driver: no GPU
+        gpus = 0.0
+    return {"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": gpus}
 
 
 def check_local_resources(sweep: Sweep, resources: dict[str, float]) -> None:
@@ -210,18 +182,23 @@ def check_local_resources(sweep: Sweep, resources: dict[str, float]) -> None:
                                 f"{have[kind]:g}; lower it or run on a cluster (RAY_ADDRESS)")
 
 
-def compress_for(sweep: Sweep, echo: Echo) -> pd.DataFrame:
-    """Compress (or reuse) the store at every level the sweep needs; returns the manifest rows."""
+def compress_for(sweep: Sweep, echo: Echo, ray_address: str | None = None,
+                 num_cpus: int | None = None) -> pd.DataFrame:
+    """Compress (or reuse) the store at every level the sweep needs; returns the manifest rows.
+
+    Ray starts only when something is left to compress, and stays up for training.
+    """
     from lossyvision.compress import sweep_job_args
     from lossyvision.runners.compress import compress_dataset
 
-    return compress_dataset(**sweep_job_args(sweep), log=lambda m: echo(f"compress: {m}"))
+    return compress_dataset(**sweep_job_args(sweep), address=ray_address, num_cpus=num_cpus, keep_ray=True,
+                            log=lambda m: echo(f"compress: {m}"))
 
 
 def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
               ray_address: str | None = None, num_cpus: int | None = None,
               build_report: bool = True) -> SweepOutcome:
-    """Run a sweep end to end; only what OUTPUT lacks is computed."""
+    """Run a sweep end to end; only what OUTPUT lacks for the sweep's current configuration is computed."""
     from lossyvision.runners.cluster import init_ray
     from lossyvision.runners.evaluate import evaluate_cells
     from lossyvision.runners.tune import train_trials
@@ -229,35 +206,40 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
     started = time.time()
     sweep = resolve_paths(sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file))
     output = sweep.output
+    remote_cluster = bool(ray_address or os.environ.get("RAY_ADDRESS"))
+    # Everything checkable before anything is written or Ray starts.
+    if not remote_cluster:
+        check_local_resources(sweep, local_resources(num_cpus))
+    outdir.check_format(output)
+    read_results(output)  # a damaged results table is reported now, not after training
     if not is_remote(output):
         os.makedirs(output, exist_ok=True)
-    copy = join(output, SWEEP_COPY)
-    atomic_write_bytes(copy, sweep_to_yaml(sweep).encode())
+    outdir.mark(output)
+    outdir.write_sweep(output, sweep)
 
-    # The grid, before anything starts.
-    all_trials = plan(sweep)
-    all_cells = cells(sweep, all_trials)
-    trials_todo = pending(all_trials, finished_keys(output, [t.key for t in all_trials]))
-    cells_todo = pending(all_cells, done_cell_keys(read_results(output)))
-    echo(grid_size(all_trials, all_cells, trials_todo, cells_todo).describe())
-    outcome = SweepOutcome(output, len(all_trials), len(all_cells), tracking_uri=sweep.tracking_uri)
-
+    outcome = SweepOutcome(output, 0, 0, tracking_uri=sweep.tracking_uri)
     clock = _Clock(outcome.phases)
+    with clock("compress"):
+        manifest = compress_for(sweep, echo, ray_address, num_cpus)
+    grid = plan(sweep, manifest)
+    outdir.write_plan(output, grid)
+    outcome.trials, outcome.cells = len(grid.trials), len(grid.cells)
+    results = read_results(output)
+    trials_todo = pending(grid.trials, finished_keys(output, [t.key for t in grid.trials]))
+    cells_todo = pending(grid.cells, done_cell_keys(results))
+    stale = stale_entries(output, grid, results)
+    echo(grid_size(grid, trials_todo, cells_todo, len(stale.trials), len(stale.cells)).describe())
     if trials_todo or cells_todo:
         with clock("ray"):
-            resources = init_ray(ray_address, num_cpus=num_cpus)
-        if not (ray_address or os.environ.get("RAY_ADDRESS")):
-            check_local_resources(sweep, resources)
-        with clock("compress"):
-            manifest = compress_for(sweep, echo)
-        plan(sweep, manifest)  # every level present in the store, or a clear error
-    else:  # nothing to compute: no Ray, no compression check; only MLflow is brought up to date
-        echo("nothing to run: every trial and cell is done")
-        manifest = _manifest_or_none(sweep)
+            init_ray(ray_address, num_cpus=num_cpus)
+    else:
+        echo("nothing to run: every trial and cell of this configuration is done")
 
-    tracker = make_tracker(sweep)
-    tracker.start_sweep(sweep_params(sweep, len(all_trials), len(all_cells)),
-                        sweep_file=copy if not is_remote(copy) else None)
+    from lossyvision.sweep.tracking import tracker_for
+
+    tracker = tracker_for(sweep, plan_digest=grid.digest)
+    tracker.start_sweep(sweep_params(sweep, grid),
+                        sweep_file=outdir.path(output, outdir.SWEEP_COPY) if not is_remote(output) else None)
     state = SweepState(output)
     state.driver_started()
     try:
@@ -265,11 +247,11 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
         if trials_todo:
             echo(f"training {len(trials_todo)} trial(s) on Ray Tune "
                  f"({sweep.resources.trial.cpu:g} CPU, {sweep.resources.trial.gpu:g} GPU each)")
-            listener = DriverListener(sweep, state, tracker, manifest, echo, len(trials_todo))
+            listener = DriverListener(sweep, grid, state, tracker, manifest, echo, len(trials_todo))
             with clock("train"):
                 outcome.trial_failures = train_trials(sweep, trials_todo, output, manifest, listener)
             outcome.trials_run = len(trials_todo)
-        finished = finished_keys(output, [t.key for t in all_trials])
+        finished = finished_keys(output, [t.key for t in grid.trials])
         for key in finished & {t.key for t in trials_todo}:
             drop_progress(output, key)
         for t in trials_todo:  # the listener may miss errors raised before a trial starts
@@ -278,37 +260,18 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
                 state.set_trial(t.key, FAILED, "trial did not finish")
 
         # Evaluate every finished trial on its test levels.
-        cells_todo = [c for c in pending(all_cells, done_cell_keys(read_results(output)))
+        cells_todo = [c for c in pending(grid.cells, done_cell_keys(read_results(output)))
                       if c.trial.key in finished]
         if cells_todo:
-            echo(f"evaluating {len(cells_todo)} cell(s) on "
-                 f"{len({c.test_level for c in cells_todo})} test level(s)")
-            metas = {k: read_meta(output, k) for k in {c.trial.key for c in cells_todo}}
-            done_count = [0]
-
-            def on_cell(cell: CellSpec, metrics: dict[str, float] | None, error: str | None) -> None:
-                if metrics is None:
-                    state.set_cell(cell.key, FAILED, error)
-                    echo(f"cell {cell.key}: FAILED: {error}")
-                    return
-                from lossyvision.sweep.evaluate import cell_rows
-                from lossyvision.sweep.tracking import eval_metric_name
-
-                append_results(output, cell_rows(sweep, cell, metrics, metas[cell.trial.key], manifest))
-                if state.cell(cell.key):
-                    state.set_cell(cell.key, DONE)
-                tracker.log_trial(cell.trial.key, {}, test_metrics={
-                    eval_metric_name(k, cell.test_level): v for k, v in metrics.items()})
-                done_count[0] += 1
-                shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-                echo(f"cell {cell.key}: {shown} ({done_count[0]}/{len(cells_todo)})")
-
             with clock("evaluate"):
-                outcome.cell_failures = evaluate_cells(sweep, cells_todo, output, manifest, on_cell)
-            outcome.cells_run = len(cells_todo)
+                evaluate_grid(sweep, cells_todo, manifest, state, tracker, outcome, echo, evaluate_cells)
 
+        with clock("intervals"):
+            from lossyvision.report.cells import fill_relative
+
+            fill_relative(output, sweep, grid)
         # MLflow: make sure every trial's run has everything (statuses, params, missed epochs).
-        push_trials(tracker, sweep, all_trials, manifest, read_results(output), outcome.trial_failures)
+        push_trials(tracker, sweep, grid, manifest, read_results(output), outcome.trial_failures)
         tracker.finish_sweep("FINISHED" if outcome.ok else "FAILED")
     finally:
         state.driver_finished()
@@ -316,9 +279,40 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
 
     if build_report:
         with clock("report"):
-            outcome.report = _maybe_report(output, echo)
+            _maybe_report(output, echo, outcome)
     outcome.seconds = time.time() - started
     return outcome
+
+
+def evaluate_grid(sweep: Sweep, cells_todo: list[CellSpec], manifest: pd.DataFrame, state: SweepState,
+                  tracker: Any, outcome: SweepOutcome, echo: Echo, evaluate_cells: Callable[..., dict[str, str]]) -> None:
+    """Score ``cells_todo``; each finished cell leaves its predictions, results rows and MLflow metrics."""
+    from lossyvision.sweep.evaluate import cell_rows
+    from lossyvision.sweep.tracking import eval_metric_name
+
+    output = sweep.output
+    echo(f"evaluating {len(cells_todo)} cell(s) on {len({c.test_level for c in cells_todo})} test level(s)")
+    metas = {k: read_meta(output, k) for k in {c.trial.key for c in cells_todo}}
+    done_count = [0]
+
+    def on_cell(cell: CellSpec, outcomes: Any, error: str | None) -> None:
+        if outcomes is None:
+            state.set_cell(cell.key, FAILED, error)
+            echo(f"cell {cell.key}: FAILED: {error}")
+            return
+        outdir.write_predictions(output, cell.key, outcomes)
+        rows = cell_rows(sweep, cell, outcomes, metas[cell.trial.key], manifest)
+        append_results(output, rows)
+        if state.cell(cell.key):
+            state.set_cell(cell.key, DONE)
+        tracker.log_trial(cell.trial.key, {}, test_metrics={
+            eval_metric_name(r["metric"], cell.test_level): r["value"] for r in rows})
+        done_count[0] += 1
+        shown = " ".join(f"{r['metric']}={r['value']:.4g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]" for r in rows)
+        echo(f"cell {cell.key}: {shown} ({done_count[0]}/{len(cells_todo)})")
+
+    outcome.cell_failures = evaluate_cells(sweep, cells_todo, output, manifest, on_cell)
+    outcome.cells_run = len(cells_todo)
 
 
 class _Clock:
@@ -338,21 +332,20 @@ class _Clock:
         self.phases[self.name] = round(self.phases.get(self.name, 0.0) + time.time() - self.t0, 2)
 
 
-def _maybe_report(output: str, echo: Echo) -> str | None:
-    """Build the report if ``lossyvision.report`` provides one; its failure never fails the sweep."""
-    try:
-        from lossyvision.report import build_report  # type: ignore[attr-defined]
-    except ImportError:
-        return None
+def _maybe_report(output: str, echo: Echo, outcome: SweepOutcome) -> None:
+    """Build the report; its failure never fails the sweep. The verdict goes into ``outcome``."""
+    from lossyvision.report import build_report
+
     try:
         result = build_report(output)
     except Exception as e:  # the sweep's results are safe; say what went wrong and go on
         echo(f"warning: the report failed ({type(e).__name__}: {e}); run `lossyvision report {output}`")
-        return None
+        return
     from lossyvision.sweep.tracking import log_report_artifacts
 
     log_report_artifacts(output, result.paths)  # warns and goes on when MLflow is down
-    return str(result)
+    outcome.report = str(result)
+    outcome.verdict = list(result.verdict)
 
 
 def sync_output(output: str, echo: Echo = print) -> int:
@@ -361,17 +354,23 @@ def sync_output(output: str, echo: Echo = print) -> int:
     Idempotent: runs are found by tags and only missing params/metrics are sent. Raises if the
     tracking server is still unreachable.
     """
-    sweep = load_output_sweep(output)
-    tracker = make_tracker(sweep, strict=True)
-    all_trials = plan(sweep)
-    tracker.start_sweep(sweep_params(sweep, len(all_trials), len(cells(sweep, all_trials))),
-                        sweep_file=join(sweep.output, SWEEP_COPY) if not is_remote(sweep.output) else None)
-    manifest = _manifest_or_none(sweep)
+    from lossyvision.sweep.tracking import tracker_for
+    from lossyvision.sweep.trials import read_manifest
+
+    sweep = outdir.load_output_sweep(output)
+    grid = outdir.load_plan(output)
+    tracker = tracker_for(sweep, plan_digest=grid.digest, strict=True)
+    tracker.start_sweep(sweep_params(sweep, grid),
+                        sweep_file=outdir.path(sweep.output, outdir.SWEEP_COPY) if not is_remote(sweep.output) else None)
+    try:
+        manifest = read_manifest(sweep)
+    except Exception:  # noqa: BLE001 - only MLflow params need it; a missing store is no reason to fail
+        manifest = None
     state = SweepState(sweep.output)
     failures = {k: v.get("error", "") for k, v in state.data["trials"].items() if v.get("state") == FAILED}
-    n = push_trials(tracker, sweep, all_trials, manifest, read_results(sweep.output), failures)
     results = read_results(sweep.output)
-    complete = len(done_cell_keys(results)) == len(cells(sweep, all_trials))
+    n = push_trials(tracker, sweep, grid, manifest, results, failures)
+    complete = {c.key for c in grid.cells} <= done_cell_keys(results)
     if complete and not state.driver_alive():
         tracker.finish_sweep("FINISHED")
     echo(f"synced {n} trial run(s) of {sweep.name} to {tracker.uri}")
@@ -379,12 +378,16 @@ def sync_output(output: str, echo: Echo = print) -> int:
 
 
 def summary_lines(outcome: SweepOutcome) -> list[str]:
-    """What to tell the user at the end: where the results are, how to look at them."""
+    """What to tell the user at the end: the answer first, then where the results are."""
+    from lossyvision.store import join
     from lossyvision.sweep.tracking import ui_command
 
-    lines = [f"sweep done in {outcome.seconds:.0f}s: {outcome.trials_run} trial(s) and {outcome.cells_run} "
-             f"cell(s) run now, grid {outcome.trials} trials x {outcome.cells} evaluations",
-             f"results: {join(outcome.output, 'results.parquet')} (and results.csv)"]
+    lines = list(outcome.verdict)
+    if lines:
+        lines.append("")
+    lines += [f"sweep done in {outcome.seconds:.0f}s: {outcome.trials_run} trial(s) and {outcome.cells_run} "
+              f"cell(s) run now, grid {outcome.trials} trials x {outcome.cells} evaluations",
+              f"results: {join(outcome.output, 'results.parquet')} (and results.csv)"]
     if outcome.phases:
         lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in outcome.phases.items()))
     for key, err in list(outcome.trial_failures.items())[:5]:

@@ -1,9 +1,11 @@
 """Where a sweep stands: done, running, failed and missing trials and cells.
 
-The state comes from what the sweep leaves in OUTPUT: results rows (done cells), final
-checkpoints (done trials) and ``OUTPUT/state.json``, a small file the driver keeps with the
-trials and cells that are running or failed and the driver's pid. A "running" entry whose
-driver is gone (killed) shows as interrupted.
+The state comes from what the sweep leaves in OUTPUT: its plan (``plan.json``: the current
+configuration's trial and cell keys), results rows (done cells), final checkpoints (done trials)
+and ``OUTPUT/state.json``, a small file the driver keeps with the trials and cells that are
+running or failed and the driver's pid. A "running" entry whose driver is gone (killed) shows as
+interrupted. Checkpoints and results of keys the plan no longer has are *stale*: an earlier
+configuration's, kept on disk and listed, never used.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import Any
 
 import pandas as pd
 
-from lossyvision.store import atomic_write_bytes, exists, format_level, join, read_bytes
-from lossyvision.sweep.plan import cells, done_cell_keys, plan
+from lossyvision.store import atomic_write_bytes, exists, filesystem, format_level, join, read_bytes
+from lossyvision.sweep.plan import done_cell_keys
 from lossyvision.sweep.results import read_results
-from lossyvision.sweep.trials import finished_keys
+from lossyvision.sweep.trials import CHECKPOINTS, META_FILE, finished_keys
 
 STATE_NAME = "state.json"
 DONE, RUNNING, FAILED, MISSING, INTERRUPTED = "done", "running", "failed", "missing", "interrupted"
@@ -93,11 +95,36 @@ class CellStatus:
     error: str | None = None
 
 
-def grid_status(sweep: Any, output: str) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Stale:
+    """Keys in OUTPUT that the current plan does not have: finished trials and evaluated cells."""
+
+    trials: list[str]
+    cells: list[str]
+
+
+def stale_entries(output: str, grid: Any, results: pd.DataFrame | None = None) -> Stale:
+    """Finished trials (checkpoints) and result cells of configurations no longer in the plan."""
+    results = read_results(output) if results is None else results
+    planned_cells = {c.key for c in grid.cells}
+    cells = sorted(done_cell_keys(results) - planned_cells)
+    planned_trials = {t.key for t in grid.trials}
+    folder = join(str(output), CHECKPOINTS)
+    trials: list[str] = []
+    if exists(folder):
+        fs, path = filesystem(folder)
+        for meta in sorted(fs.glob(path.rstrip("/") + f"/*/{META_FILE}")):
+            key = meta.rstrip("/").split("/")[-2]
+            if key not in planned_trials:
+                trials.append(key)
+    return Stale(trials, cells)
+
+
+def grid_status(sweep: Any, output: str, grid: Any) -> pd.DataFrame:
     """One row per planned cell with its trial's state and its own (a :class:`CellStatus`)."""
     state = SweepState(output)
     alive = state.driver_alive()
-    trials = plan(sweep)
+    trials = grid.trials
     done_trials = finished_keys(output, [t.key for t in trials])
     done_cells = done_cell_keys(read_results(output))
 
@@ -108,7 +135,7 @@ def grid_status(sweep: Any, output: str) -> pd.DataFrame:
         return s if s in (RUNNING, FAILED) else MISSING
 
     rows = []
-    for cell in cells(sweep, trials):
+    for cell in grid.cells:
         t = cell.trial
         trial_state = DONE if t.key in done_trials else live(state.trial(t.key))
         if cell.key in done_cells:
@@ -123,8 +150,8 @@ def grid_status(sweep: Any, output: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def render_status(sweep: Any, table: pd.DataFrame):
-    """A rich renderable: per model, a train x test grid of cell states, plus a summary line."""
+def render_status(sweep: Any, table: pd.DataFrame, stale: Stale | None = None):
+    """A rich renderable: per model, a train x test grid of cell states, a summary line, stale keys."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -145,16 +172,23 @@ def render_status(sweep: Any, table: pd.DataFrame):
             grid.add_column(f"d{format_level(level)}", justify="center")
         for trial, trows in rows.groupby("trial", sort=False):
             first = trows.iloc[0]
-            label = f"d{format_level(first.train_level)}"
+            label = f"d{format_level(first['train_level'])}"
             if _has_axes(rows):
-                label += f" / r{first.repeat}" + (f" / {first.budget}B" if first.budget >= 0 else "")
+                label += f" / r{first['repeat']}" + (f" / {first['budget']}B" if first["budget"] >= 0 else "")
             by_level = dict(zip(trows["test_level"], trows["state"]))
-            grid.add_row(label, SYMBOLS[first.trial_state],
+            grid.add_row(label, SYMBOLS[first["trial_state"]],
                          *[SYMBOLS[by_level[lv]] if lv in by_level else "" for lv in levels])
         parts.append(grid)
     failed = table[table["state"] == FAILED].drop_duplicates("error")
     for row in failed.head(5).itertuples():
         parts.append(Text(f"failed {row.trial} @ d{format_level(row.test_level)}: {row.error}", style="red"))
+    if stale is not None and (stale.trials or stale.cells):
+        parts.append(Text(f"stale (an earlier configuration of this sweep; kept on disk, not used): "
+                          f"{len(stale.trials)} trial(s), {len(stale.cells)} cell(s)", style="dim"))
+        for key in stale.trials[:10]:
+            parts.append(Text(f"  stale trial {key}", style="dim"))
+        if len(stale.trials) > 10:
+            parts.append(Text(f"  ... and {len(stale.trials) - 10} more", style="dim"))
     return Group(*parts)
 
 

@@ -2,7 +2,10 @@
 
 Runs are found by tags (``lossyvision.sweep`` + ``lossyvision.trial``), never remembered, so
 logging is idempotent: logging a trial twice (a rerun, ``sweep sync``) adds only what is
-missing. Metrics per test level are named ``test/<metric>/d<level>`` so the MLflow UI compares
+missing. A trial's tag is its key, which carries its configuration hash: an edited trial gets a
+new run. The parent run belongs to one configuration of the sweep (``lossyvision.plan``, the
+plan's digest; MLflow params cannot change), and a trial reused by a new configuration moves under
+its parent. Metrics per test level are named ``test/<metric>/d<level>`` so the MLflow UI compares
 them across runs.
 
 Outages: the first failed call logs one warning and turns the tracker off for the rest of the
@@ -26,6 +29,8 @@ log = logging.getLogger(__name__)
 TAG_SWEEP = "lossyvision.sweep"
 TAG_ROLE = "lossyvision.role"
 TAG_TRIAL = "lossyvision.trial"
+TAG_CONFIG = "lossyvision.config"
+TAG_PLAN = "lossyvision.plan"
 TAG_PARENT = "mlflow.parentRunId"
 ARTIFACTS_DIR = "mlartifacts"
 
@@ -64,7 +69,7 @@ def trial_params(sweep: Any, trial: Any, meta: dict[str, Any] | None, train_dcr:
         "pretrained": spec.pretrained, "epochs": spec.epochs, "lr": spec.lr,
         "batch_size": spec.batch_size, "image_size": spec.image_size,
         "train_level": trial.train_level, "repeat": trial.repeat,
-        "budget": trial.budget, "codec": sweep.codec.name,
+        "budget": trial.budget, "codec": sweep.codec.name, "config_hash": trial.config, "seed": sweep.seed,
     }
     if train_dcr is not None and train_dcr == train_dcr:
         params["train_dcr"] = round(float(train_dcr), 6)
@@ -80,7 +85,7 @@ class Tracker:
     """Logs one sweep to MLflow through an ``MlflowClient``; turns itself off on an outage."""
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, output: str,
-                 *, artifact_location: str | None = None, strict: bool = False) -> None:
+                 *, plan_digest: str = "", artifact_location: str | None = None, strict: bool = False) -> None:
         from mlflow.tracking import MlflowClient
 
         for k, v in HTTP_ENV.items():
@@ -89,6 +94,7 @@ class Tracker:
         self.uri = tracking_uri
         self.experiment_name = experiment
         self.sweep_name = sweep_name
+        self.plan_digest = plan_digest
         self.output = str(output)
         self.strict = strict  # raise instead of switching off (sweep sync)
         self.available = True
@@ -132,25 +138,29 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     def parent_run(self) -> str:
-        """The sweep's parent run, created on first use and found by tag afterwards."""
+        """The parent run of this configuration of the sweep, created on first use, found by tag afterwards."""
         if self._parent is None:
-            rid = self._find(**{TAG_SWEEP: self.sweep_name, TAG_ROLE: "sweep"})
+            tags = {TAG_SWEEP: self.sweep_name, TAG_ROLE: "sweep", TAG_PLAN: self.plan_digest}
+            rid = self._find(**tags)
             if rid is None:
-                run = self.client.create_run(self.experiment_id(), run_name=self.sweep_name,
-                                             tags={TAG_SWEEP: self.sweep_name, TAG_ROLE: "sweep"})
+                run = self.client.create_run(self.experiment_id(), run_name=self.sweep_name, tags=tags)
                 rid = run.info.run_id
             self._parent = rid
         return self._parent
 
     def child_run(self, trial_key: str) -> str:
-        """The trial's child run (nested under the parent through ``mlflow.parentRunId``)."""
+        """The trial's child run, nested under the current parent through ``mlflow.parentRunId``."""
         if trial_key not in self._children:
+            parent = self.parent_run()
             rid = self._find(**{TAG_SWEEP: self.sweep_name, TAG_TRIAL: trial_key})
             if rid is None:
-                parent = self.parent_run()
+                config = trial_key.rsplit("__", 1)[-1]
                 run = self.client.create_run(self.experiment_id(), run_name=trial_key, tags={
-                    TAG_SWEEP: self.sweep_name, TAG_ROLE: "trial", TAG_TRIAL: trial_key, TAG_PARENT: parent})
+                    TAG_SWEEP: self.sweep_name, TAG_ROLE: "trial", TAG_TRIAL: trial_key, TAG_CONFIG: config,
+                    TAG_PARENT: parent})
                 rid = run.info.run_id
+            elif self.client.get_run(rid).data.tags.get(TAG_PARENT) != parent:
+                self.client.set_tag(rid, TAG_PARENT, parent)  # reused by this configuration
             self._children[trial_key] = rid
         return self._children[trial_key]
 
@@ -226,6 +236,20 @@ class Tracker:
                                   filter_string=f"tags.`{TAG_SWEEP}` = '{self.sweep_name}'")
 
 
+def absolute_tracking_uri(uri: str) -> str:
+    """``sqlite:///runs/x.db`` -> ``sqlite:////abs/runs/x.db``: trials run in other folders."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + os.path.abspath(uri[len(prefix):])
+    return uri
+
+
+def tracker_for(sweep: Any, *, plan_digest: str = "", strict: bool = False) -> Tracker:
+    """The sweep's tracker (its URI made absolute); ``strict`` raises on an outage (``sweep sync``)."""
+    return Tracker(absolute_tracking_uri(sweep.tracking_uri), sweep.experiment, sweep.name, sweep.output,
+                   plan_digest=plan_digest, strict=strict)
+
+
 def default_artifact_location(tracking_uri: str, output: str) -> str | None:
     """Artifacts next to a SQLite store (MLflow would use ./mlruns); a server keeps its own."""
     if tracking_uri.startswith(("http://", "https://", "databricks")) or is_remote(str(output)):
@@ -255,10 +279,10 @@ def log_report_artifacts(output: str, paths: Iterable[str], *, artifact_path: st
     import shutil
     import tempfile
 
+    from lossyvision.output import load_output_sweep, load_plan
     from lossyvision.store import read_bytes
-    from lossyvision.sweep.run import load_output_sweep, make_tracker
 
-    tracker = make_tracker(load_output_sweep(output))
+    tracker = tracker_for(load_output_sweep(output), plan_digest=load_plan(output).digest)
     paths = [str(p) for p in paths]
 
     def _log() -> None:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from lossyvision.spec import Sweep
 from lossyvision.store import atomic_write_bytes, exists, join, read_bytes
-from lossyvision.sweep.plan import TrialSpec, level_dcr, ok_rows
+from lossyvision.sweep.plan import TrialSpec, level_dcr, reader_of, split_rows
 from lossyvision.sweep.results import NO_BUDGET
 
 CHECKPOINTS = "checkpoints"
@@ -95,15 +95,9 @@ class SplitImages:
 
 def split_images(sweep: Sweep, manifest: pd.DataFrame, split: str, level: float,
                  reader: Any | None = None) -> tuple[pd.DataFrame, Any]:
-    """Ok manifest rows of ``split`` at ``level``, limited like the sweep (``limit_per_split``)."""
-    from lossyvision.datasets import create_dataset
-
-    reader = reader or create_dataset(sweep.dataset.kind, sweep.dataset.root, **sweep.dataset.options)
-    rows = ok_rows(manifest, split, level, sweep.codec.name)
-    if sweep.limit_per_split:
-        allowed = {r.relpath for r in reader.select(split)[: sweep.limit_per_split]}
-        rows = rows[rows["relpath"].isin(allowed)]
-    return rows, reader
+    """Ok manifest rows of ``split`` at ``level`` (limited like the sweep) and the dataset reader."""
+    reader = reader or reader_of(sweep)
+    return split_rows(sweep, manifest, split, level, reader), reader
 
 
 def images_of(sweep: Sweep, rows: pd.DataFrame, reader: Any, split: str) -> SplitImages:
@@ -153,7 +147,11 @@ def train_images(sweep: Sweep, trial: TrialSpec, manifest: pd.DataFrame, reader:
 
 # --- resumable state -----------------------------------------------------------------------------
 def save_progress(directory: str, epoch: int, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
-    """Write a resumable checkpoint (``state.pt`` + ``progress.json``) into a local folder."""
+    """Write a resumable checkpoint (``state.pt`` + ``progress.json``) into a local folder.
+
+    ``state`` holds tensors, numbers, strings and containers of them only (model, optimizer and
+    scheduler state dicts), so :func:`load_progress` reads it with ``weights_only=True``.
+    """
     import torch
 
     os.makedirs(directory, exist_ok=True)
@@ -165,7 +163,9 @@ def save_progress(directory: str, epoch: int, state: dict[str, Any], history: li
 def load_progress(directory: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     import torch
 
-    state = torch.load(os.path.join(directory, RESUME_STATE_FILE), map_location="cpu", weights_only=False)
+    # weights_only: a state.pt planted in OUTPUT/tune cannot run code; it fails to load and the
+    # trial starts over (run_trial's warning).
+    state = torch.load(os.path.join(directory, RESUME_STATE_FILE), map_location="cpu", weights_only=True)
     with open(os.path.join(directory, RESUME_META_FILE)) as f:
         history = json.load(f)["history"]
     return state, history
@@ -215,8 +215,9 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
 
     import torch
 
-    from lossyvision.data import ImageSamples
     from lossyvision.codecs import create_codec
+    from lossyvision.data import ImageSamples
+    from lossyvision.seeding import seed_everything, set_deterministic, trial_seed
     from lossyvision.tasks import create_task
 
     started = time.time()
@@ -225,7 +226,9 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
     images = train_images(sweep, trial, manifest)
     reader_classes = _classes(sweep)
     device = device or device_for(sweep.resources.trial.gpu)
-    task = create_task(spec.task, spec, reader_classes, device=device)
+    seed = trial_seed(sweep.seed, trial.repeat)
+    set_deterministic(sweep.deterministic)
+    task = create_task(spec.task, spec, reader_classes, device=device, seed=seed)
     codec = create_codec(sweep.codec.name, **sweep.codec.options)
     train = ImageSamples(images.uris, images.targets, decode=codec.decode)
 
@@ -240,6 +243,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
                                                 trial.key, resume_dir, e)
             state, history = None, []
     resumed_from = int(state["epoch"]) if state else 0
+    seed_everything(seed)  # the initial weights (a random head, or a whole model from scratch)
     model = task.build_model()
 
     def on_epoch(epoch: int, metrics: dict[str, float], st: dict[str, Any]) -> None:
@@ -254,7 +258,8 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
 
     train_dcr = level_dcr(manifest, sweep.train_split, trial.train_level, sweep.codec.name)
     meta = {
-        "trial": trial.as_dict(), "key": trial.key, "sweep": sweep.name, "task": spec.task,
+        "trial": trial.as_dict(), "key": trial.key, "config": trial.config, "seed": seed, "sweep": sweep.name,
+        "task": spec.task, "deterministic": bool(sweep.deterministic),
         "metric_names": list(task.metric_names),
         "n_train_images": len(images), "train_bytes": images.compressed_bytes,
         "budget_exhausted": images.exhausted,

@@ -26,11 +26,16 @@ class Task(ABC):
     #: Metrics ``evaluate`` returns, e.g. ("top1", "top5"); the first is the headline metric.
     metric_names: tuple[str, ...] = ()
 
-    def __init__(self, spec: Any, classes: list[str], device: str = "cpu") -> None:
-        """``spec`` is a :class:`lossyvision.spec.ModelSpec`; ``classes`` the dataset's class names."""
+    def __init__(self, spec: Any, classes: list[str], device: str = "cpu", seed: int = 0) -> None:
+        """``spec`` is a :class:`lossyvision.spec.ModelSpec`; ``classes`` the dataset's class names.
+
+        ``seed`` fixes the data order and augmentation of :meth:`fit` (the sweep engine passes the
+        trial's seed, :func:`lossyvision.seeding.trial_seed`).
+        """
         self.spec = spec
         self.classes = list(classes)
         self.device = device
+        self.seed = int(seed)
 
     @abstractmethod
     def build_model(self) -> Any:
@@ -45,8 +50,17 @@ class Task(ABC):
         """
 
     @abstractmethod
+    def outcomes(self, model: Any, test: Any) -> Any:
+        """Per-image :class:`~lossyvision.metrics.base.Outcomes` on the ``test`` samples.
+
+        They recompute :meth:`evaluate`'s metrics exactly, and on any resample of the images
+        (intervals, paired comparisons). Images are named by ``test.ids`` when the samples have
+        them (the sweep's test levels do), else by their index.
+        """
+
     def evaluate(self, model: Any, test: Any) -> dict[str, float]:
         """Metric name -> value on the ``test`` samples (names as in ``metric_names``)."""
+        return self.outcomes(model, test).metrics()
 
     def load_state(self, model: Any, state: dict[str, Any]) -> Any:
         """Put the weights of a ``state`` given to ``on_epoch`` into ``model`` (e.g. to evaluate it)."""
@@ -58,7 +72,13 @@ class Task(ABC):
 TASKS: Registry[type[Task]] = Registry("task")
 
 
-def create_task(name: str, spec: Any, classes: list[str], device: str = "cpu") -> Task:
+def create_task(name: str, spec: Any, classes: list[str], device: str = "cpu", seed: int = 0) -> Task:
     import lossyvision.tasks  # noqa: F401  (fills the registry)
 
-    return TASKS.get(name)(spec, classes, device=device)
+    return TASKS.get(name)(spec, classes, device=device, seed=seed)
+
+
+def sample_ids(samples: Any) -> list[str]:
+    """The samples' image ids (``samples.ids``), or their positions when they have none."""
+    ids = getattr(samples, "ids", None)
+    return [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(samples))]

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lossyvision.metrics.classification import topk_correct
-from lossyvision.tasks.base import TASKS, EpochCallback, Task
+from lossyvision.metrics.classification import ClassificationOutcomes
+from lossyvision.tasks.base import TASKS, EpochCallback, Task, sample_ids
 from lossyvision.tasks.training import (
     COMMON_OPTIONS,
     autocast,
@@ -103,8 +103,8 @@ class ClassificationTask(Task):
     name = "classification"
     metric_names = ("top1", "top5")
 
-    def __init__(self, spec: Any, classes: list[str], device: str = "cpu") -> None:
-        super().__init__(spec, classes, device)
+    def __init__(self, spec: Any, classes: list[str], device: str = "cpu", seed: int = 0) -> None:
+        super().__init__(spec, classes, device, seed)
         check_options(spec, OPTIONS, self.name)
         if not self.classes:
             raise ValueError("classification needs at least one class")
@@ -203,7 +203,7 @@ class ClassificationTask(Task):
             state: dict[str, Any] | None = None) -> None:
         device = torch.device(self.device)
         model.to(device)
-        seed = int(option(self.spec, "seed", 0))
+        seed = self.seed
         collate = self._collate(model, train=True)
         workers = int(option(self.spec, "num_workers", 0))
 
@@ -259,7 +259,6 @@ class ClassificationTask(Task):
             raise ValueError("no test samples: the test split is empty")
         return np.concatenate(scores), np.concatenate(labels)
 
-    def evaluate(self, model: Any, test: Any) -> dict[str, float]:
+    def outcomes(self, model: Any, test: Any) -> ClassificationOutcomes:
         scores, labels = self.predict(model, test)
-        counts = topk_correct(scores, labels, (1, 5))
-        return {"top1": counts[1] / len(labels), "top5": counts[5] / len(labels)}
+        return ClassificationOutcomes.from_scores(sample_ids(test), scores, labels)

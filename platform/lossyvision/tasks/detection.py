@@ -37,8 +37,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from lossyvision.metrics.voc import voc_map
-from lossyvision.tasks.base import TASKS, EpochCallback, Task
+from lossyvision.metrics.voc import DetectionOutcomes
+from lossyvision.tasks.base import TASKS, EpochCallback, Task, sample_ids
 from lossyvision.tasks.classification import uint8_chw
 from lossyvision.tasks.training import (
     COMMON_OPTIONS,
@@ -120,8 +120,8 @@ class DetectionTask(Task):
     name = "detection"
     metric_names = ("map50",)
 
-    def __init__(self, spec: Any, classes: list[str], device: str = "cpu") -> None:
-        super().__init__(spec, classes, device)
+    def __init__(self, spec: Any, classes: list[str], device: str = "cpu", seed: int = 0) -> None:
+        super().__init__(spec, classes, device, seed)
         check_options(spec, OPTIONS, self.name)
         if not self.classes:
             raise ValueError("detection needs at least one class")
@@ -236,7 +236,7 @@ class DetectionTask(Task):
             return self._mmdet.fit(model, train, on_epoch=on_epoch, state=state)
         device = torch.device(self.device)
         model.to(device)
-        seed = int(option(self.spec, "seed", 0))
+        seed = self.seed
         iters = len(self._loader(train, train=True))
         optimizer, scheduler = self.optimizer_and_schedule(model, iters)
         amp = bool(option(self.spec, "amp", False))
@@ -275,12 +275,12 @@ class DetectionTask(Task):
             raise ValueError("no test samples: the test split is empty")
         return dets, gts
 
-    def evaluate(self, model: Any, test: Any) -> dict[str, float]:
+    def outcomes(self, model: Any, test: Any) -> DetectionOutcomes:
         if self._mmdet is not None:
             dets, gts = self._mmdet.predict(model, test)
         else:
             dets, gts = self.predict(model, test)
-        return {"map50": voc_map(dets, gts, len(self.classes), iou_threshold=0.5, mode="area")}
+        return DetectionOutcomes(sample_ids(test), dets, gts, len(self.classes), iou_threshold=0.5, mode="area")
 
     def load_state(self, model: Any, state: dict[str, Any]) -> Any:
         if self._mmdet is not None:

@@ -123,7 +123,7 @@ class MMDetBackend:
         task = self.task
         device = torch.device(task.device)
         model.to(device)
-        seed = int(option(self.spec, "seed", 0))
+        seed = task.seed
         iters = len(task._loader(train, train=True))
         optimizer, scheduler = task.optimizer_and_schedule(model, iters)
         amp = bool(option(self.spec, "amp", False))

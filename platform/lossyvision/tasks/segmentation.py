@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lossyvision.metrics.segmentation import confusion_matrix, mean_accuracy, mean_iou
-from lossyvision.tasks.base import TASKS, EpochCallback, Task
+from lossyvision.metrics.segmentation import SegmentationOutcomes, confusion_matrix
+from lossyvision.tasks.base import TASKS, EpochCallback, Task, sample_ids
 from lossyvision.tasks.classification import uint8_chw
 from lossyvision.tasks.training import (
     COMMON_OPTIONS,
@@ -170,8 +170,8 @@ class SegmentationTask(Task):
     name = "segmentation"
     metric_names = ("miou", "macc")
 
-    def __init__(self, spec: Any, classes: list[str], device: str = "cpu") -> None:
-        super().__init__(spec, classes, device)
+    def __init__(self, spec: Any, classes: list[str], device: str = "cpu", seed: int = 0) -> None:
+        super().__init__(spec, classes, device, seed)
         check_options(spec, OPTIONS, self.name)
         if len(self.classes) < 2:
             raise ValueError(f"segmentation needs at least two classes, got {self.classes}")
@@ -262,7 +262,7 @@ class SegmentationTask(Task):
             state: dict[str, Any] | None = None) -> None:
         device = torch.device(self.device)
         model.to(device)
-        seed = int(option(self.spec, "seed", 0))
+        seed = self.seed
         iters = len(self._loader(train, train=True))
         lr = float(recipe(self.spec, "lr", RECIPE_LR))
         wd = float(recipe(self.spec, "weight_decay", RECIPE_WEIGHT_DECAY))
@@ -315,24 +315,25 @@ class SegmentationTask(Task):
         return total / count
 
     @torch.no_grad()
-    def confusion(self, model: Any, test: Any) -> np.ndarray:
-        """The (C, C) confusion matrix over ``test`` at the labels' resolution (rows: ground truth)."""
+    def confusions(self, model: Any, test: Any) -> np.ndarray:
+        """(n, C, C): each test image's confusion matrix at the labels' resolution (rows: ground truth)."""
         device = torch.device(self.device)
         model.to(device).eval()
-        conf = np.zeros((len(self.classes), len(self.classes)), dtype=np.int64)
-        seen = 0
+        per_image = []
         for images, masks in self._loader(test, train=False, batch_size=1):
             for img, mask in zip(images, masks):
                 logits = self.logits(model, img[None].to(device, non_blocking=True))
                 if tuple(logits.shape[-2:]) != mask.shape:
                     logits = F.interpolate(logits, size=mask.shape, mode="bilinear", align_corners=False)
                 pred = logits.argmax(1)[0].cpu().numpy()
-                conf += confusion_matrix(pred, mask, len(self.classes), IGNORE_INDEX)
-                seen += 1
-        if not seen:
+                per_image.append(confusion_matrix(pred, mask, len(self.classes), IGNORE_INDEX))
+        if not per_image:
             raise ValueError("no test samples: the test split is empty")
-        return conf
+        return np.stack(per_image)
 
-    def evaluate(self, model: Any, test: Any) -> dict[str, float]:
-        conf = self.confusion(model, test)
-        return {"miou": mean_iou(conf), "macc": mean_accuracy(conf)}
+    def confusion(self, model: Any, test: Any) -> np.ndarray:
+        """The (C, C) confusion matrix summed over ``test`` (what mIoU and mAcc are computed from)."""
+        return self.confusions(model, test).sum(axis=0)
+
+    def outcomes(self, model: Any, test: Any) -> SegmentationOutcomes:
+        return SegmentationOutcomes(np.asarray(sample_ids(test), dtype=object), self.confusions(model, test))

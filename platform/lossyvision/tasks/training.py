@@ -41,18 +41,20 @@ def check_options(spec: Any, known: Iterable[str], task: str) -> None:
                          f"known: {', '.join(sorted(known))}")
 
 
-COMMON_OPTIONS = ("num_workers", "seed", "amp", "schedule", "warmup_iters", "warmup_ratio", "lr_steps",
+COMMON_OPTIONS = ("num_workers", "amp", "schedule", "warmup_iters", "warmup_ratio", "lr_steps",
                   "lr_gamma", "grad_clip", "eval_batch_size", "min_lr_ratio", "poly_power")
 
 
 # --------------------------------------------------------------------------- data
 def make_loader(dataset: Any, batch_size: int, collate_fn: Callable, *, shuffle: bool, num_workers: int = 0,
                 seed: int = 0, device: str = "cpu", drop_last: bool = False) -> DataLoader:
-    """A DataLoader whose shuffle order depends only on ``seed`` (so a resumed epoch sees the same order)."""
+    """A DataLoader whose order and worker seeds depend only on ``seed`` (a resumed epoch sees the same order)."""
+    from lossyvision.seeding import seed_worker
+
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn,
-                      num_workers=num_workers, generator=generator, drop_last=drop_last,
+                      num_workers=num_workers, generator=generator, drop_last=drop_last, worker_init_fn=seed_worker,
                       pin_memory=str(device).startswith("cuda"), persistent_workers=False)
 
 
