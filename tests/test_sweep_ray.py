@@ -93,8 +93,9 @@ def check_mlflow(uri: str, experiment: str) -> None:
 
 
 def test_sweep_fills_the_grid_tracks_it_and_reruns_do_nothing(ray_cluster, demo_root, store, tmp_path, capsys):
+    from lossyvision.output import load_output_sweep, load_plan, read_predictions
     from lossyvision.sweep.results import read_results
-    from lossyvision.sweep.run import load_output_sweep, run_sweep
+    from lossyvision.sweep.run import run_sweep
     from lossyvision.sweep.status import grid_status
 
     out = tmp_path / "grid"
@@ -112,9 +113,19 @@ def test_sweep_fills_the_grid_tracks_it_and_reruns_do_nothing(ray_cluster, demo_
     dcr = results.groupby("test_level").test_dcr.first()
     assert dcr[4.0] > dcr[0.0]
     assert (results.n_train_images == 24).all()
+    # Every value has its interval, and its paired value relative to the baseline cell.
+    assert ((results.ci_low <= results.value) & (results.value <= results.ci_high)).all()
+    assert results.rel.notna().all() and (results.rel_low <= results.rel_high).all()
+    base = results[(results.train_level == 0) & (results.test_level == 0)]
+    assert (base.rel == 100.0).all() and set(results.baseline_cell) == set(base.cell_id)
+    # Each cell's predictions file recomputes its metrics exactly.
+    for cell_id, rows in results.groupby("cell_id"):
+        metrics = read_predictions(str(out), cell_id).metrics()
+        assert {r.metric: r.value for r in rows.itertuples()} == metrics
+        assert rows.n_test_images.iloc[0] == len(read_predictions(str(out), cell_id))
     check_mlflow(outcome.tracking_uri, "grid")
 
-    status = grid_status(load_output_sweep(str(out)), str(out))
+    status = grid_status(load_output_sweep(str(out)), str(out), load_plan(str(out)))
     assert (status.state == "done").all() and len(status) == 4
 
     # Rerun: nothing trained, evaluated or logged twice.
@@ -248,10 +259,18 @@ def test_killed_driver_resumes_without_redoing_finished_work(demo_root, store, t
     env.pop("RAY_ADDRESS", None)
     log = (tmp_path / "driver.log").open("wb")
     driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    first, second = "r10__d0__r0", "r10__d4__r0"
     try:
         deadline = time.time() + 400
+        first = second = None
         while time.time() < deadline and driver.poll() is None:
+            if first is None:  # the keys carry the configuration's hash: read them from the plan
+                if not (out / "plan.json").exists():
+                    time.sleep(0.2)
+                    continue
+                keys = [t for t in json.loads((out / "plan.json").read_text())["trials"]]
+                from lossyvision.sweep.plan import TrialSpec
+
+                first, second = [TrialSpec.from_dict(t).key for t in keys]
             done = [k for k in (first, second) if (out / "checkpoints" / k / "trial.json").exists()]
             running = [k for k in (first, second) if k not in done
                        and list(out.glob(f"tune/*/{k}/checkpoint_*/state.pt"))]
