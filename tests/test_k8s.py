@@ -230,7 +230,8 @@ def test_gpu_resources_only_on_the_gpu_group(overlay):
         return
     assert set(groups) == {"cpu", "gpu"}
     gpu = groups["gpu"]
-    (worker,) = gpu["template"]["spec"]["containers"]
+    worker = gpu["template"]["spec"]["containers"][0]  # KubeRay's Ray container is the first; sidecars follow
+    assert worker["name"] == "ray-worker"
     assert worker["resources"]["requests"]["nvidia.com/gpu"] == worker["resources"]["limits"]["nvidia.com/gpu"] >= 1
     tolerations = gpu["template"]["spec"]["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
@@ -296,7 +297,9 @@ def test_example_secret_generator_renders(tmp_path):
     shutil.copy(K8S / "secrets" / "secrets.env.example", tmp_path / "secrets.env")
     (secret,) = render(tmp_path)
     assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "lossyvision-credentials"
-    assert set(secret["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "POSTGRES_USER", "POSTGRES_PASSWORD"}
+    assert set(secret["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "POSTGRES_USER", "POSTGRES_PASSWORD",
+                                   "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                                   "MLFLOW_FLASK_SERVER_SECRET_KEY"}
     example = (K8S / "secrets" / "secrets.env.example").read_text()
     assert "CHANGE_ME" in example
     assert "secrets.env" in (K8S / "secrets" / ".gitignore").read_text().split()
