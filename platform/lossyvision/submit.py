@@ -187,7 +187,8 @@ def rayjob_manifests(docs: list[dict[str, Any]], sweep_text: str, sweep_name: st
     job["metadata"]["labels"] = {**(job["metadata"].get("labels") or {}), **labels}
     namespace = job["metadata"].get("namespace")
     if not _rename_configmap_refs(job["spec"], SWEEP_CONFIGMAP, name):
-        raise SubmitError(f"the overlay's RayJob mounts no ConfigMap {SWEEP_CONFIGMAP!r} to replace with the sweep file")
+        raise SubmitError(f"the overlay's RayJob mounts no ConfigMap {SWEEP_CONFIGMAP!r} "
+                          "to replace with the sweep file")
     overlay_cm = next((d for d in docs if d.get("kind") == "ConfigMap"
                        and d["metadata"].get("name") == SWEEP_CONFIGMAP), None)
     keys = list((overlay_cm or {}).get("data") or {}) or ["sweep.yaml"]
