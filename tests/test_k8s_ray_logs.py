@@ -6,13 +6,13 @@ SIGTERM; the S3 case runs against moto's S3 server, reached through the AWS vari
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -22,10 +22,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 SCRIPT = Path(__file__).resolve().parents[1] / "k8s" / "base" / "ship_ray_logs.py"
 
 
-def load_shipper():
-    spec = importlib.util.spec_from_file_location("ship_ray_logs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # no side effects at import: main() only runs as a script
+def load_shipper() -> types.ModuleType:
+    """The script as a module (no side effects: main() only runs as a script), without a __pycache__ in k8s/."""
+    module = types.ModuleType("ship_ray_logs")
+    module.__file__ = str(SCRIPT)
+    exec(compile(SCRIPT.read_text(), str(SCRIPT), "exec"), module.__dict__)
     return module
 
 
