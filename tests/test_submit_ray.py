@@ -102,6 +102,17 @@ def test_check_sweep_file_rejects_real_problems(tmp_path):
         submission.check_sweep_file(path)
 
 
+def test_submission_name_is_the_sweep_plus_a_short_id():
+    names = {submission.submission_name("food101-vit") for _ in range(50)}
+    assert len(names) == 50 and all(re.fullmatch(r"food101-vit-[a-z0-9]{6}", n) for n in names)
+    assert submission.submission_name("Demo Sweep_2", "abc123") == "demo-sweep-2-abc123"
+    assert submission.submission_name("2024 grid", "abc123") == "sweep-2024-grid-abc123"  # starts with a letter
+    long = submission.submission_name("x" * 100, "abc123")
+    assert len(long) == 47 and long.endswith("-abc123")  # KubeRay's RayJob name limit
+    for name in ("---", "é", "a.b/c", "A" * 60 + "-"):
+        assert re.fullmatch(r"[a-z]([-a-z0-9]{0,45}[a-z0-9])?", submission.submission_name(name)), name
+
+
 def test_format_status_and_exit_code():
     text = submission.format_status({"submission_id": "raysubmit_1", "status": "FAILED", "entrypoint": "x",
                                      "start_time": 1_700_000_000_000, "end_time": 1_700_000_002_500,
@@ -200,7 +211,11 @@ def test_failed_job_exits_nonzero(head, tmp_path):
     assert result.exit_code == 1, result.output
     assert re.search(r"job \S+: FAILED", result.output)
     assert "does not exist" in result.output  # the driver's own error, streamed back
-    runtime_env = job_info(head.address, job_id_of(result.output))["runtime_env"]
+    job_id = job_id_of(result.output)
+    assert re.fullmatch(r"tiny-submit-[a-z0-9]{6}", job_id), "the job is named after its sweep, plus a short id"
+    info = job_info(head.address, job_id)
+    assert info["submission_id"] == job_id and info["metadata"] == {"lossyvision_sweep": "tiny-submit"}
+    runtime_env = info["runtime_env"]
     assert runtime_env["env_vars"] == {"LV_SUBMIT_TEST": "1"}
     assert len(runtime_env["py_modules"]) == 1  # this checkout's package went with the job
 

@@ -318,16 +318,35 @@ def submit(
     env: list[str] = typer.Option([], "--env", metavar="NAME=VALUE", help="Extra env var for the job (repeatable)."),
     ship_code: bool = typer.Option(
         False, "--ship-code", help="Upload this checkout's lossyvision package with the job (no image rebuild)."),
+    manifest: Optional[Path] = typer.Option(
+        None, "--manifest", metavar="OVERLAY",
+        help="Print a new RayJob for SWEEP_FILE from this kustomize overlay (e.g. k8s/overlays/gpu), named "
+             "<sweep>-<id>, with its sweep ConfigMap, for `kubectl create -f -`; no Ray job server involved."),
 ) -> None:
-    """Submit a sweep to a Ray cluster through the Job Submission API.
+    """Submit a sweep to a Ray cluster through the Job Submission API, or print it as a new RayJob.
 
     Streams the job's logs and exits 1 if it fails. RAY_AUTH_TOKEN, if set, is sent as the
-    bearer token of clusters with token authentication.
+    bearer token of clusters with token authentication. Each submission is named
+    <sweep name>-<short id>.
     """
     from lossyvision import submit as submission
 
     if sum(x is not None for x in (sweep_file, status, stop)) != 1:
         fail("give exactly one of SWEEP_FILE, --status JOB or --stop JOB")
+    if manifest is not None:
+        if sweep_file is None or env or ship_code or no_wait:
+            fail("--manifest takes a SWEEP_FILE and no --env, --ship-code or --no-wait")
+        try:
+            sweep_name = submission.check_sweep_file(sweep_file)
+            docs = submission.rayjob_manifests(submission.render_overlay(manifest),
+                                               sweep_file.read_text(encoding="utf-8"), sweep_name)
+        except submission.SubmitError as e:
+            fail(str(e))
+        typer.echo(submission.dump_manifests(docs), nl=False)
+        job = docs[-1]["metadata"]
+        typer.echo(f"RayJob {job['name']} (namespace {job.get('namespace', 'default')}) and its ConfigMap: "
+                   "pipe into `kubectl create -f -`", err=True)
+        return
     try:
         from lossyvision.runners import submit as runner
 

@@ -53,7 +53,9 @@ def submit_sweep(sweep_file: str, address: str, *, wait: bool = True, env_vars: 
     """Submit ``lossyvision sweep run <sweep file>`` as a Ray job; stream its logs until it ends.
 
     The sweep file is checked first (see :func:`lossyvision.submit.check_sweep_file`) and shipped
-    in the job's working dir. ``echo`` gets the job id line, then log chunks as they arrive.
+    in the job's working dir. The job's id is ``<sweep name>-<short id>``
+    (:func:`lossyvision.submit.submission_name`): unique per submission, and readable in
+    ``ray job list`` and the dashboard. ``echo`` gets the job id line, then log chunks as they arrive.
     """
     sweep_name = submission.check_sweep_file(sweep_file)
     client = client or connect(address)
@@ -62,6 +64,7 @@ def submit_sweep(sweep_file: str, address: str, *, wait: bool = True, env_vars: 
         runtime_env = submission.build_runtime_env(staging, env_vars=env_vars, ship_code=ship_code)
         try:
             job_id = client.submit_job(entrypoint=submission.entrypoint(name), runtime_env=runtime_env,
+                                       submission_id=submission.submission_name(sweep_name),
                                        metadata={"lossyvision_sweep": sweep_name})
         except RuntimeError as e:  # the server refused the job (bad runtime env, package too large, ...)
             raise submission.SubmitError(f"the Ray job server refused the job: {e}") from None
