@@ -107,8 +107,8 @@ def test_cli_demo_data(tmp_path):
     result = runner.invoke(app, ["demo-data", str(tmp_path / "d"), "--png"])
     assert result.exit_code == 0, result.output
     assert "9 classes" in result.output and "PNG" in result.output
-    assert "train  360 images" in result.output and "test   108 images" in result.output
-    assert len(list((tmp_path / "d" / "test").rglob("*.png"))) == 108
+    assert "train  360 images" in result.output and "test   900 images" in result.output
+    assert len(list((tmp_path / "d" / "test").rglob("*.png"))) == 900
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "other.txt").write_text("keep")
     bad = runner.invoke(app, ["demo-data", str(tmp_path / "x")])

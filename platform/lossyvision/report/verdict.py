@@ -107,12 +107,13 @@ def question_verdict(g: pd.DataFrame, question: str, keep: float) -> Verdict | N
             continue
         blocked = (row, status)
         break
-    who = {"matched": "models trained and tested there", "train": "models trained there and tested on the "
-           "originals' test level", "test": "a model trained at the baseline level, tested there"}[question]
+    who = {"matched": "Models trained and tested there keep",
+           "train": f"Models trained there and tested at distance {base_test:g} keep",
+           "test": f"A model trained at distance {base_train:g} and tested there keeps"}[question]
     confidence = "95% confidence"
     if kept is not None:
         level = float(kept[level_col])
-        text = (f"{lead} distance {level:g} ({_dcr_text(float(kept[dcr_col]))}). {who[0].upper() + who[1:]} keep "
+        text = (f"{lead} distance {level:g} ({_dcr_text(float(kept[dcr_col]))}). {who} "
                 f"≥ {threshold:g}% of the baseline {metric} with {confidence} (lower bound {_pct(kept['rel_low'])}).")
         if blocked is not None:
             row, status = blocked
