@@ -152,3 +152,48 @@ def test_cli_sweep_run_rejects_a_bad_sweep_file_cleanly(tmp_path):
     result = CliRunner().invoke(app, ["sweep", "run", str(bad)])
     assert result.exit_code == 2 and "train_levels" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_output_from_before_configuration_keys_is_refused_and_left_untouched(tmp_path):
+    """Rows without configuration hashes could be an edited sweep's: never mixed, one clear line."""
+    from typer.testing import CliRunner
+
+    from lossyvision.cli import app
+
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "sweep.yaml").write_text("name: old\n")
+    pd.DataFrame([dict(model="m", value=0.5)]).to_parquet(out / "results.parquet")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    data = tmp_path / "data"
+    (data / "train" / "c").mkdir(parents=True)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: old\ndataset: {{root: {data}}}\ntrain_levels: [0]\ntest_levels: [0]\n"
+                     "models: [{name: m, task: classification, arch: resnet10t}]\n"
+                     f"output: {out}\n")
+    runner = CliRunner()
+    for args in (["sweep", "run", str(sweep)], ["report", str(out)], ["sweep", "status", str(out)],
+                 ["advise", str(out)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "earlier lossyvision" in result.output and "Traceback" not in result.output, result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+
+
+def test_advise_prints_the_verdict_of_a_sweep_without_budgets(tmp_path):
+    from typer.testing import CliRunner
+
+    from lossyvision.cli import app
+    from report_data import make_output
+
+    out = make_output(tmp_path, sensitivity=False)
+    result = CliRunner().invoke(app, ["advise", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "cnn (top1):" and any(ln.strip().startswith("Store everything at") for ln in lines)
+    assert any("Serve compressed test data at" in ln for ln in lines)
+    assert not (out / "scaling_fit.json").exists() and not (out / "report").exists()  # advice writes nothing
+    only = CliRunner().invoke(app, ["advise", str(out), "--model", "vit"])
+    assert only.exit_code == 0 and "cnn" not in only.output and "Store" in only.output
+    refused = CliRunner().invoke(app, ["advise", str(out), "--budget", "1GB"])
+    assert refused.exit_code == 2 and "only apply to a budget sweep" in refused.output

@@ -189,7 +189,13 @@ def _sweep_output(tmp_path):
     spec = sweep.model("tiny")
     task = create_task("classification", spec, ["astronaut", "chelsea", "coffee"])
     net = task.build_model()
-    key = TrialSpec(model="tiny", train_level=0.0).key
+    from lossyvision import output as outdir
+    from lossyvision.sweep.plan import CellSpec, Grid
+
+    trials = [TrialSpec(model="tiny", train_level=level, config=f"c0ffee000{int(level)}") for level in (0.0, 2.0)]
+    outdir.mark(str(out))
+    outdir.write_plan(str(out), Grid(trials, [CellSpec(t, 0.0, "5eed000000") for t in trials]))
+    key = trials[0].key
     ckpt = checkpoint_dir(str(out), key)
     buf = _io.BytesIO()
     torch.save(net.state_dict(), buf)
@@ -204,7 +210,8 @@ def test_cli_sensitivity_on_a_sweep_checkpoint_logs_to_mlflow(tmp_path):
 
     from lossyvision.cli import app
     from lossyvision.report.build import build_report
-    from lossyvision.sweep.run import load_output_sweep, make_tracker
+    from lossyvision.output import load_output_sweep, load_plan
+    from lossyvision.sweep.tracking import tracker_for
 
     out, key = _sweep_output(tmp_path)
     runner = CliRunner()
@@ -215,7 +222,7 @@ def test_cli_sensitivity_on_a_sweep_checkpoint_logs_to_mlflow(tmp_path):
     back = SensitivityResult.from_npz_bytes(npz.read_bytes())
     assert back.maps.shape == (3, 8, 8) and back.n_classes == 3 and back.extra["trial"] == key
     assert (out / "sensitivity" / f"{key}-basis-Cr.png").exists()
-    tracker = make_tracker(load_output_sweep(str(out)))
+    tracker = tracker_for(load_output_sweep(str(out)), plan_digest=load_plan(str(out)).digest)
     logged = {a.path for a in tracker.client.list_artifacts(tracker.parent_run(), "sensitivity")}
     assert f"sensitivity/{key}-gradient.npz" in logged and f"sensitivity/{key}-basis-Y.png" in logged
     # the report picks the maps up

@@ -189,12 +189,13 @@ def report(
 
 def _log_artifacts(output: str, paths: list[str], artifact_path: str) -> None:
     """Log files to the sweep's MLflow parent run when OUTPUT is a sweep's output; warn otherwise."""
+    from lossyvision.output import OutputError
     from lossyvision.spec import SpecError
     from lossyvision.sweep.tracking import log_report_artifacts
 
     try:
         ok = log_report_artifacts(output, paths, artifact_path=artifact_path)
-    except SpecError as e:
+    except (SpecError, OutputError) as e:
         typer.secho(f"warning: not logged to MLflow: {str(e).splitlines()[0]}", fg=typer.colors.YELLOW, err=True)
         return
     if ok:
@@ -218,6 +219,7 @@ def sensitivity(
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the files to the sweep's MLflow run."),
 ) -> None:
     """DCT-frequency sensitivity maps of a trained classifier."""
+    from lossyvision.output import OutputError
     from lossyvision.sensitivity import SensitivityError, run_sweep_sensitivity
     from lossyvision.spec import SpecError
     from lossyvision.sweep.trials import TrialError
@@ -225,7 +227,7 @@ def sensitivity(
     try:
         done = run_sweep_sensitivity(output, model=model, train_level=train_level, repeat=repeat, n_images=images,
                                      mode=mode, eps=eps, blocks_per_image=blocks, seed=seed, device=device)
-    except (SensitivityError, SpecError, TrialError, KeyError) as e:
+    except (SensitivityError, SpecError, OutputError, TrialError, KeyError) as e:
         fail(str(e).strip("'\""))
     typer.echo(done.result.describe())
     for p in done.paths:
@@ -255,15 +257,15 @@ def advise(
     fit is too poor or the budget asks it to extrapolate.
     """
     from lossyvision.advisor import advise_output, format_report, parse_count
-    from lossyvision.output import OutputError, load_output_sweep
+    from lossyvision.output import OutputError, raw_sweep
     from lossyvision.spec import SpecError
     from lossyvision.units import parse_bytes
 
     try:
-        sweep = load_output_sweep(output)
+        budgets = raw_sweep(output).get("budgets")
     except (SpecError, OutputError) as e:
         fail(str(e))
-    if not sweep.budgets:
+    if not budgets:
         given = [n for n, v in (("--budget", budget), ("--images-available", images_available),
                                 ("--test-level", test_level), ("--store", store_uri)) if v is not None]
         if given:

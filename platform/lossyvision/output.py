@@ -88,10 +88,29 @@ def write_sweep(output: str, sweep: Any) -> str:
     return uri
 
 
+def raw_sweep(output: str) -> dict[str, Any]:
+    """``OUTPUT/sweep.yaml`` as plain data, unvalidated: readable where its dataset is not reachable."""
+    from lossyvision.spec import SpecError
+
+    check_format(output)
+    uri = path(output, SWEEP_COPY)
+    if not store.exists(uri):
+        raise SpecError(f"{uri} does not exist: is {output} the output folder of a sweep run?")
+    try:
+        data = yaml.safe_load(store.read_bytes(uri).decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise SpecError(f"{uri} is damaged ({type(e).__name__}); rerun `lossyvision sweep run` with the "
+                        "original sweep file to rewrite it") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{uri} is damaged (not a mapping); rerun `lossyvision sweep run` to rewrite it")
+    return data
+
+
 def load_output_sweep(output: str) -> Any:
     """The sweep a run left in OUTPUT (``OUTPUT/sweep.yaml``), its output set to OUTPUT."""
     from lossyvision.spec import SpecError, parse_sweep
 
+    check_format(output)
     uri = path(output, SWEEP_COPY)
     if not store.exists(uri):
         raise SpecError(f"{uri} does not exist: is {output} the output folder of a sweep run?")
