@@ -292,9 +292,7 @@ def load_trained(sweep: Sweep, trial: TrialSpec, output: str, device: str = "cpu
 
 
 def _classes(sweep: Sweep) -> list[str]:
-    from lossyvision.datasets import create_dataset
-
-    return list(create_dataset(sweep.dataset.kind, sweep.dataset.root, **sweep.dataset.options).classes)
+    return list(reader_of(sweep).classes)
 
 
 def _cpu_state_dict(model: Any) -> dict[str, Any]:
