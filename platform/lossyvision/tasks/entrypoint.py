@@ -35,6 +35,13 @@ ENTRY_POINT = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)$")
 FACTORY_ARGS = ("classes", "num_classes", "image_size", "pretrained")
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message as one short line (torch's can run to a page)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def is_entry_point(arch: str) -> bool:
     """Whether ``arch`` names a factory (``pkg.module:factory``) rather than an architecture."""
     return bool(ENTRY_POINT.match(str(arch or "")))
@@ -52,7 +59,8 @@ def load_factory(arch: str) -> Callable[..., Any]:
         raise ValueError(f"arch {arch!r}: cannot import module {module_name!r} ({e}); install it or put its "
                          "folder on PYTHONPATH") from None
     except Exception as e:  # the user's module raised while importing
-        raise ValueError(f"arch {arch!r}: importing {module_name!r} failed: {type(e).__name__}: {e}") from None
+        raise ValueError(f"arch {arch!r}: importing {module_name!r} failed: {type(e).__name__}: {first_line(e)}") \
+            from None
     factory = getattr(module, attr, None)
     if factory is None:
         raise ValueError(f"arch {arch!r}: module {module_name!r} has no {attr!r}")
@@ -89,7 +97,7 @@ def build_entry_point(spec: Any, classes: Sequence[str], num_classes: int) -> An
     try:
         model = factory(**factory_kwargs(factory, offered, spec.arch))
     except Exception as e:
-        raise ValueError(f"arch {spec.arch!r}: the factory failed: {type(e).__name__}: {e}") from None
+        raise ValueError(f"arch {spec.arch!r}: the factory failed: {type(e).__name__}: {first_line(e)}") from None
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"arch {spec.arch!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -129,8 +137,8 @@ def check_entry_point(task: Any) -> None:
     except ValueError as e:
         raise ValueError(f"arch {spec.arch!r}: {e}") from None
     except Exception as e:  # the user's forward raised
-        raise ValueError(f"arch {spec.arch!r}: a forward pass on a tiny batch failed: {type(e).__name__}: {e}") \
-            from None
+        raise ValueError(f"arch {spec.arch!r}: a forward pass on a tiny batch failed: {type(e).__name__}: "
+                         f"{first_line(e)}") from None
     finally:
         torch.random.set_rng_state(state)
 
