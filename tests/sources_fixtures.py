@@ -14,7 +14,6 @@ import tarfile
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 from datasets_fixtures import PHOTOS, encode_image, photo_crop, write_image
 
 CLASSES = ("astronaut", "chelsea", "coffee")
@@ -184,7 +183,3 @@ def tar_members(path: str | Path) -> dict[str, bytes]:
     """Every member of a tar shard, for checks."""
     with tarfile.open(path) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
-
-
-def rgb_noise(size: tuple[int, int], seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)

@@ -249,7 +249,8 @@ def test_the_check_builds_once_per_process_and_without_pretrained_weights(models
     ({"task": "classification", "arch": "google/vit-base-patch16-224"},
      r"pretrained: false builds the model from its config, which is neither a local folder nor in the Hugging Face"),
     ({"task": "classification", "arch": "hf-hub:timm/not-cached-x"}, r"not in the local cache"),
-    ({"task": "detection", "arch": "retinanet_resnet50_fpn"}, r"unknown detection architecture 'retinanet_resnet50_fpn'"),
+    ({"task": "detection", "arch": "retinanet_resnet50_fpn"},
+     r"unknown detection architecture 'retinanet_resnet50_fpn'"),
     ({"task": "segmentation", "arch": "org/segformer-custom"}, r"names no size preset for pretrained: false"),
     ({"task": "segmentation", "arch": "segformer-b0", "options": {"model_kwargs": {"a": 1}}}, r"model_kwargs is for"),
 ])

@@ -1,4 +1,4 @@
-"""``lossyvision inspect``: on the demo data and on every fixture kind; counts, bad files, the estimate; writes nothing."""
+"""``lossyvision inspect`` on the demo data and every fixture kind: counts, bad files, the estimate; writes nothing."""
 
 from __future__ import annotations
 

@@ -69,7 +69,8 @@ def test_coco_records_splits_and_boxes(tmp_path):
         next_id += len(expected)
         t = reader.load_target(r)
         assert t["boxes"].dtype == np.float32 and t["labels"].dtype == np.int64 and t["difficult"].dtype == bool
-        np.testing.assert_array_equal(t["boxes"], [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in expected)])
+        np.testing.assert_array_equal(t["boxes"], [[x, y, x + w, y + h]
+                                                   for x, y, w, h in (a["bbox"] for a in expected)])
         assert t["labels"].tolist() == [label_of[a["category_id"]] for a in expected]
         assert t["difficult"].tolist() == [bool(a["iscrowd"]) for a in expected]  # iscrowd as VOC's difficult
     assert reader.load_target(records[0])["difficult"].tolist() == [False, False, True]
@@ -138,7 +139,8 @@ def test_coco_errors_name_the_file_and_the_annotation(tmp_path):
     with pytest.raises(ValueError, match="unknown option"):
         create_dataset("coco", str(root), mask=True)
     for mutate, message in (
-        (lambda d: d["annotations"][0].update(category_id=99), r"instances_train2017.json: annotation 1 has unknown category_id 99"),
+        (lambda d: d["annotations"][0].update(category_id=99),
+         r"instances_train2017.json: annotation 1 has unknown category_id 99"),
         (lambda d: d["annotations"][0].update(bbox=[0, 0, -3, 4]), r"annotation 1 has an invalid bbox"),
         (lambda d: d["annotations"][0].update(image_id=42), r"annotation 1 refers to no listed image"),
         (lambda d: d["images"][0].pop("width"), r"image 0 needs id, file_name, width and height"),
@@ -261,7 +263,8 @@ def test_hf_single_dataset_single_parquet_file_and_options(tmp_path, hf_roots):
     ds = datasets.Dataset.from_dict({"img": [{"bytes": encode_image(photo_crop("chelsea", i, (16, 16)), ".jpg"),
                                               "path": None} for i in range(6)],
                                      "name": ["cat", "mug"] * 3},
-                                    features=datasets.Features({"img": datasets.Image(), "name": datasets.Value("string")}))
+                                    features=datasets.Features({"img": datasets.Image(),
+                                                                "name": datasets.Value("string")}))
     ds.save_to_disk(str(tmp_path / "one"))
     reader = create_dataset("hf", str(tmp_path / "one"), image_column="img", label_column="name", test_fraction=0.5)
     assert reader.classes == ["cat", "mug"] and reader.splits() == ["test", "train"]
@@ -272,6 +275,24 @@ def test_hf_single_dataset_single_parquet_file_and_options(tmp_path, hf_roots):
         create_dataset("hf", str(tmp_path / "one"), label_column="name").records()
     with pytest.raises(ValueError, match=r"neither a save_to_disk folder .* nor Parquet files"):
         create_dataset("hf", str(tmp_path)).records()
+
+
+def test_hf_reads_through_fsspec(hf_roots):
+    """Parquet files and a save_to_disk folder under a URI (fsspec's memory filesystem here, s3:// alike)."""
+    mem = fsspec.filesystem("memory")
+    for layout in ("parquet", "save_to_disk"):
+        local = hf_roots[layout]
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            mem.pipe_file(f"/lv-hf/{layout}/{path.relative_to(local).as_posix()}", path.read_bytes())
+    try:
+        for layout in ("parquet", "save_to_disk"):
+            remote = create_dataset("hf", f"memory://lv-hf/{layout}")
+            local = create_dataset("hf", str(hf_roots[layout]))
+            assert [(r.relpath, r.label) for r in remote.records()] == [(r.relpath, r.label) for r in local.records()]
+            r = remote.records()[-1]
+            assert remote.read_source(r) == local.read_source(r)
+    finally:
+        mem.rm("/lv-hf", recursive=True)
 
 
 # --- webdataset ----------------------------------------------------------------------------------
@@ -299,8 +320,8 @@ def test_webdataset_split_folders_and_sample_keys(tmp_path):
     jpg = encode_image(photo_crop("rocket", 0, (16, 16)), ".jpg")
     # the key is the path up to the first dot of the file name; a field like seg.png is no image
     write_shard(tmp_path / "val" / "0000.tar", [("a/b.c/x", "jpg", jpg, {"cls": b"1", "seg.png": jpg})])
-    write_shard(tmp_path / "train" / "0000.tar", [("k", "webp", encode_image(photo_crop("rocket", 1, (16, 16)), ".webp"),
-                                                   {"json": b'{"cls_id": 0}'})])
+    webp = encode_image(photo_crop("rocket", 1, (16, 16)), ".webp")
+    write_shard(tmp_path / "train" / "0000.tar", [("k", "webp", webp, {"json": b'{"cls_id": 0}'})])
     reader = create_dataset("webdataset", str(tmp_path), label_key="cls_id")
     assert reader.classes == ["0", "1"]
     assert [(r.split, r.relpath) for r in reader.records()] == [

@@ -113,8 +113,8 @@ def test_webdataset_sweep_with_the_docs_classifier(ray_cluster, mlflow_db, tmp_p
     root = make_webdataset(tmp_path / "wds", per_class=4, n_test_per_class=2, size=(32, 32))
     model = {"name": "mine", "task": "classification", "arch": "my_models:small_cnn", "epochs": 1, "batch_size": 8,
              "lr": 0.003, "image_size": 32, "options": {"model_kwargs": {"width": 8}}}
-    _, results, output = run(tmp_path, mlflow_db, "wds-e2e", {"kind": "webdataset", "root": str(root), "options": WDS_OPTIONS},
-                             model)
+    dataset = {"kind": "webdataset", "root": str(root), "options": WDS_OPTIONS}
+    _, results, output = run(tmp_path, mlflow_db, "wds-e2e", dataset, model)
     assert (results["n_train_images"] == 12).all() and set(results["model"]) == {"mine"}
     # The reader sees the shards as Ray Data's own WebDataset reader does: same samples, same labels.
     from lossyvision.datasets import create_dataset
@@ -140,7 +140,8 @@ def test_coco_sweep_with_the_docs_detector(ray_cluster, mlflow_db, tmp_path):
     root = make_coco(tmp_path / "coco", n_train=4, n_val=2)
     model = {"name": "det", "task": "detection", "arch": "my_models:tiny_faster_rcnn", "epochs": 1, "batch_size": 2,
              "lr": 0.01, "image_size": 64, "options": {"warmup_iters": 1}}
-    _, results, output = run(tmp_path, mlflow_db, "coco-e2e", {"kind": "coco", "root": str(root)}, model, test_split="val")
+    _, results, output = run(tmp_path, mlflow_db, "coco-e2e", {"kind": "coco", "root": str(root)}, model,
+                             test_split="val")
     assert set(results["metric"]) == {"map50"} and (results["n_train_images"] == 4).all()
     import imagecodecs
 
@@ -173,8 +174,8 @@ def test_webdataset_shards_on_s3(ray_cluster, mlflow_db, tmp_path):
     s3().put(str(local) + "/", f"{BUCKET}/wds-e2e", recursive=True)
     s3().invalidate_cache()
     uri = f"s3://{BUCKET}/wds-e2e"
-    _, results, output = run(tmp_path, mlflow_db, "wds-s3", {"kind": "webdataset", "root": uri, "options": WDS_OPTIONS}, R10,
-                             report=False)
+    dataset = {"kind": "webdataset", "root": uri, "options": WDS_OPTIONS}
+    _, results, output = run(tmp_path, mlflow_db, "wds-s3", dataset, R10, report=False)
     assert (results["n_train_images"] == 12).all()
     m = manifest_of(output)
     assert len(m) == 2 * 18 and (m["status"] == "ok").all()

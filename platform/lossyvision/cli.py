@@ -187,7 +187,10 @@ def inspect_command(
     max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Images with more pixels are bad."),
     as_json: bool = typer.Option(False, "--json", help="Print the same facts as JSON."),
 ) -> None:
-    """What a dataset holds (splits, classes, formats, sizes, bad files) and what compressing it costs. Writes nothing."""
+    """What a dataset holds (splits, classes, formats, sizes, bad files) and what compressing it costs.
+
+    Writes nothing.
+    """
     import json
 
     from lossyvision import compress as job

@@ -221,7 +221,6 @@ def estimate_store(reader: DatasetReader, records: dict[str, Record], good: Sequ
 
     codec = create_codec(codec_name, **codec_options)
     chosen = sample_relpaths(good, sample)
-    n = len(chosen)
     source = {lv: 0 for lv in levels}
     compressed = {lv: 0 for lv in levels}
     encode_s = {lv: 0.0 for lv in levels}

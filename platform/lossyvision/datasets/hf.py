@@ -26,6 +26,7 @@ import hashlib
 import json
 import posixpath
 import re
+import threading
 from typing import Any, Sequence
 
 from lossyvision.datasets._files import list_files, parse_split_map
@@ -73,10 +74,26 @@ def _parquet_file(uri: str):
     return pq.ParquetFile(fs.open(path, "rb"))
 
 
+_PARQUET_LOCK = threading.Lock()  # a ParquetFile shares one file handle: one reader at a time
+
+
 @functools.lru_cache(maxsize=2)
 def _row_group(uri: str, group: int, column: str):
     """One row group's image column (a few hundred rows at most), kept for the next rows."""
     return _parquet_file(uri).read_row_group(group, columns=[column]).column(0)
+
+
+def _parquet_value(uri: str, row: int, column: str) -> Any:
+    """Row ``row`` of ``column`` in a Parquet file, read by row group (thread-safe)."""
+    with _PARQUET_LOCK:
+        meta = _parquet_file(uri).metadata
+        group, start = 0, 0
+        while group < meta.num_row_groups and start + meta.row_group(group).num_rows <= row:
+            start += meta.row_group(group).num_rows
+            group += 1
+        if group >= meta.num_row_groups:
+            raise ValueError(f"hf: {uri} has no row {row}")
+        return _row_group(uri, group, column)[row - start].as_py()
 
 
 @DATASETS.register("hf")
@@ -138,11 +155,7 @@ class HFDatasetReader(DatasetReader):
     @functools.cached_property
     def _disk(self) -> dict[str, Any]:
         """``{split on disk: datasets.Dataset}`` of a ``save_to_disk`` folder (opened once)."""
-        try:
-            import datasets
-        except ImportError:
-            raise ImportError("hf: reading Hugging Face datasets needs the datasets library: "
-                              "pip install 'lossyvision[hf]'") from None
+        datasets = _datasets()
         try:
             loaded = datasets.load_from_disk(self.root)
         except (FileNotFoundError, ValueError, json.JSONDecodeError, KeyError) as e:
@@ -174,15 +187,16 @@ class HFDatasetReader(DatasetReader):
         """``(split on disk, source prefix, label values, ClassLabel names or None)`` per split or file."""
         parts = []
         if self.layout == "parquet":
-            import datasets
-
+            datasets = _datasets()
             for rel in self.parquet_files():
-                pf = _parquet_file(self._uri(rel))
+                with _PARQUET_LOCK:
+                    pf = _parquet_file(self._uri(rel))
+                    values = pf.read(columns=[self.label_column]).column(0).to_pylist() \
+                        if self.label_column in pf.schema_arrow.names else []
                 self._check_columns(pf.schema_arrow.names, self._uri(rel))
                 names = _class_label_names(datasets.Features.from_arrow_schema(pf.schema_arrow)
                                            if pf.schema_arrow.metadata and b"huggingface" in pf.schema_arrow.metadata
                                            else None, self.label_column)
-                values = pf.read(columns=[self.label_column]).column(0).to_pylist()
                 split = parquet_split(rel or posixpath.basename(self.root))
                 parts.append((split, rel, values, names))
         else:
@@ -233,15 +247,7 @@ class HFDatasetReader(DatasetReader):
         prefix, _, row_text = (record.source or "").rpartition("#")
         row = int(row_text)
         if self.layout == "parquet":
-            uri = self._uri(prefix)
-            meta = _parquet_file(uri).metadata
-            group, start = 0, 0
-            while group < meta.num_row_groups and start + meta.row_group(group).num_rows <= row:
-                start += meta.row_group(group).num_rows
-                group += 1
-            if group >= meta.num_row_groups:
-                raise ValueError(f"hf: {uri} has no row {row}")
-            value = _row_group(uri, group, self.image_column)[row - start].as_py()
+            value = _parquet_value(self._uri(prefix), row, self.image_column)
         else:
             value = self._disk[prefix].data.column(self.image_column)[row].as_py()
         return self._image_bytes(value, record)
@@ -280,6 +286,16 @@ class HFDatasetReader(DatasetReader):
             if prefix in versions:
                 out[r.relpath] = {"size": None, "version": f"{versions[prefix]}#{row}"}
         return out
+
+
+def _datasets():
+    """The Hugging Face ``datasets`` library, or an ImportError saying how to install it."""
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("hf: reading Hugging Face datasets needs the datasets library: "
+                          "pip install 'lossyvision[hf]'") from None
+    return datasets
 
 
 def _class_label_names(features: Any, column: str) -> list[str] | None:

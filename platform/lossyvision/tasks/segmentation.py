@@ -265,7 +265,8 @@ class SegmentationTask(Task):
         s = min(self.crop_size, 128)
         out = model(pixel_values=self._normalise(torch.rand(1, 3, s, s)))
         logits = getattr(out, "logits", None)
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 4 or tuple(logits.shape[:2]) != (1, len(self.classes)):
+        want = (1, len(self.classes))
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 4 or tuple(logits.shape[:2]) != want:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"an image of {s}x{s} gave {got}, not logits of shape (1, {len(self.classes)}, h, w)")
 
