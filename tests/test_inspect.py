@@ -127,3 +127,19 @@ def test_histogram_bins():
     h = histogram([1, 5, 50, 5000], [10, 100, 1000])
     assert [(b["lo"], b["hi"], b["count"]) for b in h] == [(0, 10, 2), (10, 100, 1), (100, 1000, 0),
                                                            (1000, float("inf"), 1)]
+
+
+def test_compress_cli_takes_dataset_options(tmp_path):
+    """``compress --kind K -o KEY=VALUE`` (error paths only: no Ray starts)."""
+    root = make_webdataset(tmp_path / "wds", per_class=1, n_test_per_class=1)
+    runner = CliRunner()
+    r = runner.invoke(app, ["compress", "--source", str(root), "--kind", "webdataset", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "labels mix class indices" in r.output and "give option classes" in r.output
+    r = runner.invoke(app, ["compress", "--source", str(root), "--kind", "webdataset", "-o", "classes",
+                            "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "expected KEY=VALUE" in r.output
+    r = runner.invoke(app, ["compress", "--source", str(root), "--kind", "webdataset", "-o", "colour=red",
+                            "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "unknown option(s) ['colour']" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
+

@@ -52,7 +52,10 @@ def compress(
         None, help="Sweep YAML: take dataset, codec, levels (train + test), store and options from it."),
     source: Optional[str] = typer.Option(None, "--source", help="Dataset root (folder or s3:// URI)."),
     out: Optional[str] = typer.Option(None, "--out", help="Store to write: OUT/<codec>-<level>/..., manifest."),
-    dataset: str = typer.Option("imagefolder", "--dataset", help="Dataset layout: imagefolder, food101, ..."),
+    dataset: str = typer.Option("imagefolder", "--dataset", "--kind",
+                                help="Dataset kind: imagefolder, food101, voc, cityscapes, coco, csv, hf, webdataset."),
+    option: list[str] = typer.Option([], "--option", "-o", metavar="KEY=VALUE",
+                                     help="A dataset option (repeatable; the value is YAML), e.g. -o masks=true."),
     codec: str = typer.Option("jpegxl", "--codec", help="Codec name."),
     levels: str = typer.Option("0,0.5,1,2,5,10", "--levels", help="Comma-separated levels (jpegxl: distances)."),
     effort: Optional[int] = typer.Option(None, "--effort", help="Encoder effort (jpegxl: 1..10, default 7)."),
@@ -71,21 +74,23 @@ def compress(
 
     try:
         if sweep_file is not None:
-            given = [n for n, v in (("--source", source), ("--out", out), ("--effort", effort)) if v is not None]
+            given = [n for n, v in (("--source", source), ("--out", out), ("--effort", effort),
+                                    ("--option", option or None)) if v is not None]
             if given:
                 fail(f"{', '.join(given)} cannot be combined with a sweep file (set them in the file)")
             args = job.sweep_job_args(load_sweep(sweep_file))
         else:
             if not source or not out:
                 fail("give --source DIR and --out DIR, or a sweep file")
-            args = {"source": source, "store_uri": out, "dataset": dataset, "codec": codec,
+            args = {"source": source, "store_uri": out, "dataset": dataset, "dataset_options": parse_options(option),
+                    "codec": codec,
                     "codec_options": {} if effort is None else {"effort": effort},
                     "levels": job.parse_levels(levels), "on_error": on_error, "max_pixels": max_pixels,
                     "quality_metric": quality_metric, "quality_sample": quality_sample}
         from lossyvision.runners.compress import compress_job
 
         result = compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
-    except (SpecError, job.CompressError) as exc:
+    except (SpecError, job.CompressError, ValueError) as exc:
         fail(str(exc), code=1 if isinstance(exc, job.CompressError) else 2)
     except OSError as exc:  # an unwritable store, a vanished folder: say so, no traceback
         fail(f"{type(exc).__name__}: {exc}", code=1)

@@ -238,16 +238,14 @@ class SegmentationTask(Task):
         from huggingface_hub.utils import HFValidationError, validate_repo_id
 
         source = str(pretrained).strip() if isinstance(pretrained, str) and pretrained.strip() else arch
-        local = os.path.isdir(source)
-        if pretrained is True or source != arch:
-            if source != arch and not local:
-                raise ValueError(f"pretrained {source!r}: not a local save_pretrained folder")
-            if not local:
+        if pretrained is True or source != arch:  # weights from a local folder, or from the hub at the trial
+            if not os.path.isdir(source):
                 try:
                     validate_repo_id(source)
                 except HFValidationError as e:
-                    raise ValueError(f"arch {source!r} is neither a SegFormer size preset nor a hub id: {e}") \
-                        from None
+                    field = "arch" if source == arch else "pretrained"
+                    raise ValueError(f"{field} {source!r} is neither a local save_pretrained folder nor a hub id: "
+                                     f"{e}") from None
             return
         if preset_for(arch) is not None or option(self.spec, "config"):
             return
