@@ -75,6 +75,7 @@ def run(tmp_path: Path, mlflow_uri: str, name: str, dataset: dict, model: dict, 
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     outcome = run_sweep(str(path), echo=lambda m: None, num_cpus=2, build_report=report)
+    print(f"{name}: seconds per phase {outcome.phases}")  # shown with -s, and on failure
     assert outcome.ok and outcome.trials_run == 1 and outcome.cells_run == 2, outcome
     results = read_results(str(output))
     assert set(results["test_level"]) == {0.0, 4.0} and (results["train_level"] == 0.0).all()
