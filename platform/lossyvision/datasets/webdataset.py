@@ -25,6 +25,12 @@ image's bytes are then one ranged read of its member (offset and size kept in
 ``Record.source``), so a worker never downloads a whole shard to compress one image. Compressed
 shards (``.tar.gz``) cannot be read by range and are refused. Relpaths are
 ``<shard without .tar>/<key>.<ext>``.
+
+Why not ``ray.data.read_webdataset`` for the compress job: it streams whole shards into blocks
+with one column set, which suits a training loop; the compress job is a resumable plan of
+(image, level) items that skips what is done, records a failure per image and needs samples
+whose fields differ (``jpg`` + ``cls`` beside ``png`` + ``json``). Its grouping of members into
+samples is the same as here; the end-to-end test checks that both see the same samples and labels.
 """
 
 from __future__ import annotations
