@@ -62,7 +62,7 @@ def test_rows_missing_a_column_are_refused(tmp_path):
 def test_cell_rows_join_the_store_dcr_and_carry_intervals_and_hashes(tmp_path):
     from report_data import outcomes_for
 
-    spec = ModelSpec.model_construct(name="m", task="classification", arch="x")
+    spec = ModelSpec.model_construct(name="m", task="classification", arch="resnet10t")
     sweep = Sweep(name="s", dataset={"root": str(tmp_path)}, train_levels=[1], test_levels=[0, 2],
                   models=[spec], output=str(tmp_path))
     manifest = pd.DataFrame([
@@ -96,7 +96,7 @@ def test_status_grid_from_results_checkpoints_and_state_file(tmp_path):
     from lossyvision.sweep.status import SweepState, grid_status, render_status, stale_entries
     from test_plan import Reader, manifest_rows
 
-    spec = ModelSpec.model_construct(name="m", task="classification", arch="x")
+    spec = ModelSpec.model_construct(name="m", task="classification", arch="resnet10t")
     sweep = Sweep(name="s", dataset={"root": str(tmp_path)}, train_levels=[0, 1, 2], test_levels=[0, 2],
                   models=[spec], output=str(tmp_path), repeats=2)
     grid = plan(sweep, manifest_rows(), reader=Reader())

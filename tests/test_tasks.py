@@ -247,7 +247,7 @@ def test_detection_recipe_defaults_follow_mmdet_1x():
     assert (task.epochs, task.batch_size, task.lr, task.weight_decay, task.lr_steps) == (12, 16, 0.02, 1e-4, [8, 11])
     task = create_task("detection", spec(task="detection", arch="fasterrcnn_resnet50_fpn", batch_size=4), ["cat"])
     assert task.lr == pytest.approx(0.005)  # linear scaling: 0.02 per 16 images
-    task = create_task("detection", spec(task="detection", arch="x", epochs=24, lr=0.01), ["cat"])
+    task = create_task("detection", spec(task="detection", arch="fasterrcnn_resnet50_fpn", epochs=24, lr=0.01), ["cat"])
     assert (task.epochs, task.lr, task.lr_steps) == (24, 0.01, [16, 22])
     with pytest.raises(ValueError, match="unknown detection backend"):
         create_task("detection", spec(task="detection", arch="x", options={"backend": "detectron"}), ["cat"])

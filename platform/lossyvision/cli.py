@@ -52,7 +52,10 @@ def compress(
         None, help="Sweep YAML: take dataset, codec, levels (train + test), store and options from it."),
     source: Optional[str] = typer.Option(None, "--source", help="Dataset root (folder or s3:// URI)."),
     out: Optional[str] = typer.Option(None, "--out", help="Store to write: OUT/<codec>-<level>/..., manifest."),
-    dataset: str = typer.Option("imagefolder", "--dataset", help="Dataset layout: imagefolder, food101, ..."),
+    dataset: str = typer.Option("imagefolder", "--dataset", "--kind",
+                                help="Dataset kind: imagefolder, food101, voc, cityscapes, coco, csv, hf, webdataset."),
+    option: list[str] = typer.Option([], "--option", "-o", metavar="KEY=VALUE",
+                                     help="A dataset option (repeatable; the value is YAML), e.g. -o masks=true."),
     codec: str = typer.Option("jpegxl", "--codec", help="Codec name."),
     levels: str = typer.Option("0,0.5,1,2,5,10", "--levels", help="Comma-separated levels (jpegxl: distances)."),
     effort: Optional[int] = typer.Option(None, "--effort", help="Encoder effort (jpegxl: 1..10, default 7)."),
@@ -71,21 +74,23 @@ def compress(
 
     try:
         if sweep_file is not None:
-            given = [n for n, v in (("--source", source), ("--out", out), ("--effort", effort)) if v is not None]
+            given = [n for n, v in (("--source", source), ("--out", out), ("--effort", effort),
+                                    ("--option", option or None)) if v is not None]
             if given:
                 fail(f"{', '.join(given)} cannot be combined with a sweep file (set them in the file)")
             args = job.sweep_job_args(load_sweep(sweep_file))
         else:
             if not source or not out:
                 fail("give --source DIR and --out DIR, or a sweep file")
-            args = {"source": source, "store_uri": out, "dataset": dataset, "codec": codec,
+            args = {"source": source, "store_uri": out, "dataset": dataset, "dataset_options": parse_options(option),
+                    "codec": codec,
                     "codec_options": {} if effort is None else {"effort": effort},
                     "levels": job.parse_levels(levels), "on_error": on_error, "max_pixels": max_pixels,
                     "quality_metric": quality_metric, "quality_sample": quality_sample}
         from lossyvision.runners.compress import compress_job
 
         result = compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
-    except (SpecError, job.CompressError) as exc:
+    except (SpecError, job.CompressError, ValueError) as exc:
         fail(str(exc), code=1 if isinstance(exc, job.CompressError) else 2)
     except OSError as exc:  # an unwritable store, a vanished folder: say so, no traceback
         fail(f"{type(exc).__name__}: {exc}", code=1)
@@ -159,6 +164,89 @@ def sweep_sync(output: str = typer.Argument(..., help="The sweep's output folder
         fail(str(e))
     except Exception as e:  # the server is still down: say so, no traceback
         fail(f"cannot reach MLflow: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", code=1)
+
+
+# --- inspect ------------------------------------------------------------------------------------
+def parse_options(pairs: list[str]) -> dict:
+    """``["splits=[train]", "masks=true"]`` -> ``{"splits": ["train"], "masks": True}`` (values are YAML)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as e:
+            raise ValueError(f"--option {pair!r}: the value is not valid YAML ({e})") from None
+    return out
+
+
+@app.command("inspect")
+def inspect_command(
+    dataset: Optional[str] = typer.Argument(None, help="Dataset root (folder, list file or s3:// URI)."),
+    kind: str = typer.Option("imagefolder", "--kind", "-k", help="Dataset kind: imagefolder, coco, csv, hf, ..."),
+    option: list[str] = typer.Option([], "--option", "-o", metavar="KEY=VALUE",
+                                     help="A dataset option (repeatable; the value is YAML), e.g. -o masks=true."),
+    sweep_file: Optional[Path] = typer.Option(
+        None, "--sweep", help="Take the codec, its options and the ladder (train + test levels) from a sweep file; "
+                              "also the dataset when DATASET is not given."),
+    codec: str = typer.Option("jpegxl", "--codec", help="Codec of the estimate."),
+    levels: str = typer.Option("0,0.5,1,2,5,10", "--levels", help="Levels of the estimate (comma-separated)."),
+    effort: Optional[int] = typer.Option(None, "--effort", help="Encoder effort of the estimate (jpegxl: 1..10)."),
+    sample: int = typer.Option(8, "--sample", min=0, help="Images encoded for the estimate (0: no estimate)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Read at most N images per split."),
+    max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Images with more pixels are bad."),
+    as_json: bool = typer.Option(False, "--json", help="Print the same facts as JSON."),
+) -> None:
+    """What a dataset holds (splits, classes, formats, sizes, bad files) and what compressing it costs.
+
+    Writes nothing.
+    """
+    import json
+
+    from lossyvision import compress as job
+    from lossyvision.inspect import inspect_dataset, render
+    from lossyvision.spec import SpecError, load_sweep
+
+    try:
+        options = parse_options(option)
+        codec_options = {} if effort is None else {"effort": effort}
+        ladder = job.parse_levels(levels)
+        if sweep_file is not None:
+            sweep = load_sweep(sweep_file)
+            codec, codec_options = sweep.codec.name, sweep.codec.options
+            ladder = tuple(sorted(set(sweep.train_levels) | set(sweep.test_levels)))
+            if dataset is None:
+                dataset, kind, options = sweep.dataset.root, sweep.dataset.kind, {**sweep.dataset.options, **options}
+        if dataset is None:
+            fail("give a DATASET root (and --kind), or --sweep FILE")
+        result = inspect_dataset(kind, dataset, options, codec=codec, codec_options=codec_options, levels=ladder,
+                                 sample=sample, limit=limit, max_pixels=max_pixels)
+    except (SpecError, job.CompressError, ValueError, ImportError) as e:
+        fail(str(e))
+    except KeyError as e:  # an unknown kind or codec: the registry lists the known names
+        fail(str(e).strip("'\""))
+    except OSError as e:
+        fail(f"{type(e).__name__}: {e}", code=1)
+    if as_json:
+        typer.echo(json.dumps(_finite(result.to_dict()), indent=1))
+    else:
+        typer.echo(render(result))
+
+
+def _finite(value):
+    """JSON has no NaN or infinity: they become null."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 # --- report and analysis -----------------------------------------------------------------------

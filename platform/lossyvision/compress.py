@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import pandas as pd
 
 from lossyvision import manifest, store
-from lossyvision.datasets.base import Record
+from lossyvision.datasets.base import DatasetReader, Record, file_versions
 
 DEFAULT_LEVELS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
 ON_ERROR = ("skip", "fail")
@@ -83,19 +83,38 @@ def options_json(options: dict[str, Any]) -> str:
     return json.dumps(options, sort_keys=True, default=str)
 
 
+@lru_cache(maxsize=4)
+def _reader(kind: str, root: str, options_json: str) -> DatasetReader:
+    """The dataset reader a worker needs for sources that are not whole files (one per process)."""
+    from lossyvision.datasets import create_dataset
+
+    return create_dataset(kind, root, **json.loads(options_json))
+
+
+def read_source(item: dict, params: dict) -> bytes:
+    """A work item's original bytes: the file at ``item["uri"]``, or through the dataset's reader."""
+    dataset = params.get("dataset")
+    if dataset is None or item.get("source") is None:
+        return store.read_bytes(item["uri"])
+    record = Record(relpath=item["relpath"], split=item.get("split") or "", label=item.get("label"),
+                    target=item.get("target"), source=item["source"])
+    return _reader(dataset["kind"], dataset["root"], dataset["options_json"]).read_source(record)
+
+
 class _Source:
     """One source image read and decoded once for all its levels in a batch."""
 
-    def __init__(self, uri: str, max_pixels: int) -> None:
+    def __init__(self, item: dict, params: dict) -> None:
         from lossyvision.imageio import BadImageError, load_rgb
 
+        max_pixels = int(params["max_pixels"])
         self.data: bytes | None = None
         self.sha256: str | None = None
         self.image = None
         self.error: str | None = None
         self._png: int | None = None
         try:
-            self.data = store.read_bytes(uri)
+            self.data = read_source(item, params)
         except FileNotFoundError:
             self.error = "cannot read: file not found"
             return
@@ -186,8 +205,9 @@ def _compress_level(item: dict, src: _Source, params: dict) -> dict:
 def compress_items(items: Sequence[dict], params: dict) -> list[dict]:
     """Compress work items; consecutive items of one source share its read and decode."""
     rows = []
-    for uri, group in itertools.groupby(items, key=lambda it: it["uri"]):
-        src = _Source(uri, int(params["max_pixels"]))
+    for _, group in itertools.groupby(items, key=lambda it: it["uri"]):
+        group = list(group)
+        src = _Source(group[0], params)
         for item in group:
             row = _compress_level(item, src, params)
             rows.append({c: row.get(c) for c in manifest.COLUMNS})  # every column, None if unknown
@@ -206,26 +226,26 @@ def compress_one(source_uri: str, relpath: str, level: float, store_uri: str, *,
     return compress_items([item], job_params(options, store_uri))[0]
 
 
-def job_params(options: CompressOptions, store_uri: str) -> dict:
-    """The plain dict every worker gets: codec, effective options, store, limits."""
+def job_params(options: CompressOptions, store_uri: str, reader: DatasetReader | None = None) -> dict:
+    """The plain dict every worker gets: codec, effective options, store, limits.
+
+    With a ``reader`` whose sources are not whole files, also how to rebuild it (kind, root,
+    options), so that workers read each source through :meth:`DatasetReader.read_source`.
+    """
     codec = _codec(options.codec, options_json(options.codec_options))
-    return {"codec": options.codec, "codec_options_json": options_json(effective_codec_options(codec)),
-            "store": str(store_uri), "max_pixels": int(options.max_pixels),
-            "quality_metric": options.quality_metric}
+    params = {"codec": options.codec, "codec_options_json": options_json(effective_codec_options(codec)),
+              "store": str(store_uri), "max_pixels": int(options.max_pixels),
+              "quality_metric": options.quality_metric}
+    if reader is not None and not reader.whole_files:
+        params["dataset"] = {"kind": reader.name, "root": reader.root,
+                             "options_json": options_json(reader.options)}
+    return params
 
 
 # --- the plan ----------------------------------------------------------------------------------
 def list_files(root: str) -> dict[str, dict]:
     """``relpath -> {"size", "version"}`` of every file under ``root``, in one listing."""
-    fs, root_path = store.filesystem(root)
-    root_path = root_path.rstrip("/")
-    found = {}
-    for path, info in fs.find(root_path, detail=True).items():
-        rel = path[len(root_path) + 1:] if path.startswith(root_path + "/") else path
-        rel = rel.replace(os.sep, "/")
-        version = info.get("mtime", info.get("ETag", info.get("LastModified", info.get("last_modified"))))
-        found[rel] = {"size": int(info.get("size") or 0), "version": "" if version is None else str(version)}
-    return found
+    return file_versions(root)
 
 
 def quality_sample(records: Sequence[Record], n: int) -> set[str]:
@@ -255,7 +275,8 @@ def _is_done(prev: dict | None, listed: dict | None, outputs: dict[str, int], pa
         return False
     if prev["codec_options"] != params["codec_options_json"]:
         return False
-    if pd.isna(prev["source_bytes"]) or int(prev["source_bytes"]) != listed["size"]:
+    if listed.get("size") is not None and (pd.isna(prev["source_bytes"])
+                                           or int(prev["source_bytes"]) != listed["size"]):
         return False
     if prev["source_version"] != listed["version"]:
         return False
@@ -267,10 +288,15 @@ def _is_done(prev: dict | None, listed: dict | None, outputs: dict[str, int], pa
 
 
 def plan(records: Sequence[Record], source_root: str, store_uri: str, options: CompressOptions,
-         existing: pd.DataFrame, params: dict | None = None) -> tuple[list[dict], int]:
-    """Work items (one per (image, level)) still to do, and how many were already done."""
-    params = params or job_params(options, store_uri)
-    listing = list_files(source_root)
+         existing: pd.DataFrame, params: dict | None = None,
+         reader: DatasetReader | None = None) -> tuple[list[dict], int]:
+    """Work items (one per (image, level)) still to do, and how many were already done.
+
+    Without a ``reader``, each record's source is the file ``source_root/relpath``; with one, the
+    reader says where it is and how it is versioned (:meth:`DatasetReader.source_info`).
+    """
+    params = params or job_params(options, store_uri, reader)
+    listing = reader.source_info(records) if reader is not None else list_files(source_root)
     done = manifest.done_keys(existing[existing["codec"] == options.codec]) if len(existing) else {}
     outputs = _listed_outputs(store_uri, options.codec, options.levels) if store.exists(store_uri) else {}
     sample = quality_sample(records, options.quality_sample) if options.quality_metric else set()
@@ -287,13 +313,14 @@ def plan(records: Sequence[Record], source_root: str, store_uri: str, options: C
                 has_png = has_png or not pd.isna(prev["png_bytes"])
             else:
                 pending.append(float(level))
+        uri = reader.source_uri(rec) if reader is not None else store.join(source_root, rec.relpath)
         for i, level in enumerate(pending):
             items.append({
-                "uri": store.join(source_root, rec.relpath), "relpath": rec.relpath, "split": rec.split,
+                "uri": uri, "source": rec.source, "relpath": rec.relpath, "split": rec.split,
                 "label": rec.label, "target": rec.target, "level": level,
                 "output_relpath": names[rec.relpath],
                 "source_version": listed["version"] if listed else None,
-                "source_size": listed["size"] if listed else 0,
+                "source_size": (listed["size"] or 0) if listed else 0,
                 "png": bool(options.png_baseline and i == 0 and not has_png),
                 "quality": wants_quality,
             })
@@ -375,13 +402,15 @@ def validate(options: CompressOptions) -> None:
 
 def run_job(records: Sequence[Record], source_root: str, store_uri: str, options: CompressOptions,
             execute: Executor, *, flush_rows: int = 500, flush_seconds: float | None = None,
-            consolidate_every: int = 256, log: Callable[[str], None] = lambda msg: None) -> JobResult:
+            consolidate_every: int = 256, log: Callable[[str], None] = lambda msg: None,
+            reader: DatasetReader | None = None) -> JobResult:
     """Plan, execute, persist rows incrementally, consolidate the manifest, write summary.csv.
 
     Finished rows are flushed to a part file every ``flush_rows`` rows or ``flush_seconds``
     (whichever first, checked as batches arrive; default 2 s, or ``LOSSYVISION_FLUSH_SECONDS``),
     so a kill loses only recent work; every ``consolidate_every`` parts they are folded into the
-    manifest, bounding the number of files.
+    manifest, bounding the number of files. ``reader`` (the records' dataset reader) says where
+    sources are when they are not files under ``source_root`` (see :func:`plan`).
     """
     if flush_seconds is None:
         flush_seconds = float(os.environ.get("LOSSYVISION_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS))
@@ -389,9 +418,9 @@ def run_job(records: Sequence[Record], source_root: str, store_uri: str, options
     if not records:
         raise CompressError(f"{source_root}: the dataset has no images")
     store_uri = str(store_uri)
-    params = job_params(options, store_uri)
+    params = job_params(options, store_uri, reader)
     existing = manifest.consolidate(store_uri) if store.exists(store_uri) else manifest.empty()
-    items, skipped = plan(records, source_root, store_uri, options, existing, params)
+    items, skipped = plan(records, source_root, store_uri, options, existing, params, reader)
     log(f"{len(records)} images x {len(options.levels)} levels: {len(items)} to compress, "
         f"{skipped} already done")
     run_id, seq, buffer, stopped_by = manifest.new_run_id(), 0, [], None

@@ -128,10 +128,12 @@ class ModelSpec(_Strict):
     def _task_accepts_options(self) -> "ModelSpec":
         """Typos in ``options`` fail when the file is read, not hours later inside a trial."""
         from lossyvision.tasks import TASKS
+        from lossyvision.tasks.entrypoint import check_arch
 
         if self.task in TASKS:
             try:
                 TASKS.get(self.task)(self, ["class-0", "class-1"])
+                check_arch(self, ["class-0", "class-1"])  # arch exists for the task (offline; entry points run once)
             except ValueError as e:
                 raise ValueError(str(e)) from None
         return self

@@ -18,10 +18,10 @@ same class in every split. Options:
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from lossyvision.datasets._files import IMAGE_EXTENSIONS, is_image, list_files
+from lossyvision.datasets._labels import hash_split
 from lossyvision.datasets.base import DATASETS, TASK_CLASSIFICATION, DatasetReader, Record, sorted_records
 
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -89,18 +89,6 @@ class ImageFolderReader(DatasetReader):
         classes = sorted({c for _, c, _ in items})
         label = {c: i for i, c in enumerate(classes)}
         if self.test_fraction is not None:
-            items = self._hash_split(items, self.test_fraction)
+            items = hash_split(items, self.test_fraction)
         self._classes = classes
         self._records = sorted_records(Record(relpath=rel, split=split, label=label[c]) for split, c, rel in items)
-
-    @staticmethod
-    def _hash_split(items: list[tuple[str, str, str]], fraction: float) -> list[tuple[str, str, str]]:
-        by_class: dict[str, list[str]] = {}
-        for _, c, rel in items:
-            by_class.setdefault(c, []).append(rel)
-        out = []
-        for c, rels in by_class.items():
-            ordered = sorted(rels, key=lambda r: (hashlib.sha1(r.encode("utf-8")).hexdigest(), r))
-            n_test = int(fraction * len(ordered) + 0.5)  # rounded half up
-            out += [("test" if i < n_test else "train", c, rel) for i, rel in enumerate(ordered)]
-        return out

@@ -121,12 +121,12 @@ def compress_job(
         on_error=on_error, max_pixels=int(max_pixels), quality_metric=quality_metric,
         quality_sample=int(quality_sample))
     compress.validate(options)
-    if records is None:
-        try:
-            reader = create_dataset(dataset, source, **(dataset_options or {}))
+    try:
+        reader = create_dataset(dataset, source, **(dataset_options or {}))
+        if records is None:
             records = reader.records()
-        except (KeyError, ValueError, FileNotFoundError) as exc:
-            raise compress.CompressError(f"{source}: {str(exc).strip(chr(39))}") from None
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        raise compress.CompressError(f"{source}: {str(exc).strip(chr(39))}") from None
     started = False
 
     def execute(items: list[dict], params: dict) -> Iterator[list[dict]]:
@@ -135,7 +135,7 @@ def compress_job(
         yield from execute_with_ray(items, params)
 
     try:
-        return compress.run_job(records, source, store_uri, options, execute, log=log)
+        return compress.run_job(records, source, store_uri, options, execute, log=log, reader=reader)
     finally:
         if started and not keep_ray:
             ray.shutdown()

@@ -41,6 +41,21 @@ class Task(ABC):
     def build_model(self) -> Any:
         """A fresh ``torch.nn.Module`` (pretrained weights per ``spec.pretrained``/``spec.checkpoint``)."""
 
+    def check_arch(self) -> None:
+        """Raise ``ValueError`` unless ``spec.arch`` can be built for this task, without the network.
+
+        An entry point (``package.module:factory``) is built with ``pretrained: false`` and run once
+        on a tiny batch (:meth:`dry_run`); tasks extend this with their own registries.
+        """
+        from lossyvision.tasks.entrypoint import check_entry_point, is_entry_point
+
+        if is_entry_point(self.spec.arch):
+            check_entry_point(self)
+
+    def dry_run(self, model: Any) -> None:
+        """One forward pass of ``model`` (eval mode, no gradients) on a tiny batch; a ``ValueError``
+        says how its output breaks the task's interface."""
+
     @abstractmethod
     def fit(self, model: Any, train: Any, *, on_epoch: EpochCallback | None = None,
             state: dict[str, Any] | None = None) -> None:

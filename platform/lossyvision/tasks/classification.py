@@ -32,6 +32,8 @@ import torch.nn.functional as F
 
 from lossyvision.metrics.classification import ClassificationOutcomes
 from lossyvision.tasks.base import TASKS, EpochCallback, Task, sample_ids
+from lossyvision.tasks.entrypoint import build_entry_point, is_entry_point
+from lossyvision.tasks.hub import build_hub_classifier, check_hub_classifier, is_hub_model
 from lossyvision.tasks.training import (
     COMMON_OPTIONS,
     autocast,
@@ -121,7 +123,11 @@ class ClassificationTask(Task):
         kwargs = dict(option(self.spec, "model_kwargs", {}) or {})
         kwargs["num_classes"] = len(self.classes)
         pretrained = self.spec.pretrained
-        if isinstance(pretrained, str) and pretrained.strip():
+        if is_entry_point(self.spec.arch):  # your own model (package.module:factory)
+            model = build_entry_point(self.spec, self.classes, len(self.classes))
+        elif is_hub_model(self.spec.arch):  # a transformers classifier: hub id or local folder
+            model = build_hub_classifier(self.spec.arch, pretrained, self.classes)
+        elif isinstance(pretrained, str) and pretrained.strip():
             source = pretrained.strip()
             overlay = {"url": source, "hf_hub_id": None, "file": None} if is_url(source) else {"file": source}
             if not is_url(source):
@@ -142,6 +148,9 @@ class ClassificationTask(Task):
                                   drop_prefixes=SSL_HEAD_PREFIXES,
                                   strip=tuple(option(self.spec, "checkpoint_strip", ("module.",))))
         if self.linear_probe:
+            if not callable(getattr(model, "get_classifier", None)):
+                raise ValueError(f"{self.spec.arch}: linear_probe mode needs the model's get_classifier() "
+                                 "(the head to train)")
             head = set(map(id, model.get_classifier().parameters()))
             if not head:
                 raise ValueError(f"{self.spec.arch} has no classifier head to train in linear_probe mode")
@@ -149,6 +158,26 @@ class ClassificationTask(Task):
                 p.requires_grad_(id(p) in head)
         self._data_config = timm.data.resolve_model_data_config(model)
         return model
+
+    def check_arch(self) -> None:
+        """timm's registry (or a Hugging Face classifier, or an entry point), and local weight files."""
+        super().check_arch()
+        arch, pretrained = self.spec.arch, self.spec.pretrained
+        if is_entry_point(arch):
+            return
+        if is_hub_model(arch):
+            check_hub_classifier(arch, pretrained)
+            return
+        check_timm_arch(arch, pretrained)
+
+    def dry_run(self, model: torch.nn.Module) -> None:
+        s = int(self.spec.image_size)
+        logits = self._logits(model, torch.rand(2, 3, s, s))
+        want = (2, len(self.classes))
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"a batch of 2 images at {s}x{s} gave {got}, not logits of shape {want} "
+                             "(batch, classes)")
 
     @staticmethod
     def _head_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
@@ -262,3 +291,26 @@ class ClassificationTask(Task):
     def outcomes(self, model: Any, test: Any) -> ClassificationOutcomes:
         scores, labels = self.predict(model, test)
         return ClassificationOutcomes.from_scores(sample_ids(test), scores, labels)
+
+
+def check_timm_arch(arch: str, pretrained: bool | str) -> None:
+    """``arch`` is in timm's registry (or a timm hub model); a local ``pretrained`` file exists."""
+    import os
+
+    import timm
+
+    if isinstance(pretrained, str) and pretrained.strip() and not is_url(pretrained.strip()):
+        if not os.path.exists(pretrained.strip()):
+            raise ValueError(f"pretrained weights {pretrained.strip()} do not exist")
+    if arch.startswith(("hf-hub:", "hf_hub:")):
+        if pretrained is not True:
+            from huggingface_hub import try_to_load_from_cache
+
+            repo = arch.split(":", 1)[1].split("@", 1)[0]
+            if not isinstance(try_to_load_from_cache(repo, "config.json"), str):
+                raise ValueError(f"arch {arch!r}: without pretrained: true timm still needs the model's config "
+                                 "from the hub, and it is not in the local cache")
+        return
+    if not timm.is_model(arch):
+        raise ValueError(f"unknown timm architecture {arch!r} (see timm.list_models()); for your own model use "
+                         "arch: 'package.module:factory', for a Hugging Face classifier its hub id 'org/name'")

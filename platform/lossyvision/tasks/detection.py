@@ -40,6 +40,7 @@ import torch
 from lossyvision.metrics.voc import DetectionOutcomes
 from lossyvision.tasks.base import TASKS, EpochCallback, Task, sample_ids
 from lossyvision.tasks.classification import uint8_chw
+from lossyvision.tasks.entrypoint import build_entry_point, is_entry_point
 from lossyvision.tasks.training import (
     COMMON_OPTIONS,
     autocast,
@@ -162,6 +163,8 @@ class DetectionTask(Task):
     def build_model(self) -> Any:
         if self._mmdet is not None:
             return self._mmdet.build_model()
+        if is_entry_point(self.spec.arch):  # your own detector: torchvision's interface, background = 0
+            return build_entry_point(self.spec, self.classes, len(self.classes) + 1)
         import torchvision
         from torchvision.models import ResNet50_Weights
         from torchvision.models.detection import FasterRCNN
@@ -212,6 +215,43 @@ class DetectionTask(Task):
         if isinstance(self.spec.pretrained, str) and self.spec.pretrained.strip():
             load_detector_weights(model, self.spec.pretrained.strip())
         return model
+
+    def check_arch(self) -> None:
+        """A torchvision Faster R-CNN builder (or an entry point); mmdet's configs are its own."""
+        super().check_arch()
+        if self._mmdet is not None or is_entry_point(self.spec.arch):
+            return
+        import torchvision
+
+        arch = self.spec.arch or DEFAULT_ARCH
+        names = sorted({DEFAULT_ARCH} | {n for n in torchvision.models.list_models(torchvision.models.detection)
+                                          if n.startswith("fasterrcnn")})
+        if arch not in names:
+            raise ValueError(f"unknown detection architecture {arch!r}; known: {', '.join(names)}; for your own "
+                             "detector use arch: 'package.module:factory'")
+        source = self.spec.pretrained
+        if isinstance(source, str) and source.strip() and "://" not in source:
+            import os
+
+            if not os.path.exists(source.strip()):
+                raise ValueError(f"pretrained weights {source.strip()} do not exist")
+
+    def dry_run(self, model: Any) -> None:
+        out = model([torch.rand(3, 48, 64)])
+        if not isinstance(out, (list, tuple)) or len(out) != 1 or not isinstance(out[0], Mapping):
+            raise ValueError(f"in eval mode model([image]) gave {type(out).__name__}, not a list with one dict "
+                             "(boxes, labels, scores) per image")
+        d = out[0]
+        missing = [k for k in ("boxes", "labels", "scores") if k not in d]
+        if missing:
+            raise ValueError(f"in eval mode the per-image dict lacks {missing} (has {sorted(d)})")
+        n = len(d["scores"])
+        if tuple(d["boxes"].shape) != (n, 4) or tuple(d["labels"].shape) != (n,):
+            raise ValueError(f"in eval mode boxes {tuple(d['boxes'].shape)}, labels {tuple(d['labels'].shape)} and "
+                             f"scores {tuple(d['scores'].shape)} do not describe N boxes (N x 4, N, N)")
+        if n and (int(d["labels"].min()) < 1 or int(d["labels"].max()) > len(self.classes)):
+            raise ValueError(f"in eval mode labels must be 1..{len(self.classes)} (class k is k + 1, 0 is the "
+                             f"background), got {int(d['labels'].min())}..{int(d['labels'].max())}")
 
     # ------------------------------------------------------------------ training
     def _loader(self, data: Any, *, train: bool, seed: int = 0, batch_size: int | None = None):

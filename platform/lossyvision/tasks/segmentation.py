@@ -29,6 +29,7 @@ large dataset's masks can be read lazily (``functools.partial(reader.load_target
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from lossyvision.metrics.segmentation import SegmentationOutcomes, confusion_matrix
 from lossyvision.tasks.base import TASKS, EpochCallback, Task, sample_ids
 from lossyvision.tasks.classification import uint8_chw
+from lossyvision.tasks.entrypoint import PixelValuesAdapter, build_entry_point, is_entry_point
 from lossyvision.tasks.training import (
     COMMON_OPTIONS,
     autocast,
@@ -51,7 +53,7 @@ from lossyvision.tasks.training import (
 )
 
 OPTIONS = COMMON_OPTIONS + ("config", "crop_size", "scale", "ratio_range", "hflip", "eval_mode", "eval_stride",
-                            "head_lr_mult")
+                            "head_lr_mult", "model_kwargs")
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -190,6 +192,8 @@ class SegmentationTask(Task):
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> torch.nn.Module:
+        if is_entry_point(self.spec.arch):  # your own model: logits (N, classes, h, w) at any resolution
+            return PixelValuesAdapter(build_entry_point(self.spec, self.classes, len(self.classes)))
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
         labels = {"num_labels": len(self.classes), "id2label": dict(enumerate(self.classes)),
@@ -221,6 +225,48 @@ class SegmentationTask(Task):
         except TypeError as e:
             raise ValueError(f"options.config: {e}") from None
         return SegformerForSemanticSegmentation(config)
+
+    def check_arch(self) -> None:
+        """A SegFormer preset, local folder or hub id (its config local unless pretrained), or an entry point."""
+        super().check_arch()
+        arch, pretrained = self.spec.arch, self.spec.pretrained
+        if is_entry_point(arch):
+            return
+        if option(self.spec, "model_kwargs"):
+            raise ValueError("option model_kwargs is for entry points (package.module:factory); "
+                             "SegFormer takes options.config")
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        source = str(pretrained).strip() if isinstance(pretrained, str) and pretrained.strip() else arch
+        if pretrained is True or source != arch:  # weights from a local folder, or from the hub at the trial
+            if not os.path.isdir(source):
+                try:
+                    validate_repo_id(source)
+                except HFValidationError as e:
+                    field = "arch" if source == arch else "pretrained"
+                    raise ValueError(f"{field} {source!r} is neither a local save_pretrained folder nor a hub id: "
+                                     f"{e}") from None
+            return
+        if preset_for(arch) is not None or option(self.spec, "config"):
+            return
+        from transformers import SegformerConfig
+
+        try:
+            SegformerConfig.from_pretrained(arch, local_files_only=True)
+        except (OSError, ValueError):
+            raise ValueError(
+                f"segformer arch {arch!r} names no size preset for pretrained: false and no config could be loaded "
+                f"for it offline; use one of {', '.join('segformer-' + k for k in PRESETS)} (or nvidia/mit-bN), "
+                "options.config, or pretrained: true") from None
+
+    def dry_run(self, model: torch.nn.Module) -> None:
+        s = min(self.crop_size, 128)
+        out = model(pixel_values=self._normalise(torch.rand(1, 3, s, s)))
+        logits = getattr(out, "logits", None)
+        want = (1, len(self.classes))
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 4 or tuple(logits.shape[:2]) != want:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"an image of {s}x{s} gave {got}, not logits of shape (1, {len(self.classes)}, h, w)")
 
     # ------------------------------------------------------------------ helpers
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
