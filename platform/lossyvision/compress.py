@@ -356,14 +356,12 @@ def validate(options: CompressOptions) -> None:
     except (KeyError, ValueError, TypeError) as exc:
         raise CompressError(str(exc).strip("'\"")) from None
     for level in options.levels:
-        if float(level) < 0 or not math.isfinite(float(level)):
+        if isinstance(level, bool) or float(level) < 0 or not math.isfinite(float(level)):
             raise CompressError(f"levels must be finite and >= 0, got {level}")
-        check = getattr(codec, "check_level", None)
-        if check is not None:
-            try:
-                check(level)
-            except ValueError as exc:
-                raise CompressError(str(exc)) from None
+        try:
+            codec.check_level(level)
+        except ValueError as exc:
+            raise CompressError(str(exc)) from None
     if options.quality_metric:
         from lossyvision.quality import check_available
 

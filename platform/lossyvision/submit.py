@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from lossyvision.spec import SpecError, expand_env, parse_sweep
+from lossyvision.spec import SpecError, parse_sweep, parse_yaml_text, read_sweep_file, substitute_env
 
 #: Job states after which nothing changes.
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
@@ -68,28 +68,31 @@ def check_sweep_file(path: str | os.PathLike[str]) -> str:
     """Validate a sweep file before shipping it; returns the sweep's name.
 
     The file is checked as the cluster will read it, except what only the cluster knows: its
-    environment (``${VAR}`` the client lacks) and its local paths (a dataset root that exists on
-    the cluster's disks, not here). Every other problem is reported now, not minutes later.
+    environment (``${VAR}`` the client lacks stand in as placeholders) and its local paths (a
+    dataset root, output or store on the cluster's disks, not here). Every other problem is
+    reported now, not minutes later.
     """
     path = str(path)
-    if not os.path.isfile(path):
-        raise SubmitError(f"{path}: sweep file does not exist")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    placeholders = {name: f"cluster-{name.lower()}" for name in re.findall(r"\$\{([A-Za-z_]\w*)", text)}
-    env = {**placeholders, **{k: v for k, v in os.environ.items() if v}}
     try:
-        data = yaml.safe_load(expand_env(text, env, source=path))
-    except yaml.YAMLError as e:
-        raise SubmitError(f"{path}: not valid YAML: {e}") from None
+        data = parse_yaml_text(read_sweep_file(path), path)
+        placeholders = {name: f"cluster-{name.lower()}"
+                        for name in re.findall(r"\$\{([A-Za-z_]\w*)\}", yaml.safe_dump(data))}
+        env = {**placeholders, **{k: v for k, v in os.environ.items() if v}}
+        data = substitute_env(data, env, source=path)
+    except SpecError as e:
+        raise SubmitError(str(e)) from None
     try:
         return parse_sweep(data, source=path).name
     except SpecError as e:
         lines = str(e).splitlines()
-        real = [line for line in lines[1:] if not line.rstrip().endswith("does not exist")]
+        real = [line for line in lines[1:] if not line.strip().startswith(_CLUSTER_ONLY)]
         if len(lines) > 1 and not real:
             return str(data["name"]) if isinstance(data, dict) and "name" in data else "sweep"
-        raise SubmitError(str(e)) from None
+        raise SubmitError("\n".join([lines[0], *real])) from None
+
+
+#: Fields whose checks look at local paths: the cluster's disks, not this machine's.
+_CLUSTER_ONLY = ("dataset.root:", "output:", "store:", "models.0.checkpoint:")
 
 
 def stage_sweep(sweep_file: str | os.PathLike[str], staging_dir: str | os.PathLike[str]) -> str:

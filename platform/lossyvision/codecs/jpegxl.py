@@ -15,6 +15,8 @@ which may differ from Pillow's by a few levels per sample (different IDCT and up
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from lossyvision.codecs.base import CODECS, Codec
@@ -64,15 +66,17 @@ class JpegXLCodec(Codec):
     def option_names(cls) -> tuple[str, ...]:
         return ("effort",)
 
-    @staticmethod
-    def check_level(level: float) -> float:
-        level = float(level)
-        if not 0.0 <= level <= MAX_DISTANCE:
+    level_min, level_max, level_meaning = 0.0, MAX_DISTANCE, "Butteraugli distance; 0 = lossless"
+
+    @classmethod
+    def check_level(cls, level: float) -> float:
+        if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0.0 <= float(level) <= MAX_DISTANCE:
+            shown = f"{level:g}" if isinstance(level, numbers.Real) and not isinstance(level, bool) else repr(level)
             raise ValueError(
                 f"jpegxl level (Butteraugli distance) must be in 0..{MAX_DISTANCE:g} "
-                f"(0 = lossless; libjxl clamps larger values), got {level:g}"
+                f"(0 = lossless; libjxl clamps larger values), got {shown}"
             )
-        return level
+        return float(level)
 
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:
