@@ -155,7 +155,7 @@ def _compress_level(item: dict, src: _Source, params: dict) -> dict:
             errors.append(f"png baseline failed: {type(exc).__name__}: {exc}")
     start = time.perf_counter()
     try:
-        data = codec.encode(img.rgb, level, source=src.data, source_format=img.format)
+        data, method = codec.encode_with_method(img.rgb, level, source=src.data, source_format=img.format)
     except Exception as exc:
         return {**row, "status": manifest.STATUS_FAILED,
                 "error": f"encode failed: {type(exc).__name__}: {exc}", "finished_at": _now()}
@@ -169,7 +169,7 @@ def _compress_level(item: dict, src: _Source, params: dict) -> dict:
                 "error": f"cannot write output: {type(exc).__name__}: {exc}", "finished_at": _now()}
     n = len(data)
     row.update(compressed_bytes=n, output_path=out, dcr_vs_source=1.0 - n / len(src.data),
-               dcr_vs_raw=1.0 - n / raw)
+               dcr_vs_raw=1.0 - n / raw, level0_method=method)
     metric = params.get("quality_metric")
     if metric and item.get("quality"):
         from lossyvision.quality import measure
@@ -380,15 +380,40 @@ def run_job(records: Sequence[Record], source_root: str, store_uri: str, options
     (whichever first, checked as batches arrive; default 2 s, or ``LOSSYVISION_FLUSH_SECONDS``),
     so a kill loses only recent work; every ``consolidate_every`` parts they are folded into the
     manifest, bounding the number of files.
+
+    One writer per store: the job holds the store's writer lock (:mod:`lossyvision.lock`); a
+    second job on the same store is refused at once with ``LockHeld``, naming the first.
     """
-    if flush_seconds is None:
-        flush_seconds = float(os.environ.get("LOSSYVISION_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS))
+    from lossyvision.lock import writer_lock
+
     validate(options)
     if not records:
         raise CompressError(f"{source_root}: the dataset has no images")
     store_uri = str(store_uri)
+    check_store_place(store_uri)
+    with writer_lock(store_uri, "lossyvision compress", log=log):
+        return _run_job_locked(records, source_root, store_uri, options, execute, flush_rows=flush_rows,
+                               flush_seconds=flush_seconds, consolidate_every=consolidate_every, log=log)
+
+
+def check_store_place(store_uri: str) -> None:
+    """A store is never a system folder nor someone else's folder, and its manifest reads back."""
+    from lossyvision.places import check_place, check_store_files
+
+    try:
+        check_place(store_uri, "store")
+    except ValueError as exc:
+        raise CompressError(f"store: {exc}") from None
+    check_store_files(store_uri)
+
+
+def _run_job_locked(records: Sequence[Record], source_root: str, store_uri: str, options: CompressOptions,
+                    execute: Executor, *, flush_rows: int, flush_seconds: float | None, consolidate_every: int,
+                    log: Callable[[str], None]) -> JobResult:
+    if flush_seconds is None:
+        flush_seconds = float(os.environ.get("LOSSYVISION_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS))
     params = job_params(options, store_uri)
-    existing = manifest.consolidate(store_uri) if store.exists(store_uri) else manifest.empty()
+    existing = manifest.consolidate(store_uri)  # a new store gets its (empty) manifest first: it is a store
     items, skipped = plan(records, source_root, store_uri, options, existing, params)
     log(f"{len(records)} images x {len(options.levels)} levels: {len(items)} to compress, "
         f"{skipped} already done")
@@ -543,11 +568,22 @@ def sweep_job_args(sweep) -> dict[str, Any]:
 
 
 def parse_levels(text: str) -> tuple[float, ...]:
-    """``"0,0.5,1"`` -> ``(0.0, 0.5, 1.0)``; raise :class:`CompressError` on junk."""
+    """``"0,0.5,1"`` -> ``(0.0, 0.5, 1.0)``; raise :class:`CompressError` on junk.
+
+    Malformed lists are refused, not repaired: an empty item (``0,,1``, a trailing comma), a
+    non-number, NaN or infinity, a repeated level.
+    """
+    items = [x.strip() for x in str(text).split(",")]
+    if items == [""]:
+        raise CompressError("--levels: no level given")
+    if "" in items:
+        raise CompressError(f"--levels: empty item in {text!r}; write levels separated by single commas, e.g. 0,0.5,1")
     try:
-        levels = tuple(float(x) for x in text.split(",") if x.strip())
+        levels = tuple(float(x) for x in items)
     except ValueError:
         raise CompressError(f"--levels: expected numbers separated by commas, got {text!r}") from None
-    if not levels:
-        raise CompressError("--levels: no level given")
+    if not all(math.isfinite(x) for x in levels):
+        raise CompressError(f"--levels: levels must be finite numbers, got {text!r}")
+    if len(set(levels)) != len(levels):
+        raise CompressError(f"--levels: a level is given twice in {text!r}")
     return levels

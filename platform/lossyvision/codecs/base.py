@@ -29,6 +29,8 @@ class Codec(ABC):
     level_max: float = 100.0
     level_is_integer: bool = False
     level_meaning: str = "level"
+    #: The level at which ``encode`` is lossless (jpegxl and png: 0); None if no level is.
+    lossless_level: float | None = None
 
     def __init__(self, **options: Any) -> None:
         unknown = set(options) - set(self.option_names())
@@ -82,6 +84,17 @@ class Codec(ABC):
         ``source``/``source_format`` are the original file's bytes and PIL format name
         ("JPEG", "PNG", ...), for codecs that can transcode losslessly (JPEG -> JPEG XL).
         """
+
+    def encode_with_method(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
+                           source_format: str | None = None) -> tuple[bytes, str | None]:
+        """:meth:`encode`, plus how a lossless level was made (the manifest's ``level0_method``).
+
+        ``"pixels"``: encoded from the decoded pixels; ``"jpeg_transcode"`` (codecs that can):
+        the source JPEG's own bytes, recoverable bit-exactly. None for a lossy level.
+        """
+        data = self.encode(rgb, level, source=source, source_format=source_format)
+        lossless = self.lossless_level is not None and float(level) == self.lossless_level
+        return data, ("pixels" if lossless else None)
 
     @abstractmethod
     def decode(self, data: bytes) -> np.ndarray:

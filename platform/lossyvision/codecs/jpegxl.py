@@ -5,9 +5,10 @@ smaller and worse. The distance is nominal: libjxl overshoots it on real photos.
 25 are rejected because libjxl silently clamps them to 25.
 
 Lossless (level 0): a JPEG source is transcoded bit-exactly with ``jpegxl_encode_jpeg`` (the
-original JPEG file comes back with :func:`reconstruct_jpeg`); any other source, or a JPEG that
-libjxl cannot transcode (e.g. CMYK), is encoded from its pixels with ``lossless=True`` (note that
-``distance=0`` is *not* bit-exact). Decoding a transcoded JPEG gives libjxl's rendering of it,
+original JPEG file comes back with :func:`reconstruct_jpeg`, which is checked); any other source,
+or a JPEG that libjxl cannot transcode (e.g. CMYK), is encoded from its pixels with
+``lossless=True`` (note that ``distance=0`` is *not* bit-exact). :meth:`encode_with_method` says
+which (the manifest's ``level0_method``). Decoding a transcoded JPEG gives libjxl's rendering of it,
 which may differ from Pillow's by a few levels per sample (different IDCT and upsampling).
 
 ``effort`` (1..10, default 7) is always passed explicitly: imagecodecs' own default is 5.
@@ -51,6 +52,13 @@ def transcode_jpeg(jpeg: bytes) -> bytes | None:
         return None
 
 
+def _reconstructs(transcoded: bytes, source: bytes) -> bool:
+    try:
+        return reconstruct_jpeg(transcoded) == source
+    except ValueError:
+        return False
+
+
 @CODECS.register("jpegxl")
 class JpegXLCodec(Codec):
     """JPEG XL via imagecodecs/libjxl; options: ``effort`` (1..10, default 7)."""
@@ -67,6 +75,7 @@ class JpegXLCodec(Codec):
         return ("effort",)
 
     level_min, level_max, level_meaning = 0.0, MAX_DISTANCE, "Butteraugli distance; 0 = lossless"
+    lossless_level = 0.0
 
     @classmethod
     def check_level(cls, level: float) -> float:
@@ -80,6 +89,12 @@ class JpegXLCodec(Codec):
 
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:
+        return self.encode_with_method(rgb, level, source=source, source_format=source_format)[0]
+
+    def encode_with_method(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
+                           source_format: str | None = None) -> tuple[bytes, str | None]:
+        """Level 0 of a JPEG source is its bit-exact transcode (checked: the JPEG comes back
+        byte for byte) when libjxl can make one, else the pixels, losslessly."""
         import imagecodecs
 
         level = self.check_level(level)
@@ -87,10 +102,10 @@ class JpegXLCodec(Codec):
         if level == 0.0:
             if source_format == "JPEG" and source:
                 transcoded = transcode_jpeg(source)
-                if transcoded is not None:
-                    return transcoded
-            return bytes(imagecodecs.jpegxl_encode(rgb, lossless=True, effort=self.effort))
-        return bytes(imagecodecs.jpegxl_encode(rgb, distance=level, effort=self.effort))
+                if transcoded is not None and _reconstructs(transcoded, source):
+                    return transcoded, "jpeg_transcode"
+            return bytes(imagecodecs.jpegxl_encode(rgb, lossless=True, effort=self.effort)), "pixels"
+        return bytes(imagecodecs.jpegxl_encode(rgb, distance=level, effort=self.effort)), None
 
     def decode(self, data: bytes) -> np.ndarray:
         import imagecodecs

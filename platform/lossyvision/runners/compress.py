@@ -22,6 +22,7 @@ import ray
 
 from lossyvision import compress, manifest
 from lossyvision.datasets.base import Record
+from lossyvision.lock import writer_lock
 from lossyvision.runners.cluster import init_ray
 
 
@@ -118,21 +119,23 @@ def compress_job(
         on_error=on_error, max_pixels=int(max_pixels), quality_metric=quality_metric,
         quality_sample=int(quality_sample))
     compress.validate(options)
-    if records is None:
+    compress.check_store_place(str(store_uri))
+    with writer_lock(str(store_uri), "lossyvision compress", log=log):  # before listing: refused at once
+        if records is None:
+            try:
+                reader = create_dataset(dataset, source, **(dataset_options or {}))
+                records = reader.records()
+            except (KeyError, ValueError, FileNotFoundError) as exc:
+                raise compress.CompressError(f"{source}: {str(exc).strip(chr(39))}") from None
+        started = False
+
+        def execute(items: list[dict], params: dict) -> Iterator[list[dict]]:
+            nonlocal started  # Ray starts only when there is work: a finished store reruns in seconds
+            started = ensure_ray(num_cpus)
+            yield from execute_with_ray(items, params)
+
         try:
-            reader = create_dataset(dataset, source, **(dataset_options or {}))
-            records = reader.records()
-        except (KeyError, ValueError, FileNotFoundError) as exc:
-            raise compress.CompressError(f"{source}: {str(exc).strip(chr(39))}") from None
-    started = False
-
-    def execute(items: list[dict], params: dict) -> Iterator[list[dict]]:
-        nonlocal started  # Ray starts only when there is work: a finished store reruns in seconds
-        started = ensure_ray(num_cpus)
-        yield from execute_with_ray(items, params)
-
-    try:
-        return compress.run_job(records, source, store_uri, options, execute, log=log)
-    finally:
-        if started:
-            ray.shutdown()
+            return compress.run_job(records, source, store_uri, options, execute, log=log)
+        finally:
+            if started:
+                ray.shutdown()

@@ -221,7 +221,19 @@ def compress_for(sweep: Sweep, echo: Echo) -> pd.DataFrame:
 def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
               ray_address: str | None = None, num_cpus: int | None = None,
               build_report: bool = True) -> SweepOutcome:
-    """Run a sweep end to end; only what OUTPUT lacks is computed."""
+    """Run a sweep end to end; only what OUTPUT lacks is computed. One writer per output: a second
+    run on the same OUTPUT is refused at once (:class:`lossyvision.lock.LockHeld` names the first)."""
+    from lossyvision.lock import writer_lock
+
+    sweep = resolve_paths(sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file))
+    with writer_lock(sweep.output, "lossyvision sweep run", log=echo):
+        return _run_sweep(sweep, echo=echo, ray_address=ray_address, num_cpus=num_cpus, build_report=build_report)
+
+
+def _run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
+               ray_address: str | None = None, num_cpus: int | None = None,
+               build_report: bool = True) -> SweepOutcome:
+    """The body of :func:`run_sweep`, run while it holds OUTPUT's writer lock."""
     from lossyvision.runners.cluster import init_ray
     from lossyvision.runners.evaluate import evaluate_cells
     from lossyvision.runners.tune import train_trials
