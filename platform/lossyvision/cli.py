@@ -113,7 +113,8 @@ def demo_data(
 _SWEEP_FILE_SETS = {"source": "--source", "out": "--out", "dataset": "--dataset", "codec": "--codec",
                     "levels": "--levels", "effort": "--effort", "on_error": "--on-error",
                     "max_pixels": "--max-pixels", "quality_metric": "--quality-metric",
-                    "quality_sample": "--quality-sample"}
+                    "quality_sample": "--quality-sample", "animated": "--animated",
+                    "allow_outside_symlinks": "--allow-outside-symlinks"}
 
 
 def given_options(ctx: typer.Context, names: dict[str, str]) -> list[str]:
@@ -144,6 +145,12 @@ def compress(
     quality_metric: Optional[Literal["ssimulacra2", "butteraugli"]] = typer.Option(
         None, "--quality-metric", help="Measure achieved quality on a sample: ssimulacra2 or butteraugli."),
     quality_sample: int = typer.Option(16, "--quality-sample", min=0, help="Images per level whose quality is measured."),
+    animated: Literal["refuse", "first"] = typer.Option(
+        "refuse", "--animated", help="An animated image (GIF, APNG, WebP): refuse it (a failed row says so) "
+                                     "or compress its first frame."),
+    allow_outside_symlinks: bool = typer.Option(
+        False, "--allow-outside-symlinks", help="Read symlinks whose target lies outside --source "
+                                                "(refused and listed in OUT/skipped.csv by default)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the local Ray (default: all)."),
     yes: bool = typer.Option(False, "--yes", help="Run a sweep file whose grid is over the cap (see README)."),
 ) -> None:
@@ -183,7 +190,9 @@ def compress(
                 args = {"source": source, "store_uri": out, "dataset": dataset, "codec": codec,
                         "codec_options": {} if effort is None else {"effort": effort},
                         "levels": parsed_levels, "on_error": on_error, "max_pixels": max_pixels,
-                        "quality_metric": quality_metric, "quality_sample": quality_sample}
+                        "quality_metric": quality_metric, "quality_sample": quality_sample,
+                        "animated": animated,
+                        "dataset_options": {"allow_outside_symlinks": True} if allow_outside_symlinks else {}}
             from lossyvision.runners.compress import compress_job
 
             result = compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
@@ -191,6 +200,8 @@ def compress(
     if not console.is_terminal:  # logs and CI: don't squeeze the table into 80 columns
         console = Console(width=max(console.width, 110))
     console.print(job.render_summary(result.summary))
+    for line in job.describe_not_read(result.not_read, args["store_uri"]):
+        typer.echo(line)
     typer.echo(f"manifest: {args['store_uri']}/manifest.parquet ({len(result.manifest)} rows; "
                f"{result.done} compressed now, {result.skipped} already done); summary.csv beside it")
 

@@ -60,6 +60,7 @@ class CompressOptions:
     quality_metric: str | None = None
     quality_sample: int = 16
     png_baseline: bool = True
+    animated: str = "refuse"  # an animated source: refuse it, or compress its "first" frame
 
 
 # --- one image ---------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ def options_json(options: dict[str, Any]) -> str:
 class _Source:
     """One source image read and decoded once for all its levels in a batch."""
 
-    def __init__(self, uri: str, max_pixels: int) -> None:
+    def __init__(self, uri: str, max_pixels: int, animated: str = "refuse") -> None:
         from lossyvision.imageio import BadImageError, load_rgb
 
         self.data: bytes | None = None
@@ -99,12 +100,15 @@ class _Source:
         except FileNotFoundError:
             self.error = "cannot read: file not found"
             return
+        except store.NotRegularFileError as exc:  # a FIFO put there after the listing: never opened
+            self.error = f"skipped: {exc.strerror}"
+            return
         except Exception as exc:  # permissions, network: record, don't crash the job
             self.error = f"cannot read: {type(exc).__name__}: {exc}"
             return
         self.sha256 = hashlib.sha256(self.data).hexdigest()
         try:
-            self.image = load_rgb(self.data, max_pixels=max_pixels)
+            self.image = load_rgb(self.data, max_pixels=max_pixels, animated=animated)
         except BadImageError as exc:
             self.error = exc.reason
         except Exception as exc:  # a decoder bug must not kill the job either
@@ -148,6 +152,8 @@ def _compress_level(item: dict, src: _Source, params: dict) -> dict:
     row.update(source_format=img.format, source_mode=img.mode, width=img.width, height=img.height,
                raw_bytes=raw)
     errors = []
+    if img.frames > 1:
+        errors.append(f"animated image ({img.frames} frames): its first frame is used")
     if item.get("png"):
         try:
             row["png_bytes"] = src.png_bytes()
@@ -187,7 +193,7 @@ def compress_items(items: Sequence[dict], params: dict) -> list[dict]:
     """Compress work items; consecutive items of one source share its read and decode."""
     rows = []
     for uri, group in itertools.groupby(items, key=lambda it: it["uri"]):
-        src = _Source(uri, int(params["max_pixels"]))
+        src = _Source(uri, int(params["max_pixels"]), params.get("animated", "refuse"))
         for item in group:
             row = _compress_level(item, src, params)
             rows.append({c: row.get(c) for c in manifest.COLUMNS})  # every column, None if unknown
@@ -211,7 +217,7 @@ def job_params(options: CompressOptions, store_uri: str) -> dict:
     codec = _codec(options.codec, options_json(options.codec_options))
     return {"codec": options.codec, "codec_options_json": options_json(effective_codec_options(codec)),
             "store": str(store_uri), "max_pixels": int(options.max_pixels),
-            "quality_metric": options.quality_metric}
+            "quality_metric": options.quality_metric, "animated": options.animated}
 
 
 # --- the plan ----------------------------------------------------------------------------------
@@ -339,14 +345,52 @@ class JobResult:
     summary: pd.DataFrame    # per-level table, as saved to summary.csv
     done: int                # work items run now
     skipped: int             # (image, level) pairs already done
+    not_read: list = field(default_factory=list)  # dataset files not read, with the reason (skipped.csv)
+
+
+SKIPPED_NAME = "skipped.csv"
+
+
+def describe_not_read(not_read: Sequence[Any], store_uri: str | None = None) -> list[str]:
+    """Lines for the files a job did not read: counts per reason, unsupported types per extension."""
+    from lossyvision.datasets._files import UNSUPPORTED, extension
+
+    if not not_read:
+        return []
+    kinds: dict[str, int] = {}
+    exts: dict[str, int] = {}
+    for s in not_read:
+        if s.kind == UNSUPPORTED:
+            exts[extension(s.relpath)] = exts.get(extension(s.relpath), 0) + 1
+        else:
+            kinds[s.kind] = kinds.get(s.kind, 0) + 1
+    where = f" (each with its reason in {store.join(store_uri, SKIPPED_NAME)})" if store_uri else ""
+    lines = []
+    if kinds:
+        lines.append(f"not read: {', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}{where}")
+    if exts:
+        lines.append("files of unsupported types, not compressed: "
+                     + ", ".join(f"{e} {n}" for e, n in sorted(exts.items(), key=lambda t: (-t[1], t[0])))
+                     + ("" if kinds else where))
+    return lines
+
+
+def write_not_read(store_uri: str, not_read: Sequence[Any]) -> None:
+    table = pd.DataFrame([{"relpath": s.relpath, "kind": s.kind, "reason": s.reason} for s in not_read],
+                         columns=["relpath", "kind", "reason"])
+    store.atomic_write_bytes(store.join(store_uri, SKIPPED_NAME), table.to_csv(index=False).encode())
 
 
 def validate(options: CompressOptions) -> None:
     """Check options before any work; raise :class:`CompressError` naming the problem."""
     from lossyvision.codecs import create_codec
 
+    from lossyvision.imageio import ANIMATED_POLICIES
+
     if options.on_error not in ON_ERROR:
         raise CompressError(f"on_error must be one of {ON_ERROR}, got {options.on_error!r}")
+    if options.animated not in ANIMATED_POLICIES:
+        raise CompressError(f"animated must be one of {ANIMATED_POLICIES}, got {options.animated!r}")
     if not options.levels:
         raise CompressError("no levels given")
     if len(set(options.levels)) != len(options.levels):
@@ -373,13 +417,17 @@ def validate(options: CompressOptions) -> None:
 
 def run_job(records: Sequence[Record], source_root: str, store_uri: str, options: CompressOptions,
             execute: Executor, *, flush_rows: int = 500, flush_seconds: float | None = None,
-            consolidate_every: int = 256, log: Callable[[str], None] = lambda msg: None) -> JobResult:
+            consolidate_every: int = 256, log: Callable[[str], None] = lambda msg: None,
+            not_read: Sequence[Any] = ()) -> JobResult:
     """Plan, execute, persist rows incrementally, consolidate the manifest, write summary.csv.
 
     Finished rows are flushed to a part file every ``flush_rows`` rows or ``flush_seconds``
     (whichever first, checked as batches arrive; default 2 s, or ``LOSSYVISION_FLUSH_SECONDS``),
     so a kill loses only recent work; every ``consolidate_every`` parts they are folded into the
     manifest, bounding the number of files.
+
+    ``not_read`` (the dataset reader's ``skipped``: FIFOs, links outside the root, unsupported
+    types) is saved as ``STORE/skipped.csv`` and returned, so nothing is dropped silently.
 
     One writer per store: the job holds the store's writer lock (:mod:`lossyvision.lock`); a
     second job on the same store is refused at once with ``LockHeld``, naming the first.
@@ -392,8 +440,11 @@ def run_job(records: Sequence[Record], source_root: str, store_uri: str, options
     store_uri = str(store_uri)
     check_store_place(store_uri)
     with writer_lock(store_uri, "lossyvision compress", log=log):
-        return _run_job_locked(records, source_root, store_uri, options, execute, flush_rows=flush_rows,
-                               flush_seconds=flush_seconds, consolidate_every=consolidate_every, log=log)
+        result = _run_job_locked(records, source_root, store_uri, options, execute, flush_rows=flush_rows,
+                                 flush_seconds=flush_seconds, consolidate_every=consolidate_every, log=log)
+        write_not_read(store_uri, not_read)
+        result.not_read = list(not_read)
+        return result
 
 
 def check_store_place(store_uri: str) -> None:
@@ -557,6 +608,7 @@ def sweep_job_args(sweep) -> dict[str, Any]:
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise CompressError(f"dataset: {str(exc).strip(chr(39))}") from None
     return {
+        "not_read": reader.skipped, "animated": sweep.compress.animated,
         "source": sweep.dataset.root, "store_uri": sweep.store_uri, "dataset": sweep.dataset.kind,
         "dataset_options": dict(sweep.dataset.options), "codec": sweep.codec.name,
         "codec_options": sweep.codec.options,

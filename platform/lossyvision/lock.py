@@ -212,9 +212,13 @@ class WriterLock:
         previous = _read_holder_fd(fd)
         if previous is not None:  # the last holder died without releasing: the kernel let go for it
             self.took_over = previous
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, self.me.to_json(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, self.me.to_json(), 0)
+            os.fsync(fd)
+        except OSError as exc:  # a full disk: say which file could not be written
+            os.close(fd)  # closing drops the flock
+            raise type(exc)(exc.errno, exc.strerror or str(exc), path) from None
         self._fd = fd
 
     def _release_local(self) -> None:

@@ -164,6 +164,8 @@ class CompressSpec(_Strict):
     max_pixels: Int = _num(100_000_000, BOUNDS["max_pixels"])
     quality_metric: Literal["ssimulacra2", "butteraugli"] | None = None
     quality_sample: Int = _num(16, BOUNDS["quality_sample"], description="images per level whose quality is measured")
+    animated: Literal["refuse", "first"] = Field(
+        "refuse", description="an animated image (GIF, APNG, WebP): refuse it, or compress its first frame")
 
 
 class ModelSpec(_Strict):

@@ -101,6 +101,8 @@ def compress_job(
     quality_sample: int = 16,
     num_cpus: int | None = None,
     records: Sequence[Record] | None = None,
+    not_read: Sequence[Any] = (),
+    animated: str = "refuse",
     log=print,
 ) -> compress.JobResult:
     """Compress dataset ``source`` into ``store_uri`` at every level; resumable.
@@ -110,14 +112,16 @@ def compress_job(
     running Ray if there is one, else (only if there is work to do) starts a local one with
     ``num_cpus`` (all CPUs by default) and stops it at the end. Raises
     :class:`~lossyvision.compress.CompressError` for bad options, an empty dataset, or the first
-    bad image under ``on_error='fail'``.
+    bad image under ``on_error='fail'``. ``not_read`` lists dataset files not read (with
+    ``records``; else the reader's own list): they are saved in ``STORE/skipped.csv``. ``animated``:
+    ``refuse`` animated images (a failed row saying so) or compress their ``first`` frame.
     """
     from lossyvision.datasets import create_dataset
 
     options = compress.CompressOptions(
         codec=codec, codec_options=dict(codec_options or {}), levels=tuple(float(x) for x in levels),
         on_error=on_error, max_pixels=int(max_pixels), quality_metric=quality_metric,
-        quality_sample=int(quality_sample))
+        quality_sample=int(quality_sample), animated=animated)
     compress.validate(options)
     compress.check_store_place(str(store_uri))
     with writer_lock(str(store_uri), "lossyvision compress", log=log):  # before listing: refused at once
@@ -125,6 +129,7 @@ def compress_job(
             try:
                 reader = create_dataset(dataset, source, **(dataset_options or {}))
                 records = reader.records()
+                not_read = reader.skipped
             except (KeyError, ValueError, FileNotFoundError) as exc:
                 raise compress.CompressError(f"{source}: {str(exc).strip(chr(39))}") from None
         started = False
@@ -135,7 +140,7 @@ def compress_job(
             yield from execute_with_ray(items, params)
 
         try:
-            return compress.run_job(records, source, store_uri, options, execute, log=log)
+            return compress.run_job(records, source, store_uri, options, execute, log=log, not_read=not_read)
         finally:
             if started:
                 ray.shutdown()
