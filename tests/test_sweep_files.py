@@ -17,6 +17,9 @@ import yaml
 from lossyvision.spec import GRID_CAP, SpecError, check_grid, load_sweep
 
 PLATFORM = str(Path(__file__).resolve().parents[1] / "platform")
+#: The installed console script (what a user types), else the module.
+COMMAND = ([str(Path(sys.executable).parent / "lossyvision")] if (Path(sys.executable).parent / "lossyvision").exists()
+           else [sys.executable, "-m", "lossyvision.cli"])
 MODEL = {"name": "m", "task": "classification", "arch": "resnet10t", "epochs": 1, "batch_size": 4,
          "image_size": 32}
 
@@ -216,9 +219,10 @@ def test_malformed_sweep_file_is_refused_naming_the_field(tmp_path, monkeypatch,
     lines = message.splitlines()
     if field == "FILE":
         assert len(lines) == 1 and says in lines[0], message
-    else:
-        problem = [line for line in lines[1:] if line.strip().startswith(f"{field}:")]
-        assert problem and any(says in line for line in problem), message
+    else:  # one problem: "FILE: field: problem"; several: "FILE:" then "  field: problem" each
+        problems = [lines[0].removeprefix(f"{path}: ")] if len(lines) == 1 else [x.strip() for x in lines[1:]]
+        assert err.value.problems == problems
+        assert any(p.startswith(f"{field}: ") and says in p for p in problems), message
     assert "Traceback" not in message
     assert snapshot(tmp_path) == before  # nothing written, nothing touched
     assert not (tmp_path / "out").exists()
@@ -285,7 +289,7 @@ def lossyvision(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, flo
     env = {**os.environ, "PYTHONPATH": PLATFORM}
     env.pop("LV_TEST_UNSET_ROOT", None)
     start = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "lossyvision.cli", *args], capture_output=True, text=True,
+    r = subprocess.run([*COMMAND, *args], capture_output=True, text=True,
                        env=env, cwd=cwd, timeout=120)
     return r, time.monotonic() - start
 

@@ -175,6 +175,10 @@ def compress(
                 fail("give --source DIR and --out DIR, or a sweep file")
             try:
                 parsed_levels = job.parse_levels(levels)
+                job.validate(job.CompressOptions(  # codec, levels in its range, options: before anything is written
+                    codec=codec, codec_options={} if effort is None else {"effort": effort}, levels=parsed_levels,
+                    on_error=on_error, max_pixels=max_pixels, quality_metric=quality_metric,
+                    quality_sample=quality_sample, animated=animated))
             except job.CompressError as exc:
                 fail(str(exc))
             try:
@@ -445,7 +449,7 @@ def main() -> None:
     import sys
 
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="lossyvision")
     except (typer.Exit, typer.Abort):
         raise
     except typer.TyperException as e:  # typer's own click: usage errors, bad parameters

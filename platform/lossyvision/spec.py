@@ -56,7 +56,22 @@ TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "
 
 
 class SpecError(ValueError):
-    """A malformed sweep file or option; the message names each field and its problem."""
+    """A malformed sweep file or option; the message names each field and its problem.
+
+    One problem is one line (``FILE: field: problem``); several are a ``FILE:`` line and one
+    indented line each. ``problems`` holds the ``field: problem`` lines.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+    @classmethod
+    def of(cls, source: str, problems: list[str]) -> "SpecError":
+        problems = [p.strip() for p in problems]
+        if len(problems) == 1:
+            return cls(f"{source}: {problems[0]}", problems)
+        return cls(f"{source}:\n" + "\n".join(f"  {p}" for p in problems), problems)
 
 
 class _Strict(BaseModel):
@@ -407,7 +422,7 @@ def parse_sweep(data: Any, source: str = "sweep") -> Sweep:
     try:
         return Sweep.model_validate(data)
     except ValidationError as e:
-        raise SpecError(f"{source}:\n" + format_validation_error(e, prefix="  ")) from None
+        raise SpecError.of(source, format_validation_error(e).splitlines()) from None
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -471,7 +486,7 @@ def substitute_env(data: Any, env: dict[str, str] | None = None, source: str = "
 
     out = walk(data, "")
     if problems:
-        raise SpecError(f"{source}:\n" + "\n".join(problems))
+        raise SpecError.of(source, problems)
     return out
 
 

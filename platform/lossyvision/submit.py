@@ -84,11 +84,10 @@ def check_sweep_file(path: str | os.PathLike[str]) -> str:
     try:
         return parse_sweep(data, source=path).name
     except SpecError as e:
-        lines = str(e).splitlines()
-        real = [line for line in lines[1:] if not line.strip().startswith(_CLUSTER_ONLY)]
-        if len(lines) > 1 and not real:
+        real = [p for p in e.problems if not p.startswith(_CLUSTER_ONLY)]
+        if e.problems and not real:
             return str(data["name"]) if isinstance(data, dict) and "name" in data else "sweep"
-        raise SubmitError("\n".join([lines[0], *real])) from None
+        raise SubmitError(str(SpecError.of(path, real)) if e.problems else str(e)) from None
 
 
 #: Fields whose checks look at local paths: the cluster's disks, not this machine's.
