@@ -15,11 +15,46 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_s3 import BUCKET, s3_server  # noqa: E402,F401  (the moto server fixture)
-
 from lossyvision.lock import LOCK_NAME, Holder, LockHeld, WriterLock, read_holder, writer_lock  # noqa: E402
 
 PLATFORM = str(Path(__file__).resolve().parents[1] / "platform")
+BUCKET = "lossyvision-locks"
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's real S3 server on a free port, reached through the standard AWS variables (as in test_s3)."""
+    import logging
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    from ray_head import free_port
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in [*env, "AWS_SESSION_TOKEN", "AWS_PROFILE"]}
+    os.environ.update(env)
+    for k in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        os.environ.pop(k, None)
+    try:
+        s3fs.S3FileSystem.clear_instance_cache()
+        fs = s3fs.S3FileSystem()
+        if not fs.exists(BUCKET):  # moto keeps its buckets per process, across servers
+            fs.mkdir(BUCKET)
+        yield env["AWS_ENDPOINT_URL"]
+    finally:
+        server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 #: A process that waits for a start time, tries the lock, holds it ``hold`` seconds, says what happened.
 WORKER = textwrap.dedent("""
