@@ -214,3 +214,16 @@ def test_status_with_repeats_labels_each_repeat(tmp_path):
     assert r.exit_code == 0, r.output
     assert "bound method" not in r.output
     assert "d0 / r0" in r.output and "d0 / r1" in r.output and "d1 / r1" in r.output
+
+
+def test_submit_checks_the_grid_and_forwards_yes(tmp_path):
+    from lossyvision import submit as submission
+
+    sweep_file, _ = make_output(tmp_path)
+    data = yaml.safe_load(sweep_file.read_text())
+    data.update(repeats=100, train_levels=[0, 1, 2])
+    sweep_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(submission.SubmitError, match="over the cap .* pass --yes"):
+        submission.check_sweep_file(sweep_file)
+    assert submission.check_sweep_file(sweep_file, yes=True) == "s"
+    assert submission.entrypoint("s.yaml", yes=True) == "lossyvision sweep run --yes s.yaml"

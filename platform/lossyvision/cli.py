@@ -408,6 +408,7 @@ def submit(
     env: list[str] = typer.Option([], "--env", metavar="NAME=VALUE", help="Extra env var for the job (repeatable)."),
     ship_code: bool = typer.Option(
         False, "--ship-code", help="Upload this checkout's lossyvision package with the job (no image rebuild)."),
+    yes: bool = typer.Option(False, "--yes", help="Run a grid over the cap (200 trials or 5000 evaluations)."),
 ) -> None:
     """Submit a sweep to a Ray cluster through the Job Submission API.
 
@@ -431,7 +432,7 @@ def submit(
             return
         result = runner.submit_sweep(str(sweep_file), address, wait=not no_wait,
                                      env_vars=submission.parse_env_pairs(env), ship_code=ship_code,
-                                     echo=lambda text: typer.echo(text, nl=False))
+                                     echo=lambda text: typer.echo(text, nl=False), yes=yes)
     except submission.SubmitError as e:
         fail(str(e))
     except KeyboardInterrupt:

@@ -206,6 +206,10 @@ class WriterLock:
             holder = _read_holder_fd(fd, wait=2.0)  # it got the lock a moment ago: its details follow
             os.close(fd)
             raise LockHeld(self.place, holder) from None
+        except OSError as exc:  # a filesystem without locks (some FUSE mounts): say where
+            os.close(fd)
+            raise type(exc)(exc.errno, f"cannot lock it ({exc.strerror}); use a folder on a disk with "
+                                       "file locks", path) from None
         except BaseException:
             os.close(fd)
             raise

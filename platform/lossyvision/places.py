@@ -150,14 +150,34 @@ def check_output_files(output: str) -> None:
 
 
 def check_store_files(store_uri: str) -> None:
-    """Raise :class:`DamagedFileError` if ``STORE/manifest.parquet`` cannot be read as parquet."""
+    """Raise :class:`DamagedFileError` if ``STORE/manifest.parquet`` cannot be read as parquet.
+
+    Only its footer (schema, row groups) is read: a large manifest costs a few small reads.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lossyvision.store import exists, filesystem, read_bytes
+
     uri = join(str(store_uri), MANIFEST_NAME)
-    data = _read(uri)
-    if data is None:
+    if not exists(uri):
         return
-    problem = parquet_problem(data)
-    if problem:
-        raise manifest_damaged(uri, problem)
+    path = local_path(uri)
+    try:
+        if path is not None:
+            if not os.path.isfile(path):
+                read_bytes(uri)  # raises the clear error for a FIFO, a folder, ...
+            pq.read_metadata(path)
+        else:
+            fs, fs_path = filesystem(uri)
+            with fs.open(fs_path, "rb") as f:
+                pq.read_metadata(f)
+    except (pa.ArrowException, ValueError) as exc:
+        raise manifest_damaged(uri, _first_line(exc)) from None
+    except OSError as exc:
+        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)) or exc.filename:
+            raise
+        raise manifest_damaged(uri, _first_line(exc)) from None
 
 
 def parquet_problem(data: bytes) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from lossyvision.spec import SpecError, parse_sweep, parse_yaml_text, read_sweep_file, substitute_env
+from lossyvision.spec import SpecError, check_grid, parse_sweep, parse_yaml_text, read_sweep_file, substitute_env
 
 #: Job states after which nothing changes.
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
@@ -64,13 +64,13 @@ def parse_env_pairs(pairs: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def check_sweep_file(path: str | os.PathLike[str]) -> str:
+def check_sweep_file(path: str | os.PathLike[str], yes: bool = False) -> str:
     """Validate a sweep file before shipping it; returns the sweep's name.
 
     The file is checked as the cluster will read it, except what only the cluster knows: its
     environment (``${VAR}`` the client lacks stand in as placeholders) and its local paths (a
     dataset root, output or store on the cluster's disks, not here). Every other problem is
-    reported now, not minutes later.
+    reported now, not minutes later; so is a grid over the cap without ``yes`` (``--yes``).
     """
     path = str(path)
     try:
@@ -82,7 +82,9 @@ def check_sweep_file(path: str | os.PathLike[str]) -> str:
     except SpecError as e:
         raise SubmitError(str(e)) from None
     try:
-        return parse_sweep(data, source=path).name
+        sweep = parse_sweep(data, source=path)
+        check_grid(sweep, yes, source=path)
+        return sweep.name
     except SpecError as e:
         real = [p for p in e.problems if not p.startswith(_CLUSTER_ONLY)]
         if e.problems and not real:
@@ -101,9 +103,9 @@ def stage_sweep(sweep_file: str | os.PathLike[str], staging_dir: str | os.PathLi
     return name
 
 
-def entrypoint(sweep_name_in_working_dir: str) -> str:
+def entrypoint(sweep_name_in_working_dir: str, yes: bool = False) -> str:
     """The shell command the job runs, inside its working dir on the cluster."""
-    return f"lossyvision sweep run {shlex.quote(sweep_name_in_working_dir)}"
+    return f"lossyvision sweep run {'--yes ' if yes else ''}{shlex.quote(sweep_name_in_working_dir)}"
 
 
 def build_runtime_env(working_dir: str, *, env_vars: Mapping[str, str] | None = None,
