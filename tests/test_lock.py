@@ -56,12 +56,16 @@ def s3_server():
             else:
                 os.environ[k] = v
 
-#: A process that waits for a start time, tries the lock, holds it ``hold`` seconds, says what happened.
+#: A process that gets ready (imports, a warm S3 client), waits for a "go" file, tries the lock,
+#: holds it ``hold`` seconds, and says what happened.
 WORKER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     from lossyvision.lock import LockHeld, writer_lock
-    place, start, hold = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-    while time.time() < start:
+    from lossyvision.store import filesystem
+    place, go, hold = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    filesystem(place)[0].exists(place.split("://")[-1])  # connect now, not in the race
+    print("ready", flush=True)
+    while not os.path.exists(go):
         time.sleep(0.001)
     try:
         with writer_lock(place, "worker", log=lambda m: print("log:", m, flush=True)):
@@ -73,16 +77,23 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def worker(place: str, start: float, hold: float) -> subprocess.Popen:
+def worker(place: str, go: Path | None, hold: float) -> subprocess.Popen:
+    """A worker process; with ``go=None`` it starts at once (its "ready" line is already read)."""
     env = {**os.environ, "PYTHONPATH": PLATFORM}
-    return subprocess.Popen([sys.executable, "-c", WORKER, place, str(start), str(hold)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if go is None:
+        go = Path(PLATFORM)  # exists: no waiting
+    p = subprocess.Popen([sys.executable, "-c", WORKER, place, str(go), str(hold)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith("ready"), p.stderr.read()
+    return p
 
 
-def race(place: str, hold: float = 3.0) -> tuple[list[str], list[float]]:
-    """Two processes try the same place at the same moment; returns their outputs and run times."""
-    start = time.time() + 2.5  # both interpreters are up and waiting by then
-    procs = [worker(place, start, hold) for _ in range(2)]
+def race(place: str, tmp: Path, hold: float = 3.0) -> tuple[list[str], list[float]]:
+    """Two ready processes try the same place at the same moment; returns their outputs and run times."""
+    go = tmp / "go"
+    procs = [worker(place, go, hold) for _ in range(2)]
+    go.touch()
+    start = time.time()
     took: list[float | None] = [None, None]
     while None in took and time.time() < start + 60:
         for i, p in enumerate(procs):
@@ -109,7 +120,7 @@ def test_local_second_writer_is_refused_naming_the_holder(tmp_path):
         holder = read_holder(place)
         assert holder is not None and holder.pid == os.getpid() and holder.command == "lossyvision sweep run"
         assert lock.took_over is None
-        proc = worker(place, time.time(), 0)
+        proc = worker(place, None, 0)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 3
         assert f"in use by `lossyvision sweep run` (pid {os.getpid()} on host " in out
@@ -123,20 +134,20 @@ def test_local_lock_is_reentrant_in_one_process(tmp_path):
         with writer_lock(place, "inner"):
             assert read_holder(place).command == "outer"
         assert read_holder(place).command == "outer"  # the inner release kept the outer lock
-        proc = worker(place, time.time(), 0)
+        proc = worker(place, None, 0)
         assert proc.wait(timeout=60) == 3
-    proc = worker(place, time.time(), 0)
+    proc = worker(place, None, 0)
     assert proc.wait(timeout=60) == 0
 
 
 def test_local_two_concurrent_processes_one_wins(tmp_path):
-    outs, took = race(str(tmp_path / "store"))
+    outs, took = race(str(tmp_path / "store"), tmp_path)
     assert_one_winner(outs, took, 3.0)
 
 
 def test_local_lock_of_a_killed_holder_is_taken_over(tmp_path):
     place = str(tmp_path / "out")
-    proc = worker(place, time.time(), 60)
+    proc = worker(place, None, 60)
     assert proc.stdout.readline().startswith("won")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -169,14 +180,14 @@ def test_s3_lease_second_writer_refused_and_released(s3_server):
     assert not fs.exists(f"{BUCKET}/locks/one/{LOCK_NAME}")  # released: the lease object is gone
 
 
-def test_s3_two_concurrent_processes_one_wins(s3_server):
-    outs, took = race(f"s3://{BUCKET}/locks/race")
+def test_s3_two_concurrent_processes_one_wins(s3_server, tmp_path):
+    outs, took = race(f"s3://{BUCKET}/locks/race", tmp_path)
     assert_one_winner(outs, took, 3.0)
 
 
 def test_s3_lease_of_a_killed_holder_on_this_host_is_taken_over(s3_server):
     place = f"s3://{BUCKET}/locks/killed"
-    proc = worker(place, time.time(), 60)
+    proc = worker(place, None, 60)
     assert proc.stdout.readline().startswith("won")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -198,7 +209,7 @@ def test_s3_lease_of_another_host_expires_unless_renewed(s3_server, monkeypatch)
             contender._acquire_remote()
         holder._stop.set()  # the holder stalls: no more renewals
         holder._thread.join()
-        time.sleep(2.5)
+        time.sleep(3.5)  # the lease, plus the server clock's one-second steps
         contender._acquire_remote()
         assert contender.took_over is not None and contender.took_over.host == "host-a"
         holder._release_remote()  # the stalled holder's release must not delete the new lease

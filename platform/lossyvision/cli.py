@@ -181,10 +181,16 @@ def compress(
                     quality_sample=quality_sample, animated=animated))
             except job.CompressError as exc:
                 fail(str(exc))
+            from lossyvision.datasets._files import require_dir
+
             try:
                 check_place(out, "store")
             except ValueError as exc:
                 fail(f"--out: {exc}")
+            try:
+                require_dir("--source", source)  # before the store is locked (and so created)
+            except ValueError as exc:
+                fail(str(exc))
             store_uri = out
         job.check_store_place(store_uri)
         with writer_lock(store_uri, "lossyvision compress", log=lambda msg: typer.echo(msg, err=True)):

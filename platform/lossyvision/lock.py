@@ -33,9 +33,10 @@ from dataclasses import asdict, dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterator
 
+from lossyvision.places import LOCK_NAME
 from lossyvision.store import filesystem, is_remote, join, local_path
 
-LOCK_NAME = ".lossyvision.lock"
+__all__ = ["LOCK_NAME", "Holder", "LockHeld", "WriterLock", "read_holder", "writer_lock"]
 #: Seconds a remote lease lasts without renewal (``LOSSYVISION_LOCK_LEASE_SECONDS`` overrides).
 LEASE_SECONDS = 60.0
 #: A lock file without details younger than this is being written by its new holder, not stale.

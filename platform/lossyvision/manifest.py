@@ -37,11 +37,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lossyvision import store
+from lossyvision import places
 from lossyvision.places import manifest_damaged, parquet_problem
 
 #: Columns identifying a row; one file in the store per key.
 KEY = ("relpath", "codec", "level")
-PARTS_DIR = ".manifest-parts"
+PARTS_DIR = places.PARTS_DIR
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 
-from lossyvision.store import MANIFEST_NAME, SUMMARY_NAME, DamagedFileError, is_remote, join, local_path
+from lossyvision.store import MANIFEST_NAME, SUMMARY_NAME, DamagedFileError, join, local_path
 
 LOCK_NAME = ".lossyvision.lock"
 SWEEP_COPY = "sweep.yaml"
@@ -93,7 +93,7 @@ def check_place(uri: str, kind: str) -> None:
     except OSError as exc:
         raise ValueError(f"{uri} cannot be listed: {exc.strerror or exc}") from None
     if not ours:
-        marker = f"{SWEEP_COPY}" if kind == "output" else f"{MANIFEST_NAME} or {PARTS_DIR}/"
+        marker = SWEEP_COPY if kind == "output" else f"{MANIFEST_NAME} or {PARTS_DIR}/"
         raise ValueError(f"{uri} is a non-empty folder that is not a lossyvision {kind} (it has no "
                          f"{marker}); choose a new or empty folder, so that nothing of yours is overwritten")
 
@@ -117,8 +117,8 @@ def check_output_files(output: str) -> None:
     import yaml
 
     copy = join(str(output), SWEEP_COPY)
-    way_back = (f"it is the copy of the sweep file that `sweep run` keeps: delete it, then rerun "
-                f"`lossyvision sweep run SWEEP_FILE` (it writes the copy again and redoes nothing done)")
+    way_back = ("it is the copy of the sweep file that `sweep run` keeps: delete it, then rerun "
+                "`lossyvision sweep run SWEEP_FILE` (it writes the copy again and redoes nothing done)")
     data = _read(copy)
     store_uri = join(str(output), DEFAULT_STORE)
     if data is not None:
