@@ -257,7 +257,8 @@ def test_cli_errors_have_no_traceback(tmp_path):
     r = runner.invoke(app, ["compress"])
     assert r.exit_code == 2 and "--source" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["compress", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
-    assert r.exit_code == 1 and "not found" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "--source: " in r.output and "not found" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()  # refused before anything was written
     r = runner.invoke(app, ["compress", "--source", str(tmp_path), "--out", str(tmp_path / "o"), "--levels", "a"])
     assert r.exit_code != 0 and "--levels" in r.output
     sweep = tmp_path / "s.yaml"

@@ -162,15 +162,15 @@ def test_an_output_from_before_configuration_keys_is_refused_and_left_untouched(
 
     out = tmp_path / "old"
     out.mkdir()
-    (out / "sweep.yaml").write_text("name: old\n")
-    pd.DataFrame([dict(model="m", value=0.5)]).to_parquet(out / "results.parquet")
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
     data = tmp_path / "data"
     (data / "train" / "c").mkdir(parents=True)
     sweep = tmp_path / "s.yaml"
     sweep.write_text(f"name: old\ndataset: {{root: {data}}}\ntrain_levels: [0]\ntest_levels: [0]\n"
                      "models: [{name: m, task: classification, arch: resnet10t}]\n"
                      f"output: {out}\n")
+    (out / "sweep.yaml").write_text(sweep.read_text())  # what an earlier run copied there
+    pd.DataFrame([dict(model="m", value=0.5)]).to_parquet(out / "results.parquet")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     runner = CliRunner()
     for args in (["sweep", "run", str(sweep)], ["report", str(out)], ["sweep", "status", str(out)],
                  ["advise", str(out)]):

@@ -1,11 +1,21 @@
-"""The ``lossyvision`` command line. Each command is a thin shell over a module function."""
+"""The ``lossyvision`` command line. Each command is a thin shell over a module function.
+
+Every refusal is one line on stderr (``error: ...``) and a non-zero exit, never a traceback:
+2 for a problem with the command line or a sweep file, 1 for one met while running (a damaged
+file, a busy output, an OS error, which names its path).
+"""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Literal, Optional
 
 import typer
+
+from lossyvision import __version__
+from lossyvision.codecs import CODECS
+from lossyvision.datasets import DATASETS
 
 app = typer.Typer(
     help="How far can you lossily compress your image data before your vision models notice?",
@@ -16,6 +26,9 @@ app = typer.Typer(
 sweep_app = typer.Typer(help="Run, inspect and sync sweeps (train x test grids).", no_args_is_help=True)
 app.add_typer(sweep_app, name="sweep")
 
+CODEC_NAMES = ", ".join(CODECS.names())
+DATASET_NAMES = ", ".join(DATASETS.names())
+
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
     """Print a clear error (no traceback) and exit."""
@@ -23,8 +36,61 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
     raise typer.Exit(code)
 
 
+def os_error_line(exc: OSError) -> str:
+    """An OS error as ``PATH: what happened`` (a full disk names the file it was writing)."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = exc.filename if exc.filename is not None else None
+    return f"{where}: {what}" if where else f"{type(exc).__name__}: {what}"
+
+
+@contextlib.contextmanager
+def clean_errors() -> Iterator[None]:
+    """Turn the errors a user can meet into one line: bad files and options (2), busy places,
+    damaged files and OS errors (1). Anything else is a bug and keeps its traceback."""
+    from lossyvision.compress import CompressError
+    from lossyvision.lock import LockHeld
+    from lossyvision.output import OutputError
+    from lossyvision.report.cells import ReportError
+    from lossyvision.spec import SpecError
+    from lossyvision.store import DamagedFileError
+    from lossyvision.sweep.results import ResultsError
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise
+    except (SpecError, OutputError, ResultsError, ReportError) as exc:
+        fail(str(exc))
+    except (CompressError, LockHeld, DamagedFileError) as exc:
+        fail(str(exc), code=1)
+    except OSError as exc:
+        fail(os_error_line(exc), code=1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lossyvision {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """How far can you lossily compress your image data before your vision models notice?"""
+
+
+def check_output(output: str) -> None:
+    """Commands that read an output first check its small files read back (one line if not)."""
+    from lossyvision.places import check_output_files
+
+    with clean_errors():
+        check_output_files(output)
+
+
 # --- demo data ----------------------------------------------------------------------------------
-@app.command("demo-data")
+@app.command("demo-data", epilog="Example: lossyvision demo-data data/demo")
 def demo_data(
     out: Path = typer.Argument(..., help="Folder to write the demo dataset into."),
     png: bool = typer.Option(False, "--png", help="Store originals as PNG (as Cityscapes) instead of JPEG."),
@@ -46,122 +112,181 @@ def demo_data(
 
 
 # --- compress -----------------------------------------------------------------------------------
-@app.command()
+#: Options of ``compress`` that a sweep file sets instead (giving both is refused, not ignored).
+_SWEEP_FILE_SETS = {"source": "--source", "out": "--out", "dataset": "--dataset", "codec": "--codec",
+                    "levels": "--levels", "effort": "--effort", "on_error": "--on-error",
+                    "max_pixels": "--max-pixels", "quality_metric": "--quality-metric",
+                    "quality_sample": "--quality-sample", "animated": "--animated",
+                    "allow_outside_symlinks": "--allow-outside-symlinks", "option": "--option"}
+
+
+def given_options(ctx: typer.Context, names: dict[str, str]) -> list[str]:
+    """The flags of ``names`` that the command line (or the environment) set, not their defaults."""
+    sources = {name: ctx.get_parameter_source(name) for name in names}
+    return [flag for name, flag in names.items()
+            if sources[name] is not None and sources[name].name not in ("DEFAULT", "DEFAULT_MAP")]
+
+
+@app.command(epilog="Examples: lossyvision compress --source data/demo --out runs/store --levels 0,1,3 ; "
+                    "lossyvision compress sweeps/demo.yaml")
 def compress(
+    ctx: typer.Context,
     sweep_file: Optional[Path] = typer.Argument(
-        None, help="Sweep YAML: take dataset, codec, levels (train + test), store and options from it."),
+        None, help="Sweep YAML: take dataset, codec, levels (train + test), store and options from it "
+                   "(then no other option but --num-cpus and --yes)."),
     source: Optional[str] = typer.Option(None, "--source", help="Dataset root (folder or s3:// URI)."),
     out: Optional[str] = typer.Option(None, "--out", help="Store to write: OUT/<codec>-<level>/..., manifest."),
-    dataset: str = typer.Option("imagefolder", "--dataset", "--kind",
-                                help="Dataset kind: imagefolder, food101, voc, cityscapes, coco, csv, hf, webdataset."),
+    dataset: str = typer.Option("imagefolder", "--dataset", "--kind", help=f"Dataset kind: {DATASET_NAMES}."),
     option: list[str] = typer.Option([], "--option", "-o", metavar="KEY=VALUE",
                                      help="A dataset option (repeatable; the value is YAML), e.g. -o masks=true."),
-    codec: str = typer.Option("jpegxl", "--codec", help="Codec name."),
-    levels: str = typer.Option("0,0.5,1,2,5,10", "--levels", help="Comma-separated levels (jpegxl: distances)."),
+    codec: str = typer.Option("jpegxl", "--codec", help=f"Codec: {CODEC_NAMES}."),
+    levels: str = typer.Option("0,0.5,1,2,5,10", "--levels",
+                               help="Comma-separated levels, e.g. 0,0.5,1 (jpegxl: Butteraugli distances "
+                                    "0..25; jpeg 1..100, webp and avif 0..100: qualities; png: 0)."),
     effort: Optional[int] = typer.Option(None, "--effort", help="Encoder effort (jpegxl: 1..10, default 7)."),
-    on_error: str = typer.Option("skip", "--on-error", help="skip: record bad images and go on; fail: stop."),
-    max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Reject images with more pixels."),
-    quality_metric: Optional[str] = typer.Option(
+    on_error: Literal["skip", "fail"] = typer.Option(
+        "skip", "--on-error", help="skip: record bad images and go on; fail: stop at the first."),
+    max_pixels: int = typer.Option(100_000_000, "--max-pixels", min=1, help="Reject images with more pixels."),
+    quality_metric: Optional[Literal["ssimulacra2", "butteraugli"]] = typer.Option(
         None, "--quality-metric", help="Measure achieved quality on a sample: ssimulacra2 or butteraugli."),
-    quality_sample: int = typer.Option(16, "--quality-sample", help="Images per level whose quality is measured."),
-    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray (default: all)."),
+    quality_sample: int = typer.Option(16, "--quality-sample", min=0, help="Images per level whose quality is measured."),
+    animated: Literal["refuse", "first"] = typer.Option(
+        "refuse", "--animated", help="An animated image (GIF, APNG, WebP): refuse it (a failed row says so) "
+                                     "or compress its first frame."),
+    allow_outside_symlinks: bool = typer.Option(
+        False, "--allow-outside-symlinks", help="Read symlinks whose target lies outside --source "
+                                                "(refused and listed in OUT/skipped.csv by default)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the local Ray (default: all)."),
+    yes: bool = typer.Option(False, "--yes", help="Run a sweep file whose grid is over the cap (see README)."),
 ) -> None:
     """Compress a dataset at every level with Ray Data and write the manifest (resumable)."""
     from rich.console import Console
 
     from lossyvision import compress as job
-    from lossyvision.spec import SpecError, load_sweep
+    from lossyvision.lock import writer_lock
+    from lossyvision.places import check_place
+    from lossyvision.spec import check_grid, load_sweep
 
-    try:
+    with clean_errors():
         if sweep_file is not None:
-            given = [n for n, v in (("--source", source), ("--out", out), ("--effort", effort),
-                                    ("--option", option or None)) if v is not None]
+            given = given_options(ctx, _SWEEP_FILE_SETS)
             if given:
                 fail(f"{', '.join(given)} cannot be combined with a sweep file (set them in the file)")
-            args = job.sweep_job_args(load_sweep(sweep_file))
+            sweep = load_sweep(sweep_file)
+            check_grid(sweep, yes, source=str(sweep_file))
+            store_uri = sweep.store_uri
         else:
             if not source or not out:
                 fail("give --source DIR and --out DIR, or a sweep file")
-            args = {"source": source, "store_uri": out, "dataset": dataset, "dataset_options": parse_options(option),
-                    "codec": codec,
-                    "codec_options": {} if effort is None else {"effort": effort},
-                    "levels": job.parse_levels(levels), "on_error": on_error, "max_pixels": max_pixels,
-                    "quality_metric": quality_metric, "quality_sample": quality_sample}
-        from lossyvision.runners.compress import compress_job
+            try:
+                parsed_levels = job.parse_levels(levels)
+                job.validate(job.CompressOptions(  # codec, levels in its range, options: before anything is written
+                    codec=codec, codec_options={} if effort is None else {"effort": effort}, levels=parsed_levels,
+                    on_error=on_error, max_pixels=max_pixels, quality_metric=quality_metric,
+                    quality_sample=quality_sample, animated=animated))
+                dataset_options = parse_options(option)
+            except (job.CompressError, ValueError) as exc:
+                fail(str(exc))
+            if allow_outside_symlinks:
+                dataset_options["allow_outside_symlinks"] = True
+            from lossyvision.datasets._files import require_dir
 
-        result = compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
-    except (SpecError, job.CompressError, ValueError) as exc:
-        fail(str(exc), code=1 if isinstance(exc, job.CompressError) else 2)
-    except OSError as exc:  # an unwritable store, a vanished folder: say so, no traceback
-        fail(f"{type(exc).__name__}: {exc}", code=1)
+            try:
+                check_place(out, "store")
+            except ValueError as exc:
+                fail(f"--out: {exc}")
+            try:
+                require_dir("--source", source)  # before the store is locked (and so created)
+            except ValueError as exc:
+                fail(str(exc))
+            store_uri = out
+        job.check_store_place(store_uri)
+        with writer_lock(store_uri, "lossyvision compress", log=lambda msg: typer.echo(msg, err=True)):
+            if sweep_file is not None:
+                args = job.sweep_job_args(sweep)
+            else:
+                args = {"source": source, "store_uri": out, "dataset": dataset, "codec": codec,
+                        "codec_options": {} if effort is None else {"effort": effort},
+                        "levels": parsed_levels, "on_error": on_error, "max_pixels": max_pixels,
+                        "quality_metric": quality_metric, "quality_sample": quality_sample,
+                        "animated": animated, "dataset_options": dataset_options}
+            from lossyvision.runners.compress import compress_job
+
+            result = compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
     console = Console()
     if not console.is_terminal:  # logs and CI: don't squeeze the table into 80 columns
         console = Console(width=max(console.width, 110))
     console.print(job.render_summary(result.summary))
+    for line in job.describe_not_read(result.not_read, args["store_uri"]):
+        typer.echo(line)
     typer.echo(f"manifest: {args['store_uri']}/manifest.parquet ({len(result.manifest)} rows; "
                f"{result.done} compressed now, {result.skipped} already done); summary.csv beside it")
 
 
 # --- sweeps -------------------------------------------------------------------------------------
-@sweep_app.command("run")
+@sweep_app.command("run", epilog="Example: lossyvision sweep run sweeps/demo.yaml --num-cpus 2")
 def sweep_run(
     sweep_file: Path = typer.Argument(..., help="Sweep YAML file."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else local)."),
-    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray (default: all)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the local Ray (default: all)."),
     no_report: bool = typer.Option(False, "--no-report", help="Do not build the report at the end."),
+    yes: bool = typer.Option(False, "--yes", help="Run a grid over the cap (200 trials or 5000 evaluations)."),
 ) -> None:
     """Compress, train every (model, train level, repeat) on Ray Tune, evaluate the grid, report.
 
-    Rerunning on an existing output does only what is missing (trials, cells, MLflow runs)."""
-    from lossyvision.output import OutputError
-    from lossyvision.spec import SpecError
+    Rerunning on an existing output does only what is missing (trials, cells, MLflow runs).
+    A second run on the same output is refused while the first holds it."""
+    from lossyvision.spec import check_grid, load_sweep
     from lossyvision.sweep.plan import PlanError
-    from lossyvision.sweep.results import ResultsError
     from lossyvision.sweep.run import run_sweep, summary_lines
 
-    try:
-        outcome = run_sweep(sweep_file, echo=typer.echo, ray_address=address, num_cpus=num_cpus,
-                            build_report=not no_report)
-    except (SpecError, PlanError, OutputError, ResultsError) as e:
-        fail(str(e))
+    with clean_errors():
+        sweep = load_sweep(sweep_file)
+        check_grid(sweep, yes, source=str(sweep_file))
+        try:
+            outcome = run_sweep(sweep, echo=typer.echo, ray_address=address, num_cpus=num_cpus,
+                                build_report=not no_report)
+        except PlanError as e:
+            fail(str(e))
     for line in summary_lines(outcome):
         typer.echo(line)
     if not outcome.ok:
         raise typer.Exit(1)
 
 
-@sweep_app.command("status")
+@sweep_app.command("status", epilog="Example: lossyvision sweep status runs/demo")
 def sweep_status(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
     """Show the grid with done, running, failed and missing cells."""
     from rich.console import Console
 
-    from lossyvision.output import OutputError, load_output_sweep, load_plan
-    from lossyvision.spec import SpecError
-    from lossyvision.sweep.results import ResultsError
+    from lossyvision.output import load_output_sweep, load_plan
     from lossyvision.sweep.status import grid_status, render_status, stale_entries
 
-    try:
+    check_output(output)
+    with clean_errors():
         sweep = load_output_sweep(output)
         grid = load_plan(output)
         table = grid_status(sweep, output, grid)
         stale = stale_entries(output, grid)
-    except (SpecError, OutputError, ResultsError) as e:
-        fail(str(e))
     Console().print(render_status(sweep, table, stale))
 
 
-@sweep_app.command("sync")
+@sweep_app.command("sync", epilog="Example: lossyvision sweep sync runs/demo")
 def sweep_sync(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
     """Push results missing from MLflow (after an outage) to the tracking server."""
     from lossyvision.output import OutputError
     from lossyvision.spec import SpecError
+    from lossyvision.store import DamagedFileError
     from lossyvision.sweep.results import ResultsError
     from lossyvision.sweep.run import sync_output
 
+    check_output(output)
     try:
         sync_output(output, echo=typer.echo)
-    except (SpecError, OutputError, ResultsError) as e:
+    except (SpecError, DamagedFileError, OutputError, ResultsError) as e:
         fail(str(e))
+    except OSError as e:
+        fail(os_error_line(e), code=1)
     except Exception as e:  # the server is still down: say so, no traceback
         fail(f"cannot reach MLflow: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", code=1)
 
@@ -250,7 +375,7 @@ def _finite(value):
 
 
 # --- report and analysis -----------------------------------------------------------------------
-@app.command()
+@app.command(epilog="Example: lossyvision report runs/demo --keep 98 --no-mlflow")
 def report(
     output: str = typer.Argument(..., help="The sweep's output folder."),
     keep: Optional[float] = typer.Option(
@@ -262,8 +387,10 @@ def report(
     from lossyvision.report.build import build_report
     from lossyvision.report.cells import ReportError
 
+    check_output(output)
     try:
-        result = build_report(output, keep_fraction=None if keep is None else keep / 100.0)
+        with clean_errors():
+            result = build_report(output, keep_fraction=None if keep is None else keep / 100.0)
     except ReportError as e:
         fail(str(e))
     for line in result.verdict:
@@ -292,18 +419,19 @@ def _log_artifacts(output: str, paths: list[str], artifact_path: str) -> None:
         typer.secho("warning: MLflow is unreachable; the files are only in OUTPUT", fg=typer.colors.YELLOW, err=True)
 
 
-@app.command()
+@app.command(epilog="Example: lossyvision sensitivity runs/demo --images 16 --mode gradient")
 def sensitivity(
     output: str = typer.Argument(..., help="The sweep's output folder (checkpoints, store, sweep.yaml)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name in the sweep (default: first classifier)."),
     train_level: Optional[float] = typer.Option(None, "--train-level", help="Trial's train level (default: smallest)."),
     repeat: int = typer.Option(0, "--repeat", help="Trial's repeat."),
     images: int = typer.Option(32, "--images", "-n", min=1, help="Test-split images to average over."),
-    mode: str = typer.Option("gradient", "--mode", help="gradient (exact, every block) or finite-difference."),
+    mode: Literal["gradient", "finite-difference"] = typer.Option(
+        "gradient", "--mode", help="gradient (exact, every block) or finite-difference."),
     eps: float = typer.Option(1.0, "--eps", help="finite-difference step in JPEG DCT units (YCbCr 0..255)."),
     blocks: Optional[int] = typer.Option(None, "--blocks", min=1, help="Sample this many blocks per image."),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: Literal["cpu", "cuda"] = typer.Option("cpu", "--device", help="cpu or cuda."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the files to the sweep's MLflow run."),
 ) -> None:
     """DCT-frequency sensitivity maps of a trained classifier."""
@@ -312,9 +440,12 @@ def sensitivity(
     from lossyvision.spec import SpecError
     from lossyvision.sweep.trials import TrialError
 
+    check_output(output)
     try:
-        done = run_sweep_sensitivity(output, model=model, train_level=train_level, repeat=repeat, n_images=images,
-                                     mode=mode, eps=eps, blocks_per_image=blocks, seed=seed, device=device)
+        with clean_errors():
+            done = run_sweep_sensitivity(output, model=model, train_level=train_level, repeat=repeat,
+                                         n_images=images, mode=mode, eps=eps, blocks_per_image=blocks, seed=seed,
+                                         device=device)
     except (SensitivityError, SpecError, OutputError, TrialError, KeyError) as e:
         fail(str(e).strip("'\""))
     typer.echo(done.result.describe())
@@ -324,7 +455,7 @@ def sensitivity(
         _log_artifacts(output, done.paths, "sensitivity")
 
 
-@app.command()
+@app.command(epilog="Example: lossyvision advise runs/demo-budget --budget 2TB --images-available 10M")
 def advise(
     output: str = typer.Argument(..., help="The budget sweep's output folder (results.parquet, sweep.yaml)."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Your storage budget, e.g. 2TB, 500GiB."),
@@ -383,6 +514,7 @@ def advise(
                 level = float(test_level)
             except ValueError:
                 raise ValueError(f"--test-level must be a number or 'same', got {test_level!r}") from None
+        check_output(output)
         report = advise_output(output, budget=budget_bytes, images_available=available, metric=metric,
                                model=model, test_level=level, store_uri=store_uri, n_bootstrap=bootstrap,
                                seed=seed)
@@ -396,7 +528,7 @@ def advise(
         raise typer.Exit(3)
 
 
-@app.command()
+@app.command(epilog="Example: lossyvision submit sweeps/food101-vit.yaml --address http://127.0.0.1:8265")
 def submit(
     sweep_file: Optional[Path] = typer.Argument(None, help="Sweep YAML file to run on the cluster."),
     address: Optional[str] = typer.Option(
@@ -412,6 +544,7 @@ def submit(
         None, "--manifest", metavar="OVERLAY",
         help="Print a new RayJob for SWEEP_FILE from this kustomize overlay (e.g. k8s/overlays/gpu), named "
              "<sweep>-<id>, with its sweep ConfigMap, for `kubectl create -f -`; no Ray job server involved."),
+    yes: bool = typer.Option(False, "--yes", help="Run a grid over the cap (200 trials or 5000 evaluations)."),
 ) -> None:
     """Submit a sweep to a Ray cluster through the Job Submission API, or print it as a new RayJob.
 
@@ -450,7 +583,7 @@ def submit(
             return
         result = runner.submit_sweep(str(sweep_file), address, wait=not no_wait,
                                      env_vars=submission.parse_env_pairs(env), ship_code=ship_code,
-                                     echo=lambda text: typer.echo(text, nl=False))
+                                     echo=lambda text: typer.echo(text, nl=False), yes=yes)
     except submission.SubmitError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -464,7 +597,26 @@ def submit(
 
 
 def main() -> None:
-    app()
+    """The console script: a usage error is one line too (``error: ... (see CMD --help)``)."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False, prog_name="lossyvision")
+    except (typer.Exit, typer.Abort):
+        raise
+    except typer.TyperException as e:  # typer's own click: usage errors, bad parameters
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError":  # its help was printed when it was made
+            sys.exit(getattr(e, "exit_code", 2))
+        message = " ".join(e.format_message().split()) if hasattr(e, "format_message") else str(e)
+        message = message.replace("Value error, ", "")
+        param = getattr(e, "param", None)
+        if param is not None and getattr(param, "opts", None) and param.opts[0] not in message:
+            message = f"{param.opts[0]}: {message}"
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        typer.secho(f"error: {message}{hint}", fg=typer.colors.RED, err=True)
+        sys.exit(getattr(e, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class CompressOptions:
     quality_metric: str | None = None
     quality_sample: int = 16
     png_baseline: bool = True
+    animated: str = "refuse"  # an animated source: refuse it, or compress its "first" frame
 
 
 # --- one image ---------------------------------------------------------------------------------
@@ -108,6 +109,7 @@ class _Source:
         from lossyvision.imageio import BadImageError, load_rgb
 
         max_pixels = int(params["max_pixels"])
+        animated = params.get("animated", "refuse")
         self.data: bytes | None = None
         self.sha256: str | None = None
         self.image = None
@@ -118,12 +120,15 @@ class _Source:
         except FileNotFoundError:
             self.error = "cannot read: file not found"
             return
+        except store.NotRegularFileError as exc:  # a FIFO put there after the listing: never opened
+            self.error = f"skipped: {exc.strerror}"
+            return
         except Exception as exc:  # permissions, network: record, don't crash the job
             self.error = f"cannot read: {type(exc).__name__}: {exc}"
             return
         self.sha256 = hashlib.sha256(self.data).hexdigest()
         try:
-            self.image = load_rgb(self.data, max_pixels=max_pixels)
+            self.image = load_rgb(self.data, max_pixels=max_pixels, animated=animated)
         except BadImageError as exc:
             self.error = exc.reason
         except Exception as exc:  # a decoder bug must not kill the job either
@@ -167,6 +172,8 @@ def _compress_level(item: dict, src: _Source, params: dict) -> dict:
     row.update(source_format=img.format, source_mode=img.mode, width=img.width, height=img.height,
                raw_bytes=raw)
     errors = []
+    if img.frames > 1:
+        errors.append(f"animated image ({img.frames} frames): its first frame is used")
     if item.get("png"):
         try:
             row["png_bytes"] = src.png_bytes()
@@ -174,7 +181,7 @@ def _compress_level(item: dict, src: _Source, params: dict) -> dict:
             errors.append(f"png baseline failed: {type(exc).__name__}: {exc}")
     start = time.perf_counter()
     try:
-        data = codec.encode(img.rgb, level, source=src.data, source_format=img.format)
+        data, method = codec.encode_with_method(img.rgb, level, source=src.data, source_format=img.format)
     except Exception as exc:
         return {**row, "status": manifest.STATUS_FAILED,
                 "error": f"encode failed: {type(exc).__name__}: {exc}", "finished_at": _now()}
@@ -188,7 +195,7 @@ def _compress_level(item: dict, src: _Source, params: dict) -> dict:
                 "error": f"cannot write output: {type(exc).__name__}: {exc}", "finished_at": _now()}
     n = len(data)
     row.update(compressed_bytes=n, output_path=out, dcr_vs_source=1.0 - n / len(src.data),
-               dcr_vs_raw=1.0 - n / raw)
+               dcr_vs_raw=1.0 - n / raw, level0_method=method)
     metric = params.get("quality_metric")
     if metric and item.get("quality"):
         from lossyvision.quality import measure
@@ -235,7 +242,7 @@ def job_params(options: CompressOptions, store_uri: str, reader: DatasetReader |
     codec = _codec(options.codec, options_json(options.codec_options))
     params = {"codec": options.codec, "codec_options_json": options_json(effective_codec_options(codec)),
               "store": str(store_uri), "max_pixels": int(options.max_pixels),
-              "quality_metric": options.quality_metric}
+              "quality_metric": options.quality_metric, "animated": options.animated}
     if reader is not None and not reader.whole_files:
         params["dataset"] = {"kind": reader.name, "root": reader.root,
                              "options_json": options_json(reader.options)}
@@ -366,14 +373,52 @@ class JobResult:
     summary: pd.DataFrame    # per-level table, as saved to summary.csv
     done: int                # work items run now
     skipped: int             # (image, level) pairs already done
+    not_read: list = field(default_factory=list)  # dataset files not read, with the reason (skipped.csv)
+
+
+SKIPPED_NAME = "skipped.csv"
+
+
+def describe_not_read(not_read: Sequence[Any], store_uri: str | None = None) -> list[str]:
+    """Lines for the files a job did not read: counts per reason, unsupported types per extension."""
+    from lossyvision.datasets._files import UNSUPPORTED, extension
+
+    if not not_read:
+        return []
+    kinds: dict[str, int] = {}
+    exts: dict[str, int] = {}
+    for s in not_read:
+        if s.kind == UNSUPPORTED:
+            exts[extension(s.relpath)] = exts.get(extension(s.relpath), 0) + 1
+        else:
+            kinds[s.kind] = kinds.get(s.kind, 0) + 1
+    where = f" (each with its reason in {store.join(store_uri, SKIPPED_NAME)})" if store_uri else ""
+    lines = []
+    if kinds:
+        lines.append(f"not read: {', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}{where}")
+    if exts:
+        lines.append("files of unsupported types, not compressed: "
+                     + ", ".join(f"{e} {n}" for e, n in sorted(exts.items(), key=lambda t: (-t[1], t[0])))
+                     + ("" if kinds else where))
+    return lines
+
+
+def write_not_read(store_uri: str, not_read: Sequence[Any]) -> None:
+    table = pd.DataFrame([{"relpath": s.relpath, "kind": s.kind, "reason": s.reason} for s in not_read],
+                         columns=["relpath", "kind", "reason"])
+    store.atomic_write_bytes(store.join(store_uri, SKIPPED_NAME), table.to_csv(index=False).encode())
 
 
 def validate(options: CompressOptions) -> None:
     """Check options before any work; raise :class:`CompressError` naming the problem."""
     from lossyvision.codecs import create_codec
 
+    from lossyvision.imageio import ANIMATED_POLICIES
+
     if options.on_error not in ON_ERROR:
         raise CompressError(f"on_error must be one of {ON_ERROR}, got {options.on_error!r}")
+    if options.animated not in ANIMATED_POLICIES:
+        raise CompressError(f"animated must be one of {ANIMATED_POLICIES}, got {options.animated!r}")
     if not options.levels:
         raise CompressError("no levels given")
     if len(set(options.levels)) != len(options.levels):
@@ -383,14 +428,12 @@ def validate(options: CompressOptions) -> None:
     except (KeyError, ValueError, TypeError) as exc:
         raise CompressError(str(exc).strip("'\"")) from None
     for level in options.levels:
-        if float(level) < 0 or not math.isfinite(float(level)):
+        if isinstance(level, bool) or float(level) < 0 or not math.isfinite(float(level)):
             raise CompressError(f"levels must be finite and >= 0, got {level}")
-        check = getattr(codec, "check_level", None)
-        if check is not None:
-            try:
-                check(level)
-            except ValueError as exc:
-                raise CompressError(str(exc)) from None
+        try:
+            codec.check_level(level)
+        except ValueError as exc:
+            raise CompressError(str(exc)) from None
     if options.quality_metric:
         from lossyvision.quality import check_available
 
@@ -403,7 +446,7 @@ def validate(options: CompressOptions) -> None:
 def run_job(records: Sequence[Record], source_root: str, store_uri: str, options: CompressOptions,
             execute: Executor, *, flush_rows: int = 500, flush_seconds: float | None = None,
             consolidate_every: int = 256, log: Callable[[str], None] = lambda msg: None,
-            reader: DatasetReader | None = None) -> JobResult:
+            reader: DatasetReader | None = None, not_read: Sequence[Any] = ()) -> JobResult:
     """Plan, execute, persist rows incrementally, consolidate the manifest, write summary.csv.
 
     Finished rows are flushed to a part file every ``flush_rows`` rows or ``flush_seconds``
@@ -411,15 +454,47 @@ def run_job(records: Sequence[Record], source_root: str, store_uri: str, options
     so a kill loses only recent work; every ``consolidate_every`` parts they are folded into the
     manifest, bounding the number of files. ``reader`` (the records' dataset reader) says where
     sources are when they are not files under ``source_root`` (see :func:`plan`).
+
+    ``not_read`` (the dataset reader's ``skipped``: FIFOs, links outside the root, unsupported
+    types) is saved as ``STORE/skipped.csv`` and returned, so nothing is dropped silently.
+
+    One writer per store: the job holds the store's writer lock (:mod:`lossyvision.lock`); a
+    second job on the same store is refused at once with ``LockHeld``, naming the first.
     """
-    if flush_seconds is None:
-        flush_seconds = float(os.environ.get("LOSSYVISION_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS))
+    from lossyvision.lock import writer_lock
+
     validate(options)
     if not records:
         raise CompressError(f"{source_root}: the dataset has no images")
     store_uri = str(store_uri)
+    check_store_place(store_uri)
+    with writer_lock(store_uri, "lossyvision compress", log=log):
+        result = _run_job_locked(records, source_root, store_uri, options, execute, flush_rows=flush_rows,
+                                 flush_seconds=flush_seconds, consolidate_every=consolidate_every, log=log,
+                                 reader=reader)
+        write_not_read(store_uri, not_read)
+        result.not_read = list(not_read)
+        return result
+
+
+def check_store_place(store_uri: str) -> None:
+    """A store is never a system folder nor someone else's folder, and its manifest reads back."""
+    from lossyvision.places import check_place, check_store_files
+
+    try:
+        check_place(store_uri, "store")
+    except ValueError as exc:
+        raise CompressError(f"store: {exc}") from None
+    check_store_files(store_uri)
+
+
+def _run_job_locked(records: Sequence[Record], source_root: str, store_uri: str, options: CompressOptions,
+                    execute: Executor, *, flush_rows: int, flush_seconds: float | None, consolidate_every: int,
+                    log: Callable[[str], None], reader: DatasetReader | None = None) -> JobResult:
+    if flush_seconds is None:
+        flush_seconds = float(os.environ.get("LOSSYVISION_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS))
     params = job_params(options, store_uri, reader)
-    existing = manifest.consolidate(store_uri) if store.exists(store_uri) else manifest.empty()
+    existing = manifest.consolidate(store_uri)  # a new store gets its (empty) manifest first: it is a store
     items, skipped = plan(records, source_root, store_uri, options, existing, params, reader)
     log(f"{len(records)} images x {len(options.levels)} levels: {len(items)} to compress, "
         f"{skipped} already done")
@@ -563,6 +638,7 @@ def sweep_job_args(sweep) -> dict[str, Any]:
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise CompressError(f"dataset: {str(exc).strip(chr(39))}") from None
     return {
+        "not_read": reader.skipped, "animated": sweep.compress.animated,
         "source": sweep.dataset.root, "store_uri": sweep.store_uri, "dataset": sweep.dataset.kind,
         "dataset_options": dict(sweep.dataset.options), "codec": sweep.codec.name,
         "codec_options": sweep.codec.options,
@@ -574,11 +650,22 @@ def sweep_job_args(sweep) -> dict[str, Any]:
 
 
 def parse_levels(text: str) -> tuple[float, ...]:
-    """``"0,0.5,1"`` -> ``(0.0, 0.5, 1.0)``; raise :class:`CompressError` on junk."""
+    """``"0,0.5,1"`` -> ``(0.0, 0.5, 1.0)``; raise :class:`CompressError` on junk.
+
+    Malformed lists are refused, not repaired: an empty item (``0,,1``, a trailing comma), a
+    non-number, NaN or infinity, a repeated level.
+    """
+    items = [x.strip() for x in str(text).split(",")]
+    if items == [""]:
+        raise CompressError("--levels: no level given")
+    if "" in items:
+        raise CompressError(f"--levels: empty item in {text!r}; write levels separated by single commas, e.g. 0,0.5,1")
     try:
-        levels = tuple(float(x) for x in text.split(",") if x.strip())
+        levels = tuple(float(x) for x in items)
     except ValueError:
         raise CompressError(f"--levels: expected numbers separated by commas, got {text!r}") from None
-    if not levels:
-        raise CompressError("--levels: no level given")
+    if not all(math.isfinite(x) for x in levels):
+        raise CompressError(f"--levels: levels must be finite numbers, got {text!r}")
+    if len(set(levels)) != len(levels):
+        raise CompressError(f"--levels: a level is given twice in {text!r}")
     return levels

@@ -13,7 +13,10 @@ decode originals) calls :func:`load_rgb`, so that every image is normalised the 
 * 16-bit samples are scaled to 8 bits with rounding, ``round(v * 255 / 65535)``, not clipped
   or truncated. 16-bit PNGs are decoded with ``imagecodecs.png_decode`` because Pillow reads
   16-bit RGB PNGs as 8-bit by dropping the low byte;
-* no colour management: embedded ICC profiles are ignored and pixels are taken as sRGB.
+* no colour management: embedded ICC profiles are ignored and pixels are taken as sRGB;
+* an animated image (GIF, APNG, WebP) is refused (``animated="refuse"``, the default: which frame
+  would be "the image"?) or read as its first frame (``animated="first"``); ``frames`` says how
+  many it had.
 
 Every bad input raises :class:`BadImageError` with a short reason ("empty file", "not an
 image", "truncated file", "too large: ..."), never a raw Pillow/OS error.
@@ -29,6 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_MAX_PIXELS = 100_000_000
+#: What to do with an animated image: refuse it, or read its first frame.
+ANIMATED_POLICIES = ("refuse", "first")
+_ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
 _ORIENTATION_TAG = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -47,7 +53,8 @@ class LoadedImage:
     """A normalised original: ``rgb`` is uint8 HxWx3, C-contiguous, orientation applied.
 
     ``format`` is Pillow's format name ("JPEG", "PNG", ...), ``mode`` the original Pillow mode
-    ("RGB", "CMYK", "I;16", "P", ...), ``width``/``height`` those of ``rgb`` (after rotation).
+    ("RGB", "CMYK", "I;16", "P", ...), ``width``/``height`` those of ``rgb`` (after rotation),
+    ``frames`` the frame count of an animated source (1 otherwise).
     """
 
     rgb: np.ndarray
@@ -55,10 +62,13 @@ class LoadedImage:
     mode: str
     width: int
     height: int
+    frames: int = 1  # > 1: an animated image, of which ``rgb`` is the first frame
 
 
-def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, animated: str = "refuse") -> LoadedImage:
     """Decode an image file's bytes into normalised 8-bit RGB (see the module docstring)."""
+    if animated not in ANIMATED_POLICIES:
+        raise ValueError(f"animated must be one of {ANIMATED_POLICIES}, got {animated!r}")
     if not data:
         raise BadImageError("empty file")
     from PIL import UnidentifiedImageError
@@ -82,6 +92,11 @@ def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImag
         )
 
     fmt, mode = image.format or "unknown", image.mode
+    frames = _frame_count(image) if fmt in _ANIMATED_FORMATS else 1
+    if frames > 1 and animated == "refuse":
+        image.close()
+        raise BadImageError(f"animated image ({frames} frames): refused (with the animated policy "
+                            "'first' its first frame is used)")
     try:
         orientation = _orientation(image)
         if fmt == "PNG":
@@ -101,7 +116,14 @@ def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImag
         image.close()
 
     rgb = np.ascontiguousarray(apply_orientation(rgb, orientation))
-    return LoadedImage(rgb=rgb, format=fmt, mode=mode, width=rgb.shape[1], height=rgb.shape[0])
+    return LoadedImage(rgb=rgb, format=fmt, mode=mode, width=rgb.shape[1], height=rgb.shape[0], frames=frames)
+
+
+def _frame_count(image) -> int:
+    try:
+        return int(getattr(image, "n_frames", 1)) if getattr(image, "is_animated", False) else 1
+    except Exception:  # a broken animation header: the first frame is all there is
+        return 1
 
 
 def _open_without_pillow_limit(data: bytes):

@@ -11,7 +11,12 @@ Conventions:
 
 * ``output_path`` is relative to the store root (``jpegxl-1/train/cat/a.jxl``), so a store can be
   moved or synced to ``s3://``; the URI is ``store.join(store_uri, output_path)``
-  (:func:`output_uri`).
+  (:func:`output_uri`). A path that would leave the store (absolute, a URI, ``..``) is never
+  followed: :func:`read_manifest` reports such a row as corrupt (``status='failed'``), so the next
+  compress redoes it, and :func:`output_uri` refuses it.
+* ``level0_method`` says how a lossless level was made: ``jpeg_transcode`` (the source JPEG's
+  own bytes, recoverable bit-exactly) or ``pixels`` (encoded from decoded pixels: a PNG, or a
+  JPEG libjxl cannot transcode, such as CMYK). Null for lossy levels.
 * ``source_version`` is the source file's modification time (or object ETag/LastModified) as the
   filesystem lists it; with ``source_bytes`` it decides "source unchanged" without reading the
   file (the quick check of make and rsync). ``source_sha256`` is recorded for audits.
@@ -32,10 +37,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lossyvision import store
+from lossyvision import places
+from lossyvision.places import manifest_damaged, parquet_problem
 
 #: Columns identifying a row; one file in the store per key.
 KEY = ("relpath", "codec", "level")
-PARTS_DIR = ".manifest-parts"
+PARTS_DIR = places.PARTS_DIR
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 
@@ -66,6 +73,7 @@ SCHEMA = pa.schema([
     ("quality_metric", pa.string()),     # ssimulacra2 | butteraugli | null
     ("encode_seconds", pa.float64()),    # codec.encode wall time
     ("finished_at", pa.string()),        # ISO 8601 UTC
+    ("level0_method", pa.string()),      # lossless levels: jpeg_transcode | pixels; else null
 ])
 
 COLUMNS = tuple(SCHEMA.names)
@@ -79,9 +87,47 @@ def parts_uri(store_uri: str) -> str:
     return store.join(store_uri, PARTS_DIR)
 
 
+class CorruptRowError(ValueError):
+    """A manifest row that cannot be trusted (its ``output_path`` leaves the store)."""
+
+
+def is_inside_store(output_path: object) -> bool:
+    """Whether ``output_path`` is a relative POSIX path that stays inside the store.
+
+    Refused: empty, absolute (``/x``, ``C:x``, ``\\x``), a URI (``s3://...``), any ``..`` part,
+    backslashes and NUL bytes.
+    """
+    if not isinstance(output_path, str) or not output_path or "\x00" in output_path or "\\" in output_path:
+        return False
+    if output_path.startswith("/") or "://" in output_path or (len(output_path) > 1 and output_path[1] == ":"):
+        return False
+    return ".." not in output_path.split("/")
+
+
 def output_uri(store_uri: str, output_path: str) -> str:
-    """The URI of a row's compressed file (``output_path`` is relative to the store)."""
+    """The URI of a row's compressed file (``output_path`` is relative to the store).
+
+    Raises :class:`CorruptRowError` for a path that would leave the store: it is never followed.
+    """
+    if not is_inside_store(output_path):
+        raise CorruptRowError(f"corrupt manifest row in {manifest_uri(store_uri)}: output_path "
+                              f"{output_path!r} is not inside the store; rerun `lossyvision compress` to redo it")
     return store.join(store_uri, output_path)
+
+
+def mark_corrupt_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose ``output_path`` leaves the store become ``failed`` with the reason (never followed)."""
+    if df.empty:
+        return df
+    bad = pd.Series([p is not None and not pd.isna(p) and not is_inside_store(p) for p in df["output_path"]],
+                    index=df.index, dtype=bool)
+    if not bad.any():
+        return df
+    df = df.copy()
+    df.loc[bad, "error"] = [f"corrupt manifest row: output_path {p!r} is not inside the store"
+                            for p in df.loc[bad, "output_path"]]
+    df.loc[bad, "status"] = STATUS_FAILED
+    return df
 
 
 def to_table(rows: Iterable[dict] | pd.DataFrame) -> pa.Table:
@@ -108,9 +154,19 @@ def _write_table(uri: str, table: pa.Table) -> None:
 
 
 def _read_table(uri: str) -> pa.Table:
-    fs, path = store.filesystem(uri)
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
+    """A manifest or part file; :class:`~lossyvision.store.DamagedFileError` (one line) if damaged."""
+    data = store.read_bytes(uri)
+    problem = parquet_problem(data)
+    if problem is None:
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            problem = " ".join(str(exc).split())[:200] or type(exc).__name__
+    if problem is not None:
+        if PARTS_DIR in uri:
+            raise store.DamagedFileError(f"{uri} is damaged ({problem}); delete it and rerun `lossyvision "
+                                         "compress`: the rows it held are compressed again")
+        raise manifest_damaged(uri, problem)
     # Older files may lack newer columns: add them as nulls, drop unknown ones.
     cols = [table.column(n).cast(SCHEMA.field(n).type) if n in table.column_names
             else pa.nulls(table.num_rows, SCHEMA.field(n).type) for n in COLUMNS]
@@ -153,7 +209,7 @@ def read_manifest(store_uri: str, *, include_parts: bool = True) -> pd.DataFrame
         tables.extend(_read_table(p) for p in list_parts(store_uri))
     if not tables:
         return empty()
-    return merge(to_frame(pa.concat_tables(tables)))
+    return mark_corrupt_rows(merge(to_frame(pa.concat_tables(tables))))
 
 
 def merge(df: pd.DataFrame) -> pd.DataFrame:

@@ -335,6 +335,7 @@ def load_test_images(sweep, n_images: int, size: int, *, seed: int = 0) -> tuple
 
     from lossyvision import store
     from lossyvision.codecs import create_codec
+    from lossyvision.manifest import CorruptRowError, output_uri
     from lossyvision.sweep.trials import read_manifest
 
     m = read_manifest(sweep)
@@ -347,7 +348,10 @@ def load_test_images(sweep, n_images: int, size: int, *, seed: int = 0) -> tuple
     codec = create_codec(sweep.codec.name, **sweep.codec.options)
     images = []
     for path in rows["output_path"]:
-        uri = path if ("://" in str(path) or str(path).startswith("/")) else store.join(sweep.store_uri, path)
+        try:
+            uri = output_uri(sweep.store_uri, path)  # a path leaving the store is never followed
+        except CorruptRowError as e:
+            raise SensitivityError(str(e)) from None
         rgb = codec.decode(store.read_bytes(uri))
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
         images.append(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True))

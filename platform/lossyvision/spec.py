@@ -1,7 +1,22 @@
 """The sweep file: one YAML describes a whole experiment, validated by pydantic.
 
 Errors name the field and the problem (``dataset.root: /x does not exist``), never a traceback:
-:func:`load_sweep` raises :class:`SpecError` with one line per problem.
+:func:`load_sweep` raises :class:`SpecError` with one line per problem. Everything that can be
+checked is checked here, before anything is written and before Ray starts:
+
+* the file: UTF-8 text (not binary), at most 1 MiB, valid YAML without repeated keys;
+* ``${VAR}`` / ``${VAR:-default}`` are substituted inside string values after parsing, never in
+  the text, so a variable's value cannot add or change fields; an unset one names its field;
+* numbers are numbers (never ``true``/``false``), finite, and within the bounds below; levels are
+  within the codec's own range (:meth:`lossyvision.codecs.base.Codec.check_level`);
+* the dataset root is a folder (or a URI); the tracking URI has a scheme MLflow 3 serves;
+* ``output`` and ``store`` are never a system folder or someone else's non-empty folder, and
+  their files from earlier runs read back (:mod:`lossyvision.places`).
+
+Bounds (:data:`BOUNDS`): ``repeats`` 1..100, ``epochs`` 1..10000, ``batch_size`` 1..4096,
+``image_size`` 8..8192, ``lr`` in (0, 10], ``weight_decay`` 0..10, at most 64 levels per list and
+32 models, ``resources`` at most 1024 CPUs and 64 GPUs. A grid of more than :data:`GRID_CAP`
+trials or evaluations is refused unless the user says ``--yes`` (:func:`check_grid`).
 
 Relative paths are taken relative to the current working folder; ``s3://``/``gs://`` URIs are
 left as they are.
@@ -9,29 +24,98 @@ left as they are.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
-from lossyvision.store import is_remote, join
+from lossyvision.places import check_output_files, check_place, check_store_files
+from lossyvision.store import DamagedFileError, is_remote, join
 from lossyvision.units import parse_bytes
+
+#: Sane bounds of the numbers in a sweep file (documented in the module docstring and README).
+BOUNDS = {
+    "repeats": (1, 100), "epochs": (1, 10_000), "batch_size": (1, 4096), "image_size": (8, 8192),
+    "lr": (0.0, 10.0), "weight_decay": (0.0, 10.0), "levels": 64, "models": 32, "budgets": 64,
+    "cpu": (0.0, 1024.0), "gpu": (0.0, 64.0), "max_failures": (0, 100), "seed": (0, 2**32 - 1),
+    "max_pixels": (1, 10_000_000_000), "quality_sample": (0, 1_000_000), "limit_per_split": (1, 10**9),
+    "name": 100,
+}
+#: A sweep with more trials or evaluations than this needs ``--yes`` (``sweep run``, ``compress``).
+GRID_CAP = {"trials": 200, "evaluations": 5000}
+#: The largest sweep file read: a sweep file is a page of YAML.
+MAX_FILE_BYTES = 1 << 20
+#: MLflow 3's tracking stores (``mlflow.tracking._tracking_service.utils``), less its file store.
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
+                    "databricks-uc", "uc")
 
 
 class SpecError(ValueError):
-    """A malformed sweep file or option; the message names each field and its problem."""
+    """A malformed sweep file or option; the message names each field and its problem.
+
+    One problem is one line (``FILE: field: problem``); several are a ``FILE:`` line and one
+    indented line each. ``problems`` holds the ``field: problem`` lines.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+    @classmethod
+    def of(cls, source: str, problems: list[str]) -> "SpecError":
+        problems = [p.strip() for p in problems]
+        if len(problems) == 1:
+            return cls(f"{source}: {problems[0]}", problems)
+        return cls(f"{source}:\n" + "\n".join(f"  {p}" for p in problems), problems)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _no_bool(value: Any) -> Any:
+    """YAML reads ``true``/``yes``/``on`` as booleans; a number field must not take them as 1."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got a boolean ({str(value).lower()})")
+    return value
+
+
+def _whole(value: Any) -> Any:
+    value = _no_bool(value)
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer() or abs(value) > 2**62):
+        raise ValueError(f"must be a whole number of sane size, got {value!r}")
+    return value
+
+
+#: Numbers that refuse booleans; floats also refuse NaN and infinities (``allow_inf_nan=False``).
+Int = Annotated[int, BeforeValidator(_whole)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+
+
+def _num(default: Any, bounds: tuple[float, float], *, low_open: bool = False, **kw: Any) -> Any:
+    """A Field with the bounds of :data:`BOUNDS` (``low_open``: the low bound itself is refused)."""
+    low, high = bounds
+    lower = {"gt": low} if low_open else {"ge": low}
+    extra = {} if isinstance(low, int) and isinstance(high, int) else {"allow_inf_nan": False}
+    return Field(default, le=high, **lower, **extra, **kw)
+
+
 def _check_local_exists(path: str) -> str:
     if not is_remote(path) and not os.path.exists(path):
         raise ValueError(f"{path} does not exist")
+    return path
+
+
+def _check_local_dir(path: str) -> str:
+    """A local dataset root must be a folder (a URI is checked when it is read)."""
+    _check_local_exists(path)
+    if not is_remote(path) and not os.path.isdir(path):
+        raise ValueError(f"{path} is not a folder (a dataset root is the folder holding the images)")
     return path
 
 
@@ -46,6 +130,8 @@ def _check_slug(name: str) -> str:
     """Names end up in paths, run names and metric keys: keep them to a safe alphabet."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ValueError(f"{name!r} must be letters, digits, '.', '_' or '-'")
+    if len(name) > BOUNDS["name"]:
+        raise ValueError(f"must be at most {BOUNDS['name']} characters, got {len(name)}")
     return name
 
 
@@ -64,7 +150,7 @@ class DatasetSpec(_Strict):
     @field_validator("root")
     @classmethod
     def _root_exists(cls, v: str) -> str:
-        return _check_local_exists(v)
+        return _check_local_dir(v)
 
 
 class CodecSpec(BaseModel):
@@ -90,9 +176,11 @@ class CodecSpec(BaseModel):
 
 class CompressSpec(_Strict):
     on_error: Literal["skip", "fail"] = "skip"
-    max_pixels: int = Field(100_000_000, gt=0)
+    max_pixels: Int = _num(100_000_000, BOUNDS["max_pixels"])
     quality_metric: Literal["ssimulacra2", "butteraugli"] | None = None
-    quality_sample: int = Field(16, ge=0, description="images per level whose quality is measured")
+    quality_sample: Int = _num(16, BOUNDS["quality_sample"], description="images per level whose quality is measured")
+    animated: Literal["refuse", "first"] = Field(
+        "refuse", description="an animated image (GIF, APNG, WebP): refuse it, or compress its first frame")
 
 
 class ModelSpec(_Strict):
@@ -104,11 +192,11 @@ class ModelSpec(_Strict):
     pretrained: bool | str = False
     mode: Literal["finetune", "linear_probe"] = "finetune"
     checkpoint: str | None = Field(None, description="backbone weights: local path or URL")
-    epochs: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(32, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
-    image_size: int = Field(224, ge=8)
+    epochs: Int = _num(1, BOUNDS["epochs"])
+    lr: Float = _num(1e-3, BOUNDS["lr"], low_open=True)
+    batch_size: Int = _num(32, BOUNDS["batch_size"])
+    weight_decay: Float = _num(0.0, BOUNDS["weight_decay"])
+    image_size: Int = _num(224, BOUNDS["image_size"])
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -140,8 +228,8 @@ class ModelSpec(_Strict):
 
 
 class Resource(_Strict):
-    cpu: float = Field(1.0, ge=0)
-    gpu: float = Field(0.0, ge=0)
+    cpu: Float = _num(1.0, BOUNDS["cpu"])
+    gpu: Float = _num(0.0, BOUNDS["gpu"])
 
 
 class ResourcesSpec(_Strict):
@@ -152,24 +240,40 @@ class ResourcesSpec(_Strict):
 class ReportSpec(_Strict):
     """How the report judges and states its numbers (analysis only: never part of a trial's hash)."""
 
-    keep: float = Field(0.99, gt=0, le=1.5, description="fraction of the baseline a level must keep")
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="two-sided interval level")
-    resamples: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples per interval")
+    keep: Float = Field(0.99, gt=0, le=1.5, allow_inf_nan=False, description="fraction of the baseline a level must keep")
+    confidence: Float = Field(0.95, gt=0.5, lt=1, allow_inf_nan=False, description="two-sided interval level")
+    resamples: Int = Field(2000, ge=100, le=100_000, description="bootstrap resamples per interval")
 
 
 class TrackingSpec(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<output>/mlflow.db")
     experiment: str | None = Field(None, description="MLflow experiment; default: the sweep's name")
 
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        return check_tracking_uri(v) if v else v
+
+
+def check_tracking_uri(uri: str) -> str:
+    """``uri`` if MLflow 3 serves its scheme; the file store (a path, ``file:``) is gone in MLflow 3."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme in TRACKING_SCHEMES:
+        return uri
+    if scheme in ("", "file"):
+        raise ValueError(f"{uri!r}: MLflow 3 has no file store; use sqlite:///PATH/mlflow.db or a server "
+                         f"(http://HOST:5000)")
+    raise ValueError(f"{uri!r}: unknown scheme {scheme!r}; known: {', '.join(TRACKING_SCHEMES)}")
+
 
 class Sweep(_Strict):
     name: str
     dataset: DatasetSpec
     codec: CodecSpec = Field(default_factory=CodecSpec)
-    train_levels: list[float]
-    test_levels: list[float]
-    models: list[ModelSpec]
-    repeats: int = Field(1, ge=1)
+    train_levels: list[Float] = Field(max_length=BOUNDS["levels"])
+    test_levels: list[Float] = Field(max_length=BOUNDS["levels"])
+    models: list[ModelSpec] = Field(max_length=BOUNDS["models"])
+    repeats: Int = _num(1, BOUNDS["repeats"])
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     output: str
@@ -177,15 +281,16 @@ class Sweep(_Strict):
     compress: CompressSpec = Field(default_factory=CompressSpec)
     train_split: str = "train"
     test_split: str = "test"
-    limit_per_split: int | None = Field(None, ge=1, description="use only the first N images of each split")
+    limit_per_split: Int | None = _num(None, BOUNDS["limit_per_split"],
+                                       description="use only the first N images of each split")
     budgets: list[int] | None = Field(None, description="storage budgets per trial, e.g. [50MB, 100MB]")
     resample: bool = False
     eval_levels: Literal["all", "same", "baseline"] = Field(
         "all", description="with budgets: test on every test level, the train level, or the first test level")
-    seed: int = Field(0, ge=0, description="with the repeat index, fixes every random choice of a trial")
-    deterministic: bool = Field(False, description="deterministic kernels (cuDNN, cuBLAS); see docs/benchmarks.md")
+    seed: Int = _num(0, BOUNDS["seed"], description="with the repeat index, fixes every random choice of a trial")
+    deterministic: bool = Field(False, description="deterministic kernels (cuDNN, cuBLAS); see docs/reproducibility.md")
     report: ReportSpec = Field(default_factory=ReportSpec)
-    max_failures: int = Field(2, ge=0, description="retries of a failed trial")
+    max_failures: Int = _num(2, BOUNDS["max_failures"], description="retries of a failed trial")
 
     @field_validator("name")
     @classmethod
@@ -197,6 +302,8 @@ class Sweep(_Strict):
     def _levels(cls, v: list[float]) -> list[float]:
         if not v:
             raise ValueError("must list at least one level")
+        if any(not math.isfinite(x) for x in v):
+            raise ValueError(f"levels must be finite numbers, got {v}")
         if any(x < 0 for x in v):
             raise ValueError(f"levels must be >= 0, got {v}")
         if len(set(v)) != len(v):
@@ -210,7 +317,17 @@ class Sweep(_Strict):
             return None
         if not isinstance(v, list) or not v:
             raise ValueError("must be a non-empty list of sizes such as [50MB, 100MB]")
-        return sorted(parse_bytes(x) for x in v)
+        if len(v) > BOUNDS["budgets"]:
+            raise ValueError(f"at most {BOUNDS['budgets']} budgets, got {len(v)}")
+        sizes = []
+        for x in v:
+            if isinstance(x, bool) or (isinstance(x, float) and not math.isfinite(x)):
+                raise ValueError(f"not a byte size: {x!r}")
+            size = parse_bytes(x)
+            if size <= 0:
+                raise ValueError(f"budgets must be > 0 bytes, got {x!r}")
+            sizes.append(size)
+        return sorted(sizes)
 
     @field_validator("models")
     @classmethod
@@ -222,6 +339,51 @@ class Sweep(_Strict):
         if dupes:
             raise ValueError(f"model names must be unique; repeated: {dupes}")
         return v
+
+    @model_validator(mode="after")
+    def _levels_in_codec_range(self) -> "Sweep":
+        """Levels the codec cannot encode fail now, not after compression started."""
+        from lossyvision.codecs import CODECS
+
+        if self.codec.name not in CODECS:
+            return self
+        codec = CODECS.get(self.codec.name)
+        problems = []
+        for field in ("train_levels", "test_levels"):
+            for level in getattr(self, field):
+                try:
+                    codec.check_level(level)
+                except ValueError as e:
+                    problems.append(f"{field}: {e}")
+                    break
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _places(self) -> "Sweep":
+        """``output`` and ``store``: no system folder, no foreign folder, no damaged file."""
+        problems = []
+        places = [("output", self.output, "output")]
+        if self.store:
+            places.append(("store", self.store, "store"))
+        for field, uri, kind in places:
+            try:
+                check_place(uri, kind)
+            except ValueError as e:
+                problems.append(f"{field}: {e}")
+        if not problems and not is_remote(self.output):
+            try:
+                check_output_files(self.output)
+                if self.store and not is_remote(self.store):
+                    check_store_files(self.store)
+            except DamagedFileError as e:
+                problems.append(f"{'store' if self.store and str(self.store) in str(e) else 'output'}: {e}")
+            except OSError as e:
+                problems.append(f"output: cannot read {e.filename or self.output}: {e.strerror or e}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     # Derived locations -------------------------------------------------------------------
     @property
@@ -259,7 +421,10 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
             msg = "unknown field"
         elif e["type"] == "missing":
             msg = "is required"
-        lines.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
+        elif e["type"] == "too_long":
+            msg = msg.replace("List should have at most", "lists at most").replace("after validation, not", "; got")
+        for line in msg.splitlines():  # a model-level check may report several fields, one per line
+            lines.append(f"{prefix}{loc}: {line}" if loc else f"{prefix}{line}")
     return "\n".join(lines)
 
 
@@ -269,17 +434,19 @@ def parse_sweep(data: Any, source: str = "sweep") -> Sweep:
     try:
         return Sweep.model_validate(data)
     except ValidationError as e:
-        raise SpecError(f"{source}:\n" + format_validation_error(e, prefix="  ")) from None
+        raise SpecError.of(source, format_validation_error(e).splitlines()) from None
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_MAX_VALUES = 100_000
 
 
 def expand_env(text: str, env: dict[str, str] | None = None, source: str = "sweep") -> str:
-    """Replace ``${NAME}`` and ``${NAME:-default}`` with environment values.
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in one string with environment values.
 
     Lets one sweep file name its bucket once, in the environment (a Kubernetes ConfigMap), and
-    run unchanged on a laptop and a cluster. ``$NAME`` without braces is left alone.
+    run unchanged on a laptop and a cluster. ``$NAME`` without braces is left alone. Applied to
+    each parsed string value (:func:`substitute_env`), never to a file's text before parsing.
     """
     env = os.environ if env is None else env
     missing: list[str] = []
@@ -299,14 +466,129 @@ def expand_env(text: str, env: dict[str, str] | None = None, source: str = "swee
     return out
 
 
-def load_sweep(path: str | os.PathLike[str]) -> Sweep:
-    """Read and validate a sweep YAML file (``yaml.safe_load``); ``${VAR}`` expands from the env."""
+def substitute_env(data: Any, env: dict[str, str] | None = None, source: str = "sweep") -> Any:
+    """``data`` with ``${VAR}`` substituted in every string *value* (keys are left alone).
+
+    The result of a substitution is a plain string: it is never parsed as YAML again, so a
+    variable cannot add fields or change another one. An unset variable is an error naming the
+    field and the variable (``dataset.root: environment variable FOOD101_ROOT is not set``).
+    """
+    problems: list[str] = []
+    seen = [0]
+
+    def walk(node: Any, path: str) -> Any:
+        seen[0] += 1
+        if seen[0] > _MAX_VALUES:
+            raise SpecError(f"{source}: more than {_MAX_VALUES:,} values (YAML aliases that multiply?); "
+                            "a sweep file is a page of settings")
+        if isinstance(node, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(node)]
+        if isinstance(node, str) and "${" in node:
+            try:
+                return expand_env(node, env)
+            except SpecError as e:
+                names = str(e).split("not set: ", 1)[-1]
+                plural = "s" if "," in names else ""
+                problems.append(f"  {path}: environment variable{plural} {names} {'are' if plural else 'is'} not set "
+                                f"(write ${{NAME:-default}} for a default)")
+                return node
+        return node
+
+    out = walk(data, "")
+    if problems:
+        raise SpecError.of(source, problems)
+    return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, f"unhashable key {key!r}",
+                                                    key_node.start_mark) from None
+        if duplicate:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error as one line: where, then what."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
+
+
+def parse_yaml_text(data: bytes, source: str) -> Any:
+    """UTF-8 YAML bytes -> Python data, or :class:`SpecError` with one line saying why not."""
+    if len(data) > MAX_FILE_BYTES:
+        raise SpecError(f"{source}: {len(data):,} bytes is too large for a sweep file "
+                        f"(at most {MAX_FILE_BYTES:,}); is it the right file?")
+    if b"\x00" in data:
+        raise SpecError(f"{source}: a binary file, not a YAML sweep file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{source}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                        "save the sweep file as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise SpecError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: not valid YAML: nested too deeply") from None
+
+
+def read_sweep_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a local sweep file: it must exist and be a regular file (a FIFO would block)."""
+    from lossyvision.store import read_bytes
+
     path = str(path)
     if not os.path.exists(path):
         raise SpecError(f"{path}: sweep file does not exist")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(expand_env(f.read(), source=path))
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
-    return parse_sweep(data, source=path)
+        return read_bytes(path)
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the sweep file: {e.strerror or e}") from None
+
+
+def load_sweep(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Sweep:
+    """Read and validate a sweep YAML file; ``${VAR}`` expands from ``env`` (default: the environment)
+    inside string values. Raises :class:`SpecError`, one line per problem."""
+    path = str(path)
+    data = parse_yaml_text(read_sweep_file(path), path)
+    return parse_sweep(substitute_env(data, env, source=path), source=path)
+
+
+def grid_counts(sweep: Sweep) -> tuple[int, int]:
+    """(trials, evaluations) of a sweep, as :mod:`lossyvision.sweep.plan` lays the grid out."""
+    budgets = len(sweep.budgets) if sweep.budgets else 1
+    trials = len(sweep.models) * len(sweep.train_levels) * sweep.repeats * budgets
+    per_trial = len(sweep.test_levels) if not sweep.budgets or sweep.eval_levels == "all" else 1
+    return trials, trials * per_trial
+
+
+def check_grid(sweep: Sweep, yes: bool = False, source: str = "sweep") -> None:
+    """Refuse a grid over :data:`GRID_CAP` unless ``yes``: a typo (``repeats: 1000``) must not start
+    days of work."""
+    trials, evaluations = grid_counts(sweep)
+    if yes or (trials <= GRID_CAP["trials"] and evaluations <= GRID_CAP["evaluations"]):
+        return
+    raise SpecError(f"{source}: grid: {trials:,} trials and {evaluations:,} evaluations is over the cap of "
+                    f"{GRID_CAP['trials']} trials or {GRID_CAP['evaluations']} evaluations; "
+                    "check models, levels, budgets and repeats, or pass --yes to run it")

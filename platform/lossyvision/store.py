@@ -13,9 +13,11 @@ Writes are atomic: a temp file plus rename locally, a single PUT on object store
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import posixpath
+import stat
 import tempfile
 from pathlib import PurePosixPath
 
@@ -23,6 +25,18 @@ import fsspec
 
 MANIFEST_NAME = "manifest.parquet"
 SUMMARY_NAME = "summary.csv"
+
+
+class DamagedFileError(ValueError):
+    """A file lossyvision wrote earlier cannot be read back (truncated, not its format).
+
+    The message is one line: the file, what is wrong, and the way back (which file to delete or
+    which command rewrites it). Nothing is overwritten when this is raised.
+    """
+
+
+class NotRegularFileError(OSError):
+    """A path that is a FIFO, socket or device: never opened (a FIFO would block the reader)."""
 
 
 def format_level(level: float) -> str:
@@ -65,10 +79,51 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def local_path(uri: str) -> str | None:
+    """The local path of ``uri`` (a plain path or ``file://``), or None for a remote URI."""
+    uri = str(uri)
+    if is_remote(uri):
+        return None
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular ``st_mode`` is, in words ("FIFO (named pipe)", "socket", ...)."""
+    for test, name in ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISDIR, "folder"), (stat.S_ISREG, "regular file")):
+        if test(mode):
+            return name
+    return "special file"
+
+
 def read_bytes(uri: str) -> bytes:
-    fs, path = filesystem(uri)
-    with fs.open(path, "rb") as f:
+    """The bytes of a file; locally only a regular file is ever opened.
+
+    A FIFO, socket or device raises :class:`NotRegularFileError` without being opened (opening a
+    FIFO for reading blocks until a writer appears), and the file is opened non-blocking and
+    checked again, in case it was swapped between the two looks.
+    """
+    path = local_path(uri)
+    if path is None:
+        fs, fs_path = filesystem(uri)
+        with fs.open(fs_path, "rb") as f:
+            return f.read()
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        _not_regular(path, mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            _not_regular(path, mode)
         return f.read()
+
+
+def _not_regular(path: str, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder", path)
+    raise NotRegularFileError(errno.EINVAL, f"not a regular file: a {file_kind(mode)}", path)
 
 
 def atomic_write_bytes(uri: str, data: bytes) -> None:
@@ -84,6 +139,15 @@ def atomic_write_bytes(uri: str, data: bytes) -> None:
         fs.pipe_file(path, data)  # one PUT: objects appear whole
         return
     path = os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
+    try:
+        _atomic_write_local(path, data)
+    except OSError as exc:
+        if exc.filename is None:  # a full disk says "No space left on device", not where
+            raise type(exc)(exc.errno, exc.strerror or str(exc), path) from None
+        raise
+
+
+def _atomic_write_local(path: str, data: bytes) -> None:
     directory = os.path.dirname(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")

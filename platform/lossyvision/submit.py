@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from lossyvision.spec import SpecError, expand_env, parse_sweep
+from lossyvision.spec import SpecError, check_grid, parse_sweep, parse_yaml_text, read_sweep_file, substitute_env
 
 #: Job states after which nothing changes.
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
@@ -83,32 +83,36 @@ def parse_env_pairs(pairs: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def check_sweep_file(path: str | os.PathLike[str]) -> str:
+def check_sweep_file(path: str | os.PathLike[str], yes: bool = False) -> str:
     """Validate a sweep file before shipping it; returns the sweep's name.
 
     The file is checked as the cluster will read it, except what only the cluster knows: its
-    environment (``${VAR}`` the client lacks) and its local paths (a dataset root that exists on
-    the cluster's disks, not here). Every other problem is reported now, not minutes later.
+    environment (``${VAR}`` the client lacks stand in as placeholders) and its local paths (a
+    dataset root, output or store on the cluster's disks, not here). Every other problem is
+    reported now, not minutes later; so is a grid over the cap without ``yes`` (``--yes``).
     """
     path = str(path)
-    if not os.path.isfile(path):
-        raise SubmitError(f"{path}: sweep file does not exist")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    placeholders = {name: f"cluster-{name.lower()}" for name in re.findall(r"\$\{([A-Za-z_]\w*)", text)}
-    env = {**placeholders, **{k: v for k, v in os.environ.items() if v}}
     try:
-        data = yaml.safe_load(expand_env(text, env, source=path))
-    except yaml.YAMLError as e:
-        raise SubmitError(f"{path}: not valid YAML: {e}") from None
-    try:
-        return parse_sweep(data, source=path).name
+        data = parse_yaml_text(read_sweep_file(path), path)
+        placeholders = {name: f"cluster-{name.lower()}"
+                        for name in re.findall(r"\$\{([A-Za-z_]\w*)\}", yaml.safe_dump(data))}
+        env = {**placeholders, **{k: v for k, v in os.environ.items() if v}}
+        data = substitute_env(data, env, source=path)
     except SpecError as e:
-        lines = str(e).splitlines()
-        real = [line for line in lines[1:] if not line.rstrip().endswith("does not exist")]
-        if len(lines) > 1 and not real:
-            return str(data["name"]) if isinstance(data, dict) and "name" in data else "sweep"
         raise SubmitError(str(e)) from None
+    try:
+        sweep = parse_sweep(data, source=path)
+        check_grid(sweep, yes, source=path)
+        return sweep.name
+    except SpecError as e:
+        real = [p for p in e.problems if not p.startswith(_CLUSTER_ONLY)]
+        if e.problems and not real:
+            return str(data["name"]) if isinstance(data, dict) and "name" in data else "sweep"
+        raise SubmitError(str(SpecError.of(path, real)) if e.problems else str(e)) from None
+
+
+#: Fields whose checks look at local paths: the cluster's disks, not this machine's.
+_CLUSTER_ONLY = ("dataset.root:", "output:", "store:", "models.0.checkpoint:")
 
 
 def short_id(length: int = 6) -> str:
@@ -220,9 +224,9 @@ def stage_sweep(sweep_file: str | os.PathLike[str], staging_dir: str | os.PathLi
     return name
 
 
-def entrypoint(sweep_name_in_working_dir: str) -> str:
+def entrypoint(sweep_name_in_working_dir: str, yes: bool = False) -> str:
     """The shell command the job runs, inside its working dir on the cluster."""
-    return f"lossyvision sweep run {shlex.quote(sweep_name_in_working_dir)}"
+    return f"lossyvision sweep run {'--yes ' if yes else ''}{shlex.quote(sweep_name_in_working_dir)}"
 
 
 def build_runtime_env(working_dir: str, *, env_vars: Mapping[str, str] | None = None,

@@ -21,6 +21,7 @@ class AvifCodec(Codec):
 
     name = "avif"
     extension = ".avif"
+    level_min, level_max, level_is_integer, level_meaning = 0, 100, True, "quality"
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
@@ -30,9 +31,10 @@ class AvifCodec(Codec):
     def option_names(cls) -> tuple[str, ...]:
         return ("speed",)
 
-    def check_level(self, level: float) -> int:
+    @classmethod
+    def check_level(cls, level: float) -> int:
         """The quality as an int; ``ValueError`` outside 0..100 (lets a job reject levels up front)."""
-        return check_quality(self.name, level)
+        return check_quality(cls.name, level)
 
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:

@@ -7,6 +7,8 @@ codec's business: a Butteraugli distance for ``jpegxl`` (0 = lossless), a qualit
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -22,6 +24,13 @@ class Codec(ABC):
     name: str = ""
     #: File extension of encoded files, with the dot (".jxl").
     extension: str = ""
+    #: The levels the codec accepts, inclusive (see :meth:`level_range`), and what a level is.
+    level_min: float = 0.0
+    level_max: float = 100.0
+    level_is_integer: bool = False
+    level_meaning: str = "level"
+    #: The level at which ``encode`` is lossless (jpegxl and png: 0); None if no level is.
+    lossless_level: float | None = None
 
     def __init__(self, **options: Any) -> None:
         unknown = set(options) - set(self.option_names())
@@ -36,6 +45,29 @@ class Codec(ABC):
     def option_names(cls) -> tuple[str, ...]:
         """Names of keyword options the constructor accepts (e.g. ``effort``)."""
         return ()
+
+    @classmethod
+    def level_range(cls) -> tuple[float, float]:
+        """The smallest and largest level this codec accepts (jpegxl: ``(0, 25)``)."""
+        return (cls.level_min, cls.level_max)
+
+    @classmethod
+    def check_level(cls, level: Any) -> float:
+        """``level`` as a float if this codec accepts it, else a ``ValueError`` naming the range.
+
+        A sweep file is checked with this before anything runs: booleans, NaN, infinities and
+        values outside :meth:`level_range` are refused (``1e300`` would otherwise reach the encoder).
+        """
+        low, high = cls.level_range()
+        if isinstance(level, bool) or not isinstance(level, numbers.Real) or not math.isfinite(float(level)):
+            raise ValueError(f"{cls.name} level must be a finite number in {low:g}..{high:g} "
+                             f"({cls.level_meaning}), got {level!r}")
+        value = float(level)
+        if cls.level_is_integer and not value.is_integer() or not low <= value <= high:
+            kind = "a whole number" if cls.level_is_integer else "a number"
+            raise ValueError(f"{cls.name} level must be {kind} in {low:g}..{high:g} ({cls.level_meaning}), "
+                             f"got {level!r}")
+        return value
 
     def int_option(self, name: str, default: int, low: int, high: int) -> int:
         """The integer option ``name`` (``default`` if absent); a clear error outside ``low..high``."""
@@ -52,6 +84,17 @@ class Codec(ABC):
         ``source``/``source_format`` are the original file's bytes and PIL format name
         ("JPEG", "PNG", ...), for codecs that can transcode losslessly (JPEG -> JPEG XL).
         """
+
+    def encode_with_method(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
+                           source_format: str | None = None) -> tuple[bytes, str | None]:
+        """:meth:`encode`, plus how a lossless level was made (the manifest's ``level0_method``).
+
+        ``"pixels"``: encoded from the decoded pixels; ``"jpeg_transcode"`` (codecs that can):
+        the source JPEG's own bytes, recoverable bit-exactly. None for a lossy level.
+        """
+        data = self.encode(rgb, level, source=source, source_format=source_format)
+        lossless = self.lossless_level is not None and float(level) == self.lossless_level
+        return data, ("pixels" if lossless else None)
 
     @abstractmethod
     def decode(self, data: bytes) -> np.ndarray:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 from lossyvision.codecs.base import CODECS, Codec
@@ -16,8 +19,8 @@ def check_quality(codec: str, level: float, lowest: int = 0) -> int:
 
     Shared by the quality-driven codecs (``jpeg``, ``webp``, ``avif``).
     """
-    value = float(level)
-    if not value.is_integer() or not lowest <= value <= 100:
+    value = float(level) if isinstance(level, numbers.Real) and not isinstance(level, bool) else math.nan
+    if not math.isfinite(value) or not value.is_integer() or not lowest <= value <= 100:
         raise ValueError(f"{codec} level is a quality, a whole number in {lowest}..100; got {level!r}")
     return int(value)
 
@@ -35,10 +38,12 @@ class JpegCodec(Codec):
 
     name = "jpeg"
     extension = ".jpg"
+    level_min, level_max, level_is_integer, level_meaning = 1, 100, True, "quality"
 
-    def check_level(self, level: float) -> int:
+    @classmethod
+    def check_level(cls, level: float) -> int:
         """The quality as an int; ``ValueError`` outside 1..100 (lets a job reject levels up front)."""
-        return check_quality(self.name, level, lowest=1)
+        return check_quality(cls.name, level, lowest=1)
 
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:

@@ -5,15 +5,18 @@ smaller and worse. The distance is nominal: libjxl overshoots it on real photos.
 25 are rejected because libjxl silently clamps them to 25.
 
 Lossless (level 0): a JPEG source is transcoded bit-exactly with ``jpegxl_encode_jpeg`` (the
-original JPEG file comes back with :func:`reconstruct_jpeg`); any other source, or a JPEG that
-libjxl cannot transcode (e.g. CMYK), is encoded from its pixels with ``lossless=True`` (note that
-``distance=0`` is *not* bit-exact). Decoding a transcoded JPEG gives libjxl's rendering of it,
+original JPEG file comes back with :func:`reconstruct_jpeg`, which is checked); any other source,
+or a JPEG that libjxl cannot transcode (e.g. CMYK), is encoded from its pixels with
+``lossless=True`` (note that ``distance=0`` is *not* bit-exact). :meth:`encode_with_method` says
+which (the manifest's ``level0_method``). Decoding a transcoded JPEG gives libjxl's rendering of it,
 which may differ from Pillow's by a few levels per sample (different IDCT and upsampling).
 
 ``effort`` (1..10, default 7) is always passed explicitly: imagecodecs' own default is 5.
 """
 
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -49,6 +52,13 @@ def transcode_jpeg(jpeg: bytes) -> bytes | None:
         return None
 
 
+def _reconstructs(transcoded: bytes, source: bytes) -> bool:
+    try:
+        return reconstruct_jpeg(transcoded) == source
+    except ValueError:
+        return False
+
+
 @CODECS.register("jpegxl")
 class JpegXLCodec(Codec):
     """JPEG XL via imagecodecs/libjxl; options: ``effort`` (1..10, default 7)."""
@@ -64,18 +74,27 @@ class JpegXLCodec(Codec):
     def option_names(cls) -> tuple[str, ...]:
         return ("effort",)
 
-    @staticmethod
-    def check_level(level: float) -> float:
-        level = float(level)
-        if not 0.0 <= level <= MAX_DISTANCE:
+    level_min, level_max, level_meaning = 0.0, MAX_DISTANCE, "Butteraugli distance; 0 = lossless"
+    lossless_level = 0.0
+
+    @classmethod
+    def check_level(cls, level: float) -> float:
+        if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0.0 <= float(level) <= MAX_DISTANCE:
+            shown = f"{level:g}" if isinstance(level, numbers.Real) and not isinstance(level, bool) else repr(level)
             raise ValueError(
                 f"jpegxl level (Butteraugli distance) must be in 0..{MAX_DISTANCE:g} "
-                f"(0 = lossless; libjxl clamps larger values), got {level:g}"
+                f"(0 = lossless; libjxl clamps larger values), got {shown}"
             )
-        return level
+        return float(level)
 
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:
+        return self.encode_with_method(rgb, level, source=source, source_format=source_format)[0]
+
+    def encode_with_method(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
+                           source_format: str | None = None) -> tuple[bytes, str | None]:
+        """Level 0 of a JPEG source is its bit-exact transcode (checked: the JPEG comes back
+        byte for byte) when libjxl can make one, else the pixels, losslessly."""
         import imagecodecs
 
         level = self.check_level(level)
@@ -83,10 +102,10 @@ class JpegXLCodec(Codec):
         if level == 0.0:
             if source_format == "JPEG" and source:
                 transcoded = transcode_jpeg(source)
-                if transcoded is not None:
-                    return transcoded
-            return bytes(imagecodecs.jpegxl_encode(rgb, lossless=True, effort=self.effort))
-        return bytes(imagecodecs.jpegxl_encode(rgb, distance=level, effort=self.effort))
+                if transcoded is not None and _reconstructs(transcoded, source):
+                    return transcoded, "jpeg_transcode"
+            return bytes(imagecodecs.jpegxl_encode(rgb, lossless=True, effort=self.effort)), "pixels"
+        return bytes(imagecodecs.jpegxl_encode(rgb, distance=level, effort=self.effort)), None
 
     def decode(self, data: bytes) -> np.ndarray:
         import imagecodecs

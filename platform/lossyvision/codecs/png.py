@@ -1,4 +1,4 @@
-"""PNG, the lossless baseline: ``level`` is ignored (every level gives the same file)."""
+"""PNG, the lossless baseline: its one level is 0 (a level says nothing to a lossless codec)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ class PngCodec(Codec):
 
     name = "png"
     extension = ".png"
+    level_min, level_max, level_meaning = 0.0, 0.0, "PNG is lossless: its one level is 0"
+    lossless_level = 0.0
 
     def __init__(self, **options) -> None:
         super().__init__(**options)

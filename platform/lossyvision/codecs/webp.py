@@ -22,6 +22,7 @@ class WebpCodec(Codec):
 
     name = "webp"
     extension = ".webp"
+    level_min, level_max, level_is_integer, level_meaning = 0, 100, True, "quality"
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
@@ -31,9 +32,10 @@ class WebpCodec(Codec):
     def option_names(cls) -> tuple[str, ...]:
         return ("method",)
 
-    def check_level(self, level: float) -> int:
+    @classmethod
+    def check_level(cls, level: float) -> int:
         """The quality as an int; ``ValueError`` outside 0..100 (lets a job reject levels up front)."""
-        return check_quality(self.name, level)
+        return check_quality(cls.name, level)
 
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:

@@ -2,18 +2,60 @@
 
 Relpaths are POSIX, relative to the root. Hidden files and folders (a component starting with
 ``.``, e.g. ``.DS_Store``, ``.ipynb_checkpoints``, our own ``.tmp-`` files) are never listed.
+
+On a local disk only regular files are listed; everything else is *skipped with its reason*
+(:class:`Skipped`), never opened: FIFOs (opening one for reading blocks until a writer comes),
+sockets, devices, broken links, and by default a symlink whose target lies outside the dataset
+root (``allow_outside_symlinks`` follows it). Symlinked folders inside the root are followed once
+(a loop is skipped).
 """
 
 from __future__ import annotations
 
-from lossyvision.store import filesystem, join, read_bytes
+import os
+import stat
+from dataclasses import dataclass, field
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+from lossyvision.store import file_kind, filesystem, is_remote, join, local_path, read_bytes
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+#: Skip kinds (the ``kind`` of a :class:`Skipped`).
+NOT_REGULAR, OUTSIDE_ROOT, BROKEN_LINK, LINK_LOOP, UNREADABLE, UNSUPPORTED = (
+    "not a regular file", "symlink outside the root", "broken symlink", "symlink loop", "unreadable",
+    "unsupported type")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that is not read, and why (``kind`` groups them; ``reason`` is the full sentence)."""
+
+    relpath: str
+    kind: str
+    reason: str
+
+
+@dataclass
+class Listing:
+    files: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 def is_image(relpath: str) -> bool:
     """Whether a file name has an image extension (case-insensitive)."""
     return relpath.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def extension(relpath: str) -> str:
+    """The lower-case extension of a relpath (``.txt``), or ``(none)``."""
+    name = relpath.rsplit("/", 1)[-1]
+    return "." + name.rsplit(".", 1)[-1].lower() if "." in name.lstrip(".") else "(none)"
+
+
+def unsupported(relpaths: list[str]) -> list[Skipped]:
+    """Files that are not images by extension, recorded rather than dropped silently."""
+    return [Skipped(r, UNSUPPORTED, f"unsupported type {extension(r)} (images: {', '.join(IMAGE_EXTENSIONS)})")
+            for r in relpaths if not is_image(r)]
 
 
 def require_dir(kind: str, uri: str) -> None:
@@ -30,10 +72,22 @@ def require_file(kind: str, uri: str) -> None:
         raise ValueError(f"{kind}: {uri} not found")
 
 
-def list_files(kind: str, root: str, sub: str = "") -> list[str]:
-    """Every visible file under ``root/sub``, as sorted POSIX relpaths relative to ``root``."""
+def scan(kind: str, root: str, sub: str = "", *, allow_outside_symlinks: bool = False) -> Listing:
+    """Every visible regular file under ``root/sub`` (sorted POSIX relpaths relative to ``root``),
+    and what was skipped with the reason (see the module docstring)."""
     top = join(root, sub) if sub else root
     require_dir(kind, top)
+    if is_remote(root):
+        return Listing(files=_list_remote(kind, root, top))
+    return _scan_local(str(local_path(root)), str(local_path(top)), allow_outside_symlinks)
+
+
+def list_files(kind: str, root: str, sub: str = "", *, allow_outside_symlinks: bool = False) -> list[str]:
+    """Every visible regular file under ``root/sub``, as sorted POSIX relpaths relative to ``root``."""
+    return scan(kind, root, sub, allow_outside_symlinks=allow_outside_symlinks).files
+
+
+def _list_remote(kind: str, root: str, top: str) -> list[str]:
     fs, base = filesystem(root)
     fs_top = filesystem(top)[1]
     base = base.rstrip("/")
@@ -46,6 +100,66 @@ def list_files(kind: str, root: str, sub: str = "") -> list[str]:
         if not any(part.startswith(".") for part in rel.split("/")):
             out.append(rel)
     return sorted(out)
+
+
+def _inside(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip("/") + "/")
+
+
+def _scan_local(root: str, top: str, allow_outside: bool) -> Listing:
+    base = os.path.realpath(root)
+    listing = Listing()
+    start = os.path.relpath(os.path.abspath(top), os.path.abspath(root)).replace(os.sep, "/")
+    stack = [(os.path.abspath(top), "" if start == "." else start + "/")]
+    visited = {os.path.realpath(top)}
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            listing.skipped.append(Skipped(prefix.rstrip("/") or ".", UNREADABLE,
+                                           f"cannot list the folder: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel = prefix + entry.name
+            try:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if not os.path.exists(target):
+                        listing.skipped.append(Skipped(rel, BROKEN_LINK, f"broken symlink to {os.readlink(entry.path)}"))
+                        continue
+                    if not _inside(target, base) and not allow_outside:
+                        listing.skipped.append(Skipped(
+                            rel, OUTSIDE_ROOT, f"symlink to {target}, outside the dataset root; refused "
+                                               "(dataset option allow_outside_symlinks: true follows it)"))
+                        continue
+                    mode = os.stat(entry.path).st_mode
+                    if stat.S_ISDIR(mode):
+                        if target in visited:
+                            listing.skipped.append(Skipped(rel, LINK_LOOP, f"symlink to {target}, already listed"))
+                        else:
+                            visited.add(target)
+                            stack.append((entry.path, rel + "/"))
+                        continue
+                else:
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    if stat.S_ISDIR(mode):
+                        visited.add(os.path.realpath(entry.path))
+                        stack.append((entry.path, rel + "/"))
+                        continue
+            except OSError as exc:
+                listing.skipped.append(Skipped(rel, UNREADABLE, f"cannot stat: {exc.strerror or exc}"))
+                continue
+            if stat.S_ISREG(mode):
+                listing.files.append(rel)
+            else:
+                listing.skipped.append(Skipped(rel, NOT_REGULAR, f"a {file_kind(mode)}, not a regular file; "
+                                                                 "never opened"))
+    listing.files.sort()
+    listing.skipped.sort(key=lambda s: s.relpath)
+    return listing
 
 
 def read_lines(kind: str, root: str, relpath: str) -> list[str]:

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from lossyvision.datasets._files import Skipped, scan
 from lossyvision.registry import Registry
 from lossyvision.store import filesystem, join, read_bytes
 
@@ -45,7 +46,11 @@ class Record:
 
 
 class DatasetReader(ABC):
-    """Lists a dataset's records. Subclasses register with ``@DATASETS.register(name)``."""
+    """Lists a dataset's records. Subclasses register with ``@DATASETS.register(name)``.
+
+    ``skipped`` collects the files a scan did not read and why (FIFOs, devices, links outside the
+    root, files of unsupported types): they are recorded, never dropped silently.
+    """
 
     name: str = ""
     task: str = TASK_CLASSIFICATION
@@ -53,10 +58,33 @@ class DatasetReader(ABC):
     #: read them with ``store.read_bytes``; False when :meth:`read_source` is needed (a tar member,
     #: an Arrow row), and the compress workers rebuild the reader to read.
     whole_files: bool = True
+    #: Follow symlinks whose target is outside the root (the dataset option of the same name).
+    allow_outside_symlinks: bool = False
 
     def __init__(self, root: str, **options: Any) -> None:
         self.root = str(root)
         self.options = options
+        self._skipped: dict[str, Skipped] = {}
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        """Files a scan did not read, with the reason, sorted by relpath."""
+        return sorted(self._skipped.values(), key=lambda s: s.relpath)
+
+    def list_files(self, sub: str = "") -> list[str]:
+        """The regular files under ``root/sub`` (relative to the root); the rest goes to ``skipped``."""
+        listing = scan(self.name, self.root, sub, allow_outside_symlinks=self.allow_outside_symlinks)
+        self.skip(listing.skipped)
+        return listing.files
+
+    def skip(self, entries: Iterable[Skipped]) -> None:
+        for s in entries:
+            self._skipped.setdefault(s.relpath, s)
+
+    def skipped_reason(self, relpath: str) -> str | None:
+        """Why ``relpath`` was skipped, or None if it was not."""
+        s = self._skipped.get(relpath)
+        return s.reason if s else None
 
     @property
     @abstractmethod
@@ -98,10 +126,19 @@ DATASETS: Registry[type[DatasetReader]] = Registry("dataset")
 
 
 def create_dataset(kind: str, root: str, **options: Any) -> DatasetReader:
-    """Build a registered dataset reader (``create_dataset('food101', '/data/food-101')``)."""
+    """Build a registered dataset reader (``create_dataset('food101', '/data/food-101')``).
+
+    ``allow_outside_symlinks`` (bool, any layout) follows symlinks whose target lies outside the
+    root; by default they are refused and recorded in ``reader.skipped``.
+    """
     import lossyvision.datasets  # noqa: F401  (fills the registry)
 
-    return DATASETS.get(kind)(root, **options)
+    allow = options.pop("allow_outside_symlinks", False)
+    if not isinstance(allow, bool):
+        raise ValueError(f"{kind}: option allow_outside_symlinks must be true or false, got {allow!r}")
+    reader = DATASETS.get(kind)(root, **options)
+    reader.allow_outside_symlinks = allow
+    return reader
 
 
 def sorted_records(records: Iterable[Record]) -> list[Record]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lossyvision.datasets._files import is_image, list_files, parse_split_map, parse_splits
+from lossyvision.datasets._files import is_image, parse_split_map, parse_splits, unsupported
 from lossyvision.datasets.base import DATASETS, TASK_SEGMENTATION, DatasetReader, Record, sorted_records
 from lossyvision.store import join, read_bytes
 
@@ -95,10 +95,12 @@ class CityscapesReader(DatasetReader):
     def _scan(self) -> list[Record]:
         records = []
         for split in self.split_names:
-            images = [p for p in list_files("cityscapes", self.root, f"leftImg8bit/{split}") if is_image(p)]
+            files = self.list_files(f"leftImg8bit/{split}")
+            self.skip(unsupported(files))
+            images = [p for p in files if is_image(p)]
             if not images:
                 raise ValueError(f"cityscapes: no images under {join(self.root, 'leftImg8bit', split)}")
-            labels = set(list_files("cityscapes", self.root, f"{self.gt}/{split}"))
+            labels = set(self.list_files(f"{self.gt}/{split}"))
             for rel in images:
                 parts = rel.split("/")
                 stem = parts[-1].rsplit(".", 1)[0]

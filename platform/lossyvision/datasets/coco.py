@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from lossyvision.datasets._files import list_files, parse_split_map
+from lossyvision.datasets._files import parse_split_map
 from lossyvision.datasets._labels import check_options
 from lossyvision.datasets.base import (
     DATASETS,
@@ -175,7 +175,7 @@ class COCOReader(DatasetReader):
         return next((c for c in candidates if c in on_disk), candidates[0])
 
     def _scan(self) -> None:
-        files = list_files("coco", self.root)
+        files = self.list_files()
         on_disk = set(files)
         categories: dict[int, str] = {}
         images: dict[str, _Image] = {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lossyvision.datasets._files import list_files, read_lines
+from lossyvision.datasets._files import read_lines
 from lossyvision.datasets.base import DATASETS, TASK_CLASSIFICATION, DatasetReader, Record, sorted_records
 from lossyvision.store import join
 
@@ -54,7 +54,7 @@ class Food101Reader(DatasetReader):
 
     def _scan(self) -> list[Record]:
         label = {c: i for i, c in enumerate(self.classes)}
-        on_disk = set(list_files("food101", self.root, "images"))
+        on_disk = set(self.list_files("images"))
         records = []
         for split in SPLITS:
             list_uri = join(self.root, f"meta/{split}.txt")
@@ -65,6 +65,8 @@ class Food101Reader(DatasetReader):
                 if cls not in label:
                     raise ValueError(f"food101: {list_uri}: class {cls!r} is not in meta/classes.txt")
                 relpath = f"images/{line}.jpg"
+                if self.skipped_reason(relpath):
+                    continue  # a FIFO, a link outside the root: recorded in self.skipped, not read
                 if relpath not in on_disk:
                     raise ValueError(f"food101: {join(self.root, relpath)} not found (listed in {list_uri})")
                 records.append(Record(relpath=relpath, split=split, label=label[cls]))

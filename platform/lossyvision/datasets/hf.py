@@ -29,7 +29,7 @@ import re
 import threading
 from typing import Any, Sequence
 
-from lossyvision.datasets._files import list_files, parse_split_map
+from lossyvision.datasets._files import parse_split_map
 from lossyvision.datasets._labels import (
     check_column,
     check_options,
@@ -143,7 +143,7 @@ class HFDatasetReader(DatasetReader):
     def _parquet(self) -> list[str]:
         if self._single_file:
             return [""] if self.root.lower().endswith(".parquet") else []
-        return [f for f in list_files("hf", self.root) if f.lower().endswith(".parquet")]
+        return [f for f in self.list_files() if f.lower().endswith(".parquet")]
 
     def parquet_files(self) -> list[str]:
         """Parquet relpaths under the root (``[""]`` for a root that is one Parquet file)."""

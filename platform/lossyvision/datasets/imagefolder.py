@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lossyvision.datasets._files import IMAGE_EXTENSIONS, is_image, list_files
+from lossyvision.datasets._files import IMAGE_EXTENSIONS, is_image, unsupported
 from lossyvision.datasets._labels import hash_split
 from lossyvision.datasets.base import DATASETS, TASK_CLASSIFICATION, DatasetReader, Record, sorted_records
 
@@ -61,7 +61,9 @@ class ImageFolderReader(DatasetReader):
         return list(self._records)
 
     def _scan(self) -> None:
-        images = [p for p in list_files("imagefolder", self.root) if is_image(p)]
+        files = self.list_files()
+        self.skip(unsupported(files))  # counted by extension in the compress summary, not dropped silently
+        images = [p for p in files if is_image(p)]
         if not images:
             raise ValueError(f"imagefolder: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root}; "
                              "expected <class>/<image> or <split>/<class>/<image>")

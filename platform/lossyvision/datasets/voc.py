@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lossyvision.datasets._files import list_files, parse_split_map, parse_splits, read_lines
+from lossyvision.datasets._files import parse_split_map, parse_splits, read_lines
 from lossyvision.datasets.base import DATASETS, TASK_DETECTION, DatasetReader, Record, sorted_records
 from lossyvision.store import exists, join, read_bytes
 
@@ -82,14 +82,16 @@ class VOCReader(DatasetReader):
 
     def _scan(self) -> list[Record]:
         p = self.prefix
-        annotations = set(list_files("voc", self.root, p + "Annotations"))
-        images = set(list_files("voc", self.root, p + "JPEGImages"))
+        annotations = set(self.list_files(p + "Annotations"))
+        images = set(self.list_files(p + "JPEGImages"))
         records = []
         for split in self.split_names:
             list_rel = f"{p}ImageSets/Main/{split}.txt"
             for image_id in read_lines("voc", self.root, list_rel):
                 image_id = image_id.split()[0]  # per-class lists carry a second column
                 image, xml = f"{p}JPEGImages/{image_id}.jpg", f"{p}Annotations/{image_id}.xml"
+                if self.skipped_reason(image) or self.skipped_reason(xml):
+                    continue  # a FIFO, a link outside the root: recorded in self.skipped, not read
                 for rel, listed in ((image, images), (xml, annotations)):
                     if rel not in listed:
                         raise ValueError(f"voc: {join(self.root, rel)} not found "

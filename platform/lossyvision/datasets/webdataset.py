@@ -43,7 +43,7 @@ import re
 import tarfile
 from typing import Any, Sequence
 
-from lossyvision.datasets._files import IMAGE_EXTENSIONS, list_files, parse_split_map, require_dir
+from lossyvision.datasets._files import IMAGE_EXTENSIONS, parse_split_map, require_dir
 from lossyvision.datasets._labels import check_options, parse_classes, resolve_labels
 from lossyvision.datasets.base import (
     DATASETS,
@@ -123,7 +123,7 @@ class WebDatasetReader(DatasetReader):
                 raise ValueError(f"webdataset: {self.root} not found")
             return [posixpath.basename(path)]
         require_dir("webdataset", self.root)
-        files = list_files("webdataset", self.root)
+        files = self.list_files()
         compressed = [f for f in files if f.lower().endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst"))]
         if compressed:
             raise ValueError(f"webdataset: {join(self.root, compressed[0])} is a compressed shard; images are read "

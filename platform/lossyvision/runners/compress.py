@@ -22,6 +22,7 @@ import ray
 
 from lossyvision import compress, manifest
 from lossyvision.datasets.base import Record
+from lossyvision.lock import writer_lock
 from lossyvision.runners.cluster import init_ray
 
 
@@ -102,6 +103,8 @@ def compress_job(
     address: str | None = None,
     keep_ray: bool = False,
     records: Sequence[Record] | None = None,
+    not_read: Sequence[Any] = (),
+    animated: str = "refuse",
     log=print,
 ) -> compress.JobResult:
     """Compress dataset ``source`` into ``store_uri`` at every level; resumable.
@@ -112,30 +115,36 @@ def compress_job(
     local one with ``num_cpus`` (all CPUs by default) and stops it at the end, unless ``keep_ray``
     (the sweep engine goes on to train on it). Raises
     :class:`~lossyvision.compress.CompressError` for bad options, an empty dataset, or the first
-    bad image under ``on_error='fail'``.
+    bad image under ``on_error='fail'``. ``not_read`` lists dataset files not read (with
+    ``records``; else the reader's own list): they are saved in ``STORE/skipped.csv``. ``animated``:
+    ``refuse`` animated images (a failed row saying so) or compress their ``first`` frame.
     """
     from lossyvision.datasets import create_dataset
 
     options = compress.CompressOptions(
         codec=codec, codec_options=dict(codec_options or {}), levels=tuple(float(x) for x in levels),
         on_error=on_error, max_pixels=int(max_pixels), quality_metric=quality_metric,
-        quality_sample=int(quality_sample))
+        quality_sample=int(quality_sample), animated=animated)
     compress.validate(options)
-    try:
-        reader = create_dataset(dataset, source, **(dataset_options or {}))
-        if records is None:
-            records = reader.records()
-    except (KeyError, ValueError, FileNotFoundError) as exc:
-        raise compress.CompressError(f"{source}: {str(exc).strip(chr(39))}") from None
-    started = False
+    compress.check_store_place(str(store_uri))
+    with writer_lock(str(store_uri), "lossyvision compress", log=log):  # before listing: refused at once
+        try:
+            reader = create_dataset(dataset, source, **(dataset_options or {}))
+            if records is None:
+                records = reader.records()
+                not_read = reader.skipped
+        except (KeyError, ValueError, FileNotFoundError) as exc:
+            raise compress.CompressError(f"{source}: {str(exc).strip(chr(39))}") from None
+        started = False
 
-    def execute(items: list[dict], params: dict) -> Iterator[list[dict]]:
-        nonlocal started  # Ray starts only when there is work: a finished store reruns in seconds
-        started = ensure_ray(num_cpus, address)
-        yield from execute_with_ray(items, params)
+        def execute(items: list[dict], params: dict) -> Iterator[list[dict]]:
+            nonlocal started  # Ray starts only when there is work: a finished store reruns in seconds
+            started = ensure_ray(num_cpus, address)
+            yield from execute_with_ray(items, params)
 
-    try:
-        return compress.run_job(records, source, store_uri, options, execute, log=log, reader=reader)
-    finally:
-        if started and not keep_ray:
-            ray.shutdown()
+        try:
+            return compress.run_job(records, source, store_uri, options, execute, log=log, reader=reader,
+                                    not_read=not_read)
+        finally:
+            if started and not keep_ray:
+                ray.shutdown()

@@ -49,21 +49,22 @@ def connect(address: str, headers: Mapping[str, str] | None = None) -> JobSubmis
 
 def submit_sweep(sweep_file: str, address: str, *, wait: bool = True, env_vars: Mapping[str, str] | None = None,
                  ship_code: bool = False, echo: Echo = print,
-                 client: JobSubmissionClient | None = None) -> SubmitResult:
+                 client: JobSubmissionClient | None = None, yes: bool = False) -> SubmitResult:
     """Submit ``lossyvision sweep run <sweep file>`` as a Ray job; stream its logs until it ends.
 
     The sweep file is checked first (see :func:`lossyvision.submit.check_sweep_file`) and shipped
-    in the job's working dir. The job's id is ``<sweep name>-<short id>``
-    (:func:`lossyvision.submit.submission_name`): unique per submission, and readable in
-    ``ray job list`` and the dashboard. ``echo`` gets the job id line, then log chunks as they arrive.
+    in the job's working dir; ``yes`` lets a grid over the cap run (``sweep run --yes``). The job's id
+    is ``<sweep name>-<short id>`` (:func:`lossyvision.submit.submission_name`): unique per
+    submission, and readable in ``ray job list`` and the dashboard. ``echo`` gets the job id line,
+    then log chunks as they arrive.
     """
-    sweep_name = submission.check_sweep_file(sweep_file)
+    sweep_name = submission.check_sweep_file(sweep_file, yes=yes)
     client = client or connect(address)
     with tempfile.TemporaryDirectory(prefix="lossyvision-submit-") as staging:
         name = submission.stage_sweep(sweep_file, staging)
         runtime_env = submission.build_runtime_env(staging, env_vars=env_vars, ship_code=ship_code)
         try:
-            job_id = client.submit_job(entrypoint=submission.entrypoint(name), runtime_env=runtime_env,
+            job_id = client.submit_job(entrypoint=submission.entrypoint(name, yes=yes), runtime_env=runtime_env,
                                        submission_id=submission.submission_name(sweep_name),
                                        metadata={"lossyvision_sweep": sweep_name})
         except RuntimeError as e:  # the server refused the job (bad runtime env, package too large, ...)

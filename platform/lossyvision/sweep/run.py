@@ -22,7 +22,7 @@ import pandas as pd
 from lossyvision import output as outdir
 from lossyvision.spec import SpecError, Sweep, load_sweep
 from lossyvision.store import is_remote
-from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec, done_cell_keys, grid_size, level_dcr, pending, plan
+from lossyvision.sweep.plan import CellSpec, Grid, done_cell_keys, grid_size, level_dcr, pending, plan
 from lossyvision.sweep.results import append_results, read_results
 from lossyvision.sweep.status import DONE, FAILED, RUNNING, SweepState, stale_entries
 from lossyvision.sweep.tracking import absolute_tracking_uri
@@ -198,20 +198,33 @@ def compress_for(sweep: Sweep, echo: Echo, ray_address: str | None = None,
 def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
               ray_address: str | None = None, num_cpus: int | None = None,
               build_report: bool = True) -> SweepOutcome:
-    """Run a sweep end to end; only what OUTPUT lacks for the sweep's current configuration is computed."""
+    """Run a sweep end to end; only what OUTPUT lacks for the sweep's current configuration is computed.
+
+    Everything checkable is checked before anything is written or Ray starts: the resources
+    against a local Ray, OUTPUT's format and its results table. Then OUTPUT's writer lock is taken:
+    a second run on the same OUTPUT is refused at once (:class:`lossyvision.lock.LockHeld` names the
+    first).
+    """
+    from lossyvision.lock import writer_lock
+
+    sweep = resolve_paths(sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file))
+    if not (ray_address or os.environ.get("RAY_ADDRESS")):
+        check_local_resources(sweep, local_resources(num_cpus))
+    outdir.check_format(sweep.output)
+    read_results(sweep.output)  # a damaged results table is reported now, not after training
+    with writer_lock(sweep.output, "lossyvision sweep run", log=echo):
+        return _run_sweep(sweep, echo=echo, ray_address=ray_address, num_cpus=num_cpus, build_report=build_report)
+
+
+def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: int | None,
+               build_report: bool) -> SweepOutcome:
+    """The body of :func:`run_sweep`, run while it holds OUTPUT's writer lock."""
     from lossyvision.runners.cluster import init_ray
     from lossyvision.runners.evaluate import evaluate_cells
     from lossyvision.runners.tune import train_trials
 
     started = time.time()
-    sweep = resolve_paths(sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file))
     output = sweep.output
-    remote_cluster = bool(ray_address or os.environ.get("RAY_ADDRESS"))
-    # Everything checkable before anything is written or Ray starts.
-    if not remote_cluster:
-        check_local_resources(sweep, local_resources(num_cpus))
-    outdir.check_format(output)
-    read_results(output)  # a damaged results table is reported now, not after training
     if not is_remote(output):
         os.makedirs(output, exist_ok=True)
     outdir.mark(output)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from lossyvision.store import atomic_write_bytes, exists, filesystem, format_level, join, read_bytes
+from lossyvision.store import DamagedFileError, atomic_write_bytes, exists, filesystem, format_level, join, read_bytes
 from lossyvision.sweep.plan import done_cell_keys
 from lossyvision.sweep.results import read_results
 from lossyvision.sweep.trials import CHECKPOINTS, META_FILE, finished_keys
@@ -37,9 +37,14 @@ class SweepState:
         self.data: dict[str, Any] = {"driver": None, "trials": {}, "cells": {}}
         if exists(self.path):
             try:
-                self.data.update(json.loads(read_bytes(self.path)))
-            except ValueError:
-                pass  # a corrupt state file only loses running/failed marks
+                data = json.loads(read_bytes(self.path))
+            except ValueError as exc:  # never overwrite it silently: say which file and the way back
+                raise DamagedFileError(f"{self.path} is damaged (not valid JSON: {' '.join(str(exc).split())}); "
+                                       "it only marks which trials and cells are running or failed: delete it "
+                                       "and rerun (finished trials and cells are kept elsewhere)") from None
+            if not isinstance(data, dict):
+                raise DamagedFileError(f"{self.path} is damaged (not a JSON object); delete it and rerun")
+            self.data.update(data)
 
     def driver_started(self) -> None:
         self.data["driver"] = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -171,7 +176,7 @@ def render_status(sweep: Any, table: pd.DataFrame, stale: Stale | None = None):
         for level in levels:
             grid.add_column(f"d{format_level(level)}", justify="center")
         for trial, trows in rows.groupby("trial", sort=False):
-            first = trows.iloc[0]
+            first = trows.iloc[0]  # a Series: first.repeat would be the Series.repeat method
             label = f"d{format_level(first['train_level'])}"
             if _has_axes(rows):
                 label += f" / r{first['repeat']}" + (f" / {first['budget']}B" if first["budget"] >= 0 else "")

@@ -115,11 +115,14 @@ def images_of(sweep: Sweep, rows: pd.DataFrame, reader: Any, split: str) -> Spli
 
 
 def _store_uri(sweep: Sweep, output_path: str) -> str:
-    """Manifest paths may be absolute (or URIs) or relative to the store."""
-    p = str(output_path)
-    if "://" in p or os.path.isabs(p):
-        return p
-    return join(sweep.store_uri, p)
+    """Manifest paths are relative to the store; one that leaves it (absolute, a URI, ``..``) is a
+    corrupt row, never followed."""
+    from lossyvision.manifest import CorruptRowError, output_uri
+
+    try:
+        return output_uri(sweep.store_uri, output_path)
+    except CorruptRowError as e:
+        raise TrialError(str(e)) from None
 
 
 def train_images(sweep: Sweep, trial: TrialSpec, manifest: pd.DataFrame, reader: Any | None = None) -> SplitImages:
