@@ -191,3 +191,14 @@ def test_heatmap_colour_scale_is_symmetric_and_does_not_stretch_noise():
     assert colour_range(np.array([75.3, 100.0])) == (75.0, 125.0)          # symmetric around 100
     table = rel_table({(0, 0): (100, 100, 100), (1, 1): (99, 97, 101), (2, 2): (95, 93, 97)})
     assert indistinguishable(table).tolist() == [True, True, False]
+
+
+def test_a_baseline_that_scores_zero_on_some_resamples_gives_an_open_interval_not_nan():
+    """Tiny test sets: a resample can leave the baseline with no correct image; the ratio is unbounded."""
+    base = outcomes_for(0.1, n=10, seed=0)     # one correct image of ten
+    cell = outcomes_for(0.2, n=10, seed=1)
+    rel = relative_interval([cell], [base], "top1", seed=0, n_resamples=500)
+    assert rel.estimate == pytest.approx(200.0) and rel.high == math.inf and math.isfinite(rel.low)
+    zero = outcomes_for(0.0, n=10, seed=2)
+    both = relative_interval([zero], [zero], "top1", seed=0, n_resamples=200)
+    assert (both.low, both.high) == (100.0, 100.0)

@@ -145,8 +145,10 @@ def relative_interval(cell: Sequence[Outcomes], baseline: Sequence[Outcomes], me
     def stat(r: np.ndarray, i: np.ndarray) -> np.ndarray:
         num = _mean_over_drawn(_per_repeat(c, metric, i, n), r)
         den = _mean_over_drawn(_per_repeat(b, metric, i, n), r)
+        # A resample where the baseline scores 0 (tiny test sets): the ratio is unbounded (+inf),
+        # or, when the cell scores 0 too, no different (100): the interval says so instead of NaN.
         with np.errstate(divide="ignore", invalid="ignore"):
-            return 100.0 * num / den
+            return np.where(den > 0, 100.0 * num / np.where(den > 0, den, 1.0), np.where(num > 0, np.inf, 100.0))
 
     cost = max(o.resample_cost for o in (*c, *b)) * 2
     low, high = _bootstrap(stat, len(c), n, cost, confidence=confidence, n_resamples=n_resamples, seed=seed)
