@@ -41,7 +41,9 @@ def s3_server():
         import s3fs
 
         s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem().mkdir(BUCKET)
+        fs = s3fs.S3FileSystem()
+        if not fs.exists(BUCKET):  # moto keeps its buckets per process: another module may have made it
+            fs.mkdir(BUCKET)
         yield env["AWS_ENDPOINT_URL"]
     finally:
         server.stop()
