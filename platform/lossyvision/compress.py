@@ -375,13 +375,15 @@ def validate(options: CompressOptions) -> None:
 
 def run_job(records: Sequence[Record], source_root: str, store_uri: str, options: CompressOptions,
             execute: Executor, *, flush_rows: int = 500, flush_seconds: float | None = None,
-            consolidate_every: int = 256, log: Callable[[str], None] = lambda msg: None) -> JobResult:
+            consolidate_every: int = 256, log: Callable[[str], None] = lambda msg: None,
+            progress: Any = None) -> JobResult:
     """Plan, execute, persist rows incrementally, consolidate the manifest, write summary.csv.
 
     Finished rows are flushed to a part file every ``flush_rows`` rows or ``flush_seconds``
     (whichever first, checked as batches arrive; default 2 s, or ``LOSSYVISION_FLUSH_SECONDS``),
     so a kill loses only recent work; every ``consolidate_every`` parts they are folded into the
-    manifest, bounding the number of files.
+    manifest, bounding the number of files. ``progress`` (a :class:`lossyvision.progress.JobProgress`)
+    hears the number of work items, then every batch of finished rows and its failures.
     """
     if flush_seconds is None:
         flush_seconds = float(os.environ.get("LOSSYVISION_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS))
@@ -407,11 +409,15 @@ def run_job(records: Sequence[Record], source_root: str, store_uri: str, options
         last_flush = time.monotonic()
 
     done = 0
+    if progress is not None and items:
+        progress.start(len(items))
     try:
         if items:
             for rows in execute(items, params):
                 buffer.extend(rows)
                 done += len(rows)
+                if progress is not None:
+                    progress.advance(len(rows), sum(r["status"] == manifest.STATUS_FAILED for r in rows))
                 if options.on_error == "fail":
                     stopped_by = next((r for r in rows if r["status"] == manifest.STATUS_FAILED), None)
                     if stopped_by is not None:
@@ -420,6 +426,8 @@ def run_job(records: Sequence[Record], source_root: str, store_uri: str, options
                     flush()
     finally:
         flush()  # rows already finished are kept even when interrupted
+        if progress is not None and items:
+            progress.close()
     full = manifest.consolidate(store_uri)
     if stopped_by is not None:
         raise CompressError(f"{stopped_by['relpath']}: {stopped_by['error']} "
