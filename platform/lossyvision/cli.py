@@ -104,6 +104,10 @@ def sweep_run(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else local)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray (default: all)."),
     no_report: bool = typer.Option(False, "--no-report", help="Do not build the report at the end."),
+    register: Optional[str] = typer.Option(
+        None, "--register", metavar="NAME",
+        help="Register the model of the level the verdict advises in MLflow's model registry as NAME "
+             "(alias 'recommended'); nothing is registered when no level is advised."),
 ) -> None:
     """Compress, train every (model, train level, repeat) on Ray Tune, evaluate the grid, report.
 
@@ -116,7 +120,7 @@ def sweep_run(
 
     try:
         outcome = run_sweep(sweep_file, echo=typer.echo, ray_address=address, num_cpus=num_cpus,
-                            build_report=not no_report)
+                            build_report=not no_report, register=register)
     except (SpecError, PlanError, OutputError, ResultsError) as e:
         fail(str(e))
     for line in summary_lines(outcome):
