@@ -74,11 +74,11 @@ def push_trials(tracker: Any, sweep: Sweep, grid: Grid, manifest: pd.DataFrame |
     and the run's status. Models go separately (:func:`push_models`).
     """
     from lossyvision.sweep.results import current_rows
-    from lossyvision.sweep.tracking import cells_table_of, eval_metrics_of, eval_series_of, test_levels_text, trial_params
+    from lossyvision.sweep.tracking import cells_table_of, eval_metrics_of, eval_series_of, ladder_text, trial_params
 
     failures = failures or {}
     results = current_rows(results, [c.key for c in grid.cells])
-    ladder = test_levels_text(sweep.test_levels)
+    ladder = ladder_text(sweep.test_levels)
     n = 0
     for trial in grid.trials:
         if not tracker.available:
@@ -438,7 +438,7 @@ def evaluate_grid(sweep: Sweep, cells_todo: list[CellSpec], manifest: pd.DataFra
                   progress: SweepProgress | None = None) -> None:
     """Score ``cells_todo``; each finished cell leaves its predictions, results rows and MLflow metrics."""
     from lossyvision.sweep.evaluate import cell_rows
-    from lossyvision.sweep.tracking import eval_metric_name, eval_series_of, test_levels_text
+    from lossyvision.sweep.tracking import eval_metric_name, eval_series_of, ladder_text
 
     output = sweep.output
     echo(f"evaluating {len(cells_todo)} cell(s) on {len({c.test_level for c in cells_todo})} test level(s)")
@@ -457,7 +457,7 @@ def evaluate_grid(sweep: Sweep, cells_todo: list[CellSpec], manifest: pd.DataFra
             state.set_cell(cell.key, DONE)
         tracker.log_trial(cell.trial.key, {}, test_metrics={
             eval_metric_name(r["metric"], cell.test_level): r["value"] for r in rows},
-            series=eval_series_of(pd.DataFrame(rows), sweep.test_levels), test_levels=test_levels_text(sweep.test_levels))
+            series=eval_series_of(pd.DataFrame(rows), sweep.test_levels), test_levels=ladder_text(sweep.test_levels))
         done_count[0] += 1
         shown = " ".join(f"{r['metric']}={r['value']:.4g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]" for r in rows)
         echo(f"cell {cell.key}: {shown} ({done_count[0]}/{len(cells_todo)})")

@@ -588,7 +588,7 @@ def eval_metrics_of(results: pd.DataFrame) -> dict[str, float]:
     return {eval_metric_name(r.metric, r.test_level): float(r.value) for r in results.itertuples()}
 
 
-def test_levels_text(test_levels: Iterable[float]) -> str:
+def ladder_text(test_levels: Iterable[float]) -> str:
     """The sweep's sorted test levels as the series' steps index them: ``0,1,3,8``."""
     return ",".join(format_level(x) for x in sorted(float(v) for v in test_levels))
 
