@@ -279,3 +279,29 @@ def test_series_follow_the_sorted_test_levels_and_cells_keep_intervals():
     assert ladder_text([5, 0.5, 0]) == "0,0.5,5"
     table = cells_table_of(rows)
     assert list(table["test_level"]) == [0.0, 0.0, 2.0, 2.0, 5.0, 5.0] and "ci_low" in table.columns
+
+
+def test_segmentation_and_detection_models_log_and_predict_back(db, tmp_path):
+    """SegFormer exports (pt2); torchvision's detector is pickled with lossyvision's code beside it."""
+    import mlflow
+
+    from lossyvision.spec import ModelSpec
+    from lossyvision.sweep.models import LoggableModel, requirements
+    from lossyvision.tasks import create_task
+
+    t = Tracker(db, "tasks", "demo", str(tmp_path))
+    for kw in (dict(task="segmentation", arch="segformer-tiny", options={"crop_size": 32}),
+               dict(task="detection", arch="fasterrcnn_mobilenet_v3_large_320_fpn",
+                    options={"min_size": 64, "max_size": 64})):
+        task = create_task(kw["task"], ModelSpec(name="m", **kw), CLASSES)
+        serving = task.serving(task.build_model())
+        example = np.random.default_rng(0).integers(0, 256, (2, 3, serving.size, serving.size), dtype=np.uint8)
+        import lossyvision
+
+        code = [lossyvision.__path__[0]] if serving.serialization == "pickle" else []
+        model_id = t.log_model(f"{kw['task']}__k", LoggableModel(serving.module, example, serving.serialization, {},
+                                                                requirements(kw["task"]), code))
+        assert model_id and t.available
+        mlflow.set_tracking_uri(db)
+        out = np.asarray(mlflow.pyfunc.load_model(f"models:/{model_id}").predict(example))
+        assert out.shape == ((2, len(CLASSES), 32, 32) if kw["task"] == "segmentation" else (2, 100, 6))

@@ -115,7 +115,6 @@ class DetectionCollate:
         return images, targets
 
 
-@TASKS.register("detection")
 class DetectorServing(torch.nn.Module):
     """uint8 NCHW RGB -> (N, D, 6) detections per image: x1, y1, x2, y2 (pixels), score, class index.
 
@@ -140,6 +139,7 @@ class DetectorServing(torch.nn.Module):
         return result
 
 
+@TASKS.register("detection")
 class DetectionTask(Task):
     name = "detection"
     metric_names = ("map50",)

@@ -165,7 +165,6 @@ class SegmentationCollate:
         return images, [mask for _, mask in pairs]
 
 
-@TASKS.register("segmentation")
 class SegmenterServing(torch.nn.Module):
     """uint8 NCHW RGB -> per-pixel class logits (N, C, H, W) at the input's size (whole-image inference)."""
 
@@ -181,6 +180,7 @@ class SegmenterServing(torch.nn.Module):
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
+@TASKS.register("segmentation")
 class SegmentationTask(Task):
     name = "segmentation"
     metric_names = ("miou", "macc")
