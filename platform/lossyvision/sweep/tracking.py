@@ -551,7 +551,7 @@ class Tracker:
                 tags.append(RunTag(f"lossyvision.recommended.{safe_name(v.model)}",
                                    format_level(v.level) if v.level is not None else "none"))
         if lines:
-            tags.append(RunTag(TAG_NOTE, "**Verdict**\n\n" + "\n".join(f"    {ln}" for ln in lines)))
+            tags.append(RunTag(TAG_NOTE, verdict_markdown(lines)))
         self.client.log_batch(rid, metrics=metrics, tags=[t for t in tags if run.data.tags.get(t.key) != t.value])
 
     # --- reading back (tests, status) -------------------------------------------------------------
@@ -560,6 +560,17 @@ class Tracker:
         mlflow = self._fluent()
         return mlflow.search_runs([self.experiment_id()],
                                   filter_string=f"tags.`{TAG_SWEEP}` = '{self.sweep_name}'")
+
+
+def verdict_markdown(lines: Iterable[str]) -> str:
+    """The report's verdict lines as the run's description: a bold heading per model, a bullet per answer."""
+    out = ["### Verdict"]
+    for line in lines:
+        if line.startswith(" "):
+            out.append(f"- {line.strip()}")
+        else:
+            out += ["", f"**{line.strip().rstrip(':')}**", ""]
+    return "\n".join(out).strip() + "\n"
 
 
 def absolute_tracking_uri(uri: str) -> str:
