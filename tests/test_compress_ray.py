@@ -119,25 +119,44 @@ def big_photos(root: Path, n: int) -> None:
 
 
 def test_cli_resumes_after_a_real_kill(tmp_path):
+    """Also the progress output: the first run is on a pseudo-terminal (a live bar), the rerun in a pipe
+    (a plain line every LOSSYVISION_PROGRESS_SECONDS); neither shows Ray Data's own lines."""
+    import pty
+    import re
+    import threading
+
     root, out = tmp_path / "src", tmp_path / "out"
     big_photos(root, 16)
     cmd = [LOSSYVISION, "compress", "--source", str(root), "--out", str(out), "--levels", "1,2,4",
            "--effort", "7", "--num-cpus", "2"]
     # Flush finished rows after every block, so the kill comes early in the job.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "LOSSYVISION_FLUSH_SECONDS": "0"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "LOSSYVISION_FLUSH_SECONDS": "0",
+           "LOSSYVISION_PROGRESS_SECONDS": "1", "TERM": "xterm-256color"}
     parts_dir = out / manifest.PARTS_DIR
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
                             start_new_session=True)
+    os.close(slave)
+    screen: list[bytes] = []
+    reader = threading.Thread(target=_drain, args=(master, screen), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 180
         while not (parts_dir.exists() and any(parts_dir.glob("part-*.parquet"))):
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert proc.poll() is None, b"".join(screen).decode(errors="replace")[-2000:]
             assert time.monotonic() < deadline, "no part file appeared"
             time.sleep(0.2)
+        time.sleep(0.6)  # a few redraws of the bar after the first finished block
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the job and the Ray it started, like kill -9
         proc.wait()
+        reader.join(timeout=5)
+        os.close(master)
     assert not (out / "summary.csv").exists(), "the job finished before the kill; make it bigger"
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(screen).decode("utf-8", "replace"))
+    bars = [f for f in re.split(r"[\r\n]+", shown) if f.strip().startswith("compress")]
+    assert any(re.search(r"[1-9]\d*/48 images, [\d.]+ images/s, ETA \d+:\d\d, 0 failed", b) for b in bars), shown[-800:]
+    assert "Starting execution" not in shown and "Progress bars" not in shown
 
     before = manifest.read_manifest(str(out))
     assert 0 < len(before) < 16 * 3
@@ -147,6 +166,10 @@ def test_cli_resumes_after_a_real_kill(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "already done" in done.stderr and "jpegxl 4" in done.stdout  # plan line and the table
+    todo = 16 * 3 - len(before)
+    assert re.search(rf"^{todo}/{todo} images in \d+:\d\d \([\d.]+ images/s\), 0 failed$", done.stderr, re.M), done.stderr
+    assert re.search(rf"^\d+/{todo} images(: starting| \(\d+%\))", done.stderr, re.M)  # lines while it ran
+    assert "Starting execution" not in done.stderr + done.stdout and "\x1b[" not in done.stderr
     after = pd.read_parquet(out / "manifest.parquet")
     assert len(after) == 16 * 3 and not after.duplicated(list(manifest.KEY)).any()
     assert (after["status"] == "ok").all()
@@ -156,3 +179,15 @@ def test_cli_resumes_after_a_real_kill(tmp_path):
     for r in after.to_dict("records"):
         assert (out / r["output_path"]).stat().st_size == r["compressed_bytes"]
     assert not list(out.rglob(".tmp-*"))  # temp files of writes cut by the kill were cleaned up
+
+
+def _drain(fd: int, into: list[bytes]) -> None:
+    """Read a pseudo-terminal's output until its last writer is gone."""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            return
+        if not data:
+            return
+        into.append(data)

@@ -1,17 +1,20 @@
-"""End to end on a real local Ray (2 CPUs), real MLflow (SQLite and a real server), real timm models.
+"""End to end on a real local Ray (2 CPUs), real MLflow (SQLite, and a real server with moto's S3 for its
+artifacts), real timm models.
 
 Tiny everywhere: a few dozen 32 px demo photos, resnet10t, 2 train x 2 test levels. What is
 checked is the engine: the full grid lands in results.parquet, MLflow has a parent and a child
-per trial, reruns do no work, a killed driver resumes without redoing finished work, an MLflow
-outage does not stop the sweep and ``sweep sync`` repairs MLflow afterwards.
+per trial with its model, inputs, test series and cells table, the parent the verdict, reruns do
+no work, a killed driver resumes without redoing finished work, an MLflow outage does not stop the
+sweep and ``sweep sync`` repairs MLflow afterwards. The printed progress (epochs k/N, the sweep's
+counts and ETAs) is checked on the way.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -79,18 +82,35 @@ def child_runs(uri: str, experiment: str):
     return client, parents, children
 
 
-def check_mlflow(uri: str, experiment: str) -> None:
+def check_mlflow(uri: str, experiment: str, output: Path | None = None, verdict: bool = False) -> None:
     client, parents, children = child_runs(uri, experiment)
     assert len(parents) == 1 and len(children) == 2
     pid = parents[0].info.run_id
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {pid}
     assert parents[0].data.params["n_trials"] == "2" and parents[0].data.params["n_evaluations"] == "4"
+    assert client.get_experiment_by_name(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
+    identities = json.loads((output / "plan.json").read_text())["identities"] if output else {}
     for c in children:
+        rid, key = c.info.run_id, c.data.tags["lossyvision.trial"]
         assert {"test/top1/d0", "test/top1/d4", "test/top5/d4"} <= set(c.data.metrics)
         assert {"model", "task", "train_level", "train_dcr", "budget", "n_images"} <= set(c.data.params)
-        assert [m.step for m in client.get_metric_history(c.info.run_id, "train/loss")] == [1]
+        assert [m.step for m in client.get_metric_history(rid, "train/loss")] == [1]
         assert c.info.status == "FINISHED"
+        # The model, once; the data it trained on and was tested on; the series over test levels; the table.
+        models = c.outputs.model_outputs
+        assert len(models) == 1 and client.get_logged_model(models[0].model_id).status.name == "READY"
+        contexts = {(d.dataset.name.split()[-1], d.tags[0].value): d.dataset.digest for d in c.inputs.dataset_inputs}
+        assert set(contexts) == {("train", "training"), ("test", "evaluation")} and len(c.inputs.dataset_inputs) == 3
+        if identities:
+            assert contexts[("train", "training")] == identities[key]["train_rows"]
+        assert sorted(m.step for m in client.get_metric_history(rid, "test/top1")) == [0, 1]
+        assert sorted(m.step for m in client.get_metric_history(rid, "test/dcr")) == [0, 1]
+        assert "cells.json" in [a.path for a in client.list_artifacts(rid)]
     assert "sweep.yaml" in [a.path for a in client.list_artifacts(pid)]
+    if verdict:
+        metrics, tags = parents[0].data.metrics, parents[0].data.tags
+        assert "verdict/r10/top1/matched/rel" in metrics and "verdict/r10/top1/matched/rel_low" in metrics
+        assert tags["lossyvision.recommended.r10"] in ("none", "4") and "r10 (top1)" in tags["mlflow.note.content"]
 
 
 def test_sweep_fills_the_grid_tracks_it_and_reruns_do_nothing(ray_cluster, demo_root, store, tmp_path, capsys):
@@ -101,11 +121,27 @@ def test_sweep_fills_the_grid_tracks_it_and_reruns_do_nothing(ray_cluster, demo_
 
     out = tmp_path / "grid"
     sweep_file = write_sweep(tmp_path / "s.yaml", demo_root, store, out, limit_per_split=24)
-    outcome = run_sweep(sweep_file, build_report=False)
+    outcome = run_sweep(sweep_file, build_report=False, register="lv-grid")
     assert outcome.ok and outcome.trials_run == 2 and outcome.cells_run == 4
     printed = capsys.readouterr().out
     # The store is checked first (the keys hash the images it holds), then the grid is announced.
     assert printed.startswith("compress: ") and "\ngrid: 2 trials, 4 evaluations (2 trials" in printed
+    # Progress: the compression (no terminal here: plain lines, the last one with the totals), then each
+    # epoch k/N with its time and the trial's ETA, and the sweep's counts with the phase's ETA.
+    compressed = re.search(r"^compress: (\d+)/(\d+) images in \d+:\d\d \([\d.]+ images/s\), 0 failed$", printed, re.M)
+    assert compressed is None or compressed[1] == compressed[2]  # None: an earlier test compressed the store
+    assert re.search(r"^trial r10__d0__r0__\w+: epoch 1/1 \([\d.]+ s/epoch, ETA 0:00\) loss=", printed, re.M), printed
+    assert re.search(r"^sweep: 1/2 trials, 0/4 cells done; training ETA \d+:\d\d$", printed, re.M)
+    assert re.search(r"^sweep: 2/2 trials, 4/4 cells done; evaluation ETA 0:00$", printed, re.M)
+    assert printed.count("MLflow: logged the model of trial") == 2
+    # --register: the verdict's advised level's model, or a clear line that there is none.
+    (line,) = outcome.registered
+    from mlflow.tracking import MlflowClient
+
+    if line.startswith("registered lv-grid version 1"):
+        assert MlflowClient(outcome.tracking_uri).get_model_version_by_alias("lv-grid", "recommended")
+    else:
+        assert line.startswith("register lv-grid: nothing registered: no advised level for r10"), line
 
     results = read_results(str(out))
     assert len(results) == 2 * 2 * 2  # trials x test levels x (top1, top5)
@@ -125,7 +161,7 @@ def test_sweep_fills_the_grid_tracks_it_and_reruns_do_nothing(ray_cluster, demo_
         metrics = read_predictions(str(out), cell_id).metrics()
         assert {r.metric: r.value for r in rows.itertuples()} == metrics
         assert rows.n_test_images.iloc[0] == len(read_predictions(str(out), cell_id))
-    check_mlflow(outcome.tracking_uri, "grid")
+    check_mlflow(outcome.tracking_uri, "grid", out, verdict=True)
 
     status = grid_status(load_output_sweep(str(out)), str(out), load_plan(str(out)))
     assert (status.state == "done").all() and len(status) == 4
@@ -136,7 +172,7 @@ def test_sweep_fills_the_grid_tracks_it_and_reruns_do_nothing(ray_cluster, demo_
     assert again.trials_run == 0 and again.cells_run == 0 and again.ok
     assert os.path.getmtime(out / "results.parquet") == mtime
     assert "0 trials and 0 evaluations to run" in capsys.readouterr().out
-    check_mlflow(outcome.tracking_uri, "grid")
+    check_mlflow(outcome.tracking_uri, "grid", out, verdict=True)
 
 
 def test_budget_sweep_trains_on_subsets_that_fit_and_tracks_them(ray_cluster, demo_root, store, tmp_path):
@@ -170,47 +206,12 @@ def test_budget_sweep_trains_on_subsets_that_fit_and_tracks_them(ray_cluster, de
     assert set(params.budget) == {"6000", "1000000"} and params.n_images.astype(int).gt(0).all()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_mlflow_server(db: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-         "--artifacts-destination", str(db.parent / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    import urllib.request
-
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            break
-    stop(proc)
-    raise RuntimeError(f"mlflow server did not start: {log.read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 @pytest.mark.slow
 def test_remote_server_then_outage_then_sync(ray_cluster, demo_root, store, tmp_path):
+    """A real mlflow server whose artifacts (models, tables, the sweep file) go to moto's S3."""
+    from mlflow_server import moto_s3, start_mlflow_server, stop
+    from ray_head import free_port
+
     from lossyvision.sweep.results import read_results
     from lossyvision.sweep.run import run_sweep, sync_output
 
@@ -218,33 +219,40 @@ def test_remote_server_then_outage_then_sync(ray_cluster, demo_root, store, tmp_
     uri = f"http://127.0.0.1:{port}"
     db = tmp_path / "server" / "mlflow.db"
     db.parent.mkdir()
-    server = start_mlflow_server(db, port, tmp_path / "server.log")
-    try:
-        # The remote path: a live server.
-        live = run_sweep(write_sweep(tmp_path / "live.yaml", demo_root, store, tmp_path / "live",
+    with moto_s3() as s3:
+        def serve():
+            return start_mlflow_server(db, port, tmp_path / "server.log", artifacts=f"s3://{s3.bucket}/mlflow",
+                                       env=s3.env)
+
+        server = serve()
+        try:
+            # The remote path: a live server.
+            live = run_sweep(write_sweep(tmp_path / "live.yaml", demo_root, store, tmp_path / "live",
+                                         limit_per_split=24, tracking={"uri": uri}), build_report=False)
+            assert live.ok and live.tracking_ok
+            check_mlflow(uri, "live", tmp_path / "live")
+            assert sum(k.endswith("data/model.pt2") for k in s3.keys("mlflow/")) == 2
+        finally:
+            stop(server)
+
+        # The outage: the server is down for a whole sweep; the sweep still completes, fast.
+        started = time.time()
+        down = run_sweep(write_sweep(tmp_path / "down.yaml", demo_root, store, tmp_path / "down",
                                      limit_per_split=24, tracking={"uri": uri}), build_report=False)
-        assert live.ok and live.tracking_ok
-        check_mlflow(uri, "live")
-    finally:
-        stop(server)
+        assert down.ok and not down.tracking_ok and down.tracking_error
+        assert len(read_results(str(tmp_path / "down"))) == 8
+        assert time.time() - started < 240
 
-    # The outage: the server is down for a whole sweep; the sweep still completes, fast.
-    started = time.time()
-    down = run_sweep(write_sweep(tmp_path / "down.yaml", demo_root, store, tmp_path / "down",
-                                 limit_per_split=24, tracking={"uri": uri}), build_report=False)
-    assert down.ok and not down.tracking_ok and down.tracking_error
-    assert len(read_results(str(tmp_path / "down"))) == 8
-    assert time.time() - started < 240
-
-    server = start_mlflow_server(db, port, tmp_path / "server.log")
-    try:
-        assert sync_output(str(tmp_path / "down"), echo=lambda m: None) == 2
-        check_mlflow(uri, "down")
-        sync_output(str(tmp_path / "down"), echo=lambda m: None)  # idempotent: nothing duplicated
-        check_mlflow(uri, "down")
-        check_mlflow(uri, "live")  # the other sweep's runs untouched
-    finally:
-        stop(server)
+        server = serve()
+        try:
+            assert sync_output(str(tmp_path / "down"), echo=lambda m: None) == 2
+            check_mlflow(uri, "down", tmp_path / "down", verdict=True)  # models too; sync adds the verdict
+            sync_output(str(tmp_path / "down"), echo=lambda m: None)  # idempotent: nothing duplicated
+            check_mlflow(uri, "down", tmp_path / "down", verdict=True)
+            check_mlflow(uri, "live", tmp_path / "live")  # the other sweep's runs untouched
+            assert sum(k.endswith("data/model.pt2") for k in s3.keys("mlflow/")) == 4
+        finally:
+            stop(server)
 
 
 @pytest.mark.slow

@@ -497,3 +497,25 @@ def test_tasks_train_on_cuda_with_bf16_autocast(tmp_path, cityscapes):
     seg_model = seg.build_model()
     seg.fit(seg_model, seg_train)
     assert set(seg.evaluate(seg_model, seg_val)) == {"miou", "macc"}
+
+
+# --------------------------------------------------------------------------- serving (MLflow's logged model)
+@pytest.mark.parametrize("kw", [CLS, DET, SEG], ids=["classification", "detection", "segmentation"])
+def test_serving_module_takes_uint8_images_and_gives_one_tensor(kw):
+    classes = ["a", "b", "c"]
+    task = create_task(kw["task"], spec(**kw), classes)
+    model = task.build_model()
+    serving = task.serving(model)
+    x = torch.randint(0, 256, (2, 3, serving.size, serving.size), dtype=torch.uint8)
+    with torch.no_grad():
+        out = serving.module(x)
+    assert isinstance(out, torch.Tensor) and out.shape[0] == 2
+    if kw["task"] == "classification":
+        assert out.shape == (2, 3) and torch.allclose(out.sum(1), torch.ones(2), atol=1e-5)
+        assert serving.serialization == "pt2" and serving.size == kw.get("image_size", 224)
+    elif kw["task"] == "segmentation":
+        assert out.shape == (2, 3, serving.size, serving.size) and serving.serialization == "pt2"
+    else:
+        assert out.shape[1:] == (model.roi_heads.detections_per_img, 6) and serving.serialization == "pickle"
+        padding = out[..., 4] == 0
+        assert (out[..., 5][padding] == -1).all() and (out[..., 5][~padding] >= 0).all()

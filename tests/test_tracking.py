@@ -1,4 +1,6 @@
-"""MLflow tracking against a real SQLite store: parent + nested children, names, idempotence, outage."""
+"""MLflow tracking against a real SQLite store and a real ``mlflow server`` with moto's S3 for artifacts:
+parent + nested children, names, models, inputs, series, the cells table, the verdict, registration,
+idempotence, outage."""
 
 from __future__ import annotations
 
@@ -74,6 +76,232 @@ def test_unreachable_server_warns_once_and_turns_off(tmp_path, caplog):
     started = time.time()
     with caplog.at_level("WARNING"):
         log_everything(t)
+        assert t.log_model("m__d0__r0", object()) is None
+        t.log_verdicts([], ["a line"])
+        assert t.register_model("m__d0__r0", "lv") is None
     assert time.time() - started < 30
     assert not t.available and t.error
     assert len([r for r in caplog.records if "unreachable or failing" in r.message]) == 1
+
+
+# --- the MLflow contents of a trial and a sweep, on both backends (issue 13) --------------------------
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from lossyvision.sweep.tracking import (  # noqa: E402
+    CELLS_TABLE, DatasetRef, TAG_EXPERIMENT_KIND, cells_table_of, eval_series_of, ladder_text)
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["cat", "coffee", "rocket"]
+KEY = "r10__d2__r0__0123456789"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "server+s3"])
+def backend(request, tmp_path_factory):
+    """(tracking URI, S3 or None): SQLite with local artifacts, or a real mlflow server with moto's S3."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/mlflow.db", None
+        return
+    from mlflow_server import moto_s3, start_mlflow_server, stop
+    from ray_head import free_port
+
+    folder = tmp_path_factory.mktemp("server")
+    with moto_s3() as s3:
+        port = free_port()
+        server = start_mlflow_server(folder / "mlflow.db", port, folder / "server.log",
+                                     artifacts=f"s3://{s3.bucket}/mlartifacts", env=s3.env)
+        try:
+            yield f"http://127.0.0.1:{port}", s3
+        finally:
+            stop(server)
+
+
+def classifier():
+    """A real timm classifier wrapped as the classification task serves it, with a 2-image example."""
+    from lossyvision.spec import ModelSpec
+    from lossyvision.sweep.models import LoggableModel, requirements
+    from lossyvision.tasks import create_task
+
+    spec = ModelSpec(name="r10", task="classification", arch="resnet10t", image_size=32)
+    task = create_task("classification", spec, CLASSES)
+    serving = task.serving(task.build_model())
+    example = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    return LoggableModel(serving.module, example, serving.serialization, {"classes": CLASSES},
+                         requirements("classification"))
+
+
+def results_rows() -> pd.DataFrame:
+    rows = []
+    for level, dcr, top1 in ((0.0, -0.05, 0.8), (2.0, 0.5, 0.7), (5.0, 0.8, 0.4)):
+        cell = f"{KEY}__t{level:g}__abc"
+        for metric, value in (("top1", top1), ("top5", 1.0)):
+            rows.append({"trial_id": KEY, "cell_id": cell, "metric": metric, "value": value, "test_level": level,
+                         "test_dcr": dcr, "ci_low": value - 0.1, "ci_high": min(1.0, value + 0.1), "rel": 100 * value,
+                         "rel_low": 90.0, "rel_high": 110.0, "n_test_images": 20, "train_level": 2.0, "repeat": 0,
+                         "budget": -1})
+    return pd.DataFrame(rows)
+
+
+def log_trial_fully(t: Tracker, store: str, model) -> str | None:
+    """What the sweep sends for one finished, evaluated trial."""
+    rows = results_rows()
+    t.start_sweep({"n_trials": 1}, sweep_file=None)
+    t.log_trial(KEY, {"model": "r10", "train_level": 2.0}, history=[{"epoch": 1, "loss": 1.5}],
+                test_metrics={eval_metric_name(r.metric, r.test_level): r.value for r in rows.itertuples()},
+                series=eval_series_of(rows, [5, 0, 2]), test_levels=ladder_text([5, 0, 2]),
+                inputs=[DatasetRef("jpegxl-2 train", f"{store}/jpegxl-2", "a" * 32, "training"),
+                        DatasetRef("jpegxl-5 test", f"{store}/jpegxl-5", "b" * 32, "evaluation")],
+                cells=cells_table_of(rows), status="FINISHED")
+    return t.log_model(KEY, model)
+
+
+def test_trial_run_holds_model_inputs_series_cells_and_source_tags(backend, tmp_path):
+    import mlflow
+
+    uri, s3 = backend
+    model = classifier()
+    t = Tracker(uri, "contents", "demo", str(tmp_path))
+    model_id = log_trial_fully(t, "s3://bucket/store", model)
+    assert model_id and t.available, t.error
+    client = t.client
+    assert client.get_experiment(t.experiment_id()).tags[TAG_EXPERIMENT_KIND] == "custom_model_development"
+    run = client.get_run(t.child_run(KEY))
+
+    # The model: a LoggedModel of the run, ready, with a signature and an input example, and it predicts.
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
+    logged = client.get_logged_model(model_id)
+    assert logged.name == KEY and logged.source_run_id == run.info.run_id and logged.tags["lossyvision.trial"] == KEY
+    mlflow.set_tracking_uri(uri)
+    info = mlflow.models.get_model_info(f"models:/{model_id}")
+    inputs_spec = info.signature.inputs.to_dict()[0]["tensor-spec"]
+    assert inputs_spec["dtype"] == "uint8" and list(inputs_spec["shape"]) == [-1, 3, 32, 32]
+    assert list(info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, len(CLASSES)]
+    assert info.saved_input_example_info is not None and info.metadata["classes"] == CLASSES
+    assert "pytorch" in info.flavors and info.flavors["pytorch"].get("serialization_format", "pt2") == "pt2"
+    probs = mlflow.pyfunc.load_model(f"models:/{model_id}").predict(model.example)
+    assert np.asarray(probs).shape == (2, len(CLASSES)) and np.allclose(np.asarray(probs).sum(1), 1, atol=1e-5)
+
+    # Inputs: the training level and the test levels, with their digests and contexts.
+    inputs = {(d.dataset.name, d.dataset.digest, d.tags[0].value) for d in run.inputs.dataset_inputs}
+    assert inputs == {("jpegxl-2 train", "a" * 32, "training"), ("jpegxl-5 test", "b" * 32, "evaluation")}
+    sources = {d.dataset.name: d.dataset.source for d in run.inputs.dataset_inputs}
+    assert "s3://bucket/store/jpegxl-2" in sources["jpegxl-2 train"]
+
+    # Test metrics as series over the sorted test levels (0, 2, 5 -> steps 0, 1, 2), per level, and the table.
+    top1 = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test/top1"))
+    assert top1 == [(0, 0.8), (1, 0.7), (2, 0.4)]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/dcr")] != []
+    assert run.data.metrics["test/top1/d5"] == 0.4 and run.data.tags["lossyvision.test_levels"] == "0,2,5"
+    cells = t.cells_table(run.info.run_id)
+    assert len(cells) == 6 and set(cells.columns) >= {"test_level", "test_dcr", "value", "ci_low", "ci_high", "rel"}
+    assert cells.set_index(["test_level", "metric"]).loc[(5.0, "top1"), "ci_high"] == pytest.approx(0.5)
+
+    # Source tags: the commit of the repository that holds lossyvision's code.
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
+    assert run.data.tags["mlflow.source.name"] == "lossyvision"
+    if s3 is not None:  # the server keeps artifacts in S3: the model's files are there
+        keys = s3.keys("mlartifacts/")
+        assert any(k.endswith(f"{model_id}/artifacts/data/model.pt2") for k in keys), keys[:20]
+        assert any(k.endswith(CELLS_TABLE) for k in keys)
+
+    # Logging it all again from a fresh tracker (a rerun, `sweep sync`) adds nothing.
+    again = Tracker(uri, "contents", "demo", str(tmp_path))
+    assert log_trial_fully(again, "s3://bucket/store", model) == model_id
+    run2 = client.get_run(again.child_run(KEY))
+    assert run2.info.run_id == run.info.run_id and len(run2.outputs.model_outputs) == 1
+    assert len(client.get_metric_history(run.info.run_id, "test/top1")) == 3
+    assert len(run2.inputs.dataset_inputs) == 2 and len(again.cells_table(run.info.run_id)) == 6
+
+
+def test_parent_run_gets_the_verdict_and_register_names_the_advised_model(backend, tmp_path):
+    from lossyvision.report.verdict import Verdict
+
+    uri, _ = backend
+    t = Tracker(uri, "verdicts", "demo", str(tmp_path))
+    assert t.log_model(KEY, classifier())
+    verdicts = [
+        Verdict("r10", "top1", "matched", 2.0, 0.5, 99.5, 99.1, 100.2, "advised", "Store everything at distance 2."),
+        Verdict("r10", "top1", "test", None, None, 97.0, 95.0, 99.0, "keep originals", "Keep the originals."),
+    ]
+    for _ in range(2):  # idempotent
+        t.log_verdicts(verdicts, ["r10 (top1):", "  Store everything at distance 2."], verdicts)
+    parent = t.client.get_run(t.parent_run())
+    m = parent.data.metrics
+    assert m["verdict/r10/top1/matched/level"] == 2.0 and m["verdict/r10/top1/matched/rel_low"] == 99.1
+    assert "verdict/r10/top1/test/level" not in m and m["verdict/r10/top1/test/rel_high"] == 99.0
+    assert len(t.client.get_metric_history(parent.info.run_id, "verdict/r10/top1/matched/rel")) == 1
+    tags = parent.data.tags
+    assert tags["lossyvision.recommended.r10"] == "2" and tags["lossyvision.verdict.r10.top1.test"].startswith("keep")
+    assert "Store everything at distance 2" in tags["mlflow.note.content"]
+
+    assert t.register_model(KEY, "lv-demo", {"level": "2"}) == "1"
+    assert t.register_model(KEY, "lv-demo", {"level": "2"}) == "1"  # the same model is not registered twice
+    version = t.client.get_model_version_by_alias("lv-demo", "recommended")
+    assert str(version.version) == "1" and version.tags["level"] == "2"
+    assert t.register_model("no__such__trial", "lv-demo") is None
+
+
+def test_a_model_that_cannot_be_exported_is_a_warning_not_an_outage(db, tmp_path, caplog):
+    import torch
+
+    from lossyvision.sweep.models import LoggableModel
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            if x.float().mean() > 100:  # torch.export cannot trace a branch on data
+                return x.float()[:, :1, 0, 0]
+            return -x.float()[:, :1, 0, 0]
+
+    t = Tracker(db, "unexportable", "demo", str(tmp_path))
+    example = np.zeros((2, 3, 8, 8), dtype=np.uint8)
+    with caplog.at_level("WARNING"):
+        assert t.log_model(KEY, LoggableModel(DataDependent(), example, "pt2")) is None
+    assert t.available and any("was not logged" in r.message for r in caplog.records)
+    t.log_trial(KEY, {"model": "m"})  # MLflow stays on for the rest
+    assert t.client.get_run(t.child_run(KEY)).data.params["model"] == "m"
+
+
+def test_ui_command_opens_the_runs_page():
+    assert ui_command("http://mlflow:5000", "7") == "open http://mlflow:5000/#/experiments/7/runs?workflowType=machine_learning"
+    assert ui_command("sqlite:////x/mlflow.db", "1").endswith("#/experiments/1/runs?workflowType=machine_learning")
+    assert ui_command("sqlite:////x/mlflow.db") == "mlflow ui --backend-store-uri sqlite:////x/mlflow.db"
+
+
+def test_series_follow_the_sorted_test_levels_and_cells_keep_intervals():
+    rows = results_rows()
+    series = eval_series_of(rows, [5.0, 0.0, 2.0])
+    assert series["test/top1"] == {0: 0.8, 1: 0.7, 2: 0.4} and series["test/dcr"] == {0: -0.05, 1: 0.5, 2: 0.8}
+    assert ladder_text([5, 0.5, 0]) == "0,0.5,5"
+    table = cells_table_of(rows)
+    assert list(table["test_level"]) == [0.0, 0.0, 2.0, 2.0, 5.0, 5.0] and "ci_low" in table.columns
+
+
+def test_segmentation_and_detection_models_log_and_predict_back(db, tmp_path):
+    """SegFormer exports (pt2); torchvision's detector is pickled with lossyvision's code beside it."""
+    import mlflow
+
+    from lossyvision.spec import ModelSpec
+    from lossyvision.sweep.models import LoggableModel, requirements
+    from lossyvision.tasks import create_task
+
+    t = Tracker(db, "tasks", "demo", str(tmp_path))
+    for kw in (dict(task="segmentation", arch="segformer-tiny", options={"crop_size": 32}),
+               dict(task="detection", arch="fasterrcnn_mobilenet_v3_large_320_fpn",
+                    options={"min_size": 64, "max_size": 64})):
+        task = create_task(kw["task"], ModelSpec(name="m", **kw), CLASSES)
+        serving = task.serving(task.build_model())
+        example = np.random.default_rng(0).integers(0, 256, (2, 3, serving.size, serving.size), dtype=np.uint8)
+        import lossyvision
+
+        code = [lossyvision.__path__[0]] if serving.serialization == "pickle" else []
+        model_id = t.log_model(f"{kw['task']}__k", LoggableModel(serving.module, example, serving.serialization, {},
+                                                                requirements(kw["task"]), code))
+        assert model_id and t.available
+        mlflow.set_tracking_uri(db)
+        out = np.asarray(mlflow.pyfunc.load_model(f"models:/{model_id}").predict(example))
+        assert out.shape == ((2, len(CLASSES), 32, 32) if kw["task"] == "segmentation" else (2, 100, 6))

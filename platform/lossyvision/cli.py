@@ -231,6 +231,10 @@ def sweep_run(
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the local Ray (default: all)."),
     no_report: bool = typer.Option(False, "--no-report", help="Do not build the report at the end."),
     yes: bool = typer.Option(False, "--yes", help="Run a grid over the cap (200 trials or 5000 evaluations)."),
+    register: Optional[str] = typer.Option(
+        None, "--register", metavar="NAME",
+        help="Register the model of the level the verdict advises in MLflow's model registry as NAME "
+             "(alias 'recommended'); nothing is registered when no level is advised."),
 ) -> None:
     """Compress, train every (model, train level, repeat) on Ray Tune, evaluate the grid, report.
 
@@ -245,7 +249,7 @@ def sweep_run(
         check_grid(sweep, yes, source=str(sweep_file))
         try:
             outcome = run_sweep(sweep, echo=typer.echo, ray_address=address, num_cpus=num_cpus,
-                                build_report=not no_report)
+                                build_report=not no_report, register=register)
         except PlanError as e:
             fail(str(e))
     for line in summary_lines(outcome):

@@ -446,7 +446,8 @@ def validate(options: CompressOptions) -> None:
 def run_job(records: Sequence[Record], source_root: str, store_uri: str, options: CompressOptions,
             execute: Executor, *, flush_rows: int = 500, flush_seconds: float | None = None,
             consolidate_every: int = 256, log: Callable[[str], None] = lambda msg: None,
-            reader: DatasetReader | None = None, not_read: Sequence[Any] = ()) -> JobResult:
+            reader: DatasetReader | None = None, not_read: Sequence[Any] = (),
+            progress: Any = None) -> JobResult:
     """Plan, execute, persist rows incrementally, consolidate the manifest, write summary.csv.
 
     Finished rows are flushed to a part file every ``flush_rows`` rows or ``flush_seconds``
@@ -460,6 +461,9 @@ def run_job(records: Sequence[Record], source_root: str, store_uri: str, options
 
     One writer per store: the job holds the store's writer lock (:mod:`lossyvision.lock`); a
     second job on the same store is refused at once with ``LockHeld``, naming the first.
+
+    ``progress`` (a :class:`lossyvision.progress.JobProgress`) hears the number of work items, then
+    every batch of finished rows and its failures.
     """
     from lossyvision.lock import writer_lock
 
@@ -471,7 +475,7 @@ def run_job(records: Sequence[Record], source_root: str, store_uri: str, options
     with writer_lock(store_uri, "lossyvision compress", log=log):
         result = _run_job_locked(records, source_root, store_uri, options, execute, flush_rows=flush_rows,
                                  flush_seconds=flush_seconds, consolidate_every=consolidate_every, log=log,
-                                 reader=reader)
+                                 reader=reader, progress=progress)
         write_not_read(store_uri, not_read)
         result.not_read = list(not_read)
         return result
@@ -490,7 +494,8 @@ def check_store_place(store_uri: str) -> None:
 
 def _run_job_locked(records: Sequence[Record], source_root: str, store_uri: str, options: CompressOptions,
                     execute: Executor, *, flush_rows: int, flush_seconds: float | None, consolidate_every: int,
-                    log: Callable[[str], None], reader: DatasetReader | None = None) -> JobResult:
+                    log: Callable[[str], None], reader: DatasetReader | None = None,
+                    progress: Any = None) -> JobResult:
     if flush_seconds is None:
         flush_seconds = float(os.environ.get("LOSSYVISION_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS))
     params = job_params(options, store_uri, reader)
@@ -511,11 +516,15 @@ def _run_job_locked(records: Sequence[Record], source_root: str, store_uri: str,
         last_flush = time.monotonic()
 
     done = 0
+    if progress is not None and items:
+        progress.start(len(items))
     try:
         if items:
             for rows in execute(items, params):
                 buffer.extend(rows)
                 done += len(rows)
+                if progress is not None:
+                    progress.advance(len(rows), sum(r["status"] == manifest.STATUS_FAILED for r in rows))
                 if options.on_error == "fail":
                     stopped_by = next((r for r in rows if r["status"] == manifest.STATUS_FAILED), None)
                     if stopped_by is not None:
@@ -524,6 +533,8 @@ def _run_job_locked(records: Sequence[Record], source_root: str, store_uri: str,
                     flush()
     finally:
         flush()  # rows already finished are kept even when interrupted
+        if progress is not None and items:
+            progress.close()
     full = manifest.consolidate(store_uri)
     if stopped_by is not None:
         raise CompressError(f"{stopped_by['relpath']}: {stopped_by['error']} "

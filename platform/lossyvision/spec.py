@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+from pydantic import (BaseModel, ValidationInfo, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
 from lossyvision.places import check_output_files, check_place, check_store_files
@@ -111,14 +111,6 @@ def _check_local_exists(path: str) -> str:
     return path
 
 
-def _check_local_dir(path: str) -> str:
-    """A local dataset root must be a folder (a URI is checked when it is read)."""
-    _check_local_exists(path)
-    if not is_remote(path) and not os.path.isdir(path):
-        raise ValueError(f"{path} is not a folder (a dataset root is the folder holding the images)")
-    return path
-
-
 def _check_registered(registry: Any, name: str) -> str:
     """``name`` if the registry knows it, else the registry's own "unknown ..., known: ..." error."""
     if name not in registry:
@@ -149,8 +141,18 @@ class DatasetSpec(_Strict):
 
     @field_validator("root")
     @classmethod
-    def _root_exists(cls, v: str) -> str:
-        return _check_local_dir(v)
+    def _root_exists(cls, v: str, info: ValidationInfo) -> str:
+        """A local root is a folder, or a file for the kinds whose root may be one (a CSV list, a tar shard)."""
+        from lossyvision.datasets import DATASETS
+
+        _check_local_exists(v)
+        kind = info.data.get("kind")
+        if kind in DATASETS and not is_remote(v) and not os.path.isdir(v):
+            if not DATASETS.get(kind).root_may_be_file:
+                raise ValueError(f"{v} is not a folder (a {kind} root is the folder holding the images)")
+            if not os.path.isfile(v):
+                raise ValueError(f"{v} is neither a folder nor a regular file")
+        return v
 
 
 class CodecSpec(BaseModel):

@@ -60,6 +60,8 @@ class DatasetReader(ABC):
     whole_files: bool = True
     #: Follow symlinks whose target is outside the root (the dataset option of the same name).
     allow_outside_symlinks: bool = False
+    #: Whether the root may be a single file (a CSV list, a Parquet file, a tar shard), not a folder.
+    root_may_be_file: bool = False
 
     def __init__(self, root: str, **options: Any) -> None:
         self.root = str(root)

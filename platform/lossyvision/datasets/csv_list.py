@@ -81,6 +81,7 @@ class CSVListReader(DatasetReader):
     """A CSV or JSONL list of images with labels and splits."""
 
     name = "csv"
+    root_may_be_file = True
     task = TASK_CLASSIFICATION
 
     def __init__(self, root: str, **options: Any) -> None:

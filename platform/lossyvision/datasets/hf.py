@@ -101,6 +101,7 @@ class HFDatasetReader(DatasetReader):
     """A Hugging Face dataset on disk (``save_to_disk``) or as Parquet files, with an image column."""
 
     name = "hf"
+    root_may_be_file = True
     task = TASK_CLASSIFICATION
     whole_files = False
 

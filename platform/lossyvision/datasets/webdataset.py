@@ -82,6 +82,7 @@ class WebDatasetReader(DatasetReader):
     """Tar shards of (image, label) samples; images are read by byte range from their shard."""
 
     name = "webdataset"
+    root_may_be_file = True
     task = TASK_CLASSIFICATION
     whole_files = False
 

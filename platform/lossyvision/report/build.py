@@ -44,6 +44,7 @@ class ReportResult:
     tables: list[str] = field(default_factory=list)      # CSV paths/URIs under OUTPUT/report/
     warnings: list[str] = field(default_factory=list)    # parts that could not be drawn, and why
     verdict: list[str] = field(default_factory=list)     # the answer, as plain-text lines
+    verdicts: list[Any] = field(default_factory=list)    # the same as Verdict objects (every metric)
 
     def __str__(self) -> str:
         return self.index_html
@@ -209,13 +210,13 @@ def analyse(output: str, keep_fraction: float | None = None, info: SweepInfo | N
 
 
 def _results_sections(output: str, writer: _Writer, info: SweepInfo, keep_fraction: float,
-                      warnings: list[str]) -> tuple[list[Section], list[Section], list[str]]:
-    """(verdict sections, result sections, verdict lines)."""
+                      warnings: list[str]) -> tuple[list[Section], list[Section], Analysis]:
+    """(verdict sections, result sections, the analysis)."""
     result = analyse(output, keep_fraction, info)
     warnings.extend(result.notes)
     rel, found = result.rel, result.verdicts
     if rel.empty:
-        return [], [Section("Relative performance", text=result.notes[-1] if result.notes else "No results.")], []
+        return [], [Section("Relative performance", text=result.notes[-1] if result.notes else "No results.")], result
     verdict_sections = []
     if found:
         writer.table("verdict.csv", pd.DataFrame([v.__dict__ for v in found]))
@@ -249,7 +250,7 @@ def _results_sections(output: str, writer: _Writer, info: SweepInfo, keep_fracti
         "the baseline), not on the mean."), tables_html=[advice_html(advice, keep_fraction)])
     table = Section("All cells", text="Mean over repeats with its 95% interval, absolute and relative to the baseline.",
                     tables_html=[cells_html(rel)])
-    return verdict_sections, [heat, adv, table], result.lines
+    return verdict_sections, [heat, adv, table], result
 
 
 def verdict_html(found: list) -> str:
@@ -399,7 +400,7 @@ def build_report(output: str, *, keep_fraction: float | None = None, sample_leve
         raise ReportError(f"keep fraction must be in (0, 1.5], e.g. 0.99; got {keep_fraction}")
     writer = _Writer(output)
     warnings: list[str] = []
-    verdict_sections, result_sections, lines = _results_sections(output, writer, info, keep_fraction, warnings)
+    verdict_sections, result_sections, analysis = _results_sections(output, writer, info, keep_fraction, warnings)
     sections = verdict_sections + result_sections
     sections += _budget_sections(output, writer, warnings)
     sections += _store_sections(info, writer, warnings, sample_levels, n_samples)
@@ -411,4 +412,4 @@ def build_report(output: str, *, keep_fraction: float | None = None, sample_leve
     index = store.join(writer.dir, INDEX_NAME)
     store.atomic_write_bytes(index, html.encode("utf-8"))
     return ReportResult(index_html=index, figures=writer.figures, tables=writer.tables, warnings=warnings,
-                        verdict=lines)
+                        verdict=analysis.lines, verdicts=list(analysis.verdicts))

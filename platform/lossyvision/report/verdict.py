@@ -168,6 +168,20 @@ def verdicts(rel: pd.DataFrame, keep: float = 0.99, headline_only: bool = True) 
     return out
 
 
+def headline(found: list[Verdict]) -> list[Verdict]:
+    """The verdicts of each model's headline metric (its first in :data:`HEADLINE_ORDER`, then by name)."""
+    first: dict[str, str] = {}
+    for v in found:
+        best = first.get(v.model)
+        if best is None or _metric_rank(v.metric) < _metric_rank(best):
+            first[v.model] = v.metric
+    return [v for v in found if first.get(v.model) == v.metric]
+
+
+def _metric_rank(metric: str) -> tuple[int, str]:
+    return (HEADLINE_ORDER.index(metric) if metric in HEADLINE_ORDER else len(HEADLINE_ORDER), metric)
+
+
 def verdict_lines(found: list[Verdict]) -> list[str]:
     """Plain-text lines: one heading per model/metric, one line per question."""
     lines: list[str] = []

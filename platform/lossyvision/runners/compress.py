@@ -12,8 +12,8 @@ ask for one CPU each, so the job uses all CPUs of the cluster and no more.
 
 from __future__ import annotations
 
+import logging
 import pickle
-import sys
 from typing import Any, Iterator, Sequence
 
 import pandas as pd
@@ -56,12 +56,35 @@ def lean_data_context(ctx: Any) -> None:
     here. Progress bars stay on for an interactive terminal.
     """
     settings = {"op_resource_reservation_enabled": False, "memory_usage_poll_interval_s": None,
-                "enable_auto_log_stats": False}
-    if not sys.stderr.isatty():
-        settings["enable_progress_bars"] = False
+                "enable_auto_log_stats": False,
+                # lossyvision's own progress (lossyvision.progress) replaces Ray Data's bars and lines
+                "enable_progress_bars": False, "print_on_execution_start": False}
     for name, value in settings.items():
         if hasattr(ctx, name):  # knobs of ray 2.60; older or newer versions may lack one
             setattr(ctx, name, value)
+    quiet_ray_data_console()
+
+
+class _HideFromConsole(logging.Filter):
+    """Marks Ray Data's INFO lines (and its "progress bars disabled" hint) ``hide``: Ray Data's console
+    handler drops such records (its ``HiddenRecordFilter``); its log file in the session folder keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or "Progress bars" in record.getMessage():
+            record.hide = True
+        return True
+
+
+#: Ray Data loggers whose console lines repeat what our progress says.
+RAY_DATA_CHATTY = ("ray.data._internal.execution.streaming_executor", "ray.data._internal.progress")
+
+
+def quiet_ray_data_console() -> None:
+    """Keep Ray Data's "Starting execution of Dataset ..." lines off the console (idempotent)."""
+    for name in RAY_DATA_CHATTY:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _HideFromConsole) for f in logger.filters):
+            logger.addFilter(_HideFromConsole())
 
 
 def execute_with_ray(items: list[dict], params: dict) -> Iterator[list[dict]]:
@@ -106,6 +129,7 @@ def compress_job(
     not_read: Sequence[Any] = (),
     animated: str = "refuse",
     log=print,
+    progress: Any = None,
 ) -> compress.JobResult:
     """Compress dataset ``source`` into ``store_uri`` at every level; resumable.
 
@@ -113,7 +137,9 @@ def compress_job(
     DataFrame (:data:`lossyvision.manifest.SCHEMA`), ``.summary`` the per-level table. Uses the
     running Ray if there is one, else (only if there is work to do) joins ``address`` or starts a
     local one with ``num_cpus`` (all CPUs by default) and stops it at the end, unless ``keep_ray``
-    (the sweep engine goes on to train on it). Raises
+    (the sweep engine goes on to train on it). Progress: a bar on a terminal, else a line through
+    ``log`` every ``LOSSYVISION_PROGRESS_SECONDS`` (``progress``, a
+    :class:`lossyvision.progress.JobProgress`, replaces both). Raises
     :class:`~lossyvision.compress.CompressError` for bad options, an empty dataset, or the first
     bad image under ``on_error='fail'``. ``not_read`` lists dataset files not read (with
     ``records``; else the reader's own list): they are saved in ``STORE/skipped.csv``. ``animated``:
@@ -142,9 +168,13 @@ def compress_job(
             started = ensure_ray(num_cpus, address)
             yield from execute_with_ray(items, params)
 
+        if progress is None:
+            from lossyvision.progress import job_progress
+
+            progress = job_progress("compress", log)
         try:
             return compress.run_job(records, source, store_uri, options, execute, log=log, reader=reader,
-                                    not_read=not_read)
+                                    not_read=not_read, progress=progress)
         finally:
             if started and not keep_ray:
                 ray.shutdown()

@@ -19,7 +19,8 @@ from lossyvision.sweep.trials import TUNE_DIR, latest_progress_dir, run_trial
 
 class TrialListener(Protocol):
     def started(self, key: str) -> None: ...
-    def epoch(self, key: str, epoch: int, metrics: dict[str, float]) -> None: ...
+    def epoch(self, key: str, epoch: int, metrics: dict[str, float], seconds: float | None = None,
+              epochs: int | None = None) -> None: ...
     def finished(self, key: str) -> None: ...
     def failed(self, key: str, error: str) -> None: ...
 
@@ -34,8 +35,9 @@ def _trainable(config: dict[str, Any], sweep: Any = None, manifest: Any = None) 
     output = config["output"]
     _limit_threads(sweep.resources.trial.cpu)
 
-    def report(epoch: int, metrics: dict[str, float], directory: str) -> None:
-        tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(directory))
+    def report(epoch: int, metrics: dict[str, float], directory: str, epochs: int) -> None:
+        tune.report({**metrics, "epoch": epoch, "epochs_total": epochs},
+                    checkpoint=tune.Checkpoint.from_directory(directory))
 
     device = device_for(sweep.resources.trial.gpu)
     checkpoint = tune.get_checkpoint()
@@ -115,7 +117,11 @@ class _ListenerCallback:
                     return
                 metrics = {k: float(v) for k, v in result.items()
                            if k in _user_metrics(result) and isinstance(v, (int, float))}
-                listener.epoch(trial.config["trial"]["key"], int(result.get("epoch", 0)), metrics)
+                seconds = result.get("time_this_iter_s")  # Tune's: since the trial's previous report
+                total = result.get("epochs_total")
+                listener.epoch(trial.config["trial"]["key"], int(result.get("epoch", 0)), metrics,
+                               seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
+                               epochs=int(total) if isinstance(total, (int, float)) else None)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 listener.finished(trial.config["trial"]["key"])
@@ -143,7 +149,7 @@ def _trial_error(trial: Any) -> str:
 #: Keys Tune adds to every result; the rest came from the trial.
 _TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
               "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config",
-              "time_since_restore", "iterations_since_restore", "should_checkpoint", "epoch"}
+              "time_since_restore", "iterations_since_restore", "should_checkpoint", "epoch", "epochs_total"}
 
 
 def _user_metrics(result: dict[str, Any]) -> set[str]:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from lossyvision import output as outdir
+from lossyvision.progress import SweepProgress, epoch_line
 from lossyvision.spec import SpecError, Sweep, load_sweep
 from lossyvision.store import is_remote
 from lossyvision.sweep.plan import CellSpec, Grid, done_cell_keys, grid_size, level_dcr, pending, plan
@@ -67,12 +68,17 @@ def sweep_params(sweep: Sweep, grid: Grid) -> dict[str, Any]:
 
 def push_trials(tracker: Any, sweep: Sweep, grid: Grid, manifest: pd.DataFrame | None,
                 results: pd.DataFrame, failures: dict[str, str] | None = None) -> int:
-    """Send everything known about the grid's trials to MLflow (only what is missing); returns how many."""
+    """Send everything known about the grid's trials to MLflow (only what is missing); returns how many.
+
+    Params, epoch history, dataset inputs, test metrics per level and as series, the ``cells`` table
+    and the run's status. Models go separately (:func:`push_models`).
+    """
     from lossyvision.sweep.results import current_rows
-    from lossyvision.sweep.tracking import eval_metrics_of, trial_params
+    from lossyvision.sweep.tracking import cells_table_of, eval_metrics_of, eval_series_of, ladder_text, trial_params
 
     failures = failures or {}
     results = current_rows(results, [c.key for c in grid.cells])
+    ladder = ladder_text(sweep.test_levels)
     n = 0
     for trial in grid.trials:
         if not tracker.available:
@@ -89,8 +95,57 @@ def push_trials(tracker: Any, sweep: Sweep, grid: Grid, manifest: pd.DataFrame |
         status = "FAILED" if trial.key in failures else ("FINISHED" if got >= expected else None)
         tracker.log_trial(trial.key, trial_params(sweep, trial, meta, train_dcr),
                           history=(meta or {}).get("history", ()), test_metrics=eval_metrics_of(rows),
-                          status=status)
+                          series=eval_series_of(rows, sweep.test_levels), test_levels=ladder,
+                          inputs=dataset_refs(sweep, grid, trial), cells=cells_table_of(rows), status=status)
         n += 1
+    return n
+
+
+def dataset_refs(sweep: Sweep, grid: Grid, trial: TrialSpec) -> list[Any]:
+    """A trial's MLflow dataset inputs: the store level it trained on and the levels it is tested on.
+
+    Sources are the store's level folders; digests are the manifest rows' digests the trial's and
+    cells' configuration hashes were made of (``plan.json`` identities), so an input changes
+    exactly when the data does.
+    """
+    from lossyvision.store import join, level_dir
+    from lossyvision.sweep.tracking import DatasetRef
+
+    def ref(split: str, level: float, digest: str | None, context: str) -> list[DatasetRef]:
+        if not digest:
+            return []
+        folder = level_dir(sweep.codec.name, level)
+        return [DatasetRef(f"{folder} {split}", join(sweep.store_uri, folder), str(digest), context)]
+
+    refs = ref(sweep.train_split, trial.train_level, grid.identities.get(trial.key, {}).get("train_rows"), "training")
+    for cell in grid.cells_of(trial):
+        refs += ref(sweep.test_split, cell.test_level, grid.identities.get(cell.key, {}).get("test_rows"),
+                    "evaluation")
+    return refs
+
+
+def push_models(tracker: Any, sweep: Sweep, grid: Grid, manifest: pd.DataFrame | None, echo: Echo) -> int:
+    """Log the model of every finished trial whose run has none yet (read from its checkpoint); returns how many."""
+    from lossyvision.sweep.models import loggable_model
+
+    done = finished_keys(sweep.output, [t.key for t in grid.trials])
+    n = 0
+    for trial in grid.trials:
+        if not tracker.available:
+            break
+        if trial.key not in done or tracker.has_model(trial.key):
+            continue
+        t0 = time.time()
+        try:
+            model = loggable_model(sweep, trial, sweep.output, manifest)
+        except Exception as e:  # noqa: BLE001 - a model MLflow cannot get is a warning, never a failed sweep
+            echo(f"warning: MLflow: cannot prepare the model of trial {trial.key} ({type(e).__name__}: {e})")
+            continue
+        if model is None:
+            continue
+        if tracker.log_model(trial.key, model):
+            n += 1
+            echo(f"MLflow: logged the model of trial {trial.key} ({time.time() - t0:.0f}s)")
     return n
 
 
@@ -105,10 +160,12 @@ class DriverListener:
     """Tune's trial events -> state file, MLflow (live per-epoch metrics), progress lines."""
 
     def __init__(self, sweep: Sweep, grid: Grid, state: SweepState, tracker: Any, manifest: pd.DataFrame,
-                 echo: Echo, total: int) -> None:
+                 echo: Echo, total: int, progress: SweepProgress | None = None) -> None:
         self.sweep, self.state, self.tracker, self.manifest, self.echo = sweep, state, tracker, manifest, echo
         self.total, self.done, self.t0 = total, 0, {}
         self.trials = {t.key: t for t in grid.trials}
+        self.progress = progress
+        self.epoch_seconds: dict[str, list[float]] = {}
 
     def started(self, key: str) -> None:
         self.t0[key] = time.time()
@@ -121,16 +178,25 @@ class DriverListener:
             self.tracker.log_trial(key, trial_params(self.sweep, trial, None, dcr.vs_source))
         self.echo(f"trial {key}: started")
 
-    def epoch(self, key: str, epoch: int, metrics: dict[str, float]) -> None:
+    def epoch(self, key: str, epoch: int, metrics: dict[str, float], seconds: float | None = None,
+              epochs: int | None = None) -> None:
+        """``seconds``: the epoch's time (Tune's ``time_this_iter_s``); ``epochs``: the trial's total."""
         self.tracker.log_epoch(key, epoch, metrics)
+        if seconds is not None:
+            self.epoch_seconds.setdefault(key, []).append(float(seconds))
+        took = self.epoch_seconds.get(key) or []
+        later = took[1:] or took  # the first epoch's time includes the trial's start (model, data)
+        mean = sum(later) / len(later) if later else None
         shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
-        self.echo(f"trial {key}: epoch {epoch} {shown}")
+        self.echo(f"trial {key}: {epoch_line(epoch, epochs, seconds, mean)} {shown}")
 
     def finished(self, key: str) -> None:
         self.done += 1
         self.state.set_trial(key, DONE)
         took = time.time() - self.t0.get(key, time.time())
         self.echo(f"trial {key}: done in {took:.0f}s ({self.done}/{self.total})")
+        if self.progress is not None:
+            self.echo(self.progress.trial_done())
 
     def failed(self, key: str, error: str) -> None:
         self.state.set_trial(key, FAILED, error)
@@ -150,6 +216,8 @@ class SweepOutcome:
     tracking_uri: str = ""
     tracking_ok: bool = True
     tracking_error: str | None = None
+    experiment_id: str | None = None                      # MLflow's, for the UI link
+    registered: list[str] = field(default_factory=list)  # what --register did, one line per model
     report: str | None = None
     verdict: list[str] = field(default_factory=list)      # the report's answer, first lines
     seconds: float = 0.0
@@ -197,13 +265,14 @@ def compress_for(sweep: Sweep, echo: Echo, ray_address: str | None = None,
 
 def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
               ray_address: str | None = None, num_cpus: int | None = None,
-              build_report: bool = True) -> SweepOutcome:
+              build_report: bool = True, register: str | None = None) -> SweepOutcome:
     """Run a sweep end to end; only what OUTPUT lacks for the sweep's current configuration is computed.
 
     Everything checkable is checked before anything is written or Ray starts: the resources
     against a local Ray, OUTPUT's format and its results table. Then OUTPUT's writer lock is taken:
     a second run on the same OUTPUT is refused at once (:class:`lossyvision.lock.LockHeld` names the
-    first).
+    first). ``register``: a registered-model name; the model of the level the verdict advises is
+    registered under it (:func:`register_recommended`).
     """
     from lossyvision.lock import writer_lock
 
@@ -213,11 +282,12 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
     outdir.check_format(sweep.output)
     read_results(sweep.output)  # a damaged results table is reported now, not after training
     with writer_lock(sweep.output, "lossyvision sweep run", log=echo):
-        return _run_sweep(sweep, echo=echo, ray_address=ray_address, num_cpus=num_cpus, build_report=build_report)
+        return _run_sweep(sweep, echo=echo, ray_address=ray_address, num_cpus=num_cpus, build_report=build_report,
+                          register=register)
 
 
 def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: int | None,
-               build_report: bool) -> SweepOutcome:
+               build_report: bool, register: str | None = None) -> SweepOutcome:
     """The body of :func:`run_sweep`, run while it holds OUTPUT's writer lock."""
     from lossyvision.runners.cluster import init_ray
     from lossyvision.runners.evaluate import evaluate_cells
@@ -255,12 +325,15 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
                         sweep_file=outdir.path(output, outdir.SWEEP_COPY) if not is_remote(output) else None)
     state = SweepState(output)
     state.driver_started()
+    progress = SweepProgress(len(grid.trials), len(grid.cells), len(grid.trials) - len(trials_todo),
+                             len(grid.cells) - len(cells_todo))
     try:
         # Train what is missing.
         if trials_todo:
             echo(f"training {len(trials_todo)} trial(s) on Ray Tune "
                  f"({sweep.resources.trial.cpu:g} CPU, {sweep.resources.trial.gpu:g} GPU each)")
-            listener = DriverListener(sweep, grid, state, tracker, manifest, echo, len(trials_todo))
+            progress.phase("training", len(trials_todo))
+            listener = DriverListener(sweep, grid, state, tracker, manifest, echo, len(trials_todo), progress)
             with clock("train"):
                 outcome.trial_failures = train_trials(sweep, trials_todo, output, manifest, listener)
             outcome.trials_run = len(trials_todo)
@@ -272,12 +345,17 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
                 outcome.trial_failures[t.key] = "trial did not finish"
                 state.set_trial(t.key, FAILED, "trial did not finish")
 
+        # MLflow: every finished trial's model (from its checkpoint; only those not logged yet).
+        with clock("models"):
+            push_models(tracker, sweep, grid, manifest, echo)
+
         # Evaluate every finished trial on its test levels.
         cells_todo = [c for c in pending(grid.cells, done_cell_keys(read_results(output)))
                       if c.trial.key in finished]
         if cells_todo:
+            progress.phase("evaluation", len(cells_todo))
             with clock("evaluate"):
-                evaluate_grid(sweep, cells_todo, manifest, state, tracker, outcome, echo, evaluate_cells)
+                evaluate_grid(sweep, cells_todo, manifest, state, tracker, outcome, echo, evaluate_cells, progress)
 
         with clock("intervals"):
             from lossyvision.report.cells import fill_relative
@@ -288,20 +366,90 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
         tracker.finish_sweep("FINISHED" if outcome.ok else "FAILED")
     finally:
         state.driver_finished()
-    outcome.tracking_ok, outcome.tracking_error = tracker.available, tracker.error
 
+    verdicts = None
     if build_report:
         with clock("report"):
-            _maybe_report(output, echo, outcome)
+            verdicts = _maybe_report(output, echo, outcome)
+    if verdicts is None and register:
+        verdicts = _analyse_quietly(output, echo)
+    if verdicts is not None:
+        log_verdicts(tracker, verdicts)
+    if register:
+        outcome.registered = register_recommended(tracker, grid, verdicts or [], register)
+    outcome.tracking_ok, outcome.tracking_error = tracker.available, tracker.error
+    outcome.experiment_id = tracker._guard(tracker.experiment_id) if tracker.available else None
     outcome.seconds = time.time() - started
     return outcome
 
 
+def log_verdicts(tracker: Any, verdicts: list[Any]) -> None:
+    """The report's verdicts onto the sweep's parent run (metrics, tags, its description)."""
+    from lossyvision.report.verdict import headline, verdict_lines
+
+    tracker.log_verdicts(verdicts, verdict_lines(headline(verdicts)), headline(verdicts))
+
+
+def _analyse_quietly(output: str, echo: Echo) -> list[Any] | None:
+    from lossyvision.report.build import analyse
+
+    try:
+        return list(analyse(output).verdicts)
+    except Exception as e:  # noqa: BLE001 - the sweep's results are safe; say why there is no verdict
+        echo(f"warning: no verdict ({type(e).__name__}: {e})")
+        return None
+
+
+def register_recommended(tracker: Any, grid: Grid, verdicts: list[Any], name: str) -> list[str]:
+    """Register, under ``name``, the model of the level the verdict advises; one line per model says what happened.
+
+    The level is the verdict's answer to "store everything at" (trained and tested at the same
+    level) for the model's headline metric; its trial (repeat 0, no budget) has the logged model.
+    No advised level (the data keep the originals, or cannot tell) registers nothing. With several
+    models, each gets its own registered model, ``<name>-<model>``.
+    """
+    from lossyvision.report.verdict import headline
+    from lossyvision.store import format_level
+    from lossyvision.sweep.results import NO_BUDGET
+
+    matched = [v for v in headline(verdicts) if v.question == "matched"]
+    models = sorted({t.model for t in grid.trials})
+    lines = []
+    if not tracker.available:
+        return [f"register {name}: nothing registered: MLflow is unreachable (run `lossyvision sweep run` again "
+                "with --register once it is back)"]
+    for model in models:
+        target = name if len(models) == 1 else f"{name}-{model}"
+        v = next((x for x in matched if x.model == model), None)
+        if v is None or v.level is None:
+            why = (f"the verdict for {v.metric} says '{v.outcome}'" if v is not None
+                   else "the sweep has no verdict for it (too few results)")
+            lines.append(f"register {target}: nothing registered: no advised level for {model} ({why})")
+            continue
+        trial = next((t for t in grid.trials if t.model == model and t.train_level == v.level and t.repeat == 0
+                      and t.budget == NO_BUDGET), None)
+        if trial is None:
+            lines.append(f"register {target}: nothing registered: no trial of {model} at level {format_level(v.level)}")
+            continue
+        version = tracker.register_model(trial.key, target, tags={
+            "lossyvision.sweep": tracker.sweep_name, "lossyvision.trial": trial.key, "level": format_level(v.level),
+            "metric": v.metric, "rel": f"{v.rel:.2f}", "rel_low": f"{v.rel_low:.2f}"})
+        if version is None:
+            lines.append(f"register {target}: nothing registered: trial {trial.key} has no model in MLflow"
+                         + (f" ({tracker.error})" if tracker.error else ""))
+        else:
+            lines.append(f"registered {target} version {version} (alias 'recommended'): {model} at distance "
+                         f"{format_level(v.level)}, {v.metric} {v.rel:.1f}% of the baseline (lower bound "
+                         f"{v.rel_low:.1f}%)")
+    return lines
+
+
 def evaluate_grid(sweep: Sweep, cells_todo: list[CellSpec], manifest: pd.DataFrame, state: SweepState,
-                  tracker: Any, outcome: SweepOutcome, echo: Echo, evaluate_cells: Callable[..., dict[str, str]]) -> None:
+                  tracker: Any, outcome: SweepOutcome, echo: Echo, evaluate_cells: Callable[..., dict[str, str]],
+                  progress: SweepProgress | None = None) -> None:
     """Score ``cells_todo``; each finished cell leaves its predictions, results rows and MLflow metrics."""
     from lossyvision.sweep.evaluate import cell_rows
-    from lossyvision.sweep.tracking import eval_metric_name
+    from lossyvision.sweep.tracking import eval_metric_name, eval_series_of, ladder_text
 
     output = sweep.output
     echo(f"evaluating {len(cells_todo)} cell(s) on {len({c.test_level for c in cells_todo})} test level(s)")
@@ -319,10 +467,13 @@ def evaluate_grid(sweep: Sweep, cells_todo: list[CellSpec], manifest: pd.DataFra
         if state.cell(cell.key):
             state.set_cell(cell.key, DONE)
         tracker.log_trial(cell.trial.key, {}, test_metrics={
-            eval_metric_name(r["metric"], cell.test_level): r["value"] for r in rows})
+            eval_metric_name(r["metric"], cell.test_level): r["value"] for r in rows},
+            series=eval_series_of(pd.DataFrame(rows), sweep.test_levels), test_levels=ladder_text(sweep.test_levels))
         done_count[0] += 1
         shown = " ".join(f"{r['metric']}={r['value']:.4g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]" for r in rows)
         echo(f"cell {cell.key}: {shown} ({done_count[0]}/{len(cells_todo)})")
+        if progress is not None:
+            echo(progress.cell_done())
 
     outcome.cell_failures = evaluate_cells(sweep, cells_todo, output, manifest, on_cell)
     outcome.cells_run = len(cells_todo)
@@ -345,20 +496,22 @@ class _Clock:
         self.phases[self.name] = round(self.phases.get(self.name, 0.0) + time.time() - self.t0, 2)
 
 
-def _maybe_report(output: str, echo: Echo, outcome: SweepOutcome) -> None:
-    """Build the report; its failure never fails the sweep. The verdict goes into ``outcome``."""
+def _maybe_report(output: str, echo: Echo, outcome: SweepOutcome) -> list[Any] | None:
+    """Build the report; its failure never fails the sweep. The verdict lines go into ``outcome``;
+    returns the verdicts (None when the report failed)."""
     from lossyvision.report import build_report
 
     try:
         result = build_report(output)
     except Exception as e:  # the sweep's results are safe; say what went wrong and go on
         echo(f"warning: the report failed ({type(e).__name__}: {e}); run `lossyvision report {output}`")
-        return
+        return None
     from lossyvision.sweep.tracking import log_report_artifacts
 
     log_report_artifacts(output, result.paths)  # warns and goes on when MLflow is down
     outcome.report = str(result)
     outcome.verdict = list(result.verdict)
+    return list(result.verdicts)
 
 
 def sync_output(output: str, echo: Echo = print) -> int:
@@ -382,12 +535,31 @@ def sync_output(output: str, echo: Echo = print) -> int:
     state = SweepState(sweep.output)
     failures = {k: v.get("error", "") for k, v in state.data["trials"].items() if v.get("state") == FAILED}
     results = read_results(sweep.output)
+    push_models(tracker, sweep, grid, manifest, echo)
     n = push_trials(tracker, sweep, grid, manifest, results, failures)
     complete = {c.key for c in grid.cells} <= done_cell_keys(results)
     if complete and not state.driver_alive():
+        verdicts = _analyse_quietly(sweep.output, echo)
+        if verdicts is not None:
+            log_verdicts(tracker, verdicts)
+        _sync_report_files(sweep.output)
         tracker.finish_sweep("FINISHED")
     echo(f"synced {n} trial run(s) of {sweep.name} to {tracker.uri}")
     return n
+
+
+def _sync_report_files(output: str) -> None:
+    """The report's files in OUTPUT/report, if a report was built, onto the parent run."""
+    from lossyvision.report.build import REPORT_DIR
+    from lossyvision.store import exists, filesystem, join
+    from lossyvision.sweep.tracking import log_report_artifacts
+
+    folder = join(output, REPORT_DIR)
+    if not exists(folder):
+        return
+    fs, path = filesystem(folder)
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    log_report_artifacts(output, [join(folder, n) for n in names])
 
 
 def summary_lines(outcome: SweepOutcome) -> list[str]:
@@ -395,7 +567,7 @@ def summary_lines(outcome: SweepOutcome) -> list[str]:
     from lossyvision.store import join
     from lossyvision.sweep.tracking import ui_command
 
-    lines = list(outcome.verdict)
+    lines = list(outcome.verdict) + list(outcome.registered)
     if lines:
         lines.append("")
     lines += [f"sweep done in {outcome.seconds:.0f}s: {outcome.trials_run} trial(s) and {outcome.cells_run} "
@@ -413,7 +585,7 @@ def summary_lines(outcome: SweepOutcome) -> list[str]:
     if outcome.report:
         lines.append(f"report: {outcome.report}")
     if outcome.tracking_ok:
-        lines.append(f"MLflow: {ui_command(outcome.tracking_uri)}")
+        lines.append(f"MLflow: {ui_command(outcome.tracking_uri, outcome.experiment_id)}")
     else:
         lines.append(f"MLflow was unreachable ({outcome.tracking_error}); once it is back: "
                      f"lossyvision sweep sync {outcome.output}")

@@ -32,9 +32,10 @@ RESUME_STATE_FILE = "state.pt"
 RESUME_META_FILE = "progress.json"
 TUNE_DIR = "tune"
 
-#: ``report(epoch, metrics, checkpoint_dir)``: called after each epoch with the training metrics and
-#: a folder holding the resumable state (for ``tune.report(..., checkpoint=...)``).
-Reporter = Callable[[int, dict[str, float], str], None]
+#: ``report(epoch, metrics, checkpoint_dir, epochs)``: called after each epoch with the training metrics,
+#: a folder holding the resumable state (for ``tune.report(..., checkpoint=...)``) and the number of
+#: epochs the trial trains (progress lines: ``epoch k/N``).
+Reporter = Callable[[int, dict[str, float], str, int], None]
 
 
 class TrialError(RuntimeError):
@@ -246,6 +247,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
                                                 trial.key, resume_dir, e)
             state, history = None, []
     resumed_from = int(state["epoch"]) if state else 0
+    epochs = int(getattr(task, "epochs", spec.epochs))  # a task's recipe may set its own (detection)
     seed_everything(seed)  # the initial weights (a random head, or a whole model from scratch)
     model = task.build_model()
 
@@ -255,7 +257,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
         if report is not None:
             with tempfile.TemporaryDirectory(prefix="lv-progress-") as tmp:
                 save_progress(tmp, epoch, st, history)
-                report(epoch, row, tmp)
+                report(epoch, row, tmp, epochs)
 
     task.fit(model, train, on_epoch=on_epoch, state=state)
 

@@ -10,6 +10,7 @@ Each task applies its own transforms.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from lossyvision.registry import Registry
@@ -17,6 +18,21 @@ from lossyvision.registry import Registry
 #: ``on_epoch(epoch, metrics, state)``: called after each epoch (1-based) with training metrics
 #: (``loss``, ...) and a resumable ``state`` dict (model, optimizer, scheduler, epoch).
 EpochCallback = Callable[[int, dict[str, float], dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A trained model as MLflow logs it: one ``torch.nn.Module`` from a uint8 NCHW RGB batch to one tensor.
+
+    ``size`` is the square input side the example uses; ``output`` says what the tensor holds (it
+    goes into the logged model's metadata). ``serialization`` is MLflow's: ``pt2`` (``torch.export``,
+    loads without lossyvision or pickle) where the model exports, else ``pickle``.
+    """
+
+    module: Any
+    size: int
+    output: str
+    serialization: str = "pt2"
 
 
 class Task(ABC):
@@ -76,6 +92,13 @@ class Task(ABC):
     def evaluate(self, model: Any, test: Any) -> dict[str, float]:
         """Metric name -> value on the ``test`` samples (names as in ``metric_names``)."""
         return self.outcomes(model, test).metrics()
+
+    def serving(self, model: Any) -> Serving | None:
+        """``model`` wrapped for serving (transforms inside, a tensor out), or None when the task has none.
+
+        The sweep logs it to MLflow with a signature and an input example; None logs no model.
+        """
+        return None
 
     def load_state(self, model: Any, state: dict[str, Any]) -> Any:
         """Put the weights of a ``state`` given to ``on_epoch`` into ``model`` (e.g. to evaluate it)."""

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from lossyvision.metrics.classification import ClassificationOutcomes
-from lossyvision.tasks.base import TASKS, EpochCallback, Task, sample_ids
+from lossyvision.tasks.base import TASKS, EpochCallback, Serving, Task, sample_ids
 from lossyvision.tasks.entrypoint import build_entry_point, is_entry_point
 from lossyvision.tasks.hub import build_hub_classifier, check_hub_classifier, is_hub_model
 from lossyvision.tasks.training import (
@@ -98,6 +98,20 @@ class ClassificationCollate:
                 raise ValueError(f"classification target must be a class index in [0, {self.num_classes}), got {y!r}")
             labels.append(int(y))
         return torch.stack([self.transform(rgb) for rgb, _ in batch]), torch.tensor(labels, dtype=torch.int64)
+
+
+class ClassifierServing(torch.nn.Module):
+    """uint8 NCHW RGB at the model's input size -> class probabilities (N, C), normalised as in training."""
+
+    def __init__(self, model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean.detach().cpu().view(1, 3, 1, 1).float())
+        self.register_buffer("std", std.detach().cpu().view(1, 3, 1, 1).float())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0
+        return torch.softmax(self.model((x - self.mean) / self.std), dim=1)
 
 
 @TASKS.register("classification")
@@ -269,6 +283,11 @@ class ClassificationTask(Task):
                      grad_clip=option(self.spec, "grad_clip"), seed=seed)
 
     # ------------------------------------------------------------------ evaluation
+    def serving(self, model: Any) -> Serving:
+        mean, std = self._norm(model, torch.device("cpu"))
+        return Serving(ClassifierServing(model.cpu().eval(), mean, std).eval(), int(self.spec.image_size),
+                       f"class probabilities over {len(self.classes)} classes (metadata: classes)")
+
     @torch.no_grad()
     def predict(self, model: Any, test: Any) -> tuple[np.ndarray, np.ndarray]:
         """(scores N x C float32 softmax probabilities, labels N) over ``test``."""

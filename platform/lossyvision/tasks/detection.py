@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from lossyvision.metrics.voc import DetectionOutcomes
-from lossyvision.tasks.base import TASKS, EpochCallback, Task, sample_ids
+from lossyvision.tasks.base import TASKS, EpochCallback, Serving, Task, sample_ids
 from lossyvision.tasks.classification import uint8_chw
 from lossyvision.tasks.entrypoint import build_entry_point, is_entry_point
 from lossyvision.tasks.training import (
@@ -114,6 +114,30 @@ class DetectionCollate:
             targets.append({"boxes": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)).reshape(-1, 4),
                             "labels": torch.from_numpy(labels), "difficult": torch.from_numpy(difficult)})
         return images, targets
+
+
+class DetectorServing(torch.nn.Module):
+    """uint8 NCHW RGB -> (N, D, 6) detections per image: x1, y1, x2, y2 (pixels), score, class index.
+
+    Padded to ``D`` rows (the detector's ``detections_per_img``) with score 0 and class -1, so the
+    output is one tensor. Saved with pickle: torchvision's detectors do not ``torch.export``.
+    """
+
+    def __init__(self, model: torch.nn.Module, max_detections: int) -> None:
+        super().__init__()
+        self.model = model
+        self.max_detections = int(max_detections)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        outputs = self.model([im.float() / 255.0 for im in images])
+        result = torch.zeros((len(outputs), self.max_detections, 6))
+        result[:, :, 5] = -1
+        for i, out in enumerate(outputs):
+            k = min(len(out["scores"]), self.max_detections)
+            result[i, :k, :4] = out["boxes"][:k].float()
+            result[i, :k, 4] = out["scores"][:k].float()
+            result[i, :k, 5] = out["labels"][:k].float() - 1
+        return result
 
 
 @TASKS.register("detection")
@@ -296,6 +320,15 @@ class DetectionTask(Task):
                      grad_clip=option(self.spec, "grad_clip"), seed=seed)
 
     # ------------------------------------------------------------------ evaluation
+    def serving(self, model: Any) -> Serving | None:
+        if self._mmdet is not None:
+            return None  # mmdet's detectors take its own data samples; their checkpoints stay in OUTPUT
+        size = int(option(self.spec, "min_size", 600))
+        limit = int(getattr(getattr(model, "roi_heads", None), "detections_per_img", 100))
+        return Serving(DetectorServing(model.cpu().eval(), limit).eval(), size,
+                       f"(N, {limit}, 6) detections: x1, y1, x2, y2, score, class index (-1: padding)",
+                       serialization="pickle")
+
     @torch.no_grad()
     def predict(self, model: Any, test: Any) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
         """(detections, ground truths) per test image, as numpy dicts in image pixels (0-based labels)."""

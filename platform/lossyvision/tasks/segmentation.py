@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from lossyvision.metrics.segmentation import SegmentationOutcomes, confusion_matrix
-from lossyvision.tasks.base import TASKS, EpochCallback, Task, sample_ids
+from lossyvision.tasks.base import TASKS, EpochCallback, Serving, Task, sample_ids
 from lossyvision.tasks.classification import uint8_chw
 from lossyvision.tasks.entrypoint import PixelValuesAdapter, build_entry_point, is_entry_point
 from lossyvision.tasks.training import (
@@ -165,6 +165,21 @@ class SegmentationCollate:
                                    max(1, round(mask.shape[0] * f)), max(1, round(mask.shape[1] * f)))[0]
             images.append(img)
         return images, [mask for _, mask in pairs]
+
+
+class SegmenterServing(torch.nn.Module):
+    """uint8 NCHW RGB -> per-pixel class logits (N, C, H, W) at the input's size (whole-image inference)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.float() / 255.0 - self.mean) / self.std
+        logits = self.model(pixel_values=x).logits
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
 @TASKS.register("segmentation")
@@ -336,6 +351,10 @@ class SegmentationTask(Task):
                      state=state, grad_clip=option(self.spec, "grad_clip"), seed=seed)
 
     # ------------------------------------------------------------------ evaluation
+    def serving(self, model: Any) -> Serving:
+        return Serving(SegmenterServing(model.cpu().eval()).eval(), self.crop_size,
+                       f"per-pixel logits over {len(self.classes)} classes (metadata: classes), whole image")
+
     def logits(self, model: torch.nn.Module, img: torch.Tensor) -> torch.Tensor:
         """(1, C, H, W) logits at the size of ``img`` (uint8 or float 1x3xHxW), whole or sliding window."""
         amp = bool(option(self.spec, "amp", False))
