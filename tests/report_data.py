@@ -44,16 +44,20 @@ def keyed(df: pd.DataFrame) -> tuple[pd.DataFrame, object]:
     df = df.copy()
     if "budget" not in df.columns:
         df["budget"] = -1
+    if "codec" not in df.columns:
+        df["codec"] = "jpegxl"
+    if "test_codec" not in df.columns:
+        df["test_codec"] = df["codec"]
     grid = Grid([], [])
     trial_ids, cell_ids, trial_hashes, cell_hashes = [], [], [], []
     trials: dict = {}
     cells: dict = {}
     for r in df.itertuples(index=False):
-        t = TrialSpec(r.model, float(r.train_level), int(r.repeat), int(r.budget), "c0ffee0000")
+        t = TrialSpec(r.model, float(r.train_level), int(r.repeat), int(r.budget), "c0ffee0000", r.codec)
         if t not in trials:
             trials[t] = t
             grid.trials.append(t)
-        c = CellSpec(t, float(r.test_level), "5eed000000")
+        c = CellSpec(t, float(r.test_level), "5eed000000", r.test_codec)
         if c not in cells:
             cells[c] = c
             grid.cells.append(c)
@@ -61,7 +65,9 @@ def keyed(df: pd.DataFrame) -> tuple[pd.DataFrame, object]:
     df["trial_id"], df["cell_id"], df["trial_hash"], df["cell_hash"] = trial_ids, cell_ids, trial_hashes, cell_hashes
     for col, default in (("ci_low", np.nan), ("ci_high", np.nan), ("confidence", 0.95), ("n_test_images", 100),
                          ("rel", np.nan), ("rel_low", np.nan), ("rel_high", np.nan), ("baseline_cell", None),
-                         ("train_dcr_raw", np.nan), ("test_dcr_raw", np.nan), ("n_train_images", 10),
+                         ("train_dcr_raw", np.nan), ("test_dcr_raw", np.nan), ("train_bpp", np.nan),
+                         ("test_bpp", np.nan), ("train_quality", np.nan), ("test_quality", np.nan),
+                         ("quality_metric", None), ("n_train_images", 10),
                          ("train_bytes", 1000), ("sweep", "t"), ("task", "classification"),
                          ("finished_at", "2026-01-01T00:00:00Z")):
         if col not in df.columns:

@@ -283,12 +283,27 @@ def test_sweep_file_gives_levels_union_store_and_options(tmp_path):
         "output": str(tmp_path / "run"), "compress": {"on_error": "fail", "quality_sample": 2},
         "limit_per_split": 2,
     })
-    args = compress.sweep_job_args(sweep)
+    [args] = compress.sweep_job_args(sweep)  # one job: one codec
     assert args["levels"] == (0.0, 1.0, 2.0)
     assert args["store_uri"] == os.path.join(str(tmp_path / "run"), "store")
     assert args["codec_options"] == {"effort": 3} and args["on_error"] == "fail"
     assert args["quality_sample"] == 2
     assert [r.split for r in args["records"]] == ["test", "test", "train", "train"]
+    several = parse_sweep({
+        "name": "t", "dataset": {"kind": "imagefolder", "root": str(root)},
+        "codecs": [{"name": "jpegxl", "effort": 3, "levels": [0, 2]}, {"name": "avif", "speed": 8, "levels": [60]}],
+        "models": [{"name": "m", "task": TASKS.names()[0], "arch": "resnet18"}],
+        "output": str(tmp_path / "run"), "compress": {"quality_sample": "all"},
+    })
+    jobs = compress.sweep_job_args(several)  # one job per codec, into one store
+    assert [(j["codec"], j["levels"], j["codec_options"]) for j in jobs] == [
+        ("jpegxl", (0.0, 2.0), {"effort": 3}), ("avif", (60.0,), {"speed": 8})]
+    assert {j["store_uri"] for j in jobs} == {os.path.join(str(tmp_path / "run"), "store")}
+    assert jobs[0]["quality_sample"] == compress.EVERY_IMAGE
+    assert compress.quality_sample(jobs[0]["records"], compress.EVERY_IMAGE) == {r.relpath for r in jobs[0]["records"]}
+    assert compress.parse_quality_sample("all") == compress.EVERY_IMAGE and compress.parse_quality_sample("4") == 4
+    with pytest.raises(compress.CompressError, match="a count or 'all'"):
+        compress.parse_quality_sample("some")
 
 
 def test_sources_sharing_an_output_name_keep_their_extension():

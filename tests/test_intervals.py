@@ -165,7 +165,7 @@ def test_verdict_advises_the_last_level_of_the_unbroken_keeping_run():
     matched = found["matched"]
     assert matched.level == 2 and matched.outcome == "advised" and matched.rel_low == 99.1
     assert "Store everything at distance 2 (DCR 0.40: files 40% smaller than the originals)" in matched.text
-    assert "lower bound 99.1%" in matched.text and "Distance 4 drops below: 97.0%" in matched.text
+    assert "lower bound 99.1%" in matched.text and "At distance 4 it drops below: 97.0%" in matched.text
     # level 2 cannot be told, so level 4 (which keeps) is not advised: noise would be choosing
     assert found["train"].level == 1 and "At distance 2 the data cannot tell" in found["train"].text
     assert found["test"].level == 1
@@ -202,3 +202,26 @@ def test_a_baseline_that_scores_zero_on_some_resamples_gives_an_open_interval_no
     zero = outcomes_for(0.0, n=10, seed=2)
     both = relative_interval([zero], [zero], "top1", seed=0, n_resamples=200)
     assert (both.low, both.high) == (100.0, 100.0)
+
+
+def test_verdict_per_codec_orders_quality_levels_by_fidelity_and_names_the_best_codec():
+    """A quality codec's baseline is its highest quality; across codecs the smallest files that keep win."""
+    from lossyvision.report.verdict import verdicts
+
+    jxl = rel_table({(0, 0): (100, 100, 100), (1, 1): (99.9, 99.5, 100.3), (3, 3): (99.5, 99.1, 99.9)})
+    jxl = jxl.assign(codec="jpegxl", test_codec="jpegxl", train_dcr=jxl.train_level * 0.1,
+                     train_bpp=2.0 / (1 + jxl.train_level))
+    avif = rel_table({(90, 90): (100, 100, 100), (70, 70): (99.8, 99.3, 100.2), (50, 50): (99.6, 99.2, 100.0),
+                      (30, 30): (96.0, 94.0, 98.0)})
+    avif = avif.assign(codec="avif", test_codec="avif", baseline_train_level=90.0, baseline_test_level=90.0,
+                       train_dcr=(100 - avif.train_level) / 100, train_bpp=avif.train_level / 100)
+    found = verdicts(pd.concat([jxl, avif], ignore_index=True), keep=0.99)
+    by = {(v.codec, v.question): v for v in found}
+    assert by[("avif", "matched")].level == 50.0  # 70 then 50 keep (fidelity order: 90, 70, 50, 30), 30 loses
+    assert "Store everything at avif quality 50" in by[("avif", "matched")].text
+    assert "At quality 30 it drops below: 96.0%" in by[("avif", "matched")].text
+    assert by[("jpegxl", "matched")].level == 3.0
+    best = found[0]
+    assert best.question == "codecs" and best.codec == "avif" and best.level == 50.0
+    assert best.text.startswith("Across codecs: store with avif at quality 50 (DCR 0.50, 0.50 bits per pixel)")
+    assert "Next: jpegxl distance 3: DCR 0.30, 0.50 bpp." in best.text

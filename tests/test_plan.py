@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -54,9 +55,11 @@ def grid_of(sweep, manifest=None):
 
 def test_trial_and_cell_keys_are_stable_and_path_safe():
     t = TrialSpec("vit-b16", 2.0, 0, config="3f9a2c1b07")
-    assert t.key == "vit-b16__d2__r0__3f9a2c1b07"
-    assert TrialSpec("m", 0.5, 1, 50_000_000, "abc").key == "m__d0.5__r1__b50000000__abc"
-    assert CellSpec(t, 10.0, "0123456789").key == "vit-b16__d2__r0__3f9a2c1b07__t10__0123456789"
+    assert t.key == "vit-b16__jpegxl-2__r0__3f9a2c1b07"  # the codec and level as the store's folder reads
+    assert TrialSpec("m", 0.5, 1, 50_000_000, "abc").key == "m__jpegxl-0.5__r1__b50000000__abc"
+    assert CellSpec(t, 10.0, "0123456789").key == "vit-b16__jpegxl-2__r0__3f9a2c1b07__t-jpegxl-10__0123456789"
+    assert CellSpec(t, 70.0, "x", "avif").key.endswith("__t-avif-70__x")  # a cross-codec cell
+    assert TrialSpec("m", 70.0, codec="avif", config="h").key == "m__avif-70__r0__h"
     assert TrialSpec.from_dict(t.as_dict()) == t
     assert CellSpec.from_dict(CellSpec(t, 1.0, "x").as_dict()) == CellSpec(t, 1.0, "x")
     assert "/" not in CellSpec(TrialSpec("m.x_1", 0.25, 3, config="ab"), 1.5, "cd").key
@@ -74,7 +77,7 @@ def test_plan_is_the_product_in_stable_order(tmp_path):
     assert grid_of(sweep).to_dict() == grid.to_dict()  # pure: same input, same grid
     assert len(grid.cells) == len(trials) * 3 and len({c.key for c in grid.cells}) == len(grid.cells)
     assert grid_size(grid, trials, grid.cells).describe().startswith("grid: 12 trials, 36 evaluations")
-    assert compress_levels(sweep) == [0.0, 1.0, 2.0, 5.0]
+    assert compress_levels(sweep) == {"jpegxl": [0.0, 1.0, 2.0, 5.0]}
     assert Grid.from_dict(grid.to_dict()).digest == grid.digest
 
 
@@ -114,14 +117,14 @@ def test_the_rows_a_trial_trains_on_are_part_of_its_identity(tmp_path):
     m.loc[(m.split == "train") & (m.level == 1.0) & (m.relpath.str.endswith("0.jpg")), "compressed_bytes"] = 999
     changed = grid_of(sweep, m)
     moved = {t.key for t in base.trials} - {t.key for t in changed.trials}
-    assert moved and all(k.split("__")[1] == "d1" for k in moved)  # only the trials trained at level 1
+    assert moved and all(k.split("__")[1] == "jpegxl-1" for k in moved)  # only the trials trained at level 1
     # A test image that changed moves the cells tested on it, not the trials.
     m2 = manifest_rows()
     m2.loc[(m2.split == "test") & (m2.level == 5.0) & (m2.relpath.str.endswith("1.jpg")), "compressed_bytes"] = 7
     again = grid_of(sweep, m2)
     assert {t.key for t in again.trials} == {t.key for t in base.trials}
     moved_cells = {c.key for c in base.cells} - {c.key for c in again.cells}
-    assert moved_cells and all("__t5__" in k for k in moved_cells)
+    assert moved_cells and all("__t-jpegxl-5__" in k for k in moved_cells)
     assert base.identities[base.trials[0].key]["train_rows"] == changed.identities[changed.trials[0].key]["train_rows"]
 
 
@@ -209,3 +212,65 @@ def test_a_local_ray_without_the_resources_asked_for_is_a_clear_error(tmp_path):
     with pytest.raises(SpecError, match=r"resources.trial.gpu: asks for 1 but the local Ray has 0"):
         check_local_resources(sweep, {"CPU": 2.0})
     check_local_resources(make_sweep(tmp_path), {"CPU": 2.0})  # the defaults fit
+
+
+def codec_rows(levels: dict[str, tuple[float, ...]]) -> pd.DataFrame:
+    frames = []
+    for codec, lv in levels.items():
+        m = manifest_rows(levels=lv)
+        m["codec"] = codec
+        frames.append(m)
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_codecs_are_a_grid_axis_with_their_own_levels_and_the_originals_tested_on_every_codec(tmp_path):
+    """Several codecs: each its own trials and ladder; the model trained on the originals (JPEG XL's
+    lossless level) is also tested on the others' levels; cross_codec tests everything on everything."""
+    from lossyvision.spec import grid_counts
+
+    codecs = [{"name": "jpegxl", "effort": 1, "levels": [0, 2]}, {"name": "avif", "levels": [90, 50]},
+              {"name": "jpeg", "train_levels": [90], "test_levels": [90, 40]}]
+    data = dict(name="s", dataset={"kind": "imagefolder", "root": str(tmp_path)}, codecs=codecs,
+                models=[model("a")], output=str(tmp_path / "out"))
+    sweep = Sweep(**data)
+    manifest = codec_rows({"jpegxl": (0.0, 2.0), "avif": (50.0, 90.0), "jpeg": (40.0, 90.0)})
+    grid = plan(sweep, manifest, reader=Reader())
+    assert [(t.codec, t.train_level) for t in grid.trials] == [("jpegxl", 0.0), ("jpegxl", 2.0), ("avif", 50.0),
+                                                              ("avif", 90.0), ("jpeg", 90.0)]
+    by_trial = {(t.codec, t.train_level): [(c.test_codec, c.test_level) for c in grid.cells_of(t)] for t in grid.trials}
+    assert by_trial[("jpegxl", 2.0)] == [("jpegxl", 0.0), ("jpegxl", 2.0)]
+    assert by_trial[("avif", 50.0)] == [("avif", 50.0), ("avif", 90.0)]
+    # the originals' model: its own levels, then every other codec's test levels
+    assert by_trial[("jpegxl", 0.0)] == [("jpegxl", 0.0), ("jpegxl", 2.0), ("avif", 50.0), ("avif", 90.0),
+                                         ("jpeg", 40.0), ("jpeg", 90.0)]
+    assert (len(grid.trials), len(grid.cells)) == grid_counts(sweep) == (5, 14)
+    assert len({c.key for c in grid.cells}) == len(grid.cells)
+    # the codec's options are identity: a changed AVIF speed moves AVIF's trials only
+    faster = Sweep(**{**data, "codecs": [codecs[0], {**codecs[1], "speed": 9}, codecs[2]]})
+    moved = {t.key for t in grid.trials} ^ {t.key for t in plan(faster, manifest, reader=Reader()).trials}
+    assert moved and all("__avif-" in k for k in moved)
+    cross = Sweep(**{**data, "cross_codec": True})
+    assert grid_counts(cross) == (5, 5 * 6)
+    assert compress_levels(sweep) == {"jpegxl": [0.0, 2.0], "avif": [50.0, 90.0], "jpeg": [40.0, 90.0]}
+    with pytest.raises(PlanError, match=r"no 'test' images at level\(s\) 40 for codec 'jpeg'"):
+        plan(sweep, codec_rows({"jpegxl": (0.0, 2.0), "avif": (50.0, 90.0), "jpeg": (90.0,)}), reader=Reader())
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(codec={"name": "jpegxl"}), "codec cannot be combined with codecs"),
+    (dict(codecs=[{"name": "avif", "levels": [90]}, {"name": "avif", "levels": [50]}]), "repeated: ['avif']"),
+    (dict(codecs=[{"name": "avif"}]), "give levels (train and test), or train_levels and test_levels"),
+    (dict(codecs=[{"name": "avif", "levels": [190]}]), "codecs.0.levels: avif level is a quality"),
+    (dict(codecs=[{"name": "avif", "levels": [90], "colour": 1}]), "unknown option(s) ['colour']"),
+    (dict(codecs=[{"name": "avif", "levels": [90]}, {"name": "jpeg", "levels": [90]}], budgets=["1MB"]),
+     "a budget sweep compares levels of one codec"),
+])
+def test_a_malformed_codecs_list_is_one_clear_line(tmp_path, change, message):
+    from lossyvision.spec import SpecError, parse_sweep
+
+    data = dict(name="s", dataset={"kind": "imagefolder", "root": str(tmp_path)},
+                codecs=[{"name": "jpegxl", "levels": [0, 1]}], models=[model("a").model_dump()],
+                output=str(tmp_path / "out"))
+    data.update(change)
+    with pytest.raises(SpecError, match=re.escape(message)):
+        parse_sweep(data)

@@ -14,7 +14,9 @@ from lossyvision.sweep.results import KEY, SCHEMA, append_results, read_results
 def row(test_level: float, metric: str, value: float, train_level: float = 1.0, trial: TrialSpec | None = None) -> dict:
     trial = trial or TrialSpec("m", train_level, 0, config="c0ffee0000")
     cell = CellSpec(trial, test_level, "5eed000000")
-    return dict(sweep="s", model="m", task="classification", train_level=train_level, test_level=test_level,
+    return dict(sweep="s", model="m", task="classification", codec="jpegxl", train_level=train_level,
+                test_codec="jpegxl", test_level=test_level, train_bpp=1.0, test_bpp=1.0, train_quality=float("nan"),
+                test_quality=float("nan"), quality_metric=None,
                 repeat=0, budget=-1, metric=metric, value=value, ci_low=value - 0.1, ci_high=value + 0.1,
                 confidence=0.95, n_test_images=100, rel=float("nan"), rel_low=float("nan"), rel_high=float("nan"),
                 baseline_cell=None, train_dcr=0.3, test_dcr=0.4,
@@ -82,7 +84,7 @@ def test_cell_rows_join_the_store_dcr_and_carry_intervals_and_hashes(tmp_path):
     assert rows[0]["ci_low"] == pytest.approx(wilson.low, abs=0.015)
     assert rows[0]["ci_high"] == pytest.approx(wilson.high, abs=0.015)
     assert rows[0]["train_dcr"] == pytest.approx(0.15) and rows[0]["test_dcr"] == pytest.approx(0.25)
-    assert rows[0]["budget"] == -1 and rows[0]["trial_id"] == "m__d1__r0__c0ffee0000"
+    assert rows[0]["budget"] == -1 and rows[0]["trial_id"] == "m__jpegxl-1__r0__c0ffee0000"
     assert rows[0]["cell_id"] == cell.key and rows[0]["trial_hash"] == "c0ffee0000" and rows[0]["cell_hash"]
     assert append_results(str(tmp_path), rows) == 2
 
@@ -101,7 +103,7 @@ def test_status_grid_from_results_checkpoints_and_state_file(tmp_path):
                   models=[spec], output=str(tmp_path), repeats=2)
     grid = plan(sweep, manifest_rows(), reader=Reader())
     t0, t1, t2 = [t for t in grid.trials if t.repeat == 0]
-    for key in (t0.key, "m__d0__r0__01d0000000"):  # the second: a trial of an earlier configuration
+    for key in (t0.key, "m__jpegxl-0__r0__01d0000000"):  # the second: a trial of an earlier configuration
         (tmp_path / "checkpoints" / key).mkdir(parents=True)
         (tmp_path / "checkpoints" / key / "trial.json").write_text(json.dumps({"task": "classification"}))
     append_results(str(tmp_path), [row(0, "top1", 0.5, train_level=0.0, trial=t0) | dict(
@@ -120,7 +122,7 @@ def test_status_grid_from_results_checkpoints_and_state_file(tmp_path):
     assert table.loc[(1.0, 2.0), "state"] == "failed" and "nan" in table.loc[(1.0, 2.0), "error"]
     assert table.loc[(2.0, 0.0), "state"] == "interrupted"
     stale = stale_entries(str(tmp_path), grid)
-    assert stale.trials == ["m__d0__r0__01d0000000"] and len(stale.cells) == 1
+    assert stale.trials == ["m__jpegxl-0__r0__01d0000000"] and len(stale.cells) == 1
     from rich.console import Console
 
     console = Console(record=True, width=120)
@@ -128,7 +130,7 @@ def test_status_grid_from_results_checkpoints_and_state_file(tmp_path):
     text = console.export_text()
     assert "trials 6 (1 done, 1 interrupted, 1 failed, 3 missing)" in text and "loss is nan" in text
     assert "d0 / r0" in text and "d2 / r1" in text and "bound method" not in text  # repeats render
-    assert "stale trial m__d0__r0__01d0000000" in text and "1 trial(s), 1 cell(s)" in text
+    assert "stale trial m__jpegxl-0__r0__01d0000000" in text and "1 trial(s), 1 cell(s)" in text
 
 
 def test_cli_status_and_sync_on_a_folder_that_is_not_a_sweep(tmp_path):

@@ -127,11 +127,12 @@ def advise_output(output: str, *, budget: int | None = None, images_available: i
     if test_level is None and sweep.eval_levels == "same" and sweep.budgets:
         test_level = "same"
     points, selection = scaling_points(results, metric=metric, model=model, test_level=test_level)
-    level_table = bytes_per_image(manifest, sweep.train_split, sweep.codec.name)
-    level_table = level_table[[any(math.isclose(lv, t) for t in sweep.train_levels) for lv in level_table.index]]
+    arm = sweep.arms[0]  # a budget sweep has one codec (spec.py refuses budgets with several)
+    level_table = bytes_per_image(manifest, sweep.train_split, arm.name)
+    level_table = level_table[[any(math.isclose(lv, t) for t in arm.train_levels) for lv in level_table.index]]
     if level_table.empty:
         raise ValueError(f"the manifest has no ok {sweep.train_split!r} images at the sweep's train levels "
-                         f"{sweep.train_levels}")
+                         f"{arm.train_levels}")
     n_dataset = count_images(manifest, sweep.train_split)
     selection = {**selection, "train_levels": [float(v) for v in level_table.index],
                  "bytes_per_image": {str(k): float(v) for k, v in level_table.items()},

@@ -149,7 +149,8 @@ def compress(
     max_pixels: int = typer.Option(100_000_000, "--max-pixels", min=1, help="Reject images with more pixels."),
     quality_metric: Optional[Literal["ssimulacra2", "butteraugli"]] = typer.Option(
         None, "--quality-metric", help="Measure achieved quality on a sample: ssimulacra2 or butteraugli."),
-    quality_sample: int = typer.Option(16, "--quality-sample", min=0, help="Images per level whose quality is measured."),
+    quality_sample: str = typer.Option(
+        "16", "--quality-sample", help="Images per level whose achieved quality is measured, or 'all', e.g. 64."),
     animated: Literal["refuse", "first"] = typer.Option(
         "refuse", "--animated", help="An animated image (GIF, APNG, WebP): refuse it (a failed row says so) "
                                      "or compress its first frame."),
@@ -180,6 +181,7 @@ def compress(
                 fail("give --source DIR and --out DIR, or a sweep file")
             try:
                 parsed_levels = job.parse_levels(levels)
+                quality_sample = job.parse_quality_sample(quality_sample)
                 job.validate(job.CompressOptions(  # codec, levels in its range, options: before anything is written
                     codec=codec, codec_options={} if effort is None else {"effort": effort}, levels=parsed_levels,
                     on_error=on_error, max_pixels=max_pixels, quality_metric=quality_metric,
@@ -203,24 +205,28 @@ def compress(
         job.check_store_place(store_uri)
         with writer_lock(store_uri, "lossyvision compress", log=lambda msg: typer.echo(msg, err=True)):
             if sweep_file is not None:
-                args = job.sweep_job_args(sweep)
+                jobs = job.sweep_job_args(sweep)  # one job per codec of the sweep
             else:
-                args = {"source": source, "store_uri": out, "dataset": dataset, "codec": codec,
-                        "codec_options": {} if effort is None else {"effort": effort},
-                        "levels": parsed_levels, "on_error": on_error, "max_pixels": max_pixels,
-                        "quality_metric": quality_metric, "quality_sample": quality_sample,
-                        "animated": animated, "dataset_options": dataset_options}
+                jobs = [{"source": source, "store_uri": out, "dataset": dataset, "codec": codec,
+                         "codec_options": {} if effort is None else {"effort": effort},
+                         "levels": parsed_levels, "on_error": on_error, "max_pixels": max_pixels,
+                         "quality_metric": quality_metric, "quality_sample": quality_sample,
+                         "animated": animated, "dataset_options": dataset_options}]
             from lossyvision.runners.compress import compress_job
 
-            result = compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
+            results = [compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
+                       for args in jobs]
     console = Console()
     if not console.is_terminal:  # logs and CI: don't squeeze the table into 80 columns
         console = Console(width=max(console.width, 110))
-    console.print(job.render_summary(result.summary))
-    for line in job.describe_not_read(result.not_read, args["store_uri"]):
+    import pandas as pd
+
+    console.print(job.render_summary(pd.concat([r.summary for r in results], ignore_index=True)))
+    for line in job.describe_not_read(results[0].not_read, store_uri):
         typer.echo(line)
-    typer.echo(f"manifest: {args['store_uri']}/manifest.parquet ({len(result.manifest)} rows; "
-               f"{result.done} compressed now, {result.skipped} already done); summary.csv beside it")
+    typer.echo(f"manifest: {store_uri}/manifest.parquet ({sum(len(r.manifest) for r in results)} rows; "
+               f"{sum(r.done for r in results)} compressed now, {sum(r.skipped for r in results)} already done); "
+               "summary.csv beside it")
 
 
 # --- sweeps -------------------------------------------------------------------------------------
@@ -345,8 +351,8 @@ def inspect_command(
         ladder = job.parse_levels(levels)
         if sweep_file is not None:
             sweep = load_sweep(sweep_file)
-            codec, codec_options = sweep.codec.name, sweep.codec.options
-            ladder = tuple(sorted(set(sweep.train_levels) | set(sweep.test_levels)))
+            arm = sweep.arms[0]  # the first codec of the sweep (inspect estimates one codec's ladder)
+            codec, codec_options, ladder = arm.name, arm.options, tuple(arm.levels)
             if dataset is None:
                 dataset, kind, options = sweep.dataset.root, sweep.dataset.kind, {**sweep.dataset.options, **options}
         if dataset is None:

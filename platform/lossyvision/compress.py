@@ -255,8 +255,28 @@ def list_files(root: str) -> dict[str, dict]:
     return file_versions(root)
 
 
+def parse_quality_sample(text: str | int) -> int:
+    """``"16"`` -> 16, ``"all"`` -> :data:`EVERY_IMAGE`; :class:`CompressError` on anything else."""
+    if str(text).strip().lower() == "all":
+        return EVERY_IMAGE
+    try:
+        n = int(str(text).strip())
+    except ValueError:
+        raise CompressError(f"--quality-sample: a count or 'all', got {text!r}") from None
+    if n < 0:
+        raise CompressError(f"--quality-sample: a count >= 0 or 'all', got {text!r}")
+    return n
+
+
+#: ``quality_sample`` meaning every image (``quality_sample: all`` in a sweep file, ``--quality-sample all``).
+EVERY_IMAGE = -1
+
+
 def quality_sample(records: Sequence[Record], n: int) -> set[str]:
-    """A fixed, spread-out sample of ``n`` relpaths (smallest sha1 of the relpath)."""
+    """A fixed, spread-out sample of ``n`` relpaths (smallest sha1 of the relpath); every image when
+    ``n`` is :data:`EVERY_IMAGE` (-1, ``quality_sample: all``)."""
+    if n == EVERY_IMAGE or n >= len(records):
+        return {r.relpath for r in records}
     ranked = sorted(records, key=lambda r: hashlib.sha1(r.relpath.encode()).hexdigest())
     return {r.relpath for r in ranked[:n]}
 
@@ -544,7 +564,7 @@ def _run_job_locked(records: Sequence[Record], source_root: str, store_uri: str,
     mine = full[(full["codec"] == options.codec) & full["level"].isin(levels)
                 & full["relpath"].isin(relpaths)].reset_index(drop=True)
     table = summarize(mine)
-    write_summary(store_uri, table)
+    write_summary(store_uri, summarize(full))  # the store's summary: every codec and level it holds
     return JobResult(manifest=mine, summary=table, done=done, skipped=skipped)
 
 
@@ -635,11 +655,13 @@ def limit_per_split(records: Sequence[Record], limit: int | None) -> list[Record
     return out
 
 
-def sweep_job_args(sweep) -> dict[str, Any]:
-    """Keyword arguments of ``compress_job`` for a :class:`lossyvision.spec.Sweep`.
+def sweep_job_args(sweep) -> list[dict[str, Any]]:
+    """Keyword arguments of ``compress_job`` for a :class:`lossyvision.spec.Sweep`: one job per codec.
 
-    Levels are the union of train and test levels; the store is ``sweep.store_uri``; options come
-    from ``sweep.compress``; ``limit_per_split`` is honoured, so exactly the sweep's images are done.
+    Levels are the union of the codec's train and test levels; the store is ``sweep.store_uri``
+    (one store, one manifest, every codec); options come from ``sweep.compress``;
+    ``limit_per_split`` is honoured, so exactly the sweep's images are done. The dataset is listed
+    once for all the jobs.
     """
     from lossyvision.datasets import create_dataset
 
@@ -648,16 +670,16 @@ def sweep_job_args(sweep) -> dict[str, Any]:
         records = reader.records()
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise CompressError(f"dataset: {str(exc).strip(chr(39))}") from None
-    return {
+    records = limit_per_split(records, sweep.limit_per_split)
+    return [{
         "not_read": reader.skipped, "animated": sweep.compress.animated,
         "source": sweep.dataset.root, "store_uri": sweep.store_uri, "dataset": sweep.dataset.kind,
-        "dataset_options": dict(sweep.dataset.options), "codec": sweep.codec.name,
-        "codec_options": sweep.codec.options,
-        "levels": tuple(sorted(set(sweep.train_levels) | set(sweep.test_levels))),
+        "dataset_options": dict(sweep.dataset.options), "codec": arm.name, "codec_options": arm.options,
+        "levels": tuple(arm.levels),
         "on_error": sweep.compress.on_error, "max_pixels": sweep.compress.max_pixels,
         "quality_metric": sweep.compress.quality_metric, "quality_sample": sweep.compress.quality_sample,
-        "records": limit_per_split(records, sweep.limit_per_split),
-    }
+        "records": records,
+    } for arm in sweep.arms]
 
 
 def parse_levels(text: str) -> tuple[float, ...]:

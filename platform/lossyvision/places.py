@@ -37,7 +37,9 @@ SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/l
                 "/sys", "/usr", "/System", "/Library", "/Applications", "/private/etc")
 
 #: The fields of a sweep copy without which it cannot be a whole one.
-_REQUIRED_SWEEP_FIELDS = ("name", "dataset", "train_levels", "test_levels", "models", "output")
+_REQUIRED_SWEEP_FIELDS = ("name", "dataset", "models", "output")
+#: Either a single codec's ladders, or a list of codecs each with its own.
+_LEVEL_FIELDS = ("train_levels", "test_levels")
 
 
 def _real(path: str) -> str:
@@ -131,6 +133,8 @@ def check_output_files(output: str) -> None:
         if not isinstance(parsed, dict):
             raise _damaged(copy, "not a mapping of fields", way_back)
         missing = [k for k in _REQUIRED_SWEEP_FIELDS if k not in parsed]
+        if "codecs" not in parsed:
+            missing += [k for k in _LEVEL_FIELDS if k not in parsed]
         if missing:
             raise _damaged(copy, f"cut short: no {', '.join(missing)}", way_back)
         if isinstance(parsed.get("store"), str) and parsed["store"]:

@@ -328,24 +328,26 @@ class SweepSensitivity:
     paths: list[str]
 
 
-def load_test_images(sweep, n_images: int, size: int, *, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """``n_images`` test-split images (a seeded sample, at the store's smallest level), resized to
-    ``size`` x ``size`` float RGB in [0, 1] (bilinear, antialiased: the classifier's 'resize' view)."""
+def load_test_images(sweep, n_images: int, size: int, *, seed: int = 0,
+                     codec: str | None = None) -> tuple[torch.Tensor, list[str]]:
+    """``n_images`` test-split images (a seeded sample, at ``codec``'s most faithful level in the
+    store; default the sweep's first codec), resized to ``size`` x ``size`` float RGB in [0, 1]
+    (bilinear, antialiased: the classifier's 'resize' view)."""
     import torch.nn.functional as F
 
     from lossyvision import store
-    from lossyvision.codecs import create_codec
     from lossyvision.manifest import CorruptRowError, output_uri
     from lossyvision.sweep.trials import read_manifest
 
+    arm = sweep.arm(codec) if codec else sweep.arms[0]
     m = read_manifest(sweep)
-    rows = m[(m["split"] == sweep.test_split) & (m["status"] == "ok") & (m["codec"] == sweep.codec.name)]
+    rows = m[(m["split"] == sweep.test_split) & (m["status"] == "ok") & (m["codec"] == arm.name)]
     if rows.empty:
-        raise SensitivityError(f"the store has no compressed images of split {sweep.test_split!r}")
-    rows = rows[rows["level"] == rows["level"].min()].sort_values("relpath")
+        raise SensitivityError(f"the store has no {arm.name} images of split {sweep.test_split!r}")
+    rows = rows[rows["level"] == arm.codec.by_fidelity(rows["level"].unique())[0]].sort_values("relpath")
     take = np.sort(np.random.default_rng(seed).choice(len(rows), min(n_images, len(rows)), replace=False))
     rows = rows.iloc[take]
-    codec = create_codec(sweep.codec.name, **sweep.codec.options)
+    codec = arm.create()
     images = []
     for path in rows["output_path"]:
         try:
@@ -364,7 +366,8 @@ def run_sweep_sensitivity(output: str, *, model: str | None = None, train_level:
                           amplitude: float = 100.0) -> SweepSensitivity:
     """Δ maps of a sweep's trained classifier; files go to ``OUTPUT/sensitivity/<trial>-<mode>.*``.
 
-    Defaults: the sweep's first classification model, trained at its smallest train level.
+    Defaults: the sweep's first classification model, trained at its first codec's most faithful
+    train level (the originals, for JPEG XL's distance 0).
     Images are measured at the model's ``image_size`` rounded down to a multiple of 8 (the task's
     ``probabilities`` resizes back when they differ, which both modes differentiate through).
     """
@@ -383,19 +386,20 @@ def run_sweep_sensitivity(output: str, *, model: str | None = None, train_level:
     spec = sweep.model(model)
     if spec.task != "classification":
         raise SensitivityError(f"model {model!r} is a {spec.task} model; sensitivity needs a classifier")
-    level = min(sweep.train_levels) if train_level is None else float(train_level)
-    planned = [t for t in load_plan(output).trials
-               if t.model == model and t.train_level == level and t.repeat == repeat and t.budget < 0]
+    arm = sweep.arms[0]
+    level = arm.codec.by_fidelity(arm.train_levels)[0] if train_level is None else float(train_level)
+    planned = [t for t in load_plan(output).trials if t.model == model and t.codec == arm.name
+               and t.train_level == level and t.repeat == repeat and t.budget < 0]
     trial = planned[0] if planned else None
     if trial is None or not is_finished(output, trial.key):
-        which = trial.key if trial else f"{model} at train level {level:g}, repeat {repeat}"
+        which = trial.key if trial else f"{model} at {arm.name} train level {level:g}, repeat {repeat}"
         raise SensitivityError(f"no finished checkpoint for trial {which} in {output}/checkpoints "
-                               f"(train levels: {sweep.train_levels}, repeats: {sweep.repeats})")
+                               f"(train levels: {arm.train_levels}, repeats: {sweep.repeats})")
     task, net = load_trained(sweep, trial, output, device=device)
     size = (int(spec.image_size) // 8) * 8
     if size < 8:
         raise SensitivityError(f"image_size {spec.image_size} is too small for 8x8 blocks")
-    images, _ = load_test_images(sweep, n_images, size, seed=seed)
+    images, _ = load_test_images(sweep, n_images, size, seed=seed, codec=arm.name)
     images = images.to(device)
 
     def probs_fn(x01: torch.Tensor) -> torch.Tensor:

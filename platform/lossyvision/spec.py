@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ValidationInfo, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
 from lossyvision.places import check_output_files, check_place, check_store_files
@@ -44,7 +45,7 @@ BOUNDS = {
     "lr": (0.0, 10.0), "weight_decay": (0.0, 10.0), "levels": 64, "models": 32, "budgets": 64,
     "cpu": (0.0, 1024.0), "gpu": (0.0, 64.0), "max_failures": (0, 100), "seed": (0, 2**32 - 1),
     "max_pixels": (1, 10_000_000_000), "quality_sample": (0, 1_000_000), "limit_per_split": (1, 10**9),
-    "name": 100,
+    "name": 100, "codecs": 16,
 }
 #: A sweep with more trials or evaluations than this needs ``--yes`` (``sweep run``, ``compress``).
 GRID_CAP = {"trials": 200, "evaluations": 5000}
@@ -176,11 +177,112 @@ class CodecSpec(BaseModel):
         return self
 
 
+class CodecArmSpec(CodecSpec):
+    """One codec of a multi-codec sweep (``codecs:``): its name, its own options and levels.
+
+    ``levels`` is both the train and the test ladder; ``train_levels``/``test_levels`` set them
+    apart. Anything else is a codec option (``effort``, ``speed``), checked by the codec.
+    """
+
+    levels: list[Float] | None = Field(None, max_length=BOUNDS["levels"])
+    train_levels: list[Float] | None = Field(None, max_length=BOUNDS["levels"])
+    test_levels: list[Float] | None = Field(None, max_length=BOUNDS["levels"])
+
+    @field_validator("levels", "train_levels", "test_levels")
+    @classmethod
+    def _ladder(cls, v: list[float] | None) -> list[float] | None:
+        return None if v is None else check_ladder(v)
+
+    @model_validator(mode="after")
+    def _has_levels(self) -> "CodecArmSpec":
+        if self.levels is None and (self.train_levels is None or self.test_levels is None):
+            raise ValueError(f"codec {self.name!r}: give levels (train and test), or train_levels and test_levels")
+        return self
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A codec of the sweep with its ladders: the single ``codec:`` form is one arm."""
+
+    name: str
+    options: dict[str, Any]
+    train_levels: list[float]
+    test_levels: list[float]
+
+    @property
+    def levels(self) -> list[float]:
+        """Every level the store must hold for this codec."""
+        return sorted(set(self.train_levels) | set(self.test_levels))
+
+    @property
+    def codec(self) -> Any:
+        """The codec class (registry entry): level meaning, fidelity order, lossless level."""
+        from lossyvision.codecs import CODECS
+
+        return CODECS.get(self.name)
+
+    def create(self) -> Any:
+        from lossyvision.codecs import create_codec
+
+        return create_codec(self.name, **self.options)
+
+
+def arms_from(data: dict[str, Any]) -> list[Arm]:
+    """The codecs and ladders of sweep-file data (validated, or raw as read back from an output)."""
+    def levels(x: Any) -> list[float]:
+        return sorted(float(v) for v in x or [])
+
+    if data.get("codecs"):
+        arms = []
+        for c in data["codecs"]:
+            options = {k: v for k, v in c.items() if k not in ("name", "levels", "train_levels", "test_levels")}
+            arms.append(Arm(str(c.get("name", "jpegxl")), options, levels(c.get("train_levels") or c.get("levels")),
+                            levels(c.get("test_levels") or c.get("levels"))))
+        return arms
+    codec = dict(data.get("codec") or {})
+    name = str(codec.pop("name", "jpegxl"))
+    return [Arm(name, codec, levels(data.get("train_levels")), levels(data.get("test_levels")))]
+
+
+def originals_of(arms: list[Arm]) -> Arm | None:
+    """The first arm whose train levels include its codec's lossless level (JPEG XL distance 0)."""
+    names = _codec_names()
+    for a in arms:
+        if a.name in names and a.codec.lossless_level in a.train_levels:
+            return a
+    return None
+
+
+def check_ladder(v: list[float]) -> list[float]:
+    """A level list: non-empty, finite, non-negative, unique; sorted ascending."""
+    if not v:
+        raise ValueError("must list at least one level")
+    if any(not math.isfinite(x) for x in v):
+        raise ValueError(f"levels must be finite numbers, got {v}")
+    if any(x < 0 for x in v):
+        raise ValueError(f"levels must be >= 0, got {v}")
+    if len(set(v)) != len(v):
+        raise ValueError(f"levels must be unique, got {v}")
+    return sorted(float(x) for x in v)
+
+
 class CompressSpec(_Strict):
     on_error: Literal["skip", "fail"] = "skip"
     max_pixels: Int = _num(100_000_000, BOUNDS["max_pixels"])
     quality_metric: Literal["ssimulacra2", "butteraugli"] | None = None
-    quality_sample: Int = _num(16, BOUNDS["quality_sample"], description="images per level whose quality is measured")
+    quality_sample: Int | Literal["all"] = Field(
+        16, description="images per level whose achieved quality is measured, or all of them")
+
+    @field_validator("quality_sample")
+    @classmethod
+    def _sample(cls, v: int | str) -> int:
+        """``all`` is -1 (:data:`lossyvision.compress.EVERY_IMAGE`); a count within bounds otherwise."""
+        if v == "all":
+            return -1
+        low, high = BOUNDS["quality_sample"]
+        if not low <= int(v) <= high:
+            raise ValueError(f"must be all or a count in {low}..{high}, got {v!r}")
+        return int(v)
     animated: Literal["refuse", "first"] = Field(
         "refuse", description="an animated image (GIF, APNG, WebP): refuse it, or compress its first frame")
 
@@ -245,6 +347,8 @@ class ReportSpec(_Strict):
     keep: Float = Field(0.99, gt=0, le=1.5, allow_inf_nan=False, description="fraction of the baseline a level must keep")
     confidence: Float = Field(0.95, gt=0.5, lt=1, allow_inf_nan=False, description="two-sided interval level")
     resamples: Int = Field(2000, ge=100, le=100_000, description="bootstrap resamples per interval")
+    axis: Literal["dcr", "quality"] = Field(
+        "dcr", description="heatmap axes: mean DCR, or mean achieved quality (needs compress.quality_metric)")
 
 
 class TrackingSpec(_Strict):
@@ -271,9 +375,12 @@ def check_tracking_uri(uri: str) -> str:
 class Sweep(_Strict):
     name: str
     dataset: DatasetSpec
-    codec: CodecSpec = Field(default_factory=CodecSpec)
-    train_levels: list[Float] = Field(max_length=BOUNDS["levels"])
-    test_levels: list[Float] = Field(max_length=BOUNDS["levels"])
+    codec: CodecSpec | None = Field(None, description="one codec (default jpegxl) with train_levels/test_levels")
+    codecs: list[CodecArmSpec] | None = Field(None, max_length=BOUNDS["codecs"],
+                                              description="several codecs, each with its own levels and options")
+    cross_codec: bool = Field(False, description="test every trial on every codec's levels, not only its own")
+    train_levels: list[Float] | None = Field(None, max_length=BOUNDS["levels"])
+    test_levels: list[Float] | None = Field(None, max_length=BOUNDS["levels"])
     models: list[ModelSpec] = Field(max_length=BOUNDS["models"])
     repeats: Int = _num(1, BOUNDS["repeats"])
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -301,16 +408,32 @@ class Sweep(_Strict):
 
     @field_validator("train_levels", "test_levels")
     @classmethod
-    def _levels(cls, v: list[float]) -> list[float]:
-        if not v:
-            raise ValueError("must list at least one level")
-        if any(not math.isfinite(x) for x in v):
-            raise ValueError(f"levels must be finite numbers, got {v}")
-        if any(x < 0 for x in v):
-            raise ValueError(f"levels must be >= 0, got {v}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"levels must be unique, got {v}")
-        return sorted(float(x) for x in v)
+    def _levels(cls, v: list[float] | None) -> list[float] | None:
+        return None if v is None else check_ladder(v)
+
+    @model_validator(mode="after")
+    def _one_codec_form(self) -> "Sweep":
+        """Either ``codec`` + ``train_levels``/``test_levels``, or ``codecs`` with their own levels."""
+        if self.codecs is not None:
+            extra = [f for f in ("codec", "train_levels", "test_levels") if getattr(self, f) is not None]
+            if extra:
+                raise ValueError(f"codecs: give each codec its own levels; {', '.join(extra)} cannot be combined "
+                                 "with codecs")
+            if not self.codecs:
+                raise ValueError("codecs: must list at least one codec")
+            names = [c.name for c in self.codecs]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"codecs: each codec once; repeated: {dupes}")
+            if self.budgets and len(self.codecs) > 1:
+                raise ValueError("budgets: a budget sweep compares levels of one codec; give one codec")
+            return self
+        missing = [f for f in ("train_levels", "test_levels") if getattr(self, f) is None]
+        if missing:
+            raise ValueError("; ".join(f"{f}: is required" for f in missing))
+        if self.codec is None:
+            object.__setattr__(self, "codec", CodecSpec())
+        return self
 
     @field_validator("budgets", mode="before")
     @classmethod
@@ -344,23 +467,62 @@ class Sweep(_Strict):
 
     @model_validator(mode="after")
     def _levels_in_codec_range(self) -> "Sweep":
-        """Levels the codec cannot encode fail now, not after compression started."""
+        """Levels a codec cannot encode fail now, not after compression started."""
         from lossyvision.codecs import CODECS
 
-        if self.codec.name not in CODECS:
-            return self
-        codec = CODECS.get(self.codec.name)
+        ladders = ([(c.name, f"codecs.{i}.{f}", getattr(c, f)) for i, c in enumerate(self.codecs)
+                    for f in ("levels", "train_levels", "test_levels") if getattr(c, f) is not None]
+                   if self.codecs is not None else
+                   [((self.codec or CodecSpec()).name, f, getattr(self, f)) for f in ("train_levels", "test_levels")])
         problems = []
-        for field in ("train_levels", "test_levels"):
-            for level in getattr(self, field):
+        for name, field, levels in ladders:
+            if name not in CODECS:
+                continue
+            for level in levels or []:
                 try:
-                    codec.check_level(level)
+                    CODECS.get(name).check_level(level)
                 except ValueError as e:
                     problems.append(f"{field}: {e}")
                     break
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    # The codecs and the grid they make -----------------------------------------------------
+    @property
+    def arms(self) -> list[Arm]:
+        """Every codec with its ladders, in the order the sweep file gives them."""
+        return arms_from(self.model_dump(mode="json", include={"codec", "codecs", "train_levels", "test_levels"}))
+
+    def arm(self, name: str) -> Arm:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise KeyError(f"unknown codec {name!r}; sweep has: {[a.name for a in self.arms]}")
+
+    @property
+    def originals_arm(self) -> Arm | None:
+        """The first codec whose train levels include its lossless level: its models are the ones
+        "trained on the originals", tested on every codec's levels when the sweep has several."""
+        return originals_of(self.arms)
+
+    def test_points(self, codec: str, train_level: float, budget: int) -> list[tuple[str, float]]:
+        """The (codec, level) pairs a trial is tested on.
+
+        Its own codec's test levels (for a budget trial, per ``eval_levels``); every other codec's
+        too with ``cross_codec``, and for the trials trained on the originals (:attr:`originals_arm`
+        at its lossless level): so a model trained on originals is served each codec's files.
+        """
+        own = self.arm(codec)
+        if budget >= 0 and self.eval_levels != "all":
+            levels = [train_level] if self.eval_levels == "same" else own.codec.by_fidelity(own.test_levels)[:1]
+            return [(codec, float(lv)) for lv in levels]
+        points = [(codec, float(lv)) for lv in own.test_levels]
+        originals = self.originals_arm
+        on_originals = originals is not None and originals.name == codec and train_level == originals.codec.lossless_level
+        if budget < 0 and (self.cross_codec or on_originals):
+            points += [(a.name, float(lv)) for a in self.arms if a.name != codec for lv in a.test_levels]
+        return points
 
     @model_validator(mode="after")
     def _places(self) -> "Sweep":
@@ -579,10 +741,20 @@ def load_sweep(path: str | os.PathLike[str], env: dict[str, str] | None = None) 
 
 def grid_counts(sweep: Sweep) -> tuple[int, int]:
     """(trials, evaluations) of a sweep, as :mod:`lossyvision.sweep.plan` lays the grid out."""
-    budgets = len(sweep.budgets) if sweep.budgets else 1
-    trials = len(sweep.models) * len(sweep.train_levels) * sweep.repeats * budgets
-    per_trial = len(sweep.test_levels) if not sweep.budgets or sweep.eval_levels == "all" else 1
-    return trials, trials * per_trial
+    budgets = sweep.budgets or [-1]
+    trials = evaluations = 0
+    for arm in sweep.arms:
+        for level in arm.train_levels:
+            for budget in budgets:
+                trials += len(sweep.models) * sweep.repeats
+                evaluations += len(sweep.models) * sweep.repeats * len(sweep.test_points(arm.name, level, budget))
+    return trials, evaluations
+
+
+def _codec_names() -> list[str]:
+    from lossyvision.codecs import CODECS
+
+    return CODECS.names()
 
 
 def check_grid(sweep: Sweep, yes: bool = False, source: str = "sweep") -> None:

@@ -31,6 +31,10 @@ class Codec(ABC):
     level_meaning: str = "level"
     #: The level at which ``encode`` is lossless (jpegxl and png: 0); None if no level is.
     lossless_level: float | None = None
+    #: True for a quality (a higher level keeps more), False for a distance (jpegxl: higher loses more).
+    higher_level_is_better: bool = True
+    #: What a level is called in sentences ("at quality 70", "at distance 3").
+    level_noun: str = "quality"
 
     def __init__(self, **options: Any) -> None:
         unknown = set(options) - set(self.option_names())
@@ -68,6 +72,16 @@ class Codec(ABC):
             raise ValueError(f"{cls.name} level must be {kind} in {low:g}..{high:g} ({cls.level_meaning}), "
                              f"got {level!r}")
         return value
+
+    @classmethod
+    def by_fidelity(cls, levels: Any) -> list[float]:
+        """``levels`` from the most faithful (the baseline) to the most compressed."""
+        return sorted((float(x) for x in levels), reverse=cls.higher_level_is_better)
+
+    @classmethod
+    def describe_level(cls, level: float) -> str:
+        """``distance 3``, ``quality 70``: a level as a sentence names it."""
+        return f"{cls.level_noun} {float(level):g}"
 
     def int_option(self, name: str, default: int, low: int, high: int) -> int:
         """The integer option ``name`` (``default`` if absent); a clear error outside ``low..high``."""

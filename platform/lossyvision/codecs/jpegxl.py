@@ -76,6 +76,8 @@ class JpegXLCodec(Codec):
 
     level_min, level_max, level_meaning = 0.0, MAX_DISTANCE, "Butteraugli distance; 0 = lossless"
     lossless_level = 0.0
+    higher_level_is_better = False
+    level_noun = "distance"
 
     @classmethod
     def check_level(cls, level: float) -> float:

@@ -16,6 +16,7 @@ class PngCodec(Codec):
     extension = ".png"
     level_min, level_max, level_meaning = 0.0, 0.0, "PNG is lossless: its one level is 0"
     lossless_level = 0.0
+    level_noun = "level"
 
     def __init__(self, **options) -> None:
         super().__init__(**options)

@@ -26,6 +26,8 @@ def advice_table(rel: pd.DataFrame, keep_fraction: float = 0.99) -> pd.DataFrame
         raise ValueError(f"keep_fraction must be in (0, 1.5], got {keep_fraction}")
     rows = []
     threshold = 100.0 * keep_fraction
+    if "test_codec" in rel.columns:  # a codec's own grid: cross-codec cells are judged in the rate section
+        rel = rel[rel["test_codec"] == rel["codec"]]
     for key, g in rel.groupby(list(GROUP) + ["test_level"], sort=True):
         with_ci = np.isfinite(g["rel_low"].to_numpy(dtype=float))
         judged = np.where(with_ci, g["rel_low"], g["rel"])
@@ -56,7 +58,7 @@ def advice_html(advice: pd.DataFrame, keep_fraction: float) -> str:
     """The advice as an HTML table (escaped)."""
     from html import escape
 
-    head = ("<tr><th>model</th><th>metric</th><th>budget</th><th>test level</th><th>test DCR</th>"
+    head = ("<tr><th>model</th><th>metric</th><th>budget</th><th>codec</th><th>test level</th><th>test DCR</th>"
             f"<th>largest train DCR keeping &ge; {100 * keep_fraction:g}%</th><th>train level</th>"
             "<th>relative (mean)</th><th>judged on</th></tr>")
     body = []
@@ -64,7 +66,7 @@ def advice_html(advice: pd.DataFrame, keep_fraction: float) -> str:
         found = math.isfinite(r.train_level)
         body.append(
             "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in (
-                r.model, r.metric, "none" if r.budget < 0 else r.budget, _fmt_level(r.test_level),
+                r.model, r.metric, "none" if r.budget < 0 else r.budget, r.codec, _fmt_level(r.test_level),
                 f"{r.test_dcr:.3f}" if math.isfinite(r.test_dcr) else "—",
                 f"{r.train_dcr:.3f}" if found and math.isfinite(r.train_dcr) else ("none" if not found else "—"),
                 _fmt_level(r.train_level), _fmt_pct(r.rel), r.judged_on)) + "</tr>")
@@ -75,14 +77,15 @@ def cells_html(rel: pd.DataFrame) -> str:
     """Every cell's value: mean and, with repeats, its 95% CI, also relative to the baseline."""
     from html import escape
 
-    head = ("<tr><th>model</th><th>metric</th><th>budget</th><th>train level</th><th>test level</th>"
-            "<th>train DCR</th><th>test DCR</th><th>repeats</th><th>mean [95% interval]</th>"
+    head = ("<tr><th>model</th><th>metric</th><th>budget</th><th>codec</th><th>train level</th><th>test codec</th>"
+            "<th>test level</th><th>train DCR</th><th>test DCR</th><th>repeats</th><th>mean [95% interval]</th>"
             "<th>relative [95% interval]</th></tr>")
     body = []
-    for r in rel.sort_values(list(GROUP) + ["train_level", "test_level"]).itertuples(index=False):
+    for r in rel.sort_values(list(GROUP) + ["train_level", "test_codec", "test_level"]).itertuples(index=False):
         ci = f" [{r.ci_low:.4g}, {r.ci_high:.4g}]" if math.isfinite(r.ci_low) else ""
         rci = f" [{r.rel_low:.1f}, {r.rel_high:.1f}]" if math.isfinite(r.rel_low) else ""
-        cells = (r.model, r.metric, "none" if r.budget < 0 else r.budget, f"{r.train_level:g}", f"{r.test_level:g}",
+        cells = (r.model, r.metric, "none" if r.budget < 0 else r.budget, r.codec, f"{r.train_level:g}", r.test_codec,
+                 f"{r.test_level:g}",
                  f"{r.train_dcr:.3f}", f"{r.test_dcr:.3f}", r.n, f"{r.mean:.4g}{ci}", f"{r.rel:.1f}%{rci}")
         body.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
     return f'<table class="cells">{head}{"".join(body)}</table>'

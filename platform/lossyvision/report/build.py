@@ -61,13 +61,16 @@ class SweepInfo:
 
     name: str = "sweep"
     store_uri: str | None = None
-    codec: str = "jpegxl"
+    codec: str = "jpegxl"                       # the first codec (visual samples)
     test_split: str = "test"
-    test_levels: list[float] | None = None
+    test_levels: list[float] | None = None      # the first codec's
     seed: int = 0
     keep: float = 0.99
     confidence: float = 0.95
     resamples: int = 2000
+    axis: str = "dcr"
+    codecs: list[str] = field(default_factory=lambda: ["jpegxl"])
+    originals: tuple[str, float] | None = None  # the codec and level of the models "trained on the originals"
 
 
 def slug(text: str) -> str:
@@ -81,44 +84,38 @@ def _read_parquet(uri: str) -> pd.DataFrame:
 
 
 def read_sweep_info(output: str) -> SweepInfo:
-    """Facts from the sweep file copied into OUTPUT, validated when possible.
+    """Facts from the sweep file copied into OUTPUT, read as plain YAML: the report is drawn where the
+    dataset need not be reachable, so the file is not validated again."""
+    import yaml
 
-    The full validation (:func:`lossyvision.spec.load_sweep`) checks that the dataset root exists,
-    which need not hold where the report is drawn; then the raw YAML is read instead.
-    """
+    from lossyvision.spec import arms_from, originals_of
+
     uri = store.join(output, SWEEP_COPY_NAME)
     default_store = store.join(output, "store")
     if not store.exists(uri):
         return SweepInfo(store_uri=default_store)
-    if not store.is_remote(uri):
-        try:
-            from lossyvision.spec import load_sweep
-
-            sw = load_sweep(uri)
-            return SweepInfo(name=sw.name, store_uri=sw.store or default_store, codec=sw.codec.name,
-                             test_split=sw.test_split, test_levels=list(sw.test_levels), seed=sw.seed,
-                             keep=sw.report.keep, confidence=sw.report.confidence, resamples=sw.report.resamples)
-        except Exception:  # noqa: BLE001 - fall back to the raw file below
-            pass
-    import yaml
-
     try:
         data: Any = yaml.safe_load(store.read_bytes(uri).decode("utf-8")) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ReportError(f"{uri}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         return SweepInfo(store_uri=default_store)
-    codec = data.get("codec") or {}
-    levels = data.get("test_levels")
+    try:
+        arms = arms_from(data)
+        originals = originals_of(arms)
+    except (TypeError, ValueError, AttributeError):
+        arms, originals = [], None
     rep = data.get("report") if isinstance(data.get("report"), dict) else {}
     defaults = SweepInfo()
     return SweepInfo(name=str(data.get("name", "sweep")), store_uri=data.get("store") or default_store,
-                     codec=str(codec.get("name", "jpegxl")) if isinstance(codec, dict) else "jpegxl",
-                     test_split=str(data.get("test_split", "test")),
-                     test_levels=[float(x) for x in levels] if isinstance(levels, list) else None,
+                     codec=arms[0].name if arms else "jpegxl", test_split=str(data.get("test_split", "test")),
+                     test_levels=list(arms[0].test_levels) if arms else None,
                      seed=int(data.get("seed", 0) or 0), keep=float(rep.get("keep", defaults.keep)),
                      confidence=float(rep.get("confidence", defaults.confidence)),
-                     resamples=int(rep.get("resamples", defaults.resamples)))
+                     resamples=int(rep.get("resamples", defaults.resamples)),
+                     axis=str(rep.get("axis", defaults.axis)),
+                     codecs=[a.name for a in arms] or ["jpegxl"],
+                     originals=(originals.name, float(originals.codec.lossless_level)) if originals else None)
 
 
 class _Writer:
@@ -206,7 +203,7 @@ def analyse(output: str, keep_fraction: float | None = None, info: SweepInfo | N
     if rel.empty:
         notes.append("No group has a non-zero baseline value.")
         return empty
-    return Analysis(rel, verdicts(rel, keep, headline_only=False), keep, notes)
+    return Analysis(rel, verdicts(rel, keep, headline_only=False, order=info.codecs), keep, notes)
 
 
 def _results_sections(output: str, writer: _Writer, info: SweepInfo, keep_fraction: float,
@@ -226,21 +223,25 @@ def _results_sections(output: str, writer: _Writer, info: SweepInfo, keep_fracti
                              "with the baseline)."),
             tables_html=[verdict_html(found)]))
     heat = Section("Relative performance", text=(
-        "Each circle is an observed (train level, test level) cell: its value as a percentage of the baseline cell "
-        "(train level 0, test level 0, or the smallest levels observed; named in each title), averaged over repeats, "
+        "Each circle is an observed (train level, test level) cell of one codec: its value as a percentage of the "
+        "codec's baseline cell (trained and tested at its most faithful levels: JPEG XL distance 0, a quality "
+        "codec's highest quality; named in each title), averaged over repeats, "
         "with its 95% interval (a bootstrap over the test images, and over repeats when there are any, paired with "
         "the baseline on the same resampled images). Hollow dashed circles: the interval contains 100%, so the "
         "drop cannot be told from zero. The colour scale is symmetric around 100%. The background is a 2-D linear "
         "interpolation of the circles (scipy griddata, method 'linear'). Axes: mean DCR against the original files; "
         "the levels (distances) are marked on the top and right."))
-    for model, metric, budget in heatmap_groups(rel):
-        name = f"heatmap-{slug(model)}-{slug(metric)}" + (f"-budget{budget}" if budget >= 0 else "") + ".png"
+    groups = heatmap_groups(rel)
+    several = len({g[3] for g in groups}) > 1
+    for model, metric, budget, codec in groups:
+        name = (f"heatmap-{slug(model)}-{slug(metric)}" + (f"-{slug(codec)}" if several else "")
+                + (f"-budget{budget}" if budget >= 0 else "") + ".png")
         try:
-            png = plot_relative_heatmap(rel, model=model, metric=metric, budget=budget)
+            png = plot_relative_heatmap(rel, model=model, metric=metric, budget=budget, codec=codec, axis=info.axis)
         except (ValueError, ReportError) as e:
             warnings.append(f"{name}: {e}")
             continue
-        heat.figures.append(writer.figure(Figure(name, png, f"{model}: {metric} relative to the baseline")))
+        heat.figures.append(writer.figure(Figure(name, png, f"{model}: {metric} on {codec}, relative to the baseline")))
     advice = advice_table(rel, keep_fraction)
     writer.table("advice.csv", advice)
     writer.table("cells.csv", rel.drop(columns=["cell_ids"], errors="ignore"))
@@ -251,6 +252,70 @@ def _results_sections(output: str, writer: _Writer, info: SweepInfo, keep_fracti
     table = Section("All cells", text="Mean over repeats with its 95% interval, absolute and relative to the baseline.",
                     tables_html=[cells_html(rel)])
     return verdict_sections, [heat, adv, table], result
+
+
+def _codec_sections(output: str, rel: pd.DataFrame, writer: _Writer, info: SweepInfo,
+                    warnings: list[str]) -> list[Section]:
+    """Several codecs: accuracy against bits per pixel, and the bytes each saves at equal accuracy."""
+    if len(info.codecs) < 2:
+        return []
+    from lossyvision.report.rate import bd_table, describe_bd, plot_rate_accuracy, rate_points
+    from lossyvision.seeding import derive_seed
+
+    points = rate_points(rel, info.originals)
+    if points.empty:
+        return [Section("Codecs: accuracy against bits per pixel", text="No cells with bits per pixel yet.")]
+    section = Section("Codecs: accuracy against bits per pixel", text=(
+        "Left: models trained and tested at the same level of each codec (store everything at it). Right: the model "
+        "trained on the originals (" + (f"{info.originals[0]} level {info.originals[1]:g}" if info.originals else
+                                        "none in this sweep") + ") served each codec's test images. x: mean bits per "
+        "pixel of the test images at the level (log scale); error bars: 95% intervals. The table compares each codec "
+        f"with {info.codecs[0]}: the mean change in bits per pixel at equal accuracy over the accuracy range both "
+        "reach (a Bjøntegaard delta, pchip), with a bootstrap interval over the test images (repeat 0)."))
+    for model, metric in points[["model", "metric"]].drop_duplicates().itertuples(index=False):
+        name = f"rate-{slug(model)}-{slug(metric)}.png"
+        try:
+            png = plot_rate_accuracy(points, model, metric)
+        except (ValueError, KeyError) as e:
+            warnings.append(f"{name}: {e}")
+            continue
+        section.figures.append(writer.figure(Figure(name, png, f"{model}: {metric} against bits per pixel")))
+    manifest = _manifest_or_none(info)
+    if manifest is None:
+        warnings.append("bytes at equal accuracy: no store manifest to read the images' bits per pixel from")
+        return [section]
+    from lossyvision.sweep.plan import bits_per_pixel, ok_rows
+
+    def bpp_of(codec: str, level: float) -> dict[str, float]:
+        rows = ok_rows(manifest, info.test_split, level, codec)
+        return dict(zip(rows["relpath"].astype(str), bits_per_pixel(rows).astype(float)))
+
+    try:
+        table = bd_table(points, PredictionsCache(output), bpp_of, confidence=info.confidence,
+                         resamples=min(info.resamples, 1000), seed_of=lambda m: derive_seed("bootstrap", info.seed, m),
+                         order=info.codecs)
+    except (KeyError, OSError, ValueError) as e:
+        warnings.append(f"bytes at equal accuracy: {type(e).__name__}: {e}")
+        return [section]
+    if not table.empty:
+        writer.table("bd_rate.csv", table)
+        from html import escape
+
+        body = "".join(f"<tr><td>{escape(r.model)}</td><td>{escape(r.metric)}</td><td>{escape(r.curve)}</td>"
+                       f"<td>{escape(describe_bd(r))}</td></tr>" for r in table.itertuples(index=False))
+        section.tables_html.append('<table class="bd"><tr><th>model</th><th>metric</th><th>curve</th>'
+                                   f"<th>bytes at equal accuracy</th></tr>{body}</table>")
+    return [section]
+
+
+def _manifest_or_none(info: SweepInfo) -> pd.DataFrame | None:
+    uri = store.join(info.store_uri or "", store.MANIFEST_NAME)
+    if not info.store_uri or not store.exists(uri):
+        return None
+    try:
+        return _read_parquet(uri)
+    except Exception:  # noqa: BLE001 - a damaged manifest: the figures still draw
+        return None
 
 
 def verdict_html(found: list) -> str:
@@ -401,14 +466,15 @@ def build_report(output: str, *, keep_fraction: float | None = None, sample_leve
     writer = _Writer(output)
     warnings: list[str] = []
     verdict_sections, result_sections, analysis = _results_sections(output, writer, info, keep_fraction, warnings)
-    sections = verdict_sections + result_sections
+    sections = verdict_sections + _codec_sections(output, analysis.rel, writer, info, warnings) + result_sections
     sections += _budget_sections(output, writer, warnings)
     sections += _store_sections(info, writer, warnings, sample_levels, n_samples)
     sections += _sensitivity_sections(output, writer, warnings)
     if warnings:
         sections.append(Section("Warnings", text="\n\n".join(warnings)))
     html = render_html(f"lossyvision report: {info.name}", sections,
-                       subtitle=f"Output {output}; codec {info.codec}; keep threshold {100 * keep_fraction:g}%.")
+                       subtitle=f"Output {output}; codec{'s' if len(info.codecs) > 1 else ''} {', '.join(info.codecs)}; "
+                                f"keep threshold {100 * keep_fraction:g}%.")
     index = store.join(writer.dir, INDEX_NAME)
     store.atomic_write_bytes(index, html.encode("utf-8"))
     return ReportResult(index_html=index, figures=writer.figures, tables=writer.tables, warnings=warnings,

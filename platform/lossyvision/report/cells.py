@@ -1,6 +1,8 @@
 """From result rows to grid cells: means over repeats, 95 % intervals, and values relative to a baseline.
 
-One *cell* is (model, metric, budget, train level, test level). Its ``mean`` averages the repeats.
+One *cell* is (model, metric, budget, codec, train level, test codec, test level): the codec a model
+trained on, and the codec of its test images (the same one, or another in a cross-codec sweep). Its
+``mean`` averages the repeats.
 
 With the per-image outcomes of the cells (``OUTPUT/predictions``, an :class:`OutcomeSource`) the
 intervals are bootstrap intervals over the test images and, with repeats, over the repeats
@@ -9,9 +11,8 @@ ratio: both cells on the same resampled images and repeats. Without outcomes (ta
 tests) the interval is the t-interval over repeats, and relative values are the cell's interval
 rescaled by the baseline's mean.
 
-The *baseline* of a (model, metric, budget) group is the cell at (train level 0, test level 0), or,
-when a sweep has no level 0, at the smallest train level and the smallest test level observed with
-it.
+The *baseline* of a (model, metric, budget, codec) group is its codec's most faithful cell: trained
+and tested at its most faithful levels (JPEG XL's distance 0, JPEG's highest quality), on its own codec.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-GROUP = ("model", "metric", "budget")
-CELL = GROUP + ("train_level", "test_level")
+GROUP = ("model", "metric", "budget", "codec")
+CELL = GROUP + ("train_level", "test_codec", "test_level")
+DEFAULT_CODEC = "jpegxl"
 
 #: ``source(cell_id) -> Outcomes`` (raises ``KeyError``/``OSError``/``ValueError`` when missing).
 OutcomeSource = Callable[[str], Any]
@@ -78,19 +80,22 @@ def cell_table(results: pd.DataFrame, outcomes: OutcomeSource | None = None, *, 
     ``cell_ids`` (one per repeat, in repeat order) and ``interval`` (how it was computed)."""
     from lossyvision.intervals import metric_interval
 
-    needed = set(CELL) | {"value", "repeat"}
+    needed = (set(CELL) - {"codec", "test_codec"}) | {"value", "repeat"}
     absent = sorted(needed - set(results.columns))
     if absent:
         raise ReportError(f"results lack column(s) {absent}")
-    df = results.copy()
-    for col in ("train_dcr", "test_dcr"):
+    df = with_codecs(results)
+    for col in ("train_dcr", "test_dcr", "train_bpp", "test_bpp", "train_quality", "test_quality"):
         if col not in df.columns:
             df[col] = np.nan
+    if "quality_metric" not in df.columns:
+        df["quality_metric"] = None
     if "cell_id" not in df.columns:
         df["cell_id"] = None
     df = df[np.isfinite(df["value"].astype(float))]
     columns = list(CELL) + ["n", "mean", "std", "ci_low", "ci_high", "n_images", "train_dcr", "test_dcr",
-                            "cell_ids", "interval"]
+                            "train_bpp", "test_bpp", "train_quality", "test_quality", "quality_metric", "cell_ids",
+                            "interval"]
     if df.empty:
         return pd.DataFrame(columns=columns)
     rows = []
@@ -105,7 +110,7 @@ def cell_table(results: pd.DataFrame, outcomes: OutcomeSource | None = None, *, 
             lo, hi, n_images, how = ci.low, ci.high, ci.n_images, "bootstrap"
         else:
             if outcomes is not None and missing is not None:
-                missing.append(f"{key[0]}/{key[1]} train {key[3]:g} test {key[4]:g}")
+                missing.append(f"{key[0]}/{key[1]} train {key[3]} {key[4]:g} test {key[5]} {key[6]:g}")
             lo, hi = t_interval(v, confidence)
             if len(v) == 1 and {"ci_low", "ci_high"} <= set(g.columns):
                 lo, hi = float(g["ci_low"].iloc[0]), float(g["ci_high"].iloc[0])
@@ -117,16 +122,46 @@ def cell_table(results: pd.DataFrame, outcomes: OutcomeSource | None = None, *, 
                      "n_images": n_images,
                      "train_dcr": float(g["train_dcr"].astype(float).mean()),
                      "test_dcr": float(g["test_dcr"].astype(float).mean()),
+                     "train_bpp": float(g["train_bpp"].astype(float).mean()),
+                     "test_bpp": float(g["test_bpp"].astype(float).mean()),
+                     "train_quality": float(g["train_quality"].astype(float).mean()),
+                     "test_quality": float(g["test_quality"].astype(float).mean()),
+                     "quality_metric": next((str(m) for m in g["quality_metric"] if m), None),
                      "cell_ids": ids, "interval": how})
     return pd.DataFrame(rows, columns=columns)
 
 
+def with_codecs(results: pd.DataFrame) -> pd.DataFrame:
+    """``results`` with ``codec`` and ``test_codec`` columns (tables from before codecs: JPEG XL)."""
+    df = results.copy()
+    if "codec" not in df.columns:
+        df["codec"] = DEFAULT_CODEC
+    if "test_codec" not in df.columns:
+        df["test_codec"] = df["codec"]
+    df["codec"] = df["codec"].fillna(DEFAULT_CODEC)
+    df["test_codec"] = df["test_codec"].fillna(df["codec"])
+    return df
+
+
+def most_faithful(codec: str, levels: Any) -> float:
+    """The level of ``codec`` that loses least (JPEG XL: the smallest distance; JPEG: the highest quality)."""
+    from lossyvision.codecs import CODECS
+
+    levels = [float(x) for x in levels]
+    if codec in CODECS:
+        return CODECS.get(codec).by_fidelity(levels)[0]
+    return min(levels)
+
+
 def baseline_levels(cells: pd.DataFrame) -> tuple[float, float]:
-    """(train level, test level) of the baseline cell of one group's cells."""
+    """(train level, test level) of the baseline cell of one (model, metric, budget, codec) group's cells."""
     if cells.empty:
         raise ReportError("no cells to take a baseline from")
-    train = float(cells["train_level"].min())
-    test = float(cells.loc[cells["train_level"] == train, "test_level"].min())
+    codec = str(cells["codec"].iloc[0]) if "codec" in cells.columns else DEFAULT_CODEC
+    own = cells[cells["test_codec"] == codec] if "test_codec" in cells.columns else cells
+    own = own if not own.empty else cells
+    train = most_faithful(codec, own["train_level"])
+    test = most_faithful(codec, own.loc[own["train_level"] == train, "test_level"])
     return train, test
 
 
@@ -143,10 +178,12 @@ def relative_cells(cells: pd.DataFrame, skipped: list[str] | None = None, outcom
     """
     from lossyvision.intervals import relative_interval
 
+    cells = with_codecs(cells)
     out = []
     for _, g in cells.groupby(list(GROUP), sort=True):
         train, test = baseline_levels(g)
-        base_row = g.loc[(g["train_level"] == train) & (g["test_level"] == test)].iloc[0]
+        base_row = g.loc[(g["train_level"] == train) & (g["test_level"] == test)
+                         & (g["test_codec"] == g["codec"])].iloc[0]
         base = float(base_row["mean"])
         if base == 0 or not math.isfinite(base):
             msg = (f"baseline value of {g['model'].iloc[0]}/{g['metric'].iloc[0]} at train level "
@@ -192,19 +229,20 @@ def fill_relative(output: str, sweep: Any, grid: Any) -> int:
     if results.empty:
         return 0
     planned = {c.key: c for c in grid.cells}
-    baselines: dict[tuple[str, int, int], str] = {}
-    for (model, budget, repeat), cells in _by_trial_group(grid.cells).items():
-        train = min(c.trial.train_level for c in cells)
-        test = min(c.test_level for c in cells if c.trial.train_level == train)
-        baselines[(model, budget, repeat)] = next(c.key for c in cells
-                                                  if c.trial.train_level == train and c.test_level == test)
+    baselines: dict[tuple[str, int, int, str], str] = {}
+    for (model, budget, repeat, codec), cells in _by_trial_group(grid.cells).items():
+        own = [c for c in cells if c.test_codec == codec]
+        train = most_faithful(codec, [c.trial.train_level for c in own])
+        test = most_faithful(codec, [c.test_level for c in own if c.trial.train_level == train])
+        baselines[(model, budget, repeat, codec)] = next(c.key for c in own
+                                                         if c.trial.train_level == train and c.test_level == test)
     source = PredictionsCache(output)
     todo = results.index[results["cell_id"].isin(planned.keys()) & results["rel"].isna()]
     filled = 0
     for idx in todo:
         row = results.loc[idx]
         cell = planned[row["cell_id"]]
-        base_key = baselines[(cell.trial.model, cell.trial.budget, cell.trial.repeat)]
+        base_key = baselines[(cell.trial.model, cell.trial.budget, cell.trial.repeat, cell.trial.codec)]
         found = _outcomes(source, [row["cell_id"], base_key])
         if found is None:
             continue
@@ -218,8 +256,8 @@ def fill_relative(output: str, sweep: Any, grid: Any) -> int:
     return filled
 
 
-def _by_trial_group(cells: list[Any]) -> dict[tuple[str, int, int], list[Any]]:
-    groups: dict[tuple[str, int, int], list[Any]] = {}
+def _by_trial_group(cells: list[Any]) -> dict[tuple[str, int, int, str], list[Any]]:
+    groups: dict[tuple[str, int, int, str], list[Any]] = {}
     for c in cells:
-        groups.setdefault((c.trial.model, c.trial.budget, c.trial.repeat), []).append(c)
+        groups.setdefault((c.trial.model, c.trial.budget, c.trial.repeat, c.trial.codec), []).append(c)
     return groups

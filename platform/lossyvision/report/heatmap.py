@@ -34,8 +34,14 @@ def interpolate(x: np.ndarray, y: np.ndarray, values: np.ndarray, xi: np.ndarray
         return np.full(np.broadcast(xi, yi).shape, np.nan)
 
 
-def _axis(cells: pd.DataFrame, which: str) -> tuple[np.ndarray, str, bool]:
-    """Positions on one axis: mean DCR per cell, or the level when DCRs are unknown."""
+def _axis(cells: pd.DataFrame, which: str, axis: str = "dcr") -> tuple[np.ndarray, str, bool]:
+    """Positions on one axis: mean DCR per cell, or mean achieved quality (``axis="quality"``, when
+    measured), or the level when neither is known."""
+    if axis == "quality" and f"{which}_quality" in cells.columns:
+        q = cells[f"{which}_quality"].to_numpy(dtype=float)
+        if np.all(np.isfinite(q)):
+            metric = next((str(m) for m in cells.get("quality_metric", []) if m), "quality")
+            return q, f"{which}: mean achieved {metric}", True
     dcr = cells[f"{which}_dcr"].to_numpy(dtype=float)
     if np.all(np.isfinite(dcr)):
         return dcr, f"{which} DCR (1 − compressed / original bytes)", True
@@ -70,9 +76,12 @@ def indistinguishable(cells: pd.DataFrame) -> np.ndarray:
     return np.isfinite(lo) & np.isfinite(hi) & (lo <= 100.0) & (hi >= 100.0)
 
 
-def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget: int = -1,
-                          resolution: int = 200) -> bytes:
-    """One (model, metric[, budget]) heatmap as PNG bytes; ``rel`` comes from ``relative_cells``."""
+def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget: int = -1, codec: str | None = None,
+                          axis: str = "dcr", resolution: int = 200) -> bytes:
+    """One (model, metric[, budget][, codec]) heatmap as PNG bytes; ``rel`` comes from ``relative_cells``.
+
+    A codec's grid: models trained on it, tested on it (cross-codec cells are in the rate figures).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,10 +89,16 @@ def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget:
     from matplotlib.colors import Normalize
 
     cells = rel[(rel["model"] == model) & (rel["metric"] == metric) & (rel["budget"] == budget)]
+    if "codec" in cells.columns:
+        codec = codec or str(cells["codec"].iloc[0]) if len(cells) else codec
+        cells = cells[(cells["codec"] == codec) & (cells["test_codec"] == codec)]
     if cells.empty:
         raise ValueError(f"no cells for model {model!r}, metric {metric!r}, budget {budget}")
-    x, xlabel, _ = _axis(cells, "train")
-    y, ylabel, _ = _axis(cells, "test")
+    from lossyvision.codecs import CODECS
+
+    noun = CODECS.get(codec).level_noun if codec in CODECS else "level"
+    x, xlabel, _ = _axis(cells, "train", axis)
+    y, ylabel, _ = _axis(cells, "test", axis)
     v = cells["rel"].to_numpy(dtype=float)
     lo, hi = colour_range(np.concatenate([v, cells["rel_low"].to_numpy(float), cells["rel_high"].to_numpy(float)]))
     norm = Normalize(vmin=lo, vmax=hi)
@@ -115,10 +130,10 @@ def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget:
     ax.set_ylabel(ylabel)
     top = ax.secondary_xaxis("top")
     _level_ticks(top, x, cells["train_level"].to_numpy(float), "x")
-    top.set_xlabel("train level (distance)", fontsize=8)
+    top.set_xlabel(f"train {noun}", fontsize=8)
     right = ax.secondary_yaxis("right")
     _level_ticks(right, y, cells["test_level"].to_numpy(float), "y")
-    right.set_ylabel("test level (distance)", fontsize=8)
+    right.set_ylabel(f"test {noun}", fontsize=8)
     from matplotlib.cm import ScalarMappable
 
     cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
@@ -131,8 +146,9 @@ def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget:
     base_ci = ""
     if len(base_row) and np.isfinite(base_row["ci_low"].iloc[0]):
         base_ci = f" [{base_row['ci_low'].iloc[0]:.4g}, {base_row['ci_high'].iloc[0]:.4g}]"
-    ax.set_title(f"{model} — {metric}{budget_txt}: % of baseline (train level {base_train:g}, "
-                 f"test level {base_test:g}) = {base:.4g}{base_ci}"
+    codec_txt = f" on {codec}" if codec else ""
+    ax.set_title(f"{model} — {metric}{codec_txt}{budget_txt}: % of baseline (train {noun} {base_train:g}, "
+                 f"test {noun} {base_test:g}) = {base:.4g}{base_ci}"
                  + (f"; mean of {repeats} repeats" if repeats > 1 else "")
                  + "\nlabels: value [95% interval], paired with the baseline", fontsize=9)
     buf = io.BytesIO()
@@ -141,10 +157,11 @@ def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget:
     return buf.getvalue()
 
 
-def heatmap_groups(rel: pd.DataFrame) -> list[tuple[str, str, int]]:
-    """(model, metric, budget) groups that have cells, in a stable order."""
+def heatmap_groups(rel: pd.DataFrame) -> list[tuple[str, str, int, str]]:
+    """(model, metric, budget, codec) groups that have cells, in a stable order."""
     if rel.empty:
         return []
-    keys = rel[["model", "metric", "budget"]].drop_duplicates().sort_values(["model", "metric", "budget"])
-    return [(str(m), str(k), int(b)) for m, k, b in keys.itertuples(index=False)]
+    cols = ["model", "metric", "budget", "codec"]
+    keys = rel.assign(codec=rel["codec"] if "codec" in rel.columns else "jpegxl")[cols].drop_duplicates()
+    return [(str(m), str(k), int(b), str(c)) for m, k, b, c in keys.sort_values(cols).itertuples(index=False)]
 

@@ -19,9 +19,10 @@ from lossyvision.sweep.plan import CellSpec
 CellCallback = Callable[[CellSpec, Any, "str | None"], None]
 
 
-def _decode(sweep: Any, manifest: Any, level: float) -> Any:
+def _decode(sweep: Any, manifest: Any, point: tuple[str, float]) -> Any:
     _limit_threads(sweep.resources.eval.cpu)
-    return decode_test_level(sweep, manifest, level)
+    codec, level = point
+    return decode_test_level(sweep, manifest, level, codec)
 
 
 def _score(sweep: Any, cell: CellSpec, output: str, test: Any) -> Any:
@@ -49,13 +50,13 @@ def evaluate_cells(sweep: Any, cells: list[CellSpec], output: str, manifest: Any
     score = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=1)(_score)
     sweep_ref, manifest_ref = ray.put(sweep), ray.put(manifest)
 
-    by_level: dict[float, list[CellSpec]] = defaultdict(list)
+    by_level: dict[tuple[str, float], list[CellSpec]] = defaultdict(list)
     for cell in cells:
-        by_level[cell.test_level].append(cell)
+        by_level[(cell.test_codec, cell.test_level)].append(cell)
     waiting_levels = sorted(by_level)
     running: dict[Any, CellSpec] = {}
-    left: dict[float, int] = {}
-    decoded: dict[float, Any] = {}
+    left: dict[tuple[str, float], int] = {}
+    decoded: dict[tuple[str, float], Any] = {}
     failures: dict[str, str] = {}
 
     def launch_levels() -> None:
@@ -76,9 +77,10 @@ def evaluate_cells(sweep: Any, cells: list[CellSpec], output: str, manifest: Any
             outcomes, error = None, _short_error(e)
             failures[cell.key] = error
         on_cell(cell, outcomes, error)
-        left[cell.test_level] -= 1
-        if left[cell.test_level] == 0:
-            del decoded[cell.test_level]  # drop the ref: the decoded level can leave the object store
+        point = (cell.test_codec, cell.test_level)
+        left[point] -= 1
+        if left[point] == 0:
+            del decoded[point]  # drop the ref: the decoded level can leave the object store
             launch_levels()
     return failures
 

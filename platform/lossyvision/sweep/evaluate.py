@@ -43,16 +43,15 @@ class DecodedSamples(Dataset):
         return self.images[i], self.targets[i]
 
 
-def decode_test_level(sweep: Sweep, manifest: pd.DataFrame, level: float) -> DecodedSamples:
-    """Read and decode every test image at ``level`` from the store (once per level)."""
-    from lossyvision.codecs import create_codec
+def decode_test_level(sweep: Sweep, manifest: pd.DataFrame, level: float, codec_name: str = "jpegxl") -> DecodedSamples:
+    """Read and decode every test image at ``codec_name``'s ``level`` from the store (once per level)."""
     from lossyvision.store import read_bytes
 
-    rows, reader = split_images(sweep, manifest, sweep.test_split, level)
+    rows, reader = split_images(sweep, manifest, sweep.test_split, level, codec=codec_name)
     if rows.empty:
-        raise TrialError(f"no ok images in split {sweep.test_split!r} at level {level:g}")
+        raise TrialError(f"no ok images in split {sweep.test_split!r} at {codec_name} level {level:g}")
     images = images_of(sweep, rows, reader, sweep.test_split)
-    codec = create_codec(sweep.codec.name, **sweep.codec.options)
+    codec = sweep.arm(codec_name).create()
     decoded = [np.ascontiguousarray(codec.decode(read_bytes(u))) for u in images.uris]
     return DecodedSamples(decoded, images.targets, level, ids=images.relpaths)
 
@@ -76,8 +75,8 @@ def cell_rows(sweep: Sweep, cell: CellSpec, outcomes: Any, trial_meta: dict[str,
     from lossyvision.intervals import metric_interval
     from lossyvision.seeding import derive_seed
 
-    test = level_dcr(manifest, sweep.test_split, cell.test_level, sweep.codec.name)
-    train = level_dcr(manifest, sweep.train_split, cell.trial.train_level, sweep.codec.name)
+    test = level_dcr(manifest, sweep.test_split, cell.test_level, cell.test_codec)
+    train = level_dcr(manifest, sweep.train_split, cell.trial.train_level, cell.trial.codec)
     finished = utc_now()
     rows = []
     for name, value in outcomes.metrics().items():
@@ -85,13 +84,16 @@ def cell_rows(sweep: Sweep, cell: CellSpec, outcomes: Any, trial_meta: dict[str,
                              n_resamples=sweep.report.resamples, seed=derive_seed("bootstrap", sweep.seed, cell.trial.model))
         rows.append({
             "sweep": sweep.name, "model": cell.trial.model, "task": trial_meta.get("task", ""),
-            "train_level": cell.trial.train_level, "test_level": cell.test_level,
+            "codec": cell.trial.codec, "train_level": cell.trial.train_level,
+            "test_codec": cell.test_codec, "test_level": cell.test_level,
             "repeat": cell.trial.repeat, "budget": cell.trial.budget,
             "metric": name, "value": float(value), "ci_low": ci.low, "ci_high": ci.high,
             "confidence": sweep.report.confidence, "n_test_images": len(outcomes),
             "rel": np.nan, "rel_low": np.nan, "rel_high": np.nan, "baseline_cell": None,
             "train_dcr": train.vs_source, "test_dcr": test.vs_source,
-            "train_dcr_raw": train.vs_raw, "test_dcr_raw": test.vs_raw,
+            "train_dcr_raw": train.vs_raw, "test_dcr_raw": test.vs_raw, "train_bpp": train.bpp, "test_bpp": test.bpp,
+            "train_quality": train.quality, "test_quality": test.quality,
+            "quality_metric": test.quality_metric or train.quality_metric,
             "n_train_images": int(trial_meta.get("n_train_images", -1)),
             "train_bytes": int(trial_meta.get("train_bytes", -1)),
             "trial_id": cell.trial.key, "trial_hash": cell.trial.config,

@@ -46,7 +46,7 @@ def loggable_model(sweep: Any, trial: TrialSpec, output: str, manifest: pd.DataF
     example = example_images(sweep, manifest, serving.size)
     metadata = {"lossyvision_trial": trial.key, "task": spec.task, "arch": spec.arch, "classes": list(task.classes),
                 "input": f"uint8 RGB images, NCHW, {serving.size}x{serving.size} in the example",
-                "output": serving.output, "train_level": trial.train_level, "codec": sweep.codec.name}
+                "output": serving.output, "train_level": trial.train_level, "codec": trial.codec}
     code_paths = []
     if serving.serialization == "pickle":  # the pickled wrapper's class is lossyvision's: ship its code
         import lossyvision
@@ -89,12 +89,12 @@ def example_images(sweep: Any, manifest: pd.DataFrame | None, size: int) -> np.n
 
 
 def _store_images(sweep: Any, manifest: pd.DataFrame | None) -> list[np.ndarray]:
-    from lossyvision.codecs import create_codec
     from lossyvision.store import read_bytes
     from lossyvision.sweep.plan import ok_rows
     from lossyvision.sweep.trials import _store_uri, read_manifest
 
     manifest = read_manifest(sweep) if manifest is None else manifest
-    rows = ok_rows(manifest, sweep.test_split, min(sweep.test_levels), sweep.codec.name).head(EXAMPLE_IMAGES)
-    codec = create_codec(sweep.codec.name, **sweep.codec.options)
+    arm = sweep.arms[0]
+    rows = ok_rows(manifest, sweep.test_split, arm.codec.by_fidelity(arm.test_levels)[0], arm.name).head(EXAMPLE_IMAGES)
+    codec = arm.create()
     return [np.asarray(codec.decode(read_bytes(_store_uri(sweep, p)))) for p in rows["output_path"]]

@@ -1,7 +1,7 @@
 """The grid as data: which trials to train and which (trial, test level) cells to evaluate.
 
 Everything here is a pure function of the sweep file and the store's manifest. A trial is keyed by
-what it is (model, train level, repeat, budget) *and* by a short hash of everything that determines
+what it is (model, codec and train level, repeat, budget) *and* by a short hash of everything that determines
 its result (:func:`trial_identity`): the model entry, the codec and level, budget, repeat and seed,
 the dataset's kind, options, split and limit, and a digest of the manifest rows it trains on. A
 cell adds the test level and a digest of its test rows. So an edited sweep gets new keys for
@@ -47,9 +47,12 @@ def short_hash(obj: Any) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()[:HASH_CHARS]
 
 
+DEFAULT_CODEC = "jpegxl"
+
+
 @dataclass(frozen=True, order=True)
 class TrialSpec:
-    """One training run: a model trained at one compression level (one repeat, one budget).
+    """One training run: a model trained at one level of one codec (one repeat, one budget).
 
     ``config`` is the hash of the trial's identity (empty only in hand-made specs).
     """
@@ -59,11 +62,13 @@ class TrialSpec:
     repeat: int = 0
     budget: int = NO_BUDGET
     config: str = ""
+    codec: str = DEFAULT_CODEC
 
     @property
     def key(self) -> str:
-        """``vit__d2__r0__3f9a2c1b07`` (``__b50000000`` before the hash with a budget): path- and tag-safe."""
-        key = f"{self.model}__d{format_level(self.train_level)}__r{self.repeat}"
+        """``vit__jpegxl-2__r0__3f9a2c1b07`` (``__b50000000`` before the hash with a budget): path- and
+        tag-safe; the codec and level read as the store's level folder does."""
+        key = f"{self.model}__{self.codec}-{format_level(self.train_level)}__r{self.repeat}"
         if self.budget != NO_BUDGET:
             key += f"__b{self.budget}"
         return f"{key}__{self.config}" if self.config else key
@@ -75,28 +80,42 @@ class TrialSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> "TrialSpec":
         return cls(model=str(d["model"]), train_level=float(d["train_level"]),
                    repeat=int(d.get("repeat", 0)), budget=int(d.get("budget", NO_BUDGET)),
-                   config=str(d.get("config", "") or ""))
+                   config=str(d.get("config", "") or ""), codec=str(d.get("codec") or DEFAULT_CODEC))
 
 
 @dataclass(frozen=True, order=True)
 class CellSpec:
-    """One evaluation: a trained trial tested at one compression level; ``config`` hashes its identity."""
+    """One evaluation: a trained trial tested at one level of one codec; ``config`` hashes its identity.
+
+    ``codec`` is the test codec: the trial's own, or another one's (a cross-codec cell).
+    """
 
     trial: TrialSpec
     test_level: float
     config: str = ""
+    codec: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.codec:  # tested on its own codec
+            object.__setattr__(self, "codec", self.trial.codec)
+
+    @property
+    def test_codec(self) -> str:
+        return self.codec
 
     @property
     def key(self) -> str:
-        key = f"{self.trial.key}__t{format_level(self.test_level)}"
+        key = f"{self.trial.key}__t-{self.test_codec}-{format_level(self.test_level)}"
         return f"{key}__{self.config}" if self.config else key
 
     def as_dict(self) -> dict[str, Any]:
-        return {"trial": self.trial.as_dict(), "test_level": self.test_level, "config": self.config}
+        return {"trial": self.trial.as_dict(), "test_level": self.test_level, "config": self.config,
+                "codec": self.test_codec}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CellSpec":
-        return cls(TrialSpec.from_dict(d["trial"]), float(d["test_level"]), str(d.get("config", "") or ""))
+        trial = TrialSpec.from_dict(d["trial"])
+        return cls(trial, float(d["test_level"]), str(d.get("config", "") or ""), str(d.get("codec") or trial.codec))
 
 
 @dataclass
@@ -149,9 +168,9 @@ class GridSize:
         return text
 
 
-def compress_levels(sweep: Any) -> list[float]:
-    """Every level the store must hold: the union of train and test levels."""
-    return sorted(set(sweep.train_levels) | set(sweep.test_levels))
+def compress_levels(sweep: Any) -> dict[str, list[float]]:
+    """Every level the store must hold, per codec: the union of its train and test levels."""
+    return {arm.name: arm.levels for arm in sweep.arms}
 
 
 # --- the manifest side ---------------------------------------------------------------------------
@@ -171,9 +190,9 @@ def reader_of(sweep: Any) -> Any:
 
 
 def split_rows(sweep: Any, manifest: pd.DataFrame, split: str, level: float,
-               reader: Any | None = None) -> pd.DataFrame:
-    """Ok manifest rows of ``split`` at ``level``, limited like the sweep (``limit_per_split``)."""
-    rows = ok_rows(manifest, split, level, sweep.codec.name)
+               reader: Any | None = None, codec: str = DEFAULT_CODEC) -> pd.DataFrame:
+    """Ok manifest rows of ``split`` at ``codec``'s ``level``, limited like the sweep (``limit_per_split``)."""
+    rows = ok_rows(manifest, split, level, codec)
     if sweep.limit_per_split:
         allowed = {r.relpath for r in (reader or reader_of(sweep)).select(split)[: sweep.limit_per_split]}
         rows = rows[rows["relpath"].isin(allowed)]
@@ -189,29 +208,46 @@ def rows_digest(rows: pd.DataFrame) -> str:
 
 @dataclass(frozen=True)
 class LevelDcr:
-    """Mean DCR of one (split, level) of the store, against the source files and raw pixels."""
+    """Mean DCR of one (split, codec, level) of the store, against the source files and raw pixels,
+    and its mean bits per pixel (the rate axis that compares codecs)."""
 
     vs_source: float
     vs_raw: float
     n_images: int
+    bpp: float = math.nan
+    quality: float = math.nan         # mean achieved quality of the images measured (compress.quality_metric)
+    quality_metric: str | None = None
+
+
+def bits_per_pixel(rows: pd.DataFrame) -> pd.Series:
+    """Each row's compressed bits per pixel: ``8 · bytes / (width · height)`` (NaN without a size)."""
+    if not {"compressed_bytes", "width", "height"} <= set(rows.columns):
+        return pd.Series(math.nan, index=rows.index)
+    pixels = rows["width"].astype(float) * rows["height"].astype(float)
+    return 8.0 * rows["compressed_bytes"].astype(float) / pixels.where(pixels > 0)
 
 
 def level_dcr(manifest: pd.DataFrame, split: str, level: float, codec: str | None = None) -> LevelDcr:
-    """Mean ``dcr_vs_source``/``dcr_vs_raw`` over ok rows (NaN when the level has no ok rows)."""
+    """Mean ``dcr_vs_source``/``dcr_vs_raw`` and bits per pixel over ok rows (NaN when the level has none)."""
     rows = ok_rows(manifest, split, level, codec)
     if rows.empty:
         return LevelDcr(math.nan, math.nan, 0)
-    return LevelDcr(float(rows["dcr_vs_source"].mean()), float(rows["dcr_vs_raw"].mean()), len(rows))
+    quality, metric = math.nan, None
+    if "quality" in rows.columns and rows["quality"].notna().any():
+        quality = float(rows["quality"].astype(float).mean())
+        metric = str(rows["quality_metric"].dropna().iloc[0]) if "quality_metric" in rows.columns else None
+    return LevelDcr(float(rows["dcr_vs_source"].mean()), float(rows["dcr_vs_raw"].mean()), len(rows),
+                    float(bits_per_pixel(rows).mean()), quality, metric)
 
 
 # --- identities ------------------------------------------------------------------------------------
-def trial_identity(sweep: Any, model: Any, train_level: float, repeat: int, budget: int, train_rows: str,
+def trial_identity(sweep: Any, model: Any, arm: Any, train_level: float, repeat: int, budget: int, train_rows: str,
                    classes: list[str]) -> dict[str, Any]:
     """Everything that determines a trial's result (its hash is the trial's ``config``)."""
     identity: dict[str, Any] = {
         "version": IDENTITY_VERSION,
         "model": model.model_dump(mode="json"),
-        "codec": {"name": sweep.codec.name, "options": sweep.codec.options},
+        "codec": {"name": arm.name, "options": arm.options},
         "train_level": float(train_level),
         "repeat": int(repeat),
         "seed": int(sweep.seed),
@@ -225,57 +261,50 @@ def trial_identity(sweep: Any, model: Any, train_level: float, repeat: int, budg
     return identity
 
 
-def cell_identity(sweep: Any, trial: TrialSpec, test_level: float, test_rows: str) -> dict[str, Any]:
-    """Everything that determines a cell's result beyond its trial."""
+def cell_identity(sweep: Any, trial: TrialSpec, arm: Any, test_level: float, test_rows: str) -> dict[str, Any]:
+    """Everything that determines a cell's result beyond its trial (``arm``: the test codec)."""
     return {"version": IDENTITY_VERSION, "trial": trial.config, "test_level": float(test_level),
-            "codec": {"name": sweep.codec.name, "options": sweep.codec.options},
+            "codec": {"name": arm.name, "options": arm.options},
             "dataset": {"split": sweep.test_split, "limit_per_split": sweep.limit_per_split},
             "test_rows": test_rows}
 
 
 # --- the plan ------------------------------------------------------------------------------------
 def plan(sweep: Any, manifest: pd.DataFrame, reader: Any | None = None) -> Grid:
-    """The sweep's grid: models x train levels x repeats (x budgets), then their test levels.
+    """The sweep's grid: per codec, models x train levels x repeats (x budgets), then their test points.
 
     Every train level must have ok images in the train split, every test level in the test split:
     a level without any is a :class:`PlanError` naming it (rather than a trial failing later).
     """
-    _check_levels(manifest, sweep.train_split, sweep.train_levels, sweep.codec.name)
-    _check_levels(manifest, sweep.test_split, sweep.test_levels, sweep.codec.name)
+    for arm in sweep.arms:
+        _check_levels(manifest, sweep.train_split, arm.train_levels, arm.name)
+        _check_levels(manifest, sweep.test_split, arm.test_levels, arm.name)
     reader = reader or reader_of(sweep)
     classes = list(reader.classes)
-    digests: dict[tuple[str, float], str] = {}
+    digests: dict[tuple[str, str, float], str] = {}
 
-    def digest(split: str, level: float) -> str:
-        if (split, level) not in digests:
-            digests[(split, level)] = rows_digest(split_rows(sweep, manifest, split, level, reader))
-        return digests[(split, level)]
+    def digest(split: str, codec: str, level: float) -> str:
+        if (split, codec, level) not in digests:
+            digests[(split, codec, level)] = rows_digest(split_rows(sweep, manifest, split, level, reader, codec))
+        return digests[(split, codec, level)]
 
     budgets = list(sweep.budgets) if sweep.budgets else [NO_BUDGET]
     grid = Grid([], [])
-    for m, level, repeat, budget in itertools.product(sweep.models, sweep.train_levels, range(sweep.repeats),
-                                                      budgets):
-        identity = trial_identity(sweep, m, level, repeat, budget, digest(sweep.train_split, float(level)), classes)
-        trial = TrialSpec(m.name, float(level), repeat, int(budget), short_hash(identity))
-        grid.trials.append(trial)
-        grid.identities[trial.key] = identity
+    for arm in sweep.arms:
+        for m, level, repeat, budget in itertools.product(sweep.models, arm.train_levels, range(sweep.repeats),
+                                                          budgets):
+            identity = trial_identity(sweep, m, arm, level, repeat, budget,
+                                      digest(sweep.train_split, arm.name, float(level)), classes)
+            trial = TrialSpec(m.name, float(level), repeat, int(budget), short_hash(identity), arm.name)
+            grid.trials.append(trial)
+            grid.identities[trial.key] = identity
     for trial in grid.trials:
-        for level in test_levels_for(sweep, trial):
-            identity = cell_identity(sweep, trial, level, digest(sweep.test_split, float(level)))
-            cell = CellSpec(trial, float(level), short_hash(identity))
+        for codec, level in sweep.test_points(trial.codec, trial.train_level, trial.budget):
+            identity = cell_identity(sweep, trial, sweep.arm(codec), level, digest(sweep.test_split, codec, level))
+            cell = CellSpec(trial, float(level), short_hash(identity), codec)
             grid.cells.append(cell)
             grid.identities[cell.key] = identity
     return grid
-
-
-def test_levels_for(sweep: Any, trial: TrialSpec) -> list[float]:
-    """Test levels a trial is evaluated on: all of them, or for budget sweeps per ``eval_levels``."""
-    levels = list(sweep.test_levels)
-    if trial.budget == NO_BUDGET or sweep.eval_levels == "all":
-        return levels
-    if sweep.eval_levels == "same":
-        return [trial.train_level]
-    return [levels[0]]  # baseline: the first (least compressed) test level
 
 
 def pending(specs: Iterable[Any], done_keys: Iterable[str]) -> list[Any]:

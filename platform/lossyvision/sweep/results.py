@@ -23,7 +23,9 @@ SCHEMA = pa.schema([
     ("sweep", pa.string()),
     ("model", pa.string()),
     ("task", pa.string()),
+    ("codec", pa.string()),          # the codec the model trained on
     ("train_level", pa.float64()),
+    ("test_codec", pa.string()),     # the codec of the test images (the same, or another: cross-codec)
     ("test_level", pa.float64()),
     ("repeat", pa.int64()),
     ("budget", pa.int64()),          # bytes; -1 = no budget axis
@@ -41,6 +43,11 @@ SCHEMA = pa.schema([
     ("test_dcr", pa.float64()),      # mean DCR against source of the test level
     ("train_dcr_raw", pa.float64()), # same, against raw pixels
     ("test_dcr_raw", pa.float64()),
+    ("train_bpp", pa.float64()),     # mean compressed bits per pixel of the train level
+    ("test_bpp", pa.float64()),      # ... of the test level: the rate axis that compares codecs
+    ("train_quality", pa.float64()), # mean achieved quality of the train level's measured images
+    ("test_quality", pa.float64()),  # ... of the test level's (NaN unless compress.quality_metric is set)
+    ("quality_metric", pa.string()), # ssimulacra2 | butteraugli | null
     ("n_train_images", pa.int64()),
     ("train_bytes", pa.int64()),     # compressed bytes the trial trained on
     ("trial_id", pa.string()),       # the trial's key (with its configuration hash)

@@ -23,7 +23,7 @@ from lossyvision import output as outdir
 from lossyvision.progress import SweepProgress, epoch_line
 from lossyvision.spec import SpecError, Sweep, load_sweep
 from lossyvision.store import is_remote
-from lossyvision.sweep.plan import CellSpec, Grid, done_cell_keys, grid_size, level_dcr, pending, plan
+from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec, done_cell_keys, grid_size, level_dcr, pending, plan
 from lossyvision.sweep.results import append_results, read_results
 from lossyvision.sweep.status import DONE, FAILED, RUNNING, SweepState, stale_entries
 from lossyvision.sweep.tracking import absolute_tracking_uri
@@ -58,9 +58,9 @@ def sweep_params(sweep: Sweep, grid: Grid) -> dict[str, Any]:
     return {
         "n_trials": len(grid.trials), "n_evaluations": len(grid.cells), "plan": grid.digest,
         "models": ",".join(m.name for m in sweep.models),
-        "train_levels": ",".join(format_level(x) for x in sweep.train_levels),
-        "test_levels": ",".join(format_level(x) for x in sweep.test_levels),
-        "repeats": sweep.repeats, "seed": sweep.seed, "codec": sweep.codec.name,
+        "train_levels": " ".join(f"{a.name}:" + ",".join(format_level(x) for x in a.train_levels) for a in sweep.arms),
+        "test_levels": " ".join(f"{a.name}:" + ",".join(format_level(x) for x in a.test_levels) for a in sweep.arms),
+        "repeats": sweep.repeats, "seed": sweep.seed, "codec": ",".join(a.name for a in sweep.arms),
         "budgets": ",".join(str(b) for b in sweep.budgets) if sweep.budgets else None,
         "dataset": sweep.dataset.kind,
     }
@@ -78,7 +78,6 @@ def push_trials(tracker: Any, sweep: Sweep, grid: Grid, manifest: pd.DataFrame |
 
     failures = failures or {}
     results = current_rows(results, [c.key for c in grid.cells])
-    ladder = ladder_text(sweep.test_levels)
     n = 0
     for trial in grid.trials:
         if not tracker.available:
@@ -87,7 +86,7 @@ def push_trials(tracker: Any, sweep: Sweep, grid: Grid, manifest: pd.DataFrame |
         if meta is None and trial.key not in failures:
             continue
         train_dcr = meta.get("train_dcr") if meta else (
-            level_dcr(manifest, sweep.train_split, trial.train_level, sweep.codec.name).vs_source
+            level_dcr(manifest, sweep.train_split, trial.train_level, trial.codec).vs_source
             if manifest is not None else None)
         rows = results[results["trial_id"] == trial.key]
         expected = len(grid.cells_of(trial))
@@ -95,7 +94,8 @@ def push_trials(tracker: Any, sweep: Sweep, grid: Grid, manifest: pd.DataFrame |
         status = "FAILED" if trial.key in failures else ("FINISHED" if got >= expected else None)
         tracker.log_trial(trial.key, trial_params(sweep, trial, meta, train_dcr),
                           history=(meta or {}).get("history", ()), test_metrics=eval_metrics_of(rows),
-                          series=eval_series_of(rows, sweep.test_levels), test_levels=ladder,
+                          series=eval_series_of(rows, sweep.arm(trial.codec).test_levels, trial.codec),
+                          test_levels=ladder_text(sweep.arm(trial.codec).test_levels),
                           inputs=dataset_refs(sweep, grid, trial), cells=cells_table_of(rows), status=status)
         n += 1
     return n
@@ -111,16 +111,17 @@ def dataset_refs(sweep: Sweep, grid: Grid, trial: TrialSpec) -> list[Any]:
     from lossyvision.store import join, level_dir
     from lossyvision.sweep.tracking import DatasetRef
 
-    def ref(split: str, level: float, digest: str | None, context: str) -> list[DatasetRef]:
+    def ref(split: str, codec: str, level: float, digest: str | None, context: str) -> list[DatasetRef]:
         if not digest:
             return []
-        folder = level_dir(sweep.codec.name, level)
+        folder = level_dir(codec, level)
         return [DatasetRef(f"{folder} {split}", join(sweep.store_uri, folder), str(digest), context)]
 
-    refs = ref(sweep.train_split, trial.train_level, grid.identities.get(trial.key, {}).get("train_rows"), "training")
+    refs = ref(sweep.train_split, trial.codec, trial.train_level,
+               grid.identities.get(trial.key, {}).get("train_rows"), "training")
     for cell in grid.cells_of(trial):
-        refs += ref(sweep.test_split, cell.test_level, grid.identities.get(cell.key, {}).get("test_rows"),
-                    "evaluation")
+        refs += ref(sweep.test_split, cell.test_codec, cell.test_level,
+                    grid.identities.get(cell.key, {}).get("test_rows"), "evaluation")
     return refs
 
 
@@ -174,7 +175,7 @@ class DriverListener:
         if trial is not None:
             from lossyvision.sweep.tracking import trial_params
 
-            dcr = level_dcr(self.manifest, self.sweep.train_split, trial.train_level, self.sweep.codec.name)
+            dcr = level_dcr(self.manifest, self.sweep.train_split, trial.train_level, trial.codec)
             self.tracker.log_trial(key, trial_params(self.sweep, trial, None, dcr.vs_source))
         self.echo(f"trial {key}: started")
 
@@ -252,15 +253,18 @@ def check_local_resources(sweep: Sweep, resources: dict[str, float]) -> None:
 
 def compress_for(sweep: Sweep, echo: Echo, ray_address: str | None = None,
                  num_cpus: int | None = None) -> pd.DataFrame:
-    """Compress (or reuse) the store at every level the sweep needs; returns the manifest rows.
+    """Compress (or reuse) the store at every level the sweep needs, codec by codec; returns the manifest rows.
 
     Ray starts only when something is left to compress, and stays up for training.
     """
     from lossyvision.compress import sweep_job_args
     from lossyvision.runners.compress import compress_dataset
 
-    return compress_dataset(**sweep_job_args(sweep), address=ray_address, num_cpus=num_cpus, keep_ray=True,
-                            log=lambda m: echo(f"compress: {m}"))
+    jobs = sweep_job_args(sweep)
+    prefix = "compress: " if len(jobs) == 1 else "compress {codec}: "
+    return pd.concat([compress_dataset(**args, address=ray_address, num_cpus=num_cpus, keep_ray=True,
+                                       log=lambda m, p=prefix.format(codec=args["codec"]): echo(f"{p}{m}"))
+                      for args in jobs], ignore_index=True)
 
 
 def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
@@ -452,7 +456,8 @@ def evaluate_grid(sweep: Sweep, cells_todo: list[CellSpec], manifest: pd.DataFra
     from lossyvision.sweep.tracking import eval_metric_name, eval_series_of, ladder_text
 
     output = sweep.output
-    echo(f"evaluating {len(cells_todo)} cell(s) on {len({c.test_level for c in cells_todo})} test level(s)")
+    echo(f"evaluating {len(cells_todo)} cell(s) on {len({(c.test_codec, c.test_level) for c in cells_todo})} "
+         "test level(s)")
     metas = {k: read_meta(output, k) for k in {c.trial.key for c in cells_todo}}
     done_count = [0]
 
@@ -467,8 +472,9 @@ def evaluate_grid(sweep: Sweep, cells_todo: list[CellSpec], manifest: pd.DataFra
         if state.cell(cell.key):
             state.set_cell(cell.key, DONE)
         tracker.log_trial(cell.trial.key, {}, test_metrics={
-            eval_metric_name(r["metric"], cell.test_level): r["value"] for r in rows},
-            series=eval_series_of(pd.DataFrame(rows), sweep.test_levels), test_levels=ladder_text(sweep.test_levels))
+            eval_metric_name(r["metric"], cell.test_level, cell.test_codec): r["value"] for r in rows},
+            series=eval_series_of(pd.DataFrame(rows), sweep.arm(cell.trial.codec).test_levels, cell.trial.codec),
+            test_levels=ladder_text(sweep.arm(cell.trial.codec).test_levels))
         done_count[0] += 1
         shown = " ".join(f"{r['metric']}={r['value']:.4g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]" for r in rows)
         echo(f"cell {cell.key}: {shown} ({done_count[0]}/{len(cells_todo)})")

@@ -98,6 +98,17 @@ class CellStatus:
     trial_state: str
     state: str
     error: str | None = None
+    codec: str = "jpegxl"
+    test_codec: str = "jpegxl"
+
+
+def level_label(codec: str, level: float, own: str | None = None) -> str:
+    """``d3`` (a JPEG XL distance), ``q70`` (a quality); ``avif q70`` outside the grid's own codec ``own``."""
+    from lossyvision.codecs import CODECS
+
+    letter = "d" if codec in CODECS and not CODECS.get(codec).higher_level_is_better else "q"
+    label = f"{letter}{format_level(level)}"
+    return label if own is None or codec == own else f"{codec} {label}"
 
 
 @dataclass(frozen=True)
@@ -151,7 +162,8 @@ def grid_status(sweep: Any, output: str, grid: Any) -> pd.DataFrame:
                 cell_state = trial_state
         error = state.cell(cell.key).get("error") or state.trial(t.key).get("error")
         rows.append(CellStatus(t.model, t.key, t.train_level, t.repeat, t.budget, cell.test_level,
-                               trial_state, cell_state, error if cell_state == FAILED else None).__dict__)
+                               trial_state, cell_state, error if cell_state == FAILED else None,
+                               t.codec, cell.test_codec).__dict__)
     return pd.DataFrame(rows)
 
 
@@ -168,25 +180,28 @@ def render_status(sweep: Any, table: pd.DataFrame, stale: Stale | None = None):
     parts.append(Text.from_markup(
         f"[bold]{sweep.name}[/]: trials " + _summary(tcounts, len(trials)) +
         "; cells " + _summary(counts, len(table))))
-    for model, rows in table.groupby("model", sort=False):
-        grid = Table(title=f"model {model}", title_justify="left")
+    several = table["codec"].nunique() > 1 if not table.empty else False
+    for (model, codec), rows in table.groupby(["model", "codec"], sort=False):
+        grid = Table(title=f"model {model}" + (f", trained on {codec}" if several else ""), title_justify="left")
         grid.add_column("train \\ test" + (" (repeat, budget)" if _has_axes(rows) else ""))
         grid.add_column("trial")
-        levels = sorted(rows["test_level"].unique())
-        for level in levels:
-            grid.add_column(f"d{format_level(level)}", justify="center")
+        points = list(dict.fromkeys(zip(rows["test_codec"], rows["test_level"])))
+        points.sort(key=lambda p: (p[0] != codec, p[0], p[1]))  # its own codec first
+        for c, level in points:
+            grid.add_column(level_label(c, level, codec), justify="center")
         for trial, trows in rows.groupby("trial", sort=False):
             first = trows.iloc[0]  # a Series: first.repeat would be the Series.repeat method
-            label = f"d{format_level(first['train_level'])}"
+            label = level_label(codec, first["train_level"])
             if _has_axes(rows):
                 label += f" / r{first['repeat']}" + (f" / {first['budget']}B" if first["budget"] >= 0 else "")
-            by_level = dict(zip(trows["test_level"], trows["state"]))
+            by_point = dict(zip(zip(trows["test_codec"], trows["test_level"]), trows["state"]))
             grid.add_row(label, SYMBOLS[first["trial_state"]],
-                         *[SYMBOLS[by_level[lv]] if lv in by_level else "" for lv in levels])
+                         *[SYMBOLS[by_point[p]] if p in by_point else "" for p in points])
         parts.append(grid)
     failed = table[table["state"] == FAILED].drop_duplicates("error")
     for row in failed.head(5).itertuples():
-        parts.append(Text(f"failed {row.trial} @ d{format_level(row.test_level)}: {row.error}", style="red"))
+        parts.append(Text(f"failed {row.trial} @ {level_label(row.test_codec, row.test_level)}: {row.error}",
+                          style="red"))
     if stale is not None and (stale.trials or stale.cells):
         parts.append(Text(f"stale (an earlier configuration of this sweep; kept on disk, not used): "
                           f"{len(stale.trials)} trial(s), {len(stale.cells)} cell(s)", style="dim"))

@@ -73,17 +73,22 @@ HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
 #: Columns of a trial's ``cells`` table (from the results rows).
-CELL_COLUMNS = ("test_level", "test_dcr", "metric", "value", "ci_low", "ci_high", "rel", "rel_low", "rel_high",
+CELL_COLUMNS = ("test_codec", "test_level", "test_dcr", "test_bpp", "metric", "value", "ci_low", "ci_high", "rel", "rel_low", "rel_high",
                 "n_test_images", "train_level", "repeat", "budget", "cell_id")
 
 
-def eval_metric_name(metric: str, test_level: float) -> str:
-    """``test/top1/d2``: one metric per test level, comparable across child runs.
+def eval_metric_name(metric: str, test_level: float, codec: str = "jpegxl") -> str:
+    """``test/top1/d2`` (JPEG XL distance 2), ``test/top1/avif-q70``: one metric per test level,
+    comparable across child runs.
 
     (MLflow names allow letters, digits, ``_-. :/`` only, so not ``@``; the slash groups the
     levels of one metric in the UI.)
     """
-    return f"test/{metric}/d{format_level(test_level)}"
+    from lossyvision.codecs import CODECS
+
+    letter = "d" if codec in CODECS and not CODECS.get(codec).higher_level_is_better else "q"
+    prefix = "" if codec == "jpegxl" else f"{codec}-"
+    return f"test/{metric}/{prefix}{letter}{format_level(test_level)}"
 
 
 def series_name(metric: str) -> str:
@@ -120,7 +125,7 @@ def trial_params(sweep: Any, trial: Any, meta: dict[str, Any] | None, train_dcr:
         "pretrained": spec.pretrained, "epochs": spec.epochs, "lr": spec.lr,
         "batch_size": spec.batch_size, "image_size": spec.image_size,
         "train_level": trial.train_level, "repeat": trial.repeat,
-        "budget": trial.budget, "codec": sweep.codec.name, "config_hash": trial.config, "seed": sweep.seed,
+        "budget": trial.budget, "codec": trial.codec, "config_hash": trial.config, "seed": sweep.seed,
     }
     if train_dcr is not None and train_dcr == train_dcr:
         params["train_dcr"] = round(float(train_dcr), 6)
@@ -596,7 +601,8 @@ def default_artifact_location(tracking_uri: str, output: str) -> str | None:
 
 def eval_metrics_of(results: pd.DataFrame) -> dict[str, float]:
     """``test/<metric>/d<level>`` -> value for the rows of one trial."""
-    return {eval_metric_name(r.metric, r.test_level): float(r.value) for r in results.itertuples()}
+    return {eval_metric_name(r.metric, r.test_level, getattr(r, "test_codec", None) or "jpegxl"): float(r.value)
+            for r in results.itertuples()}
 
 
 def ladder_text(test_levels: Iterable[float]) -> str:
@@ -604,14 +610,18 @@ def ladder_text(test_levels: Iterable[float]) -> str:
     return ",".join(format_level(x) for x in sorted(float(v) for v in test_levels))
 
 
-def eval_series_of(results: pd.DataFrame, test_levels: Iterable[float]) -> dict[str, dict[int, float]]:
+def eval_series_of(results: pd.DataFrame, test_levels: Iterable[float],
+                   codec: str | None = None) -> dict[str, dict[int, float]]:
     """``test/<metric>`` and ``test/dcr`` -> {step: value}, step = the level's index in the sorted test levels.
 
-    With repeats in the rows (one trial has one repeat, so normally not), the mean per level.
+    Only the trial's own codec (``codec``) makes the series; cross-codec cells are in the per-level
+    metrics and the cells table.
     """
     ladder = sorted(float(v) for v in test_levels)
     series: dict[str, dict[int, float]] = {}
     for r in results.itertuples():
+        if codec is not None and (getattr(r, "test_codec", None) or codec) != codec:
+            continue
         level = float(r.test_level)
         if level not in ladder:
             continue
@@ -626,7 +636,8 @@ def eval_series_of(results: pd.DataFrame, test_levels: Iterable[float]) -> dict[
 def cells_table_of(results: pd.DataFrame) -> pd.DataFrame:
     """A trial's rows for its ``cells`` table (level, DCR, value and intervals), by level and metric."""
     cols = [c for c in CELL_COLUMNS if c in results.columns]
-    return results[cols].sort_values(["test_level", "metric"], kind="stable").reset_index(drop=True)
+    order = [c for c in ("test_codec", "test_level", "metric") if c in cols]
+    return results[cols].sort_values(order, kind="stable").reset_index(drop=True)
 
 
 def _finite(x: Any) -> bool:

@@ -95,10 +95,10 @@ class SplitImages:
 
 
 def split_images(sweep: Sweep, manifest: pd.DataFrame, split: str, level: float,
-                 reader: Any | None = None) -> tuple[pd.DataFrame, Any]:
-    """Ok manifest rows of ``split`` at ``level`` (limited like the sweep) and the dataset reader."""
+                 reader: Any | None = None, codec: str = "jpegxl") -> tuple[pd.DataFrame, Any]:
+    """Ok manifest rows of ``split`` at ``codec``'s ``level`` (limited like the sweep) and the dataset reader."""
     reader = reader or reader_of(sweep)
-    return split_rows(sweep, manifest, split, level, reader), reader
+    return split_rows(sweep, manifest, split, level, reader, codec), reader
 
 
 def images_of(sweep: Sweep, rows: pd.DataFrame, reader: Any, split: str) -> SplitImages:
@@ -128,7 +128,7 @@ def _store_uri(sweep: Sweep, output_path: str) -> str:
 
 def train_images(sweep: Sweep, trial: TrialSpec, manifest: pd.DataFrame, reader: Any | None = None) -> SplitImages:
     """What a trial trains on: the train split at its level, or a budget's subset of it."""
-    rows, reader = split_images(sweep, manifest, sweep.train_split, trial.train_level, reader)
+    rows, reader = split_images(sweep, manifest, sweep.train_split, trial.train_level, reader, trial.codec)
     if rows.empty:
         raise TrialError(f"trial {trial.key}: no ok images in split {sweep.train_split!r} "
                          f"at level {trial.train_level:g}")
@@ -219,7 +219,6 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
 
     import torch
 
-    from lossyvision.codecs import create_codec
     from lossyvision.data import ImageSamples
     from lossyvision.seeding import seed_everything, set_deterministic, trial_seed
     from lossyvision.tasks import create_task
@@ -233,7 +232,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
     seed = trial_seed(sweep.seed, trial.repeat)
     set_deterministic(sweep.deterministic)
     task = create_task(spec.task, spec, reader_classes, device=device, seed=seed)
-    codec = create_codec(sweep.codec.name, **sweep.codec.options)
+    codec = sweep.arm(trial.codec).create()
     train = ImageSamples(images.uris, images.targets, decode=codec.decode)
 
     state, history = None, []
@@ -261,7 +260,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
 
     task.fit(model, train, on_epoch=on_epoch, state=state)
 
-    train_dcr = level_dcr(manifest, sweep.train_split, trial.train_level, sweep.codec.name)
+    train_dcr = level_dcr(manifest, sweep.train_split, trial.train_level, trial.codec)
     meta = {
         "trial": trial.as_dict(), "key": trial.key, "config": trial.config, "seed": seed, "sweep": sweep.name,
         "task": spec.task, "deterministic": bool(sweep.deterministic),
