@@ -55,4 +55,5 @@ def test_demo_codecs_sweep_end_to_end(tmp_path, monkeypatch):
     bd = pd.read_csv(out / "report" / "bd_rate.csv")
     assert set(bd.anchor) == {"jpegxl"} and set(bd.codec) == {"avif", "jpeg"} and set(bd.curve) <= {"matched", "originals"}
     assert any(line.strip().startswith("Across codecs:") for line in outcome.verdict)
-    assert html.index("Across codecs:") < html.index("Codecs: accuracy against bits per pixel")
+    assert html.index("Across codecs:") < html.index("<h2>Codecs: accuracy against bits per pixel</h2>")
+    assert "Warnings" not in html or "samples.png" not in html.split("<h2>Warnings</h2>")[-1]

@@ -152,6 +152,14 @@ def test_build_report_writes_a_self_contained_page(tmp_path):
 
 
 def test_build_report_without_results_or_store_still_writes_a_page(tmp_path):
+    from report_data import write_sweep_copy
+
+    # a folder that is no sweep's output (a dataset, a typo) is refused, and nothing is written into it
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(ReportError, match="is not the output folder of a sweep"):
+        build_report(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.jpg"]
+    write_sweep_copy(tmp_path)
     res = build_report(str(tmp_path))
     html = (tmp_path / "report" / "index.html").read_text()
     assert "No results yet" in html and res.figures == []
@@ -167,12 +175,14 @@ def test_cli_report(tmp_path):
     from lossyvision.cli import app
     from report_data import write_results
 
+    from report_data import write_sweep_copy
+
     write_results(tmp_path, result_rows(models=("m",), repeats=2))
     runner = CliRunner()
-    res = runner.invoke(app, ["report", str(tmp_path), "--keep", "95"])
+    write_sweep_copy(tmp_path)
+    res = runner.invoke(app, ["report", str(tmp_path), "--keep", "95", "--no-mlflow"])
     assert res.exit_code == 0, res.output
     assert "wrote" in res.output and "index.html" in res.output
-    assert "not logged to MLflow" in res.output          # no sweep.yaml: a warning, not a failure
     assert "&ge; 95%" in (tmp_path / "report" / "index.html").read_text()
     bad = runner.invoke(app, ["report", str(tmp_path / "nope")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
@@ -188,7 +198,10 @@ def test_zero_baseline_is_skipped_with_a_warning(tmp_path):
     notes: list[str] = []
     rel = relative_cells(cell_table(df), skipped=notes)
     assert set(rel["model"]) == {"good"} and len(notes) == 1 and "dead/top1" in notes[0]
+    from report_data import write_sweep_copy
+
     write_results(tmp_path, df)
+    write_sweep_copy(tmp_path)
     res = build_report(str(tmp_path))
     assert [p.rsplit("/", 1)[-1] for p in res.figures] == ["heatmap-good-top1.png"]
     assert any("dead/top1" in w for w in res.warnings)

@@ -305,3 +305,41 @@ def test_segmentation_and_detection_models_log_and_predict_back(db, tmp_path):
         mlflow.set_tracking_uri(db)
         out = np.asarray(mlflow.pyfunc.load_model(f"models:/{model_id}").predict(example))
         assert out.shape == ((2, len(CLASSES), 32, 32) if kw["task"] == "segmentation" else (2, 100, 6))
+
+
+def test_a_copied_output_logs_into_its_own_artifacts_never_the_original(tmp_path):
+    """``cp -r runs/demo runs/demo-moved``: MLflow in the copy must not write into ``runs/demo``."""
+    import shutil
+
+    from lossyvision.sweep.tracking import relocate_artifacts
+
+    original = tmp_path / "runs" / "demo"
+    original.mkdir(parents=True)
+    uri = f"sqlite:///{original}/mlflow.db"
+    first = Tracker(uri, "portable", "demo", str(original))
+    (tmp_path / "sweep.yaml").write_text("name: demo\n")
+    first.start_sweep({"n_trials": 1}, sweep_file=str(tmp_path / "sweep.yaml"))
+    before = sorted(p.relative_to(original) for p in (original / "mlartifacts").rglob("*"))
+    assert before and relocate_artifacts(uri, str(original)) == 0  # in place: nothing to rewrite
+
+    moved = tmp_path / "runs" / "demo-moved"
+    shutil.copytree(original, moved)
+    moved_uri = f"sqlite:///{moved}/mlflow.db"
+    assert relocate_artifacts(moved_uri, str(moved)) >= 2  # the experiment and the parent run
+    assert relocate_artifacts(moved_uri, str(moved)) == 0  # idempotent
+    # the copy is used by a later command: a new process (MLflow caches artifact stores per run in one)
+    import subprocess
+    import sys
+
+    (tmp_path / "notes.txt").write_text("from the copy")
+    code = ("import sys; from lossyvision.sweep.tracking import Tracker; "
+            "t = Tracker(sys.argv[1], 'portable', 'demo', sys.argv[2]); "
+            "t.client.log_artifact(t.parent_run(), sys.argv[3])")
+    subprocess.run([sys.executable, "-c", code, moved_uri, str(moved), str(tmp_path / "notes.txt")], check=True,
+                   timeout=120)
+    copy = Tracker(moved_uri, "portable", "demo", str(moved))
+    assert list(moved.joinpath("mlartifacts").rglob("notes.txt"))
+    assert sorted(p.relative_to(original) for p in (original / "mlartifacts").rglob("*")) == before  # untouched
+    assert copy.client.get_experiment(copy.experiment_id()).artifact_location == (moved / "mlartifacts").as_uri()
+    # a store outside the output is not this output's to rewrite
+    assert relocate_artifacts(moved_uri, str(tmp_path / "elsewhere")) == 0

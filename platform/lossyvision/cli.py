@@ -264,6 +264,30 @@ def sweep_run(
         raise typer.Exit(1)
 
 
+@sweep_app.command("plan", epilog="Example: lossyvision sweep plan sweeps/demo.yaml")
+def sweep_plan(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML file."),
+    sample: int = typer.Option(16, "--sample", min=1, help="Images encoded to estimate bytes and time, e.g. 32."),
+) -> None:
+    """Check a sweep file and say what `sweep run` would do: the grid (done, stale, to run), the
+    images to compress, the bytes and files it would write, and the compression time. Writes nothing."""
+    from lossyvision.spec import grid_counts, load_sweep
+    from lossyvision.sweep.preview import preview, render_preview
+    from lossyvision.sweep.run import resolve_paths
+
+    with clean_errors():
+        sweep = resolve_paths(load_sweep(sweep_file))
+        result = preview(sweep, sample=sample)
+    for line in render_preview(result):
+        typer.echo(line)
+    from lossyvision.spec import GRID_CAP
+
+    trials, evaluations = grid_counts(sweep)
+    if trials > GRID_CAP["trials"] or evaluations > GRID_CAP["evaluations"]:
+        typer.echo(f"note: the grid is over the cap ({GRID_CAP['trials']} trials or {GRID_CAP['evaluations']} "
+                   "evaluations): `sweep run` needs --yes")
+
+
 @sweep_app.command("status", epilog="Example: lossyvision sweep status runs/demo")
 def sweep_status(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
     """Show the grid with done, running, failed and missing cells."""

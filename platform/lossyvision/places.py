@@ -71,7 +71,9 @@ def is_store_folder(path: str) -> bool:
 def is_output_folder(path: str) -> bool:
     """Whether an existing local folder is empty or a sweep output lossyvision made."""
     entries = _visible_entries(path)
-    if not entries or {SWEEP_COPY, LOCK_NAME} & set(entries):
+    from lossyvision.output import MARKER_NAME
+
+    if not entries or {SWEEP_COPY, LOCK_NAME, MARKER_NAME} & set(entries):
         return True
     store = os.path.join(path, DEFAULT_STORE)
     return entries == [DEFAULT_STORE] and os.path.isdir(store) and is_store_folder(store)

@@ -459,6 +459,11 @@ def build_report(output: str, *, keep_fraction: float | None = None, sample_leve
     output = str(output)
     if not store.exists(output):
         raise ReportError(f"{output} does not exist")
+    from lossyvision.output import is_sweep_output
+
+    if not is_sweep_output(output):  # a dataset folder, a typo: write nothing into it
+        raise ReportError(f"{output} is not the output folder of a sweep (no sweep.yaml); give the folder "
+                          "`lossyvision sweep run` wrote")
     info = read_sweep_info(output)
     keep_fraction = info.keep if keep_fraction is None else keep_fraction
     if not 0 < keep_fraction <= 1.5:

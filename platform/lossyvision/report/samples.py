@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from lossyvision import store
+from lossyvision.manifest import output_uri
 from lossyvision.report.curves import ok_rows
 
 
@@ -47,6 +48,8 @@ def plot_samples(manifest: pd.DataFrame, store_uri: str, decode: Callable[[bytes
     import matplotlib.pyplot as plt
 
     rows = ok_rows(manifest)
+    if codec and "codec" in rows.columns:  # a store may hold several codecs: one codec's files only
+        rows = rows[rows["codec"] == codec]
     if rows.empty:
         return None
     levels = pick_levels(levels if levels is not None else list(rows["level"].unique()))
@@ -58,7 +61,7 @@ def plot_samples(manifest: pd.DataFrame, store_uri: str, decode: Callable[[bytes
     for r, name in enumerate(names):
         for c, level in enumerate(levels):
             row = rows[(rows["relpath"] == name) & (rows["level"] == level)].iloc[0]
-            rgb = decode(store.read_bytes(store.join(store_uri, row["output_path"])))
+            rgb = decode(store.read_bytes(output_uri(store_uri, row["output_path"])))  # never leaves the store
             ax = axes[r, c]
             ax.imshow(centre_crop(rgb, crop), interpolation="nearest")
             ax.set_xticks([])
