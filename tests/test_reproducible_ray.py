@@ -95,7 +95,7 @@ def test_the_same_sweep_twice_gives_the_same_numbers_and_an_edit_retrains_only_w
     assert new_b and not new_b & old_b
     for t in plan_after["trials"]:
         if t["model"] == "b":
-            meta = json.loads((out / "checkpoints" / f"b__d{int(t['train_level'])}__r0__{t['config']}" /
+            meta = json.loads((out / "checkpoints" / f"b__jpegxl-{int(t['train_level'])}__r0__{t['config']}" /
                                "trial.json").read_text())
             assert len(meta["history"]) == 3  # trained with the edited epochs
 
@@ -121,7 +121,7 @@ def test_the_same_sweep_twice_gives_the_same_numbers_and_an_edit_retrains_only_w
     children = [r for r in runs if r.data.tags.get("lossyvision.role") == "trial"]
     assert len(parents) == 2 and len(children) == 6
     newest = next(p for p in parents if p.data.tags["lossyvision.plan"] == plan_digest(out))
-    current_trials = {f"{t['model']}__d{int(t['train_level'])}__r0__{t['config']}" for t in plan_after["trials"]}
+    current_trials = {f"{t['model']}__jpegxl-{int(t['train_level'])}__r0__{t['config']}" for t in plan_after["trials"]}
     for c in children:
         if c.data.tags["lossyvision.trial"] in current_trials:
             assert c.data.tags["mlflow.parentRunId"] == newest.info.run_id

@@ -130,7 +130,7 @@ def test_sweep_fills_the_grid_tracks_it_and_reruns_do_nothing(ray_cluster, demo_
     # epoch k/N with its time and the trial's ETA, and the sweep's counts with the phase's ETA.
     compressed = re.search(r"^compress: (\d+)/(\d+) images in \d+:\d\d \([\d.]+ images/s\), 0 failed$", printed, re.M)
     assert compressed is None or compressed[1] == compressed[2]  # None: an earlier test compressed the store
-    assert re.search(r"^trial r10__d0__r0__\w+: epoch 1/1 \([\d.]+ s/epoch, ETA 0:00\) loss=", printed, re.M), printed
+    assert re.search(r"^trial r10__jpegxl-0__r0__\w+: epoch 1/1 \([\d.]+ s/epoch, ETA 0:00\) loss=", printed, re.M), printed
     assert re.search(r"^sweep: 1/2 trials, 0/4 cells done; training ETA \d+:\d\d$", printed, re.M)
     assert re.search(r"^sweep: 2/2 trials, 4/4 cells done; evaluation ETA 0:00$", printed, re.M)
     assert printed.count("MLflow: logged the model of trial") == 2
