@@ -219,6 +219,15 @@ def test_consolidate_keeps_newest_row_per_key_and_fills_png(tmp_path):
     assert manifest.read_manifest(out)["label"].dtype == pd.Int64Dtype()  # ints stay ints
 
 
+def test_consolidate_removes_temp_files_of_writes_cut_by_a_kill(tmp_path):
+    out = tmp_path / "out"
+    manifest.write_part(str(out), [_row("a.jpg", 1.0)], manifest.new_run_id(), 0)
+    (out / manifest.PARTS_DIR / ".tmp-part").write_bytes(b"half a part")
+    (out / ".tmp-manifest").write_bytes(b"half a manifest")
+    df = manifest.consolidate(str(out))
+    assert len(df) == 1 and not list(out.rglob(".tmp-*"))
+
+
 def test_summary_arithmetic():
     rows = pd.DataFrame([
         _row("a", 1.0, dcr_vs_source=0.5, dcr_vs_raw=0.9, source_bytes=100, raw_bytes=1000,

@@ -230,7 +230,12 @@ def merge(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def consolidate(store_uri: str) -> pd.DataFrame:
-    """Fold part files into ``manifest.parquet`` (atomic), then delete them. Idempotent."""
+    """Fold part files into ``manifest.parquet`` (atomic), then delete them. Idempotent.
+
+    Called only by the store's one writer, so temp files of part or manifest writes cut by a kill
+    (``.tmp-*`` beside them) are nobody's: they are removed here.
+    """
+    _remove_killed_writes(store_uri)
     parts = list_parts(store_uri)
     df = read_manifest(store_uri)
     if parts or not store.exists(manifest_uri(store_uri)):
@@ -239,6 +244,16 @@ def consolidate(store_uri: str) -> pd.DataFrame:
         for p in parts:
             fs.rm(store.filesystem(p)[1])
     return df
+
+
+def _remove_killed_writes(store_uri: str) -> None:
+    fs, _ = store.filesystem(store_uri)
+    for folder in (store_uri, parts_uri(store_uri)):
+        path = store.filesystem(folder)[1]
+        if fs.exists(path):
+            for p in fs.ls(path, detail=False):
+                if os.path.basename(p.rstrip("/")).startswith(".tmp-"):
+                    fs.rm(p)
 
 
 def write_manifest(store_uri: str, df: pd.DataFrame) -> None:
