@@ -103,6 +103,12 @@ def test_remote_sequential_reads_share_one_request_per_block(monkeypatch):
     for off, n in reversed(ranges[::7]):  # backwards: no readahead, exact ranges
         assert store.read_bytes(store.range_uri(uri, off, n)) == data[off:off + n]
     assert all(end - start == 900 for start, end in calls if (start, end) != (None, None))
+    calls.clear()
+    monkeypatch.setattr(store, "_REMOTE_RANGES", store._RangeReader())
+    monkeypatch.setattr(store, "READAHEAD_GAP", 4000)
+    for off, n in ranges[::9]:  # forward, but jumping more than READAHEAD_GAP: exact ranges too
+        assert store.read_bytes(store.range_uri(uri, off, n)) == data[off:off + n]
+    assert [end - start for start, end in calls] == [900] * len(ranges[::9])
     fs.rm("/lv-shards", recursive=True)
 
 

@@ -141,8 +141,12 @@ def _open_regular(path: str):
 # --- byte ranges: the members of shards ---------------------------------------------------------
 RANGE_SCHEME = "range://"
 _RANGE = re.compile(r"range://(\d+)\+(\d+)/(.+)\Z", re.S)
-#: Forward reads of a remote file fetch this much at once (evaluation reads a shard in order).
+#: Reads of a remote file that continue the previous one fetch this much at once (evaluation reads
+#: a shard's members in order).
 READAHEAD_BYTES = 8 << 20
+#: A read continues the previous one when it starts at most this far after it ended (the next
+#: member of a tar: its header and padding lie between). Random reads (training) jump further.
+READAHEAD_GAP = 64 << 10
 #: Readahead blocks kept per process (one per shard being read).
 READAHEAD_BLOCKS = 4
 
@@ -171,9 +175,10 @@ def read_range(uri: str, offset: int, size: int) -> bytes:
     """``size`` bytes of ``uri`` from ``offset``: one ranged read (``pread`` locally, a GET with a
     ``Range`` header on object stores).
 
-    Remote reads that continue where the previous read of the same file ended fetch
-    :data:`READAHEAD_BYTES` at once and serve the next members from it, so reading a shard in
-    order costs one request per block, not one per image; random reads fetch exactly their range.
+    Remote reads that continue where the previous read of the same file ended (within
+    :data:`READAHEAD_GAP`) fetch :data:`READAHEAD_BYTES` at once and serve the next members from
+    it, so reading a shard in order costs one request per block, not one per image; random reads
+    fetch exactly their range (and use a block already fetched when they fall in it).
     A file shorter than the range raises :class:`DamagedFileError`.
     """
     uri, offset, size = str(uri), int(offset), int(size)
@@ -205,7 +210,7 @@ class _RangeReader:
     def read(self, uri: str, offset: int, size: int) -> bytes:
         with self._lock:
             block = self._blocks.get(uri)
-            sequential = self._ends.get(uri) is not None and 0 <= offset - self._ends[uri] < READAHEAD_BYTES
+            sequential = self._ends.get(uri) is not None and 0 <= offset - self._ends[uri] <= READAHEAD_GAP
             self._ends[uri] = offset + size
             if len(self._ends) > 64 * READAHEAD_BLOCKS:
                 self._ends.pop(next(iter(self._ends)))
