@@ -284,3 +284,30 @@ def test_reading_a_sharded_row_is_one_ranged_read(tmp_path, monkeypatch):
     assert calls == [(size, offset)] and len(data) == row.compressed_bytes
     with tarfile.open(out / shards.parse_member_path(row.output_path)[0]) as tar:
         assert tar.extractfile(row.relpath.replace(".jpg", ".jxl")).read() == data
+
+
+def test_sweep_plan_counts_shards_not_files(tmp_path):
+    import re
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from datasets_fixtures import make_imagefolder
+    from lossyvision.cli import app
+
+    make_imagefolder(tmp_path / "data", per_class=20)
+    written = {}
+    for layout in ("files", "shards"):
+        path = tmp_path / f"{layout}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "p", "dataset": {"kind": "imagefolder", "root": str(tmp_path / "data")},
+            "codec": {"name": "jpegxl", "effort": 1}, "train_levels": [0, 2], "test_levels": [0, 2],
+            "models": [{"name": "m", "task": "classification", "arch": "resnet10t", "image_size": 32}],
+            "output": str(tmp_path / layout), "compress": {"layout": layout, "shard_size": "20kB"}}))
+        result = CliRunner().invoke(app, ["sweep", "plan", str(path), "--sample", "2"])
+        assert result.exit_code == 0, result.output
+        written[layout] = int(re.search(r"writes: about .* in ([\d,]+) files", result.output)[1].replace(",", ""))
+        if layout == "shards":
+            shards_line = re.search(r"240 to compress.*in about (\d+) shards", result.output)
+            assert shards_line and 2 <= int(shards_line[1]) < 240, result.output
+    assert written["files"] - written["shards"] == 240 - int(shards_line[1])
