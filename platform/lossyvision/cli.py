@@ -117,7 +117,8 @@ _SWEEP_FILE_SETS = {"source": "--source", "out": "--out", "dataset": "--dataset"
                     "levels": "--levels", "effort": "--effort", "on_error": "--on-error",
                     "max_pixels": "--max-pixels", "quality_metric": "--quality-metric",
                     "quality_sample": "--quality-sample", "animated": "--animated",
-                    "allow_outside_symlinks": "--allow-outside-symlinks", "option": "--option"}
+                    "allow_outside_symlinks": "--allow-outside-symlinks", "option": "--option",
+                    "layout": "--layout", "shard_size": "--shard-size"}
 
 
 def given_options(ctx: typer.Context, names: dict[str, str]) -> list[str]:
@@ -157,6 +158,11 @@ def compress(
     allow_outside_symlinks: bool = typer.Option(
         False, "--allow-outside-symlinks", help="Read symlinks whose target lies outside --source "
                                                 "(refused and listed in OUT/skipped.csv by default)."),
+    layout: Literal["files", "shards"] = typer.Option(
+        "files", "--layout", help="files: one file per image and level; shards: tar shards per level, for "
+                                  "object stores (docs/kubernetes.md)."),
+    shard_size: str = typer.Option("256MB", "--shard-size", help="With --layout shards: source bytes per shard, "
+                                                                  "e.g. 64MB."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the local Ray (default: all)."),
     yes: bool = typer.Option(False, "--yes", help="Run a sweep file whose grid is over the cap (see README)."),
 ) -> None:
@@ -182,10 +188,11 @@ def compress(
             try:
                 parsed_levels = job.parse_levels(levels)
                 quality_sample = job.parse_quality_sample(quality_sample)
+                shard_bytes = job.parse_shard_size(shard_size)
                 job.validate(job.CompressOptions(  # codec, levels in its range, options: before anything is written
                     codec=codec, codec_options={} if effort is None else {"effort": effort}, levels=parsed_levels,
                     on_error=on_error, max_pixels=max_pixels, quality_metric=quality_metric,
-                    quality_sample=quality_sample, animated=animated))
+                    quality_sample=quality_sample, animated=animated, layout=layout, shard_size=shard_bytes))
                 dataset_options = parse_options(option)
             except (job.CompressError, ValueError) as exc:
                 fail(str(exc))
@@ -211,7 +218,8 @@ def compress(
                          "codec_options": {} if effort is None else {"effort": effort},
                          "levels": parsed_levels, "on_error": on_error, "max_pixels": max_pixels,
                          "quality_metric": quality_metric, "quality_sample": quality_sample,
-                         "animated": animated, "dataset_options": dataset_options}]
+                         "animated": animated, "dataset_options": dataset_options,
+                         "layout": layout, "shard_size": shard_bytes}]
             from lossyvision.runners.compress import compress_job
 
             results = [compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))

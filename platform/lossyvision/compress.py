@@ -14,6 +14,12 @@ codec options, its source has the same size and version (mtime/ETag) as listed n
 file exists with the recorded size, and (when quality is requested for that image) it carries the
 requested quality metric. Everything else is redone; outputs are overwritten atomically.
 
+Layouts (:mod:`lossyvision.shards`): ``files`` (the default) writes one file per (image, level);
+``shards`` writes each level as tar shards of about ``shard_size`` source bytes, one task per
+shard group. There a shard is the unit of resume: it is done (in place and referenced by the
+manifest) or redone with all its members, and shards no row references are deleted. A store has
+one layout.
+
 The PNG baseline (``png_bytes``) is the size of the normalised pixels as PNG (the ``png`` codec,
 zlib level 6), computed once per image, on that image's first pending item.
 """
@@ -33,8 +39,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 
-from lossyvision import manifest, store
+from lossyvision import manifest, shards, store
 from lossyvision.datasets.base import DatasetReader, Record, file_versions
+from lossyvision.shards import DEFAULT_LAYOUT, DEFAULT_SHARD_SIZE, LAYOUTS
+from lossyvision.units import format_bytes
 
 DEFAULT_LEVELS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
 ON_ERROR = ("skip", "fail")
@@ -61,6 +69,8 @@ class CompressOptions:
     quality_sample: int = 16
     png_baseline: bool = True
     animated: str = "refuse"  # an animated source: refuse it, or compress its "first" frame
+    layout: str = DEFAULT_LAYOUT  # files: one file per (image, level); shards: tar shards per level
+    shard_size: int = DEFAULT_SHARD_SIZE  # shards: source bytes per shard group
 
 
 # --- one image ---------------------------------------------------------------------------------
@@ -155,7 +165,19 @@ def output_names(relpaths: Iterable[str], extension: str) -> dict[str, str]:
     return {r: (name if counts[name.lower()] == 1 else r + extension) for r, name in plain.items()}
 
 
-def _compress_level(item: dict, src: _Source, params: dict) -> dict:
+#: ``write(level_relpath, data) -> output_path``: puts one output where the layout wants it.
+Writer = Callable[[str, bytes], str]
+
+
+def _write_file(params: dict) -> Writer:
+    """The per-file layout: each output its own file, written atomically."""
+    def write(out: str, data: bytes) -> str:
+        store.atomic_write_bytes(store.join(params["store"], out), data)
+        return out
+    return write
+
+
+def _compress_level(item: dict, src: _Source, params: dict, write: Writer | None = None) -> dict:
     codec = _codec(params["codec"], params["codec_options_json"])
     level = float(item["level"])
     row = {
@@ -189,7 +211,7 @@ def _compress_level(item: dict, src: _Source, params: dict) -> dict:
     name = item.get("output_relpath") or store.output_relpath(item["relpath"], codec.extension)
     out = posixpath.join(store.level_dir(params["codec"], level), name)
     try:
-        store.atomic_write_bytes(store.join(params["store"], out), data)
+        out = (write or _write_file(params))(out, data)
     except Exception as exc:
         return {**row, "status": manifest.STATUS_FAILED,
                 "error": f"cannot write output: {type(exc).__name__}: {exc}", "finished_at": _now()}
@@ -210,7 +232,13 @@ def _compress_level(item: dict, src: _Source, params: dict) -> dict:
 
 
 def compress_items(items: Sequence[dict], params: dict) -> list[dict]:
-    """Compress work items; consecutive items of one source share its read and decode."""
+    """Compress work items; consecutive items of one source share its read and decode.
+
+    In the sharded layout the items are one shard group: each level's outputs go into one shard,
+    committed whole at the end; if a shard cannot be written, its rows say so (``failed``).
+    """
+    if params.get("layout") == "shards":
+        return _compress_shard_group(items, params)
     rows = []
     for _, group in itertools.groupby(items, key=lambda it: it["uri"]):
         group = list(group)
@@ -218,6 +246,45 @@ def compress_items(items: Sequence[dict], params: dict) -> list[dict]:
         for item in group:
             row = _compress_level(item, src, params)
             rows.append({c: row.get(c) for c in manifest.COLUMNS})  # every column, None if unknown
+    return rows
+
+
+def _compress_shard_group(items: Sequence[dict], params: dict) -> list[dict]:
+    name = shards.shard_name(params.get("run_id") or manifest.new_run_id(), (it["relpath"] for it in items))
+    writers: dict[float, shards.ShardWriter] = {}
+
+    def writer_for(level: float) -> Writer:
+        def write(out: str, data: bytes) -> str:
+            if level not in writers:
+                writers[level] = shards.ShardWriter(
+                    params["store"], posixpath.join(store.level_dir(params["codec"], level), name))
+            member = out.split("/", 1)[1]  # the tar member: the relpath with the codec's extension
+            return writers[level].add(member, data)
+        return write
+
+    rows = []
+    try:
+        for _, group in itertools.groupby(items, key=lambda it: it["uri"]):
+            group = list(group)
+            src = _Source(group[0], params)
+            for item in group:
+                row = _compress_level(item, src, params, writer_for(float(item["level"])))
+                rows.append({c: row.get(c) for c in manifest.COLUMNS})
+        failed: dict[float, str] = {}
+        for level, writer in writers.items():
+            try:
+                writer.commit()
+            except Exception as exc:  # a full disk, a lost bucket: the shard's rows say so
+                failed[level] = f"cannot write shard {writer.uri}: {type(exc).__name__}: {exc}"
+    except BaseException:
+        for writer in writers.values():
+            writer.discard()
+        raise
+    for row in rows:
+        reason = failed.get(float(row["level"]))
+        if reason is not None and row["status"] == manifest.STATUS_OK:
+            row.update(status=manifest.STATUS_FAILED, error=reason, output_path=None, compressed_bytes=None,
+                       dcr_vs_source=None, dcr_vs_raw=None)
     return rows
 
 
@@ -242,7 +309,8 @@ def job_params(options: CompressOptions, store_uri: str, reader: DatasetReader |
     codec = _codec(options.codec, options_json(options.codec_options))
     params = {"codec": options.codec, "codec_options_json": options_json(effective_codec_options(codec)),
               "store": str(store_uri), "max_pixels": int(options.max_pixels),
-              "quality_metric": options.quality_metric, "animated": options.animated}
+              "quality_metric": options.quality_metric, "animated": options.animated,
+              "layout": options.layout}
     if reader is not None and not reader.whole_files:
         params["dataset"] = {"kind": reader.name, "root": reader.root,
                              "options_json": options_json(reader.options)}
@@ -266,6 +334,19 @@ def parse_quality_sample(text: str | int) -> int:
     if n < 0:
         raise CompressError(f"--quality-sample: a count >= 0 or 'all', got {text!r}")
     return n
+
+
+def parse_shard_size(text: str | int) -> int:
+    """``"256MB"`` -> 256000000; :class:`CompressError` on anything that is not a positive size."""
+    from lossyvision.units import parse_bytes
+
+    try:
+        size = parse_bytes(text)
+    except ValueError as exc:
+        raise CompressError(f"--shard-size: {exc}") from None
+    if size < 1000:
+        raise CompressError(f"--shard-size: at least 1kB, got {text!r}")
+    return size
 
 
 #: ``quality_sample`` meaning every image (``quality_sample: all`` in a sweep file, ``--quality-sample all``).
@@ -307,7 +388,13 @@ def _is_done(prev: dict | None, listed: dict | None, outputs: dict[str, int], pa
         return False
     if prev["source_version"] != listed["version"]:
         return False
-    if outputs.get(prev["output_path"]) != prev["compressed_bytes"]:
+    member = shards.parse_member_path(prev["output_path"])
+    if member is not None:  # a shard member: its shard is in place and holds the member's range
+        shard, offset, size = member
+        if (params.get("layout") != "shards" or pd.isna(prev["compressed_bytes"])
+                or size != int(prev["compressed_bytes"]) or (outputs.get(shard) or 0) < offset + size):
+            return False
+    elif outputs.get(prev["output_path"]) != prev["compressed_bytes"]:
         return False
     if wants_quality and prev["quality_metric"] != params["quality_metric"]:
         return False
@@ -328,21 +415,35 @@ def plan(records: Sequence[Record], source_root: str, store_uri: str, options: C
     outputs = _listed_outputs(store_uri, options.codec, options.levels) if store.exists(store_uri) else {}
     sample = quality_sample(records, options.quality_sample) if options.quality_metric else set()
     names = output_names((r.relpath for r in records), _codec(options.codec, "{}").extension)
-    items, skipped = [], 0
+    sharded = options.layout == "shards"
+    decided, dirty = [], set()
     for rec in records:
         listed = listing.get(rec.relpath)
         wants_quality = rec.relpath in sample
-        pending, has_png = [], False
+        levels = []
         for level in options.levels:
             prev = done.get((rec.relpath, options.codec, float(level)))
-            if _is_done(prev, listed, outputs, params, wants_quality):
+            is_done = _is_done(prev, listed, outputs, params, wants_quality)
+            levels.append((float(level), prev, is_done))
+            if sharded and not is_done and prev is not None:
+                member = shards.parse_member_path(prev["output_path"])
+                if member is not None:
+                    dirty.add(member[0])  # a member is redone: so is its whole shard
+        decided.append((rec, listed, wants_quality, levels))
+    items, skipped = [], 0
+    for rec, listed, wants_quality, levels in decided:
+        pending, has_png = [], False
+        for level, prev, is_done in levels:
+            if is_done and dirty and shards.parse_member_path(prev["output_path"])[0] in dirty:
+                is_done = False
+            if is_done:
                 skipped += 1
                 has_png = has_png or not pd.isna(prev["png_bytes"])
             else:
-                pending.append(float(level))
+                pending.append(level)
         uri = reader.source_uri(rec) if reader is not None else store.join(source_root, rec.relpath)
         for i, level in enumerate(pending):
-            items.append({
+            item = {
                 "uri": uri, "source": rec.source, "relpath": rec.relpath, "split": rec.split,
                 "label": rec.label, "target": rec.target, "level": level,
                 "output_relpath": names[rec.relpath],
@@ -350,7 +451,10 @@ def plan(records: Sequence[Record], source_root: str, store_uri: str, options: C
                 "source_size": (listed["size"] or 0) if listed else 0,
                 "png": bool(options.png_baseline and i == 0 and not has_png),
                 "quality": wants_quality,
-            })
+            }
+            if sharded:
+                item["shard_size"] = int(options.shard_size)  # work_chunks cuts shard groups
+            items.append(item)
     return items, skipped
 
 
@@ -365,10 +469,15 @@ def work_chunks(items: Sequence[dict], n_workers: int, *, max_size: int = 48, pe
     rounds) and shrink towards the end, so the last ones are short and no worker sits idle
     while another finishes a long one: with even chunks, the job waits for up to one whole
     chunk on one worker.
+
+    In the sharded layout (items carry ``shard_size``) a chunk is a shard group instead
+    (:func:`lossyvision.shards.groups_by_size`): its task writes one shard per level.
     """
     groups: dict[str, list[dict]] = {}
     for item in items:
         groups.setdefault(item["uri"], []).append(item)
+    if items and items[0].get("shard_size"):  # the sharded layout: one chunk per shard group
+        return shards.groups_by_size(list(groups.values()), n_workers, int(items[0]["shard_size"]))
     ordered = [it for g in sorted(groups.values(), key=lambda g: -int(g[0].get("source_size") or 0))
                for it in g]
     chunks, start, share = [], 0, max(1, per_worker * max(1, n_workers))
@@ -383,6 +492,10 @@ def work_chunks(items: Sequence[dict], n_workers: int, *, max_size: int = 48, pe
 # --- running a job -----------------------------------------------------------------------------
 def execute_serially(items: list[dict], params: dict, batch_size: int = 16) -> Iterator[list[dict]]:
     """The reference executor: one process, in order. For unit tests and tiny jobs."""
+    if items and items[0].get("shard_size"):  # one call per shard group
+        for group in work_chunks(items, 1):
+            yield compress_items(group, params)
+        return
     for start in range(0, len(items), batch_size):
         yield compress_items(items[start:start + batch_size], params)
 
@@ -435,6 +548,10 @@ def validate(options: CompressOptions) -> None:
 
     from lossyvision.imageio import ANIMATED_POLICIES
 
+    if options.layout not in LAYOUTS:
+        raise CompressError(f"layout must be one of {LAYOUTS}, got {options.layout!r}")
+    if isinstance(options.shard_size, bool) or int(options.shard_size) < 1:
+        raise CompressError(f"shard_size must be a positive number of bytes, got {options.shard_size!r}")
     if options.on_error not in ON_ERROR:
         raise CompressError(f"on_error must be one of {ON_ERROR}, got {options.on_error!r}")
     if options.animated not in ANIMATED_POLICIES:
@@ -519,11 +636,16 @@ def _run_job_locked(records: Sequence[Record], source_root: str, store_uri: str,
     if flush_seconds is None:
         flush_seconds = float(os.environ.get("LOSSYVISION_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS))
     params = job_params(options, store_uri, reader)
+    run_id, seq, buffer, stopped_by = manifest.new_run_id(), 0, [], None
+    params["run_id"] = run_id  # names this job's shards
     existing = manifest.consolidate(store_uri)  # a new store gets its (empty) manifest first: it is a store
+    check_layout(store_uri, existing, options.layout)
+    if options.layout == "shards":
+        remove_unreferenced_shards(store_uri, existing, options, log)
     items, skipped = plan(records, source_root, store_uri, options, existing, params, reader)
     log(f"{len(records)} images x {len(options.levels)} levels: {len(items)} to compress, "
-        f"{skipped} already done")
-    run_id, seq, buffer, stopped_by = manifest.new_run_id(), 0, [], None
+        f"{skipped} already done" + (f", in shards of up to {format_bytes(options.shard_size)} of sources"
+                                     if options.layout == "shards" and items else ""))
     last_flush = time.monotonic()
 
     def flush() -> None:
@@ -556,6 +678,8 @@ def _run_job_locked(records: Sequence[Record], source_root: str, store_uri: str,
         if progress is not None and items:
             progress.close()
     full = manifest.consolidate(store_uri)
+    if options.layout == "shards":
+        remove_unreferenced_shards(store_uri, full, options, log)  # shards whose members were all redone
     if stopped_by is not None:
         raise CompressError(f"{stopped_by['relpath']}: {stopped_by['error']} "
                             f"(stopped by --on-error fail; {done} rows finished were kept)")
@@ -566,6 +690,36 @@ def _run_job_locked(records: Sequence[Record], source_root: str, store_uri: str,
     table = summarize(mine)
     write_summary(store_uri, summarize(full))  # the store's summary: every codec and level it holds
     return JobResult(manifest=mine, summary=table, done=done, skipped=skipped)
+
+
+def check_layout(store_uri: str, existing: pd.DataFrame, layout: str) -> None:
+    """A store holds one layout: compressing in the other one is refused, naming both."""
+    if existing.empty:
+        return
+    have = {shards.layout_of(p) for p in existing.loc[existing["status"] == manifest.STATUS_OK, "output_path"]}
+    other = sorted(have - {None, layout})
+    if other:
+        raise CompressError(f"{store_uri} holds its images in the {other[0]} layout and a store has one layout: "
+                            f"compress with layout {other[0]}, or into another store for layout {layout}")
+
+
+def remove_unreferenced_shards(store_uri: str, rows: pd.DataFrame, options: CompressOptions,
+                               log: Callable[[str], None]) -> int:
+    """Delete the shards of this job's levels that no manifest row points into; returns how many.
+
+    They are whole (shards appear only when complete) but orphaned: written by a job killed before
+    it saved their rows (those images are compressed again), or replaced by a newer shard.
+    """
+    if not store.exists(store_uri):
+        return 0
+    listed = _listed_outputs(store_uri, options.codec, options.levels)
+    stale = shards.unreferenced(listed, rows["output_path"] if len(rows) else [])
+    fs, _ = store.filesystem(store_uri)
+    for rel in stale:
+        fs.rm(store.filesystem(store.join(store_uri, rel))[1])
+    if stale:
+        log(f"removed {len(stale)} shard(s) that no manifest row points into (an interrupted or replaced write)")
+    return len(stale)
 
 
 # --- the per-level summary ---------------------------------------------------------------------
@@ -678,6 +832,7 @@ def sweep_job_args(sweep) -> list[dict[str, Any]]:
         "levels": tuple(arm.levels),
         "on_error": sweep.compress.on_error, "max_pixels": sweep.compress.max_pixels,
         "quality_metric": sweep.compress.quality_metric, "quality_sample": sweep.compress.quality_sample,
+        "layout": sweep.compress.layout, "shard_size": sweep.compress.shard_size,
         "records": records,
     } for arm in sweep.arms]
 

@@ -13,7 +13,10 @@ Conventions:
   moved or synced to ``s3://``; the URI is ``store.join(store_uri, output_path)``
   (:func:`output_uri`). A path that would leave the store (absolute, a URI, ``..``) is never
   followed: :func:`read_manifest` reports such a row as corrupt (``status='failed'``), so the next
-  compress redoes it, and :func:`output_uri` refuses it.
+  compress redoes it, and :func:`output_uri` refuses it. In the sharded layout
+  (:mod:`lossyvision.shards`) it names the shard and the member's byte range
+  (``jpegxl-1/shard-x.tar#1536+2048``); :func:`output_uri` resolves both forms, so every reader
+  goes through it and :func:`lossyvision.store.read_bytes`.
 * ``level0_method`` says how a lossless level was made: ``jpeg_transcode`` (the source JPEG's
   own bytes, recoverable bit-exactly) or ``pixels`` (encoded from decoded pixels: a PNG, or a
   JPEG libjxl cannot transcode, such as CMYK). Null for lossy levels.
@@ -23,6 +26,8 @@ Conventions:
 * ``png_bytes`` is the lossless PNG size of the same normalised pixels (the report's PNG line),
   computed once per image and copied onto every row of that image.
 * ``quality``/``quality_metric`` are set on a fixed sample of images per level, null elsewhere.
+* ``node`` is the Ray node that compressed the row (null outside Ray): on a cluster, where to look
+  when a file is wrong.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import pyarrow.parquet as pq
 
 from lossyvision import store
 from lossyvision import places
+from lossyvision.shards import parse_member_path
 from lossyvision.places import manifest_damaged, parquet_problem
 
 #: Columns identifying a row; one file in the store per key.
@@ -74,6 +80,7 @@ SCHEMA = pa.schema([
     ("encode_seconds", pa.float64()),    # codec.encode wall time
     ("finished_at", pa.string()),        # ISO 8601 UTC
     ("level0_method", pa.string()),      # lossless levels: jpeg_transcode | pixels; else null
+    ("node", pa.string()),               # Ray node id of the task that wrote it; null outside Ray
 ])
 
 COLUMNS = tuple(SCHEMA.names)
@@ -105,13 +112,19 @@ def is_inside_store(output_path: object) -> bool:
 
 
 def output_uri(store_uri: str, output_path: str) -> str:
-    """The URI of a row's compressed file (``output_path`` is relative to the store).
+    """The URI of a row's compressed bytes (``output_path`` is relative to the store), for
+    :func:`lossyvision.store.read_bytes`: the file, or in the sharded layout the member's byte range
+    of its shard (a :func:`lossyvision.store.range_uri`). The one place a row becomes bytes to read.
 
     Raises :class:`CorruptRowError` for a path that would leave the store: it is never followed.
     """
     if not is_inside_store(output_path):
         raise CorruptRowError(f"corrupt manifest row in {manifest_uri(store_uri)}: output_path "
                               f"{output_path!r} is not inside the store; rerun `lossyvision compress` to redo it")
+    member = parse_member_path(output_path)
+    if member is not None:
+        shard, offset, size = member
+        return store.range_uri(store.join(store_uri, shard), offset, size)
     return store.join(store_uri, output_path)
 
 

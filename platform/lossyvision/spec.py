@@ -45,7 +45,7 @@ BOUNDS = {
     "lr": (0.0, 10.0), "weight_decay": (0.0, 10.0), "levels": 64, "models": 32, "budgets": 64,
     "cpu": (0.0, 1024.0), "gpu": (0.0, 64.0), "max_failures": (0, 100), "seed": (0, 2**32 - 1),
     "max_pixels": (1, 10_000_000_000), "quality_sample": (0, 1_000_000), "limit_per_split": (1, 10**9),
-    "name": 100, "codecs": 16,
+    "name": 100, "codecs": 16, "shard_size": (1000, 64 * 10**9),
 }
 #: A sweep with more trials or evaluations than this needs ``--yes`` (``sweep run``, ``compress``).
 GRID_CAP = {"trials": 200, "evaluations": 5000}
@@ -285,6 +285,21 @@ class CompressSpec(_Strict):
         return int(v)
     animated: Literal["refuse", "first"] = Field(
         "refuse", description="an animated image (GIF, APNG, WebP): refuse it, or compress its first frame")
+    layout: Literal["files", "shards"] = Field(
+        "files", description="the store's layout: one file per image and level, or tar shards per level "
+                             "(object stores; docs/kubernetes.md)")
+    shard_size: Int = Field(256 * 10**6, description="layout shards: source bytes per shard, e.g. 256MB")
+
+    @field_validator("shard_size", mode="before")
+    @classmethod
+    def _shard_size(cls, v: Any) -> int:
+        if isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v)):
+            raise ValueError(f"not a byte size: {v!r}")
+        size = parse_bytes(v)
+        low, high = BOUNDS["shard_size"]
+        if not low <= size <= high:
+            raise ValueError(f"must be between 1kB and 64GB, got {v!r}")
+        return size
 
 
 class ModelSpec(_Strict):
@@ -336,8 +351,25 @@ class Resource(_Strict):
     gpu: Float = _num(0.0, BOUNDS["gpu"])
 
 
+class TrialResource(Resource):
+    """A trial's resources; ``custom`` asks for Ray custom resources too (``{trainer: 1}``), so that
+    trials run only on the nodes started with them (``ray start --resources '{"trainer": 1}'``)."""
+
+    custom: dict[str, Float] = Field(default_factory=dict, description="Ray custom resources per trial")
+
+    @field_validator("custom")
+    @classmethod
+    def _custom(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if name.lower() in ("cpu", "gpu", "memory", "object_store_memory") or not re.fullmatch(r"[A-Za-z][\w.-]*", name):
+                raise ValueError(f"{name!r} is not a custom resource name (cpu and gpu have their own fields)")
+            if not math.isfinite(amount) or not 0 < amount <= 10**6:
+                raise ValueError(f"{name}: an amount in (0, 1000000], got {amount!r}")
+        return v
+
+
 class ResourcesSpec(_Strict):
-    trial: Resource = Field(default_factory=Resource)
+    trial: TrialResource = Field(default_factory=TrialResource)
     eval: Resource = Field(default_factory=Resource)
 
 

@@ -6,6 +6,11 @@ Layout of a compressed store ``OUT``::
     OUT/manifest.parquet        one row per (image, codec, level)
     OUT/summary.csv             per-level table
 
+In the sharded layout (:mod:`lossyvision.shards`) a level is a few large tar files instead, and
+an image is a byte range of one: :func:`range_uri` names it (``range://OFFSET+SIZE/SHARD_URI``)
+and :func:`read_bytes` reads it with one ranged read, so every reader of images works with both
+layouts unchanged.
+
 Every path goes through fsspec, so a store, a dataset root or a sweep output may be a local
 folder or an ``s3://``/``gs://`` URI (credentials and endpoint from the standard AWS variables).
 Writes are atomic: a temp file plus rename locally, a single PUT on object stores.
@@ -17,8 +22,11 @@ import errno
 import functools
 import os
 import posixpath
+import re
 import stat
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import PurePosixPath
 
 import fsspec
@@ -98,26 +106,130 @@ def file_kind(mode: int) -> str:
 
 
 def read_bytes(uri: str) -> bytes:
-    """The bytes of a file; locally only a regular file is ever opened.
+    """The bytes of a file, or of a byte range of one (:func:`range_uri`); locally only a regular
+    file is ever opened.
 
     A FIFO, socket or device raises :class:`NotRegularFileError` without being opened (opening a
     FIFO for reading blocks until a writer appears), and the file is opened non-blocking and
     checked again, in case it was swapped between the two looks.
     """
+    ranged = parse_range_uri(uri)
+    if ranged is not None:
+        return read_range(*ranged)
     path = local_path(uri)
     if path is None:
         fs, fs_path = filesystem(uri)
         with fs.open(fs_path, "rb") as f:
             return f.read()
+    with _open_regular(path) as f:
+        return f.read()
+
+
+def _open_regular(path: str):
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
         _not_regular(path, mode)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            _not_regular(path, mode)
-        return f.read()
+    f = os.fdopen(fd, "rb")
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        f.close()
+        _not_regular(path, mode)
+    return f
+
+
+# --- byte ranges: the members of shards ---------------------------------------------------------
+RANGE_SCHEME = "range://"
+_RANGE = re.compile(r"range://(\d+)\+(\d+)/(.+)\Z", re.S)
+#: Reads of a remote file that continue the previous one fetch this much at once (evaluation reads
+#: a shard's members in order).
+READAHEAD_BYTES = 8 << 20
+#: A read continues the previous one when it starts at most this far after it ended (the next
+#: member of a tar: its header and padding lie between). Random reads (training) jump further.
+READAHEAD_GAP = 64 << 10
+#: Readahead blocks kept per process (one per shard being read).
+READAHEAD_BLOCKS = 4
+
+
+def range_uri(uri: str, offset: int, size: int) -> str:
+    """``range://OFFSET+SIZE/URI``: ``size`` bytes of the file at ``uri`` from ``offset``.
+
+    No file or fsspec protocol is named ``range``, so such a string never meant anything else.
+    """
+    if int(offset) < 0 or int(size) < 0:
+        raise ValueError(f"a byte range needs offset and size >= 0, got {offset}, {size}")
+    return f"{RANGE_SCHEME}{int(offset)}+{int(size)}/{uri}"
+
+
+def parse_range_uri(uri: object) -> tuple[str, int, int] | None:
+    """``(uri, offset, size)`` of a :func:`range_uri`, or None for anything else."""
+    if not isinstance(uri, str) or not uri.startswith(RANGE_SCHEME):
+        return None
+    m = _RANGE.match(uri)
+    if m is None:
+        raise ValueError(f"malformed byte range {uri!r}: expected range://OFFSET+SIZE/URI")
+    return m.group(3), int(m.group(1)), int(m.group(2))
+
+
+def read_range(uri: str, offset: int, size: int) -> bytes:
+    """``size`` bytes of ``uri`` from ``offset``: one ranged read (``pread`` locally, a GET with a
+    ``Range`` header on object stores).
+
+    Remote reads that continue where the previous read of the same file ended (within
+    :data:`READAHEAD_GAP`) fetch :data:`READAHEAD_BYTES` at once and serve the next members from
+    it, so reading a shard in order costs one request per block, not one per image; random reads
+    fetch exactly their range (and use a block already fetched when they fall in it).
+    A file shorter than the range raises :class:`DamagedFileError`.
+    """
+    uri, offset, size = str(uri), int(offset), int(size)
+    path = local_path(uri)
+    if path is None:
+        data = _REMOTE_RANGES.read(uri, offset, size)
+    else:
+        with _open_regular(path) as f:
+            data = os.pread(f.fileno(), size, offset)
+            while 0 < len(data) < size:  # pread may return less than asked (signals, pipes)
+                more = os.pread(f.fileno(), size - len(data), offset + len(data))
+                if not more:
+                    break
+                data += more
+    if len(data) != size:
+        raise DamagedFileError(f"{uri} is damaged: {size} bytes expected at offset {offset}, {len(data)} there; "
+                               "rerun `lossyvision compress` (or `sweep run`) to write it again")
+    return data
+
+
+class _RangeReader:
+    """Ranged reads of remote files with a small readahead for forward, sequential access."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._blocks: OrderedDict[str, tuple[int, bytes]] = OrderedDict()  # uri -> (start, data)
+        self._ends: dict[str, int] = {}  # uri -> where the previous read ended
+
+    def read(self, uri: str, offset: int, size: int) -> bytes:
+        with self._lock:
+            block = self._blocks.get(uri)
+            sequential = self._ends.get(uri) is not None and 0 <= offset - self._ends[uri] <= READAHEAD_GAP
+            self._ends[uri] = offset + size
+            if len(self._ends) > 64 * READAHEAD_BLOCKS:
+                self._ends.pop(next(iter(self._ends)))
+        if block is not None and block[0] <= offset and offset + size <= block[0] + len(block[1]):
+            start = offset - block[0]
+            return block[1][start:start + size]
+        fs, path = filesystem(uri)
+        if not sequential:
+            return fs.cat_file(path, start=offset, end=offset + size)
+        data = fs.cat_file(path, start=offset, end=offset + max(size, READAHEAD_BYTES))  # short at the end
+        with self._lock:
+            self._blocks[uri] = (offset, data)
+            self._blocks.move_to_end(uri)
+            while len(self._blocks) > READAHEAD_BLOCKS:
+                self._blocks.popitem(last=False)
+        return data[:size]
+
+
+_REMOTE_RANGES = _RangeReader()
 
 
 def _not_regular(path: str, mode: int) -> None:

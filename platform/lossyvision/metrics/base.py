@@ -27,6 +27,8 @@ class Outcomes(ABC):
 
     kind: ClassVar[str] = ""
     ids: np.ndarray
+    #: The Ray node that computed them (set by the runner; not saved with the predictions).
+    node: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -43,7 +43,9 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
 
 def _compress_block(batch: pa.Table, params: dict) -> pa.Table:
     items = [item for chunk in batch.column("chunk").to_pylist() for item in pickle.loads(chunk)]
-    return manifest.to_table(compress.compress_items(items, params))
+    rows = compress.compress_items(items, params)
+    node = ray.get_runtime_context().get_node_id()  # the manifest says which node wrote each file
+    return manifest.to_table([{**row, "node": node} for row in rows])
 
 
 def lean_data_context(ctx: Any) -> None:
@@ -128,6 +130,8 @@ def compress_job(
     records: Sequence[Record] | None = None,
     not_read: Sequence[Any] = (),
     animated: str = "refuse",
+    layout: str = "files",
+    shard_size: int = compress.DEFAULT_SHARD_SIZE,
     log=print,
     progress: Any = None,
 ) -> compress.JobResult:
@@ -144,13 +148,15 @@ def compress_job(
     bad image under ``on_error='fail'``. ``not_read`` lists dataset files not read (with
     ``records``; else the reader's own list): they are saved in ``STORE/skipped.csv``. ``animated``:
     ``refuse`` animated images (a failed row saying so) or compress their ``first`` frame.
+    ``layout``: ``files`` (one file per image and level) or ``shards`` (tar shards of about
+    ``shard_size`` source bytes per level, :mod:`lossyvision.shards`).
     """
     from lossyvision.datasets import create_dataset
 
     options = compress.CompressOptions(
         codec=codec, codec_options=dict(codec_options or {}), levels=tuple(float(x) for x in levels),
         on_error=on_error, max_pixels=int(max_pixels), quality_metric=quality_metric,
-        quality_sample=int(quality_sample), animated=animated)
+        quality_sample=int(quality_sample), animated=animated, layout=layout, shard_size=int(shard_size))
     compress.validate(options)
     compress.check_store_place(str(store_uri))
     with writer_lock(str(store_uri), "lossyvision compress", log=log):  # before listing: refused at once

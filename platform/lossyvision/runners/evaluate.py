@@ -26,10 +26,14 @@ def _decode(sweep: Any, manifest: Any, point: tuple[str, float]) -> Any:
 
 
 def _score(sweep: Any, cell: CellSpec, output: str, test: Any) -> Any:
+    import ray
+
     from lossyvision.sweep.trials import device_for
 
     _limit_threads(sweep.resources.eval.cpu)
-    return evaluate_trial(sweep, cell, output, test, device=device_for(sweep.resources.eval.gpu))
+    outcomes = evaluate_trial(sweep, cell, output, test, device=device_for(sweep.resources.eval.gpu))
+    outcomes.node = ray.get_runtime_context().get_node_id()  # the cell's results rows record it
+    return outcomes
 
 
 def _limit_threads(cpus: float) -> None:

@@ -27,6 +27,10 @@ class TrialListener(Protocol):
 
 def _trainable(config: dict[str, Any], sweep: Any = None, manifest: Any = None) -> None:
     """The Tune function trial (runs on a worker; paths in ``config`` are absolute)."""
+    import shutil
+    import tempfile
+
+    import ray
     from ray import tune
 
     from lossyvision.sweep.trials import device_for
@@ -40,14 +44,20 @@ def _trainable(config: dict[str, Any], sweep: Any = None, manifest: Any = None) 
                     checkpoint=tune.Checkpoint.from_directory(directory))
 
     device = device_for(sweep.resources.trial.gpu)
-    checkpoint = tune.get_checkpoint()
+    node = ray.get_runtime_context().get_node_id()  # trial.json records where it trained
+    checkpoint = tune.get_checkpoint()  # a retry (its node was lost, or it failed): Tune's last checkpoint
     if checkpoint is not None:
         with checkpoint.as_directory() as resume_dir:
             meta = run_trial(sweep, trial, output, report=report, resume_dir=resume_dir,
-                             device=device, manifest=manifest)
+                             device=device, manifest=manifest, node=node)
     else:
-        meta = run_trial(sweep, trial, output, report=report, resume_dir=latest_progress_dir(output, trial.key),
-                         device=device, manifest=manifest)
+        scratch = tempfile.mkdtemp(prefix="lv-resume-")  # where a checkpoint on an object store lands
+        try:
+            meta = run_trial(sweep, trial, output, report=report,
+                             resume_dir=latest_progress_dir(output, trial.key, scratch),
+                             device=device, manifest=manifest, node=node)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     tune.report({"epoch": len(meta["history"]), "trial_done": 1})
 
 
@@ -74,7 +84,7 @@ def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # ...so no "no metrics"
     res = sweep.resources.trial
     trainable = tune.with_resources(tune.with_parameters(_trainable, sweep=sweep, manifest=manifest),
-                                    {"cpu": res.cpu, "gpu": res.gpu})
+                                    {**res.custom, "cpu": res.cpu, "gpu": res.gpu})
     space = {"output": output,
              "trial": tune.grid_search([{**t.as_dict(), "key": t.key} for t in trials])}
     tuner = tune.Tuner(

@@ -98,5 +98,6 @@ def cell_rows(sweep: Sweep, cell: CellSpec, outcomes: Any, trial_meta: dict[str,
             "train_bytes": int(trial_meta.get("train_bytes", -1)),
             "trial_id": cell.trial.key, "trial_hash": cell.trial.config,
             "cell_id": cell.key, "cell_hash": cell.config, "finished_at": finished,
+            "node": outcomes.node, "trial_node": trial_meta.get("node"),
         })
     return rows

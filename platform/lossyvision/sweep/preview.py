@@ -4,7 +4,8 @@
   configuration's) and what is left to run;
 - the store: per codec and level, how many images are not compressed yet;
 - what it will write: compressed files (bytes estimated by encoding a small sample of the images,
-  as :mod:`lossyvision.inspect` does), checkpoints (the model's parameter count), predictions;
+  as :mod:`lossyvision.inspect` does; in the sharded layout, shards: the sample's mean source size
+  times the images, over ``shard_size``, per level), checkpoints (the model's parameter count), predictions;
 - the compression time on this machine, from the same timed sample.
 
 Keys hash the exact images a trial trains on (:mod:`lossyvision.sweep.plan`): where a level is not
@@ -33,6 +34,7 @@ class CodecWork:
     est_bytes: int                     # of those, estimated from the sample
     est_seconds: float                 # wall time on this machine's CPUs, from the sample
     sample: int                        # images encoded for the estimate
+    objects: int | None = None         # objects written: one per image and level, or shards (layout shards)
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Preview:
         return self.cells - self.cells_done
 
     def files_to_write(self) -> int:
-        compressed = sum(c.to_compress for c in self.codecs)
+        compressed = sum(c.to_compress if c.objects is None else c.objects for c in self.codecs)
         return compressed + 2 * self.trials_todo + self.cells_todo
 
     def bytes_to_write(self) -> int:
@@ -81,22 +83,30 @@ def _sample(records: list[Any], n: int) -> list[Any]:
 
 
 def estimate_codec(reader: Any, records: list[Any], arm: Any, pending: dict[float, int], sample: int,
-                   max_pixels: int) -> tuple[int, float, int]:
-    """(estimated bytes, wall seconds, images sampled) to compress ``pending[level]`` images per level."""
+                   max_pixels: int, shard_size: int | None = None) -> tuple[int, float, int, int | None]:
+    """(estimated bytes, wall seconds, images sampled, objects) to compress ``pending[level]`` images per level.
+
+    ``objects`` is None in the per-file layout (one per image and level); with ``shard_size`` it is
+    the shards: per level, the pending images' estimated source bytes over ``shard_size``.
+    """
     from lossyvision.inspect import estimate_store, read_facts
 
     chosen = _sample(records, sample)
     facts = [read_facts(reader, r, max_pixels) for r in chosen]
     good = [f for f in facts if f.error is None]
     levels = [lv for lv, n in pending.items() if n]
+    objects = None
+    if shard_size and good:
+        mean_source = sum(f.bytes for f in good) / len(good)
+        objects = sum(max(1, -(-int(mean_source * pending[lv]) // int(shard_size))) for lv in levels)
     if not good or not levels:
-        return 0, 0.0, len(good)
+        return 0, 0.0, len(good), objects
     est = estimate_store(reader, {r.relpath: r for r in chosen}, good, arm.name, arm.options, levels, len(good),
                          max_pixels)
     per_image = {e.level: e.store_bytes / len(good) for e in est.levels}
     seconds_per_image_level = est.cpu_seconds / (len(good) * len(levels)) / max(est.cpus, 1)
     total = sum(per_image[lv] * pending[lv] for lv in levels)
-    return int(round(total)), seconds_per_image_level * sum(pending[lv] for lv in levels), len(good)
+    return int(round(total)), seconds_per_image_level * sum(pending[lv] for lv in levels), len(good), objects
 
 
 def checkpoint_bytes(sweep: Any) -> int:
@@ -140,10 +150,12 @@ def preview(sweep: Any, *, sample: int = 16) -> Preview:
     for arm in sweep.arms:
         pending = {float(lv): _missing(manifest, records, arm.name, lv) for lv in arm.levels}
         compressed_everywhere &= not any(pending.values())
-        est_bytes, est_s, sampled = (estimate_codec(reader, records, arm, pending, sample, sweep.compress.max_pixels)
-                                     if any(pending.values()) else (0, 0.0, 0))
+        shard_size = sweep.compress.shard_size if sweep.compress.layout == "shards" else None
+        est_bytes, est_s, sampled, objects = (
+            estimate_codec(reader, records, arm, pending, sample, sweep.compress.max_pixels, shard_size)
+            if any(pending.values()) else (0, 0.0, 0, 0 if shard_size else None))
         out.codecs.append(CodecWork(arm.name, len(records), list(arm.levels), sum(pending.values()), est_bytes,
-                                    est_s, sampled))
+                                    est_s, sampled, objects))
     results = read_results(sweep.output)
     if compressed_everywhere:
         grid: Grid = plan(sweep, manifest, reader)
@@ -192,6 +204,8 @@ def render_preview(p: Preview) -> list[str]:
     for c in p.codecs:
         todo = (f"{c.to_compress:,} to compress, about {_size(c.est_bytes)} and {_duration(c.est_seconds)} on this "
                 f"machine (estimated from {c.sample} images)") if c.to_compress else "all compressed"
+        if c.objects is not None and c.to_compress:
+            todo += f", in about {c.objects:,} shards"
         lines.append(f"  {c.codec}: {c.images:,} images x {len(c.levels)} levels: {todo}")
     lines.append(f"writes: about {_size(p.bytes_to_write())} in {p.files_to_write():,} files "
                  f"(compressed images, {p.trials_todo} checkpoints of {_size(p.checkpoint_bytes)}, "

@@ -55,7 +55,12 @@ SCHEMA = pa.schema([
     ("cell_id", pa.string()),        # the cell's key (with its configuration hash)
     ("cell_hash", pa.string()),
     ("finished_at", pa.string()),    # ISO 8601 UTC
+    ("node", pa.string()),           # Ray node id that evaluated the cell (null outside Ray)
+    ("trial_node", pa.string()),     # Ray node id the trial finished training on (trial.json's node)
 ])
+
+#: Columns added after results format 2 was fixed: older tables get them as nulls when read.
+LATER_COLUMNS = ("node", "trial_node")
 
 NO_BUDGET = -1
 
@@ -97,7 +102,11 @@ def read_results(output: str):
     if (table.schema.metadata or {}).get(FORMAT_KEY) != FORMAT:
         raise ResultsError(f"{path} was written by an earlier lossyvision (rows without configuration hashes); "
                            "run the sweep into a new output folder")
-    return table.to_pandas()
+    df = table.to_pandas()
+    for name in LATER_COLUMNS:
+        if name not in df.columns:
+            df[name] = None
+    return df
 
 
 def normalise(rows):
@@ -105,6 +114,9 @@ def normalise(rows):
     import pandas as pd
 
     df = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows.copy()
+    for name in LATER_COLUMNS:  # optional: rows made without them (older code, tests) get nulls
+        if name not in df.columns:
+            df[name] = None
     missing = [c for c in SCHEMA.names if c not in df.columns]
     if missing:
         raise ValueError(f"results rows lack column(s) {missing}")

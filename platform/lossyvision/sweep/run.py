@@ -243,12 +243,25 @@ def local_resources(num_cpus: int | None) -> dict[str, float]:
 def check_local_resources(sweep: Sweep, resources: dict[str, float]) -> None:
     """A local Ray never grows: a trial or cell asking for more than it has would wait forever."""
     have = {"cpu": resources.get("CPU", 0.0), "gpu": resources.get("GPU", 0.0)}
+    custom = sorted(sweep.resources.trial.custom)
+    if custom:
+        raise SpecError(f"resources.trial.custom: {', '.join(custom)} exist only on a cluster whose nodes were "
+                        "started with them; run on a cluster (RAY_ADDRESS or --address)")
     for what, res in (("trial", sweep.resources.trial), ("eval", sweep.resources.eval)):
         for kind in ("cpu", "gpu"):
             want = getattr(res, kind)
             if want > have[kind]:
                 raise SpecError(f"resources.{what}.{kind}: asks for {want:g} but the local Ray has "
                                 f"{have[kind]:g}; lower it or run on a cluster (RAY_ADDRESS)")
+
+
+def check_custom_resources(sweep: Sweep, cluster: dict[str, float]) -> None:
+    """Trials asking for a custom resource no node has would wait for it forever: refuse at once."""
+    missing = [f"{name} {amount:g} (the cluster has {cluster.get(name, 0.0):g})"
+               for name, amount in sorted(sweep.resources.trial.custom.items()) if cluster.get(name, 0.0) < amount]
+    if missing:
+        raise SpecError(f"resources.trial.custom: no node offers {', '.join(missing)}; start nodes with "
+                        "`ray start --resources` (KubeRay: rayStartParams.resources) or lower it")
 
 
 def compress_for(sweep: Sweep, echo: Echo, ray_address: str | None = None,
@@ -318,7 +331,9 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
     echo(grid_size(grid, trials_todo, cells_todo, len(stale.trials), len(stale.cells)).describe())
     if trials_todo or cells_todo:
         with clock("ray"):
-            init_ray(ray_address, num_cpus=num_cpus)
+            cluster = init_ray(ray_address, num_cpus=num_cpus)
+        if trials_todo:
+            check_custom_resources(sweep, cluster)
     else:
         echo("nothing to run: every trial and cell of this configuration is done")
 

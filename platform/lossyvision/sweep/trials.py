@@ -3,7 +3,9 @@
 Ray Tune only schedules :func:`run_trial` (``lossyvision.runners.tune``). A trial's final
 checkpoint, ``OUTPUT/checkpoints/<trial key>/`` with ``model.pt`` and ``trial.json``, is its
 "done" marker: ``trial.json`` is written last, atomically, so a trial whose ``trial.json``
-exists never runs again.
+exists never runs again. It records the Ray node the trial finished on (``node``) and every node
+it trained on (``nodes``: a trial retried after its node was lost lists both), carried from epoch
+to epoch in its resumable checkpoints.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 import json
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,7 +24,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from lossyvision.spec import Sweep
-from lossyvision.store import atomic_write_bytes, exists, join, read_bytes
+from lossyvision.store import atomic_write_bytes, exists, is_remote, join, read_bytes
 from lossyvision.sweep.plan import TrialSpec, level_dcr, reader_of, split_rows
 from lossyvision.sweep.results import NO_BUDGET
 
@@ -150,18 +153,30 @@ def train_images(sweep: Sweep, trial: TrialSpec, manifest: pd.DataFrame, reader:
 
 
 # --- resumable state -----------------------------------------------------------------------------
-def save_progress(directory: str, epoch: int, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
+def save_progress(directory: str, epoch: int, state: dict[str, Any], history: list[dict[str, Any]],
+                  nodes: list[str] | None = None) -> None:
     """Write a resumable checkpoint (``state.pt`` + ``progress.json``) into a local folder.
 
     ``state`` holds tensors, numbers, strings and containers of them only (model, optimizer and
-    scheduler state dicts), so :func:`load_progress` reads it with ``weights_only=True``.
+    scheduler state dicts), so :func:`load_progress` reads it with ``weights_only=True``. ``nodes``:
+    the Ray nodes the trial has trained on so far, in order.
     """
     import torch
 
     os.makedirs(directory, exist_ok=True)
     torch.save(state, os.path.join(directory, RESUME_STATE_FILE))
     with open(os.path.join(directory, RESUME_META_FILE), "w") as f:
-        json.dump({"epoch": epoch, "history": history}, f)
+        json.dump({"epoch": epoch, "history": history, "nodes": list(nodes or [])}, f)
+
+
+def progress_nodes(directory: str) -> list[str]:
+    """The nodes a resumable checkpoint says its trial trained on (empty for older checkpoints)."""
+    try:
+        with open(os.path.join(directory, RESUME_META_FILE)) as f:
+            nodes = json.load(f).get("nodes") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [str(n) for n in nodes if isinstance(n, str)]
 
 
 def load_progress(directory: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -175,12 +190,16 @@ def load_progress(directory: str) -> tuple[dict[str, Any], list[dict[str, Any]]]
     return state, history
 
 
-def latest_progress_dir(output: str, key: str) -> str | None:
+def latest_progress_dir(output: str, key: str, local_dir: str | None = None) -> str | None:
     """The newest resumable checkpoint of a trial among earlier Tune runs of this sweep.
 
     Tune's own ``get_checkpoint()`` covers retries within a run; this covers a rerun after the
-    driver was killed (a new Tune run, whose trials start without a checkpoint).
+    driver was killed (a new Tune run, whose trials start without a checkpoint). On an object
+    store (``s3://`` output) the checkpoint is downloaded into ``local_dir`` (a fresh temporary
+    folder the caller removes), so the returned folder is always local.
     """
+    if is_remote(str(output)):
+        return _latest_remote_progress(str(output), key, local_dir)
     best, best_epoch = None, -1
     for meta in glob.glob(os.path.join(str(output), TUNE_DIR, "*", key, "checkpoint_*", RESUME_META_FILE)):
         try:
@@ -193,10 +212,40 @@ def latest_progress_dir(output: str, key: str) -> str | None:
     return best
 
 
+def _latest_remote_progress(output: str, key: str, local_dir: str | None) -> str | None:
+    from lossyvision.store import filesystem
+
+    fs, base = filesystem(join(output, TUNE_DIR))
+    best, best_epoch = None, -1
+    for meta in fs.glob(f"{base}/*/{key}/checkpoint_*/{RESUME_META_FILE}"):
+        try:
+            epoch = int(json.loads(fs.cat_file(meta))["epoch"])
+        except (OSError, ValueError, KeyError):
+            continue
+        folder = meta.rsplit("/", 1)[0]
+        if epoch > best_epoch and fs.exists(f"{folder}/{RESUME_STATE_FILE}"):
+            best, best_epoch = folder, epoch
+    if best is None:
+        return None
+    import tempfile
+
+    target = local_dir or tempfile.mkdtemp(prefix="lv-resume-")
+    for name in (RESUME_STATE_FILE, RESUME_META_FILE):
+        fs.get_file(f"{best}/{name}", os.path.join(target, name))
+    return target
+
+
 def drop_progress(output: str, key: str) -> None:
     """Delete a finished trial's epoch checkpoints under ``OUTPUT/tune`` (its final one is kept)."""
     import shutil
 
+    if is_remote(str(output)):
+        from lossyvision.store import filesystem
+
+        fs, base = filesystem(join(str(output), TUNE_DIR))
+        for d in fs.glob(f"{base}/*/{key}/checkpoint_*"):
+            fs.rm(d, recursive=True)
+        return
     for d in glob.glob(os.path.join(str(output), TUNE_DIR, "*", key, "checkpoint_*")):
         shutil.rmtree(d, ignore_errors=True)
 
@@ -209,11 +258,13 @@ def model_spec_for_loading(spec: Any) -> Any:
 
 def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter | None = None,
               resume_dir: str | None = None, device: str | None = None,
-              manifest: pd.DataFrame | None = None) -> dict[str, Any]:
+              manifest: pd.DataFrame | None = None, node: str | None = None) -> dict[str, Any]:
     """Train ``trial`` and save its final checkpoint; returns the trial's metadata (``trial.json``).
 
     ``resume_dir`` is a folder written by :func:`save_progress` (a Tune checkpoint): training
     continues after its epoch. ``report`` gets every epoch's metrics and a progress folder.
+    ``node``: the Ray node this runs on (the runner knows it), recorded with the nodes of earlier
+    attempts.
     """
     import tempfile
 
@@ -235,16 +286,19 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
     codec = sweep.arm(trial.codec).create()
     train = ImageSamples(images.uris, images.targets, decode=codec.decode)
 
-    state, history = None, []
+    state, history, nodes = None, [], []
     if resume_dir:
         try:
             state, history = load_progress(resume_dir)
+            nodes = progress_nodes(resume_dir)
         except Exception as e:  # a checkpoint cut short by a kill: start over rather than fail
             import logging
 
             logging.getLogger(__name__).warning("trial %s: cannot resume from %s (%s); starting over",
                                                 trial.key, resume_dir, e)
-            state, history = None, []
+            state, history, nodes = None, [], []
+    if node and (not nodes or nodes[-1] != node):
+        nodes.append(node)
     resumed_from = int(state["epoch"]) if state else 0
     epochs = int(getattr(task, "epochs", spec.epochs))  # a task's recipe may set its own (detection)
     seed_everything(seed)  # the initial weights (a random head, or a whole model from scratch)
@@ -255,7 +309,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
         history[:] = [h for h in history if h["epoch"] < epoch] + [row]
         if report is not None:
             with tempfile.TemporaryDirectory(prefix="lv-progress-") as tmp:
-                save_progress(tmp, epoch, st, history)
+                save_progress(tmp, epoch, st, history, nodes)
                 report(epoch, row, tmp, epochs)
 
     task.fit(model, train, on_epoch=on_epoch, state=state)
@@ -269,7 +323,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
         "budget_exhausted": images.exhausted,
         "train_dcr": _nan_to_none(train_dcr.vs_source), "train_dcr_raw": _nan_to_none(train_dcr.vs_raw),
         "history": history, "resumed_from": resumed_from, "seconds": round(time.time() - started, 3),
-        "finished_at": utc_now(),
+        "finished_at": utc_now(), "node": node, "nodes": nodes, "host": socket.gethostname(),
     }
     directory = checkpoint_dir(output, trial.key)
     buf = io.BytesIO()
