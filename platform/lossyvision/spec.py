@@ -155,6 +155,25 @@ class ReportSpec(_Strict):
     resamples: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples per interval")
 
 
+class EvaluationSpec(_Strict):
+    """How test levels stream through evaluation (memory and speed only: never part of a key).
+
+    A level is cut into shards of at most ``shard_images`` images and ``shard_bytes`` of decoded
+    pixels; one task decodes a shard once and every model tested at that level scores it, so memory
+    holds a few shards per worker, never a level. Each evaluation worker keeps the trained models it
+    loads while their weights fit ``model_cache_bytes``; a model beyond that is reloaded per shard.
+    """
+
+    shard_images: int = Field(256, ge=1, description="images per evaluation shard, at most")
+    shard_bytes: int = Field(256_000_000, ge=1, description="decoded bytes per evaluation shard, at most (256MB)")
+    model_cache_bytes: int = Field(4_000_000_000, ge=0, description="model weights each evaluation worker keeps")
+
+    @field_validator("shard_bytes", "model_cache_bytes", mode="before")
+    @classmethod
+    def _sizes(cls, v: Any) -> Any:
+        return parse_bytes(v) if isinstance(v, str) else v
+
+
 class TrackingSpec(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<output>/mlflow.db")
     experiment: str | None = Field(None, description="MLflow experiment; default: the sweep's name")
@@ -183,6 +202,7 @@ class Sweep(_Strict):
     seed: int = Field(0, ge=0, description="with the repeat index, fixes every random choice of a trial")
     deterministic: bool = Field(False, description="deterministic kernels (cuDNN, cuBLAS); see docs/benchmarks.md")
     report: ReportSpec = Field(default_factory=ReportSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     max_failures: int = Field(2, ge=0, description="retries of a failed trial")
 
     @field_validator("name")
