@@ -61,6 +61,8 @@ def compress(
     quality_metric: Optional[str] = typer.Option(
         None, "--quality-metric", help="Measure achieved quality on a sample: ssimulacra2 or butteraugli."),
     quality_sample: int = typer.Option(16, "--quality-sample", help="Images per level whose quality is measured."),
+    png_sample: str = typer.Option("256", "--png-sample",
+                                   help="Images per split with a lossless PNG baseline (the report's PNG line), or 'all'."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray (default: all)."),
 ) -> None:
     """Compress a dataset at every level with Ray Data and write the manifest (resumable)."""
@@ -81,7 +83,8 @@ def compress(
             args = {"source": source, "store_uri": out, "dataset": dataset, "codec": codec,
                     "codec_options": {} if effort is None else {"effort": effort},
                     "levels": job.parse_levels(levels), "on_error": on_error, "max_pixels": max_pixels,
-                    "quality_metric": quality_metric, "quality_sample": quality_sample}
+                    "quality_metric": quality_metric, "quality_sample": quality_sample,
+                    "png_sample": job.parse_png_sample(png_sample)}
         from lossyvision.runners.compress import compress_job
 
         result = compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))

@@ -93,6 +93,15 @@ class CompressSpec(_Strict):
     max_pixels: int = Field(100_000_000, gt=0)
     quality_metric: Literal["ssimulacra2", "butteraugli"] | None = None
     quality_sample: int = Field(16, ge=0, description="images per level whose quality is measured")
+    png_sample: int | Literal["all"] = Field(
+        256, description="images per split with a lossless PNG baseline (the report's PNG line), or 'all'")
+
+    @field_validator("png_sample", mode="before")
+    @classmethod
+    def _png_sample(cls, v: Any) -> Any:
+        if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            return v
+        raise ValueError(f"must be a number of images >= 0 or 'all', got {v!r}")
 
 
 class ModelSpec(_Strict):

@@ -98,6 +98,7 @@ def compress_job(
     max_pixels: int = 100_000_000,
     quality_metric: str | None = None,
     quality_sample: int = 16,
+    png_sample: int | None = compress.PNG_SAMPLE,
     num_cpus: int | None = None,
     address: str | None = None,
     keep_ray: bool = False,
@@ -119,7 +120,7 @@ def compress_job(
     options = compress.CompressOptions(
         codec=codec, codec_options=dict(codec_options or {}), levels=tuple(float(x) for x in levels),
         on_error=on_error, max_pixels=int(max_pixels), quality_metric=quality_metric,
-        quality_sample=int(quality_sample))
+        quality_sample=int(quality_sample), png_sample=None if png_sample is None else int(png_sample))
     compress.validate(options)
     if records is None:
         try:
