@@ -1,26 +1,29 @@
-"""The compress job on Ray Data: the only Ray part of compression.
+"""The compress job on Ray tasks: the only Ray part of compression.
 
-Work items (one per (image, level), plain dicts) become a Ray dataset of small blocks; a plain
-function (:func:`lossyvision.compress.compress_items`) runs as Ray *tasks* on every CPU, reads each
-source through fsspec, encodes, writes the output atomically and returns manifest rows (strings
-and numbers, never pixels or PIL objects). The driver streams the rows back with
-``iter_batches`` and persists them as they arrive, so memory stays flat and a killed job resumes.
+Work items (one per (image, level), plain dicts) are cut into chunks (:func:`lossyvision.compress.work_chunks`);
+each chunk is one Ray *task* running a plain function (:func:`lossyvision.compress.compress_items`)
+that reads each source through fsspec, encodes, writes the output atomically and returns manifest
+rows (strings and numbers, never pixels or PIL objects). The driver keeps two chunks per CPU in
+flight, takes rows back as chunks finish and persists them as they arrive, so memory stays flat
+and a killed job resumes.
 
-No actor pools: on a 2-CPU machine an actor pool can hold every CPU and starve other stages. Tasks
-ask for one CPU each, so the job uses all CPUs of the cluster and no more.
+Plain tasks, not a Ray Data pipeline: the job is a flat list of chunks already in memory, and a
+first Ray Data dataset costs about 2 s before any encode (its actors, fresh workers importing
+``ray.data``) plus a scheduling loop beside the encoders, which kept the job 1.2-1.8x slower than a
+plain ``multiprocessing.Pool`` (docs/benchmarks.md, P1). No actor pools either: on a 2-CPU machine
+an actor pool can hold every CPU and starve other stages. Tasks ask for one CPU each, so the job
+uses all CPUs of the cluster and no more.
 """
 
 from __future__ import annotations
 
-import pickle
-import sys
+from collections import deque
 from typing import Any, Iterator, Sequence
 
 import pandas as pd
-import pyarrow as pa
 import ray
 
-from lossyvision import compress, manifest
+from lossyvision import compress
 from lossyvision.datasets.base import Record
 from lossyvision.runners.cluster import init_ray
 
@@ -40,41 +43,27 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
     return True
 
 
-def _compress_block(batch: pa.Table, params: dict) -> pa.Table:
-    items = [item for chunk in batch.column("chunk").to_pylist() for item in pickle.loads(chunk)]
-    return manifest.to_table(compress.compress_items(items, params))
-
-
-def lean_data_context(ctx: Any) -> None:
-    """Trim Ray Data's own work for this job on ``ctx`` (the dataset's copy; the global is untouched).
-
-    One CPU-bound operator over in-memory items: nothing to protect from contention. Ray Data's
-    reservation allocator (2.60) kept it at ~1.5 of 2 CPUs (jobs 20-25% slower, see
-    docs/benchmarks.md P1). Every map task also polls its own memory (USS, from /proc) each second,
-    and a progress bar redraws in the driver: CPU taken from the encoders for numbers nobody reads
-    here. Progress bars stay on for an interactive terminal.
-    """
-    settings = {"op_resource_reservation_enabled": False, "memory_usage_poll_interval_s": None,
-                "enable_auto_log_stats": False}
-    if not sys.stderr.isatty():
-        settings["enable_progress_bars"] = False
-    for name, value in settings.items():
-        if hasattr(ctx, name):  # knobs of ray 2.60; older or newer versions may lack one
-            setattr(ctx, name, value)
-
-
 def execute_with_ray(items: list[dict], params: dict) -> Iterator[list[dict]]:
-    """Run work items as Ray Data tasks; yield finished rows as blocks complete."""
+    """Run work items as Ray tasks, one per chunk; yield each chunk's rows as it finishes.
+
+    Two chunks per CPU are in flight, so a worker that finishes one finds the next waiting; the
+    chunks shrink towards the end (:func:`lossyvision.compress.work_chunks`), so the tail is short.
+    Stopping early (``on_error='fail'``) cancels what has not run.
+    """
     n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    # One block per chunk (a pickled list of items): Ray Data would cut plain rows into even
-    # blocks, and the shrinking chunks of ``work_chunks`` are what keeps the tail short.
-    chunks = compress.work_chunks(items, n_cpus)
-    ds = ray.data.from_items([{"chunk": pickle.dumps(c)} for c in chunks], override_num_blocks=len(chunks))
-    ds = ds.map_batches(_compress_block, fn_kwargs={"params": params}, batch_size=None,
-                        batch_format="pyarrow", num_cpus=1, compute=ray.data.TaskPoolStrategy())
-    lean_data_context(ds.context)
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-        yield batch.to_pylist()
+    task = ray.remote(num_cpus=1)(compress.compress_items)
+    waiting = deque(compress.work_chunks(items, n_cpus))
+    params_ref = ray.put(params)
+    running: list[Any] = []
+    try:
+        while waiting or running:
+            while waiting and len(running) < 2 * n_cpus:
+                running.append(task.remote(waiting.popleft(), params_ref))
+            ready, running = ray.wait(running, num_returns=1)
+            yield ray.get(ready[0])
+    finally:
+        for ref in running:
+            ray.cancel(ref)
 
 
 def compress_dataset(source: str, store_uri: str, **kwargs: Any) -> pd.DataFrame:
