@@ -74,27 +74,28 @@ class TestShard:
 
 
 def cut_shards(sizes: Sequence[int], max_images: int, max_bytes: int, min_shards: int = 1) -> list[slice]:
-    """Consecutive slices of ``sizes`` (bytes per image) of at most ``max_images`` and ``max_bytes``.
+    """Consecutive slices of ``sizes`` (bytes per image) of at most ``max_images`` and ``max_bytes``, even.
 
-    An image larger than ``max_bytes`` is a shard of its own. With fewer than ``min_shards`` slices
-    the images are cut into ``min(min_shards, n)`` slices of even counts instead (small levels keep
-    every evaluation worker busy).
+    As few slices as the limits allow, of even image counts when that keeps within them (300
+    images at 256 a shard: 150 + 150, not 256 + 44); an image larger than ``max_bytes`` is a shard
+    of its own. With fewer than ``min_shards`` slices the images are cut into ``min(min_shards, n)``
+    even slices instead (small levels keep every evaluation worker busy).
     """
     n = len(sizes)
     if n == 0:
         return []
-    cuts, start, held = [], 0, 0
+    greedy, start, held = [], 0, 0
     for i, size in enumerate(sizes):
         if i > start and (i - start >= max_images or held + int(size) > max_bytes):
-            cuts.append(slice(start, i))
+            greedy.append(slice(start, i))
             start, held = i, 0
         held += int(size)
-    cuts.append(slice(start, n))
-    if len(cuts) < min_shards:
-        k = min(int(min_shards), n)
-        bounds = [round(j * n / k) for j in range(k + 1)]
-        cuts = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
-    return cuts
+    greedy.append(slice(start, n))
+    k = max(len(greedy), min(int(min_shards), n))
+    bounds = [round(j * n / k) for j in range(k + 1)]
+    even = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    fits = all(c.stop - c.start <= max_images and sum(sizes[c]) <= max_bytes for c in even)
+    return even if fits or k > len(greedy) else greedy
 
 
 def level_images(sweep: Sweep, manifest: pd.DataFrame, level: float, *, reader: Any | None = None,
