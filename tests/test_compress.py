@@ -1,7 +1,7 @@
 """The compress job without Ray: one image at one level, the plan, resume, the manifest, the summary.
 
 The jobs here run with the serial executor (``lossyvision.compress.execute_serially``); the same
-job on Ray Data is in ``test_compress_ray.py``.
+job on Ray is in ``test_compress_ray.py``.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def compress(
                                    help="Images per split with a lossless PNG baseline (the report's PNG line), or 'all'."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray (default: all)."),
 ) -> None:
-    """Compress a dataset at every level with Ray Data and write the manifest (resumable)."""
+    """Compress a dataset at every level on Ray and write the manifest (resumable)."""
     from rich.console import Console
 
     from lossyvision import compress as job
