@@ -66,7 +66,7 @@ def shard_levels(sweep: Any, manifest: Any, levels: list[float], slots: int) -> 
             try:
                 out[level] = plan_shards(sweep, manifest, level, reader=reader, records=records, min_shards=min_shards)
             except Exception as e:  # TrialError (no images), a dataset mismatch: those cells fail
-                out[level] = str(e)
+                out[level] = describe_error(e)
         return out
 
     shards = plan(1)
@@ -93,18 +93,20 @@ def evaluate_cells(sweep: Any, cells: list[CellSpec], output: str, manifest: Any
     shards = shard_levels(sweep, manifest, sorted(by_level), slots)
     failures: dict[str, str] = {}
 
+    queue: deque[TestShard] = deque()
+    parts: dict[str, list[Any]] = {}
+
     def fail(cell: CellSpec, error: str) -> None:
         if cell.key not in failures:
             failures[cell.key] = error
+            parts.pop(cell.key, None)
             on_cell(cell, None, error)
 
-    queue: deque[TestShard] = deque()
-    parts: dict[str, list[Any]] = {}
     for level, cells_here in sorted(by_level.items()):
         planned = shards[level]
         if isinstance(planned, str):
             for cell in cells_here:
-                fail(cell, f"TrialError: {planned}")
+                fail(cell, planned)
             continue
         queue.extend(planned)
         for cell in cells_here:
