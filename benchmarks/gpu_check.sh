@@ -26,6 +26,7 @@ case "${1:-}" in
 esac
 PY=${PYTHON:-python3}
 if [[ $MODE == cpu && -z ${PYTHON:-} && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
+export PY
 RESULTS=${OUT:-runs/gpu-check}
 WORK=${GPU_CHECK_WORK:-/tmp/lossyvision-gpu-check}
 mkdir -p "$RESULTS" "$WORK"
@@ -37,11 +38,13 @@ export PYTHONPATH="$PWD/platform:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 unset RAY_ADDRESS
 started=$(date +%s)
 
-# step NAME LIMIT_SECONDS COMMAND...: run it with a time limit, log its output, record status and seconds.
+# step NAME LIMIT_SECONDS COMMAND...: run it (a program or a function above) with a time limit, log its output,
+# record its exit status and seconds.
 step() {
   local name=$1 limit=$2; shift 2
   local t0=$(date +%s)
   echo "=== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*" | tee -a "$LOG"
+  if declare -F "$1" >/dev/null; then set -- bash -c "$(declare -f "$1"); $*"; fi
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
   echo "$name: exit $rc, $(( $(date +%s) - t0 ))s" | tee -a "$SUMMARY" "$LOG"

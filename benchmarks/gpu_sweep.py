@@ -179,7 +179,7 @@ def step_rate(s: dict, device: str, steps: int) -> tuple[float, "object"]:
     t = time.perf_counter()
     for _ in range(steps):
         loss = step(x, y)
-    float(loss)  # waits for the device
+    loss.item()  # waits for the device
     rate = steps * s["batch"] / (time.perf_counter() - t)
     return rate, torch.cat([p.detach().float().flatten().cpu() for p in model.parameters()])
 
