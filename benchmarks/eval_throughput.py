@@ -163,7 +163,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    sys.path.insert(0, str(REPO / "platform"))
+    sys.path.insert(0, str(REPO / "platform"))  # this checkout's code, here and in the Ray workers started here
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "platform"), os.environ.get("PYTHONPATH")) if p)
 
     from lossyvision.output import load_output_sweep, load_plan
     from lossyvision.runners.evaluate import eval_slots

@@ -35,6 +35,7 @@ def test_cut_shards_splits_a_small_level_evenly_for_idle_workers():
     cuts = cut_shards([5] * 10, max_images=100, max_bytes=10**9, min_shards=3)
     assert [c.stop - c.start for c in cuts] == [3, 4, 3] and _covered(cuts, 10) == list(range(10))
     assert len(cut_shards([5] * 2, 100, 10**9, min_shards=4)) == 2  # never an empty shard
+    assert len(cut_shards([5] * 100, 256, 10**9, min_shards=8, min_images=16)) == 6  # not below 16 images
     assert cut_shards([], 4, 10) == []
 
 

@@ -55,8 +55,15 @@ def eval_slots(resources: dict[str, float], cpu: float, gpu: float) -> int:
     return max(1, min(slots) if slots else int(resources.get("CPU", 1)))
 
 
+#: Shards per evaluation slot at least, when the test set allows: tasks of one shard each, so the last
+#: wave leaves at most one shard's time idle per worker (3 equal shards on 2 workers took 2 shards' time).
+SHARDS_PER_SLOT = 4
+#: Smallest shard that small test sets are cut into for that.
+MIN_SHARD_IMAGES = 16
+
+
 def shard_levels(sweep: Any, manifest: Any, levels: list[float], slots: int) -> dict[float, "list[TestShard] | str"]:
-    """Each level's shards, or the error that fails its cells; small sets are cut to keep ``slots`` busy."""
+    """Each level's shards, or the error that fails its cells; small sets are cut finer to keep ``slots`` busy."""
     reader = reader_of(sweep)
     records = {r.relpath: r for r in reader.select(sweep.test_split)}
 
@@ -64,15 +71,16 @@ def shard_levels(sweep: Any, manifest: Any, levels: list[float], slots: int) -> 
         out: dict[float, list[TestShard] | str] = {}
         for level in levels:
             try:
-                out[level] = plan_shards(sweep, manifest, level, reader=reader, records=records, min_shards=min_shards)
+                out[level] = plan_shards(sweep, manifest, level, reader=reader, records=records, min_shards=min_shards,
+                                         min_images=MIN_SHARD_IMAGES)
             except Exception as e:  # TrialError (no images), a dataset mismatch: those cells fail
                 out[level] = describe_error(e)
         return out
 
     shards = plan(1)
     total = sum(len(s) for s in shards.values() if not isinstance(s, str))
-    if 0 < total < slots:
-        shards = plan(-(-slots // len(levels)))
+    if 0 < total < SHARDS_PER_SLOT * slots:
+        shards = plan(-(-SHARDS_PER_SLOT * slots // len(levels)))
     return shards
 
 

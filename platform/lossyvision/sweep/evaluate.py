@@ -73,13 +73,14 @@ class TestShard:
         return len(self.uris)
 
 
-def cut_shards(sizes: Sequence[int], max_images: int, max_bytes: int, min_shards: int = 1) -> list[slice]:
+def cut_shards(sizes: Sequence[int], max_images: int, max_bytes: int, min_shards: int = 1,
+               min_images: int = 1) -> list[slice]:
     """Consecutive slices of ``sizes`` (bytes per image) of at most ``max_images`` and ``max_bytes``, even.
 
     As few slices as the limits allow, of even image counts when that keeps within them (300
     images at 256 a shard: 150 + 150, not 256 + 44); an image larger than ``max_bytes`` is a shard
-    of its own. With fewer than ``min_shards`` slices the images are cut into ``min(min_shards, n)``
-    even slices instead (small levels keep every evaluation worker busy).
+    of its own. With fewer than ``min_shards`` slices the images are cut into up to ``min_shards``
+    even slices of at least ``min_images`` instead (small levels keep every evaluation worker busy).
     """
     n = len(sizes)
     if n == 0:
@@ -91,7 +92,7 @@ def cut_shards(sizes: Sequence[int], max_images: int, max_bytes: int, min_shards
             start, held = i, 0
         held += int(size)
     greedy.append(slice(start, n))
-    k = max(len(greedy), min(int(min_shards), n))
+    k = max(len(greedy), min(int(min_shards), max(1, n // max(1, int(min_images)))))
     bounds = [round(j * n / k) for j in range(k + 1)]
     even = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
     fits = all(c.stop - c.start <= max_images and sum(sizes[c]) <= max_bytes for c in even)
@@ -119,11 +120,12 @@ def level_images(sweep: Sweep, manifest: pd.DataFrame, level: float, *, reader: 
 
 
 def plan_shards(sweep: Sweep, manifest: pd.DataFrame, level: float, *, reader: Any | None = None,
-                records: dict[str, Record] | None = None, min_shards: int = 1) -> list[TestShard]:
+                records: dict[str, Record] | None = None, min_shards: int = 1,
+                min_images: int = 1) -> list[TestShard]:
     """The shards of the test split at ``level`` (sizes from the sweep's ``evaluation`` block), in relpath order."""
     uris, recs, sizes = level_images(sweep, manifest, level, reader=reader, records=records)
     ev = sweep.evaluation
-    cuts = cut_shards(sizes, ev.shard_images, ev.shard_bytes, min_shards)
+    cuts = cut_shards(sizes, ev.shard_images, ev.shard_bytes, min_shards, min_images)
     return [TestShard(float(level), i, len(cuts), tuple(uris[c]), tuple(recs[c]), int(sizes[c].sum()))
             for i, c in enumerate(cuts)]
 
