@@ -12,7 +12,9 @@ Both run as subprocesses timed from outside (interpreter start included on both 
 
 Runs interleave, P J P J ... P (``--repeats`` jobs of each kind): each job is divided by the mean
 of the pool runs on either side, so a shared machine's drifting load weighs on both, and the
-median of the repeats is the headline.
+median of the repeats is the headline. Each run's CPU-seconds (its whole process tree: the CLI,
+Ray's daemons and workers; the pool's processes) are sampled too: on a machine shared with other
+people's work, wall times move with their load, CPU-seconds much less.
 
 The photos: ``--images`` crops of real photos that scikit-image ships (astronaut, coffee, rocket,
 Hubble deep field, immunohistochemistry, chelsea, retina; public domain / CC0), each a random
@@ -96,12 +98,38 @@ def env() -> dict:
     return e
 
 
+CPU_SECONDS: list[float] = []  # of each timed run, in order
+
+
 def timed(cmd: list[str]) -> float:
+    """Wall seconds of ``cmd``; its process tree's CPU-seconds (sampled every 0.2 s) go to ``CPU_SECONDS``."""
+    import psutil
+
     t = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    root, cpu = psutil.Process(proc.pid), {}
+    out: list[str] = []
+    import threading
+
+    drain = threading.Thread(target=lambda: out.append(proc.communicate()[1]), daemon=True)
+    drain.start()
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            procs = []
+        for p in procs:
+            try:
+                c = p.cpu_times()
+                cpu[p.pid] = max(cpu.get(p.pid, 0.0), c.user + c.system)
+            except psutil.Error:
+                continue
+        time.sleep(0.2)
     seconds = time.perf_counter() - t
+    drain.join()
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{(out or [''])[0][-3000:]}")
+    CPU_SECONDS.append(sum(cpu.values()))
     return seconds
 
 
@@ -139,13 +167,19 @@ def machine() -> dict:
 def interleaved(job, pool, repeats: int, loads: dict, tag: str) -> dict:
     """P J P J ... P; each job over the mean of its two neighbouring pool runs."""
     pools, jobs = [pool()], []
+    pool_cpu, job_cpu = [CPU_SECONDS[-1]], []
     for i in range(repeats):
         jobs.append(job())
+        job_cpu.append(CPU_SECONDS[-1])
         pools.append(pool())
+        pool_cpu.append(CPU_SECONDS[-1])
         loads[f"{tag}_{i}"] = os.getloadavg()
-        print(f"{tag} {i}: job {jobs[-1]:.1f}s, pool {pools[-2]:.1f}s / {pools[-1]:.1f}s", flush=True)
+        print(f"{tag} {i}: job {jobs[-1]:.1f}s ({job_cpu[-1]:.0f} CPU-s), pool {pools[-2]:.1f}s / {pools[-1]:.1f}s "
+              f"({pool_cpu[-1]:.0f} CPU-s)", flush=True)
     ratios = [j / ((pools[i] + pools[i + 1]) / 2) for i, j in enumerate(jobs)]
-    return {"job_seconds": jobs, "pool_seconds": pools, "ratios": ratios, "ratio": float(np.median(ratios))}
+    return {"job_seconds": jobs, "pool_seconds": pools, "ratios": ratios, "ratio": float(np.median(ratios)),
+            "job_cpu_seconds": job_cpu, "pool_cpu_seconds": pool_cpu,
+            "cpu_ratio": float(np.median(job_cpu) / np.median(pool_cpu))}
 
 
 def main() -> int:
@@ -209,9 +243,10 @@ def main() -> int:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(res, indent=2))
-    line = f"P1 vs a plain Pool({args.cores}): same work {res['same_work']['ratio']:.3f}x"
+    line = (f"P1 vs a plain Pool({args.cores}): same work {res['same_work']['ratio']:.3f}x "
+            f"(CPU-seconds {res['same_work']['cpu_ratio']:.3f}x)")
     if "no_png" in res:
-        line += f", without PNG {res['no_png']['ratio']:.3f}x"
+        line += f", without PNG {res['no_png']['ratio']:.3f}x (CPU-seconds {res['no_png']['cpu_ratio']:.3f}x)"
     print(f"\n{line} (medians of {args.repeats}; {len(paths)} images, {pixels / 1e6:.1f} MP, levels {args.levels}, "
           f"effort {args.effort}, PNG on {len(sampled)})")
     if args.json:
