@@ -48,3 +48,12 @@ def test_evaluate_cells_streams_shards_into_whole_cells(ray_cluster, trained, tm
     assert error is None and list(outcomes.ids) == whole.ids  # 6 shards of at most 5, back in image order
     np.testing.assert_array_equal(outcomes.rank, reference.rank)
     assert outcomes.metrics() == reference.metrics()
+
+
+def test_a_local_ray_runs_its_workers_at_the_callers_priority(ray_cluster):
+    import os
+
+    import ray
+
+    # Ray's default nice 15 let any other process take the workers' CPU (docs/benchmarks.md, issue 12).
+    assert ray.get(ray.remote(num_cpus=1)(lambda: os.nice(0)).remote()) == os.nice(0)
