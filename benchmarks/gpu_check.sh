@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 MODE=cuda
 case "${1:-}" in
   --cpu) MODE=cpu ;;
-  --stage) mkdir -p /tmp/lv-wheels && cp -v .whl/set*/* /tmp/lv-wheels/ && exit 0 ;;
+  --stage) mkdir -p "${GPU_CHECK_WHEELS:-/tmp/lv-wheels}" && cp -v .whl/set*/* "${GPU_CHECK_WHEELS:-/tmp/lv-wheels}/" && exit 0 ;;
   "") ;;
   *) echo "usage: $0 [--cpu | --stage]" >&2; exit 2 ;;
 esac
@@ -34,7 +34,8 @@ LOG=$RESULTS/gpu-check.log
 SUMMARY=$RESULTS/summary.txt
 : > "$SUMMARY"
 export RAY_AUTH_MODE=disabled PYTHONUNBUFFERED=1 MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
-export PYTHONPATH="$PWD/platform:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+export SITE=${GPU_CHECK_SITE:-/tmp/site} WHEELS=${GPU_CHECK_WHEELS:-/tmp/lv-wheels}
+export PYTHONPATH="$PWD/platform:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 unset RAY_ADDRESS
 started=$(date +%s)
 
@@ -55,15 +56,15 @@ install_wheels() {
   if "$PY" -c "import ray, mlflow, imagecodecs, pydantic" 2>/dev/null; then
     echo "ray, mlflow, imagecodecs and pydantic are installed"; return 0
   fi
-  mkdir -p /tmp/lv-wheels
-  [[ -d .whl ]] && cp .whl/set*/* /tmp/lv-wheels/ 2>/dev/null
-  ( cd /tmp/lv-wheels && for first in *.part-00; do
+  mkdir -p "$WHEELS"
+  [[ -d .whl ]] && cp .whl/set*/* "$WHEELS/" 2>/dev/null
+  ( cd "$WHEELS" && for first in *.part-00; do
       [[ -e $first ]] || continue
       whl=${first%.part-00}; cat "$whl".part-* > "$whl" && rm -f "$whl".part-*
     done )
-  ls /tmp/lv-wheels/*.whl >/dev/null 2>&1 || { echo "no wheels: run benchmarks/gpu_wheels.sh here, then carry .whl/set*"; return 1; }
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    /tmp/lv-wheels/*.whl || return 1
+  ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "no wheels: run benchmarks/gpu_wheels.sh here, then carry .whl/set*"; return 1; }
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "$WHEELS"/*.whl || return 1
   "$PY" -c "import ray, mlflow, imagecodecs, pydantic; print('installed: ray', ray.__version__, 'mlflow', mlflow.__version__)"
 }
 
