@@ -1,9 +1,10 @@
 """P1: throughput of the compress job (Ray Data, all cores) against two baselines, in one run.
 
 * job: ``lossyvision.runners.compress.compress_job`` on a fresh local Ray with ``--num-cpus`` CPUs
-  (``ray.init`` timed separately: it is paid once per process, not per image). This is the cold
-  case: the first dataset on a new cluster also pays Ray Data's start (its two actors, the task
-  workers' start and imports: about 2 s here). With a warm cluster (a long-lived one, or a second
+  (``ray.init`` timed separately: it is paid once per process, not per image), with a PNG baseline
+  of every image (``png_sample=None``), as (a) does. This is the cold case: the first job on a new
+  cluster also pays Ray Data's start (its two actors, the task workers' start and imports: about 2 s
+  here). With a warm cluster (a long-lived one, or a second
   dataset), the same job runs again on the same cluster into a new store: reported apart;
 * (a) serial: a plain Python loop calling imagecodecs on the same images, levels and effort:
   read the JPEG, decode it, encode every level (level 0: lossless JPEG transcode), the same
@@ -135,7 +136,7 @@ def run_job(source: Path, store: Path, levels: list[float], effort: int, num_cpu
     def one(target: Path) -> dict:
         t = time.perf_counter()
         result = compress_job(str(source), str(target), codec_options={"effort": effort}, levels=levels,
-                              log=lambda msg: None)
+                              png_sample=None, log=lambda msg: None)
         seconds = time.perf_counter() - t
         m = result.manifest
         ok = m[m["status"] == "ok"]

@@ -1,7 +1,7 @@
 """The compress job without Ray: one image at one level, the plan, resume, the manifest, the summary.
 
 The jobs here run with the serial executor (``lossyvision.compress.execute_serially``); the same
-job on Ray Data is in ``test_compress_ray.py``.
+job on Ray is in ``test_compress_ray.py``.
 """
 
 from __future__ import annotations
@@ -199,6 +199,36 @@ def test_plan_flags_png_once_per_image_and_a_fixed_quality_sample(tmp_path):
     assert compress.quality_sample(list(reversed(records)), 3) == sampled  # order-independent
 
 
+def test_png_baseline_on_a_fixed_sample_per_split_and_on_every_image_when_asked(tmp_path):
+    root = small_dataset(tmp_path / "src", n=5)
+    records = create_dataset("imagefolder", str(root)).records()
+    sample = compress.png_sample(records, 2)
+    assert len(sample) == 4 and {r.split for r in records if r.relpath in sample} == {"train", "test"}
+    assert compress.png_sample(list(reversed(records)), 2) == sample  # fixed: order-independent
+    assert compress.png_sample(records, None) == {r.relpath for r in records}
+
+    out = tmp_path / "out"
+    first = run(root, out, levels=(1.0, 4.0), png_sample=2)
+    m = first.manifest
+    assert set(m.loc[m["png_bytes"].notna(), "relpath"]) == sample  # sampled images only, on both their rows
+    assert (m.groupby("relpath")["png_bytes"].count().loc[sorted(sample)] == 2).all()
+    png_row = first.summary[first.summary["codec"] == "png"].iloc[0]
+    assert png_row["images_ok"] == 4
+
+    # Asking for every image later adds the PNG of the others, redoing one level of each, nothing else.
+    again = run(root, out, levels=(1.0, 4.0), png_sample=None)
+    assert again.done == 10 - 4 and again.skipped == 20 - 6
+    assert again.manifest["png_bytes"].notna().all()
+    assert run(root, out, levels=(1.0, 4.0), png_sample=None).done == 0
+
+
+def test_png_sample_option_parses_numbers_and_all():
+    assert compress.parse_png_sample("256") == 256 and compress.parse_png_sample(" ALL ") is None
+    for bad in ("-1", "some"):
+        with pytest.raises(compress.CompressError, match="--png-sample"):
+            compress.parse_png_sample(bad)
+
+
 # --- manifest ------------------------------------------------------------------------------------
 def _row(relpath, level, status="ok", **kw):
     base = {"relpath": relpath, "codec": "jpegxl", "level": level, "status": status, "split": "train"}
@@ -270,6 +300,8 @@ def test_cli_errors_have_no_traceback(tmp_path):
     assert not (tmp_path / "o").exists()  # refused before anything was written
     r = runner.invoke(app, ["compress", "--source", str(tmp_path), "--out", str(tmp_path / "o"), "--levels", "a"])
     assert r.exit_code != 0 and "--levels" in r.output
+    r = runner.invoke(app, ["compress", "--source", str(tmp_path), "--out", str(tmp_path / "o"), "--png-sample", "x"])
+    assert r.exit_code == 2 and "--png-sample" in r.output and "Traceback" not in r.output
     sweep = tmp_path / "s.yaml"
     sweep.write_text("name: x\n")
     r = runner.invoke(app, ["compress", str(sweep), "--source", str(tmp_path)])
@@ -296,7 +328,7 @@ def test_sweep_file_gives_levels_union_store_and_options(tmp_path):
     assert args["levels"] == (0.0, 1.0, 2.0)
     assert args["store_uri"] == os.path.join(str(tmp_path / "run"), "store")
     assert args["codec_options"] == {"effort": 3} and args["on_error"] == "fail"
-    assert args["quality_sample"] == 2
+    assert args["quality_sample"] == 2 and args["png_sample"] == compress.PNG_SAMPLE
     assert [r.split for r in args["records"]] == ["test", "test", "train", "train"]
     several = parse_sweep({
         "name": "t", "dataset": {"kind": "imagefolder", "root": str(root)},
@@ -313,6 +345,8 @@ def test_sweep_file_gives_levels_union_store_and_options(tmp_path):
     assert compress.parse_quality_sample("all") == compress.EVERY_IMAGE and compress.parse_quality_sample("4") == 4
     with pytest.raises(compress.CompressError, match="a count or 'all'"):
         compress.parse_quality_sample("some")
+    every = parse_sweep({**sweep.model_dump(mode="json", exclude_none=True), "compress": {"png_sample": "all"}})
+    assert compress.sweep_job_args(every)[0]["png_sample"] is None
 
 
 def test_sources_sharing_an_output_name_keep_their_extension():

@@ -206,13 +206,13 @@ def test_manifest_path_outside_the_store_is_a_corrupt_row_never_followed(tmp_pat
         manifest.output_uri(str(out), planted)
 
     from lossyvision.spec import parse_sweep
-    from lossyvision.sweep.trials import TrialError, _store_uri
+    from lossyvision.sweep.trials import TrialError, store_uri
 
     sweep = parse_sweep({"name": "t", "dataset": {"root": str(root)}, "train_levels": [2], "test_levels": [2],
                          "models": [{"name": "m", "task": "classification", "arch": "resnet10t"}],
                          "output": str(tmp_path / "o"), "store": str(out)})
     with pytest.raises(TrialError, match="corrupt manifest row"):
-        _store_uri(sweep, planted)
+        store_uri(sweep, planted)
 
     redone = run(root, out, levels=(2.0,)).manifest.set_index("relpath")  # the next compress redoes it
     assert redone.loc["train/cat/a.jpg", "status"] == "ok"

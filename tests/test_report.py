@@ -107,8 +107,14 @@ def test_dcr_by_level_quartiles_and_png_baseline():
     assert t["dcr_vs_source_q25"].iloc[0] == pytest.approx(np.percentile([0.1, 0.2, 0.3, 0.4], 25))
     assert t["png_dcr_vs_raw"].iloc[0] == pytest.approx(0.5)
     assert t["png_dcr_vs_source"].iloc[0] == pytest.approx(1 - 50 / 40)
+    assert (t["png_images"] == 4).all()
     no_png = dcr_by_level(m.drop(columns=["png_bytes"]))
     assert no_png["png_dcr_vs_raw"].isna().all()
+    # The compress job computes PNG on a sample: the line is the mean over the sampled images only.
+    sampled = m.assign(png_bytes=np.where(m["relpath"].isin(["a", "b"]), [50, 70, np.nan, np.nan] * 2 + [np.nan],
+                                          np.nan))
+    t = dcr_by_level(sampled)
+    assert t["png_dcr_vs_raw"].iloc[0] == pytest.approx(1 - 60 / 100) and (t["png_images"] == 2).all()
 
 
 def test_heatmap_title_names_the_baseline():

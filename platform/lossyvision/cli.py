@@ -118,7 +118,7 @@ _SWEEP_FILE_SETS = {"source": "--source", "out": "--out", "dataset": "--dataset"
                     "max_pixels": "--max-pixels", "quality_metric": "--quality-metric",
                     "quality_sample": "--quality-sample", "animated": "--animated",
                     "allow_outside_symlinks": "--allow-outside-symlinks", "option": "--option",
-                    "layout": "--layout", "shard_size": "--shard-size"}
+                    "layout": "--layout", "shard_size": "--shard-size", "png_sample": "--png-sample"}
 
 
 def given_options(ctx: typer.Context, names: dict[str, str]) -> list[str]:
@@ -163,10 +163,12 @@ def compress(
                                   "object stores (docs/kubernetes.md)."),
     shard_size: str = typer.Option("256MB", "--shard-size", help="With --layout shards: source bytes per shard, "
                                                                   "e.g. 64MB."),
+    png_sample: str = typer.Option(
+        "256", "--png-sample", help="Images per split with a lossless PNG baseline (the report's PNG line), or 'all'."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the local Ray (default: all)."),
     yes: bool = typer.Option(False, "--yes", help="Run a sweep file whose grid is over the cap (see README)."),
 ) -> None:
-    """Compress a dataset at every level with Ray Data and write the manifest (resumable)."""
+    """Compress a dataset at every level on Ray and write the manifest (resumable)."""
     from rich.console import Console
 
     from lossyvision import compress as job
@@ -189,10 +191,12 @@ def compress(
                 parsed_levels = job.parse_levels(levels)
                 quality_sample = job.parse_quality_sample(quality_sample)
                 shard_bytes = job.parse_shard_size(shard_size)
+                png_count = job.parse_png_sample(png_sample)
                 job.validate(job.CompressOptions(  # codec, levels in its range, options: before anything is written
                     codec=codec, codec_options={} if effort is None else {"effort": effort}, levels=parsed_levels,
                     on_error=on_error, max_pixels=max_pixels, quality_metric=quality_metric,
-                    quality_sample=quality_sample, animated=animated, layout=layout, shard_size=shard_bytes))
+                    quality_sample=quality_sample, animated=animated, layout=layout, shard_size=shard_bytes,
+                    png_sample=png_count))
                 dataset_options = parse_options(option)
             except (job.CompressError, ValueError) as exc:
                 fail(str(exc))
@@ -219,7 +223,7 @@ def compress(
                          "levels": parsed_levels, "on_error": on_error, "max_pixels": max_pixels,
                          "quality_metric": quality_metric, "quality_sample": quality_sample,
                          "animated": animated, "dataset_options": dataset_options,
-                         "layout": layout, "shard_size": shard_bytes}]
+                         "layout": layout, "shard_size": shard_bytes, "png_sample": png_count}]
             from lossyvision.runners.compress import compress_job
 
             results = [compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))

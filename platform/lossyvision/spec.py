@@ -45,7 +45,8 @@ BOUNDS = {
     "lr": (0.0, 10.0), "weight_decay": (0.0, 10.0), "levels": 64, "models": 32, "budgets": 64,
     "cpu": (0.0, 1024.0), "gpu": (0.0, 64.0), "max_failures": (0, 100), "seed": (0, 2**32 - 1),
     "max_pixels": (1, 10_000_000_000), "quality_sample": (0, 1_000_000), "limit_per_split": (1, 10**9),
-    "name": 100, "codecs": 16, "shard_size": (1000, 64 * 10**9),
+    "name": 100, "codecs": 16, "shard_size": (1000, 64 * 10**9), "png_sample": (0, 10**9),
+    "shard_images": (1, 1_000_000), "shard_bytes": (1000, 1 << 40), "model_cache_bytes": (0, 1 << 40),
 }
 #: A sweep with more trials or evaluations than this needs ``--yes`` (``sweep run``, ``compress``).
 GRID_CAP = {"trials": 200, "evaluations": 5000}
@@ -300,6 +301,16 @@ class CompressSpec(_Strict):
         if not low <= size <= high:
             raise ValueError(f"must be between 1kB and 64GB, got {v!r}")
         return size
+    png_sample: Int | Literal["all"] = Field(
+        256, description="images per split with a lossless PNG baseline (the report's PNG line), or all of them")
+
+    @field_validator("png_sample")
+    @classmethod
+    def _png_sample(cls, v: int | str) -> int | str:
+        low, high = BOUNDS["png_sample"]
+        if v != "all" and not low <= int(v) <= high:
+            raise ValueError(f"must be all or a count in {low}..{high}, got {v!r}")
+        return v
 
 
 class ModelSpec(_Strict):
@@ -383,6 +394,31 @@ class ReportSpec(_Strict):
         "dcr", description="heatmap axes: mean DCR, or mean achieved quality (needs compress.quality_metric)")
 
 
+class EvaluationSpec(_Strict):
+    """How test levels stream through evaluation (memory and speed only: never part of a key).
+
+    A level is cut into shards of at most ``shard_images`` images and ``shard_bytes`` of decoded
+    pixels; one task decodes a shard once and every model tested at that level scores it, so memory
+    holds a few shards per worker, never a level. Each evaluation worker keeps the trained models it
+    loads while their weights fit ``model_cache_bytes``; a model beyond that is reloaded per shard.
+    """
+
+    shard_images: Int = _num(256, BOUNDS["shard_images"], description="images per evaluation shard, at most")
+    shard_bytes: Int = Field(256_000_000, description="decoded bytes per evaluation shard, at most (256MB)")
+    model_cache_bytes: Int = Field(4_000_000_000, description="model weights each evaluation worker keeps")
+
+    @field_validator("shard_bytes", "model_cache_bytes", mode="before")
+    @classmethod
+    def _sizes(cls, v: Any, info: ValidationInfo) -> int:
+        if isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v)):
+            raise ValueError(f"not a byte size: {v!r}")
+        size = parse_bytes(v)
+        low, high = BOUNDS[info.field_name]
+        if not low <= size <= high:
+            raise ValueError(f"must be between {low} and {high} bytes, got {v!r}")
+        return size
+
+
 class TrackingSpec(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<output>/mlflow.db")
     experiment: str | None = Field(None, description="MLflow experiment; default: the sweep's name")
@@ -431,6 +467,7 @@ class Sweep(_Strict):
     seed: Int = _num(0, BOUNDS["seed"], description="with the repeat index, fixes every random choice of a trial")
     deterministic: bool = Field(False, description="deterministic kernels (cuDNN, cuBLAS); see docs/reproducibility.md")
     report: ReportSpec = Field(default_factory=ReportSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     max_failures: Int = _num(2, BOUNDS["max_failures"], description="retries of a failed trial")
 
     @field_validator("name")

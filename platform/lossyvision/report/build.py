@@ -379,7 +379,8 @@ def _dcr_table_html(table: pd.DataFrame) -> str:
         f"<td>{r.dcr_vs_source_q25:.3f} – {r.dcr_vs_source_q75:.3f}</td><td>{r.dcr_vs_raw_mean:.3f}</td>"
         f"<td>{r.dcr_vs_raw_q25:.3f} – {r.dcr_vs_raw_q75:.3f}</td></tr>" for r in table.itertuples(index=False))
     png = table["png_dcr_vs_raw"].iloc[0]
-    foot = (f'<tr><td>PNG lossless</td><td></td><td>{table["png_dcr_vs_source"].iloc[0]:.3f}</td><td></td>'
+    sampled = int(table["png_images"].iloc[0]) if "png_images" in table else ""
+    foot = (f'<tr><td>PNG lossless</td><td>{sampled}</td><td>{table["png_dcr_vs_source"].iloc[0]:.3f}</td><td></td>'
             f"<td>{png:.3f}</td><td></td></tr>") if pd.notna(png) else ""
     return f'<table class="dcr">{head}{body}{foot}</table>'
 

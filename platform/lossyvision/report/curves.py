@@ -22,7 +22,8 @@ def dcr_by_level(manifest: pd.DataFrame) -> pd.DataFrame:
     """Per level: images, mean and quartiles of ``dcr_vs_source`` and ``dcr_vs_raw``, and the PNG DCR.
 
     ``png_dcr_vs_raw`` / ``png_dcr_vs_source`` are the means over images of ``1 - png / raw`` and
-    ``1 - png / source`` (NaN when the manifest has no ``png_bytes``).
+    ``1 - png / source`` over the ``png_images`` images that have a PNG baseline (the compress
+    job's fixed sample per split; NaN when none has).
     """
     rows = ok_rows(manifest)
     missing = sorted({"level", "dcr_vs_source", "dcr_vs_raw"} - set(rows.columns))
@@ -40,15 +41,22 @@ def dcr_by_level(manifest: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(out)
     png = png_baseline(rows)
     table["png_dcr_vs_raw"], table["png_dcr_vs_source"] = png
+    table["png_images"] = len(_png_rows(rows))
     return table
 
 
-def png_baseline(manifest: pd.DataFrame) -> tuple[float, float]:
-    """Mean DCR of lossless PNG against raw pixels and against the originals (NaN if unknown)."""
+def _png_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """One row per image with a PNG baseline (the compress job computes it on a sample)."""
     if "png_bytes" not in manifest.columns:
-        return np.nan, np.nan
-    per_image = manifest.dropna(subset=["png_bytes"]).drop_duplicates("relpath") if "relpath" in manifest.columns \
-        else manifest.dropna(subset=["png_bytes"])
+        return manifest.iloc[:0]
+    rows = manifest.dropna(subset=["png_bytes"])
+    return rows.drop_duplicates("relpath") if "relpath" in rows.columns else rows
+
+
+def png_baseline(manifest: pd.DataFrame) -> tuple[float, float]:
+    """Mean DCR of lossless PNG against raw pixels and against the originals, over the images that
+    have one (the sampled rows; NaN if none)."""
+    per_image = _png_rows(manifest)
     if per_image.empty:
         return np.nan, np.nan
     png = per_image["png_bytes"].to_numpy(float)
@@ -79,8 +87,9 @@ def plot_dcr_curve(table: pd.DataFrame, *, codec: str = "", title: str | None = 
         ax.tick_params(axis="y", colors=colour)
     png_raw = float(table["png_dcr_vs_raw"].iloc[0]) if len(table) else np.nan
     if np.isfinite(png_raw):
+        sampled = f", {int(table['png_images'].iloc[0])} images" if "png_images" in table else ""
         handles.append(right.axhline(png_raw, color="tab:gray", linestyle="--",
-                                     label=f"PNG lossless vs raw pixels ({png_raw:.2f})"))
+                                     label=f"PNG lossless vs raw pixels ({png_raw:.2f}{sampled})"))
     left.set_xlabel(f"{codec} level (distance)" if codec else "level")
     left.grid(alpha=0.3)
     left.legend(handles=handles, loc="lower right", fontsize=8)

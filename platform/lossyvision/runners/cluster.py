@@ -11,8 +11,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     """Start or join Ray once; returns the cluster's resources.
 
     ``address`` (or ``RAY_ADDRESS``) joins an existing cluster unchanged (a RayJob's driver);
-    without one a local Ray starts with this machine's CPUs, token auth off and no dashboard.
-    Calling it again while Ray is up is a no-op.
+    without one a local Ray starts with this machine's CPUs, token auth off, no dashboard, and
+    workers at the caller's priority: Ray's default (nice 15) lets any other process on the machine
+    take their CPU, which made jobs 1.5-2.6x slower than a plain process pool on a busy machine
+    (docs/benchmarks.md). Calling it again while Ray is up is a no-op.
     """
     import ray
 
@@ -26,6 +28,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
         ray.init(address=address, **options)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        options.setdefault("_system_config", {"worker_niceness": 0})
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
                  include_dashboard=False, **options)
     if quiet:

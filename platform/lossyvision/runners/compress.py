@@ -124,6 +124,7 @@ def compress_job(
     max_pixels: int = 100_000_000,
     quality_metric: str | None = None,
     quality_sample: int = 16,
+    png_sample: int | None = compress.PNG_SAMPLE,
     num_cpus: int | None = None,
     address: str | None = None,
     keep_ray: bool = False,
@@ -156,7 +157,8 @@ def compress_job(
     options = compress.CompressOptions(
         codec=codec, codec_options=dict(codec_options or {}), levels=tuple(float(x) for x in levels),
         on_error=on_error, max_pixels=int(max_pixels), quality_metric=quality_metric,
-        quality_sample=int(quality_sample), animated=animated, layout=layout, shard_size=int(shard_size))
+        quality_sample=int(quality_sample), animated=animated, layout=layout, shard_size=int(shard_size),
+        png_sample=None if png_sample is None else int(png_sample))
     compress.validate(options)
     compress.check_store_place(str(store_uri))
     with writer_lock(str(store_uri), "lossyvision compress", log=log):  # before listing: refused at once

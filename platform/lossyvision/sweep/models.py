@@ -91,10 +91,10 @@ def example_images(sweep: Any, manifest: pd.DataFrame | None, size: int) -> np.n
 def _store_images(sweep: Any, manifest: pd.DataFrame | None) -> list[np.ndarray]:
     from lossyvision.store import read_bytes
     from lossyvision.sweep.plan import ok_rows
-    from lossyvision.sweep.trials import _store_uri, read_manifest
+    from lossyvision.sweep.trials import read_manifest, store_uri
 
     manifest = read_manifest(sweep) if manifest is None else manifest
     arm = sweep.arms[0]
     rows = ok_rows(manifest, sweep.test_split, arm.codec.by_fidelity(arm.test_levels)[0], arm.name).head(EXAMPLE_IMAGES)
     codec = arm.create()
-    return [np.asarray(codec.decode(read_bytes(_store_uri(sweep, p)))) for p in rows["output_path"]]
+    return [np.asarray(codec.decode(read_bytes(store_uri(sweep, p)))) for p in rows["output_path"]]

@@ -111,14 +111,14 @@ def images_of(sweep: Sweep, rows: pd.DataFrame, reader: Any, split: str) -> Spli
         raise TrialError(f"{len(missing)} manifest image(s) of split {split!r} are not in the dataset "
                          f"(first: {missing[0]}); is the store from another dataset?")
     return SplitImages(
-        uris=[_store_uri(sweep, p) for p in rows["output_path"]],
+        uris=[store_uri(sweep, p) for p in rows["output_path"]],
         targets=[reader.load_target(records[p]) for p in rows["relpath"]],
         relpaths=list(rows["relpath"]),
         compressed_bytes=int(rows["compressed_bytes"].sum()),
     )
 
 
-def _store_uri(sweep: Sweep, output_path: str) -> str:
+def store_uri(sweep: Sweep, output_path: str) -> str:
     """Manifest paths are relative to the store; one that leaves it (absolute, a URI, ``..``) is a
     corrupt row, never followed."""
     from lossyvision.manifest import CorruptRowError, output_uri

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import math
+import time
 from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -161,6 +163,8 @@ def load_model_state(model: torch.nn.Module, state: Mapping[str, Any]) -> torch.
 
 
 # --------------------------------------------------------------------------- the loop
+_END = object()
+
 #: ``step(batch) -> (loss, n_samples, sums)``: ``sums`` are per-epoch sums (e.g. correct
 #: predictions) that :func:`train_epochs` divides by the samples seen.
 Step = Callable[[Any], "tuple[torch.Tensor, int, dict[str, float]]"]
@@ -177,6 +181,9 @@ def train_epochs(model: torch.nn.Module, loader_for_epoch: Callable[[int], Itera
     Each epoch reseeds torch's RNG from ``seed`` and the epoch number, so augmentations and the
     shuffle after a resume are those the uninterrupted run would have had. A non-finite loss stops
     training with ``FloatingPointError`` (the trial fails instead of training on NaNs).
+    Besides the step's metrics, each epoch reports ``images_per_s`` (samples over the epoch's wall
+    time) and ``loader_wait`` (the fraction of it spent waiting for the next batch: near 0 when
+    the data loader keeps up with the steps, near 1 when it starves them).
     Returns the last epoch trained (``start`` when nothing was left).
     """
     start = 0
@@ -194,7 +201,14 @@ def train_epochs(model: torch.nn.Module, loader_for_epoch: Callable[[int], Itera
         torch.manual_seed(seed * 100_003 + epoch)
         (set_train_mode or model.train)()
         total_loss, seen, sums = 0.0, 0, {}
-        for i, batch in enumerate(loader_for_epoch(epoch)):
+        began, waited = time.perf_counter(), 0.0
+        batches = iter(loader_for_epoch(epoch))
+        for i in itertools.count():
+            asked = time.perf_counter()
+            batch = next(batches, _END)
+            waited += time.perf_counter() - asked
+            if batch is _END:
+                break
             loss, n, batch_sums = step(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}, batch {i + 1}; "
@@ -212,8 +226,10 @@ def train_epochs(model: torch.nn.Module, loader_for_epoch: Callable[[int], Itera
                 sums[k] = sums.get(k, 0.0) + float(v)
         if seen == 0:
             raise ValueError("no training samples: the train split is empty")
+        took = max(time.perf_counter() - began, 1e-9)
         metrics = {"loss": total_loss / seen, **{k: v / seen for k, v in sums.items()},
-                   "lr": float(optimizer.param_groups[0]["lr"])}
+                   "lr": float(optimizer.param_groups[0]["lr"]),
+                   "images_per_s": seen / took, "loader_wait": min(1.0, waited / took)}
         if on_epoch is not None:
             on_epoch(epoch, metrics, training_state(model, optimizer, scheduler, epoch, **(extra_state or {})))
     return epoch
