@@ -233,3 +233,4 @@ def test_submit_checks_the_grid_and_forwards_yes(tmp_path):
         submission.check_sweep_file(sweep_file)
     assert submission.check_sweep_file(sweep_file, yes=True) == "s"
     assert submission.entrypoint("s.yaml", yes=True) == "lossyvision sweep run --yes s.yaml"
+    assert submission.entrypoint("s.yaml", wait_for_nodes=True) == "lossyvision sweep run --wait-for-nodes s.yaml"

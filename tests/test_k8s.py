@@ -250,6 +250,8 @@ def test_rayjob_lifecycle_bounds(overlay):
     assert spec["entrypoint"].startswith("lossyvision sweep run ")
     cluster = spec["rayClusterSpec"]
     assert cluster["enableInTreeAutoscaling"] is True
+    # Worker groups start at 0 pods: the resource check must wait for the autoscaler, not refuse.
+    assert "--wait-for-nodes" in spec["entrypoint"].split()
     assert cluster["rayVersion"] == __import__("ray").__version__
     cpu = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "cpu")
     assert cpu["minReplicas"] < cpu["maxReplicas"], "the CPU group autoscales"

@@ -128,6 +128,30 @@ def check_results_and_mlflow(output: str, tracking: str, experiment: str, epochs
     return results, metas
 
 
+def test_resources_no_node_offers_are_refused_before_anything_is_written(cluster, s3_demo, tmp_path):
+    from lossyvision.spec import SpecError
+    from lossyvision.store import exists
+    from lossyvision.sweep.run import run_sweep
+
+    output = f"s3://{BUCKET}/multinode/{tmp_path.name}"
+    path = write_sweep(tmp_path / "too-big.yaml", s3_demo, output, tmp_path, epochs=1)
+    spec = yaml.safe_load(path.read_text())
+    spec["resources"]["trial"] = {"cpu": 2, "custom": {"trainer": 1}}  # the trainer nodes have 1 CPU each
+    spec["store"] = f"s3://{BUCKET}/multinode/store-{tmp_path.name}"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError) as refused:
+        run_sweep(path, echo=print, ray_address=cluster.address, build_report=False)
+    assert str(refused.value).startswith("resources.trial: no node of the cluster offers 2 CPU, 1 trainer")
+    assert "1 CPU, 1 trainer" in str(refused.value) and "--wait-for-nodes" in str(refused.value)
+    assert not exists(output) and not exists(spec["store"])  # nothing written
+    spec["resources"]["trial"] = {"cpu": 1, "custom": {"trainer": 1}}
+    spec["resources"]["eval"] = {"cpu": 1, "gpu": 1}
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match=r"^resources.eval: no node of the cluster offers 1 CPU, 1 GPU"):
+        run_sweep(path, echo=print, ray_address=cluster.address, build_report=False)
+    assert not exists(output) and not exists(spec["store"])
+
+
 def test_sweep_on_three_nodes_records_where_everything_ran(cluster, s3_demo, tmp_path):
     from lossyvision.manifest import read_manifest
     from lossyvision.sweep.run import run_sweep

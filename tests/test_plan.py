@@ -214,6 +214,30 @@ def test_a_local_ray_without_the_resources_asked_for_is_a_clear_error(tmp_path):
     check_local_resources(make_sweep(tmp_path), {"CPU": 2.0})  # the defaults fit
 
 
+def test_a_cluster_without_a_node_for_a_trial_is_a_clear_error(tmp_path):
+    from lossyvision.spec import SpecError
+    from lossyvision.sweep.run import check_cluster_resources
+
+    sweep = make_sweep(tmp_path, resources={"trial": {"cpu": 4, "gpu": 1}, "eval": {"cpu": 1}})
+    head = {"CPU": 8.0, "memory": 1e9, "node:10.0.0.1": 1.0}
+    small_gpu = {"CPU": 2.0, "GPU": 1.0, "accelerator_type:A10G": 1.0}
+    # 8 CPUs and 1 GPU in all, but never on one node: a trial would wait forever.
+    with pytest.raises(SpecError, match=r"^resources.trial: no node of the cluster offers 4 CPU, 1 GPU "
+                                        r"\(its nodes: 2 CPU, 1 GPU; 8 CPU\); lower it, add such nodes"):
+        check_cluster_resources(sweep, [head, small_gpu], groups_known=False)
+    # An autoscaler that does not report its groups may add the node: a warning with --wait-for-nodes.
+    [warning] = check_cluster_resources(sweep, [head, small_gpu], groups_known=False, wait_for_nodes=True)
+    assert warning.startswith("warning: resources.trial: no node") and "--wait-for-nodes" in warning
+    # A node group the autoscaler reports counts, and then its report is the truth.
+    assert check_cluster_resources(sweep, [head, {"CPU": 8.0, "GPU": 1.0}], groups_known=True) == []
+    with pytest.raises(SpecError, match="lower it or add such nodes$"):
+        check_cluster_resources(sweep, [head, small_gpu], groups_known=True, wait_for_nodes=True)
+    custom = make_sweep(tmp_path, resources={"trial": {"cpu": 1, "custom": {"trainer": 1}}})
+    with pytest.raises(SpecError, match=r"offers 1 CPU, 1 trainer"):
+        check_cluster_resources(custom, [head], groups_known=False)
+    assert check_cluster_resources(custom, [head, {"CPU": 1.0, "trainer": 1.0}], groups_known=False) == []
+
+
 def codec_rows(levels: dict[str, tuple[float, ...]]) -> pd.DataFrame:
     frames = []
     for codec, lv in levels.items():

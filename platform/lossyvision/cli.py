@@ -249,6 +249,9 @@ def sweep_run(
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the local Ray (default: all)."),
     no_report: bool = typer.Option(False, "--no-report", help="Do not build the report at the end."),
     yes: bool = typer.Option(False, "--yes", help="Run a grid over the cap (200 trials or 5000 evaluations)."),
+    wait_for_nodes: bool = typer.Option(
+        False, "--wait-for-nodes", help="On a cluster whose autoscaler does not report its node groups: start "
+                                        "even when no node has the trial's or evaluation's resources yet."),
     register: Optional[str] = typer.Option(
         None, "--register", metavar="NAME",
         help="Register the model of the level the verdict advises in MLflow's model registry as NAME "
@@ -267,7 +270,8 @@ def sweep_run(
         check_grid(sweep, yes, source=str(sweep_file))
         try:
             outcome = run_sweep(sweep, echo=typer.echo, ray_address=address, num_cpus=num_cpus,
-                                build_report=not no_report, register=register)
+                                build_report=not no_report, register=register,
+                                wait_for_nodes=wait_for_nodes)
         except PlanError as e:
             fail(str(e))
     for line in summary_lines(outcome):
@@ -591,6 +595,9 @@ def submit(
         help="Print a new RayJob for SWEEP_FILE from this kustomize overlay (e.g. k8s/overlays/gpu), named "
              "<sweep>-<id>, with its sweep ConfigMap, for `kubectl create -f -`; no Ray job server involved."),
     yes: bool = typer.Option(False, "--yes", help="Run a grid over the cap (200 trials or 5000 evaluations)."),
+    wait_for_nodes: bool = typer.Option(
+        False, "--wait-for-nodes", help="The job starts even when no node has the trials' resources yet "
+                                        "(an autoscaler that does not report its node groups adds them)."),
 ) -> None:
     """Submit a sweep to a Ray cluster through the Job Submission API, or print it as a new RayJob.
 
@@ -629,7 +636,8 @@ def submit(
             return
         result = runner.submit_sweep(str(sweep_file), address, wait=not no_wait,
                                      env_vars=submission.parse_env_pairs(env), ship_code=ship_code,
-                                     echo=lambda text: typer.echo(text, nl=False), yes=yes)
+                                     echo=lambda text: typer.echo(text, nl=False), yes=yes,
+                                     wait_for_nodes=wait_for_nodes)
     except submission.SubmitError as e:
         fail(str(e))
     except KeyboardInterrupt:

@@ -224,9 +224,10 @@ def stage_sweep(sweep_file: str | os.PathLike[str], staging_dir: str | os.PathLi
     return name
 
 
-def entrypoint(sweep_name_in_working_dir: str, yes: bool = False) -> str:
+def entrypoint(sweep_name_in_working_dir: str, yes: bool = False, wait_for_nodes: bool = False) -> str:
     """The shell command the job runs, inside its working dir on the cluster."""
-    return f"lossyvision sweep run {'--yes ' if yes else ''}{shlex.quote(sweep_name_in_working_dir)}"
+    flags = ("--yes " if yes else "") + ("--wait-for-nodes " if wait_for_nodes else "")
+    return f"lossyvision sweep run {flags}{shlex.quote(sweep_name_in_working_dir)}"
 
 
 def build_runtime_env(working_dir: str, *, env_vars: Mapping[str, str] | None = None,

@@ -36,6 +36,28 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     return ray.cluster_resources()
 
 
+def node_shapes() -> tuple[list[dict[str, float]], bool]:
+    """The resources of every node the joined cluster has or may add, and whether the second part is known.
+
+    Live nodes come from ``ray.nodes()``; an autoscaler that reports its node groups to the GCS
+    (``ClusterConfig``, what Ray Train and Ray Data read for the same question) adds one shape per
+    group that may have nodes. Without that report the cluster's growth is unknown.
+    """
+    import ray
+
+    shapes = [{k: float(v) for k, v in n["Resources"].items()} for n in ray.nodes() if n.get("Alive")]
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: no report is "unknown", never a crash
+        config = None
+    if config is not None:
+        shapes += [{k: float(v) for k, v in group.resources.items()}
+                   for group in config.node_group_configs if group.max_count != 0]
+    return shapes, config is not None
+
+
 def _quiet_ray_data() -> None:
     """Ray Data logs every dataset's plan and progress at INFO: keep warnings only."""
     import logging

@@ -49,11 +49,13 @@ def connect(address: str, headers: Mapping[str, str] | None = None) -> JobSubmis
 
 def submit_sweep(sweep_file: str, address: str, *, wait: bool = True, env_vars: Mapping[str, str] | None = None,
                  ship_code: bool = False, echo: Echo = print,
-                 client: JobSubmissionClient | None = None, yes: bool = False) -> SubmitResult:
+                 client: JobSubmissionClient | None = None, yes: bool = False,
+                 wait_for_nodes: bool = False) -> SubmitResult:
     """Submit ``lossyvision sweep run <sweep file>`` as a Ray job; stream its logs until it ends.
 
     The sweep file is checked first (see :func:`lossyvision.submit.check_sweep_file`) and shipped
-    in the job's working dir; ``yes`` lets a grid over the cap run (``sweep run --yes``). The job's id
+    in the job's working dir; ``yes`` lets a grid over the cap run (``sweep run --yes``),
+    ``wait_for_nodes`` passes ``--wait-for-nodes``. The job's id
     is ``<sweep name>-<short id>`` (:func:`lossyvision.submit.submission_name`): unique per
     submission, and readable in ``ray job list`` and the dashboard. ``echo`` gets the job id line,
     then log chunks as they arrive.
@@ -64,7 +66,7 @@ def submit_sweep(sweep_file: str, address: str, *, wait: bool = True, env_vars: 
         name = submission.stage_sweep(sweep_file, staging)
         runtime_env = submission.build_runtime_env(staging, env_vars=env_vars, ship_code=ship_code)
         try:
-            job_id = client.submit_job(entrypoint=submission.entrypoint(name, yes=yes), runtime_env=runtime_env,
+            job_id = client.submit_job(entrypoint=submission.entrypoint(name, yes=yes, wait_for_nodes=wait_for_nodes), runtime_env=runtime_env,
                                        submission_id=submission.submission_name(sweep_name),
                                        metadata={"lossyvision_sweep": sweep_name})
         except RuntimeError as e:  # the server refused the job (bad runtime env, package too large, ...)

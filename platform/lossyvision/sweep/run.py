@@ -255,13 +255,49 @@ def check_local_resources(sweep: Sweep, resources: dict[str, float]) -> None:
                                 f"{have[kind]:g}; lower it or run on a cluster (RAY_ADDRESS)")
 
 
-def check_custom_resources(sweep: Sweep, cluster: dict[str, float]) -> None:
-    """Trials asking for a custom resource no node has would wait for it forever: refuse at once."""
-    missing = [f"{name} {amount:g} (the cluster has {cluster.get(name, 0.0):g})"
-               for name, amount in sorted(sweep.resources.trial.custom.items()) if cluster.get(name, 0.0) < amount]
-    if missing:
-        raise SpecError(f"resources.trial.custom: no node offers {', '.join(missing)}; start nodes with "
-                        "`ray start --resources` (KubeRay: rayStartParams.resources) or lower it")
+def resource_needs(sweep: Sweep) -> list[tuple[str, dict[str, float]]]:
+    """What one trial and one evaluation task ask of a single node, in Ray's resource names."""
+    needs = []
+    for what, res in (("trial", sweep.resources.trial), ("eval", sweep.resources.eval)):
+        need = {"CPU": float(res.cpu), "GPU": float(res.gpu), **{k: float(v) for k, v in getattr(res, "custom", {}).items()}}
+        needs.append((f"resources.{what}", {k: v for k, v in need.items() if v > 0}))
+    return needs
+
+
+def check_cluster_resources(sweep: Sweep, shapes: list[dict[str, float]], *, groups_known: bool,
+                            wait_for_nodes: bool = False) -> list[str]:
+    """Refuse a trial or evaluation that no node of the cluster can hold: it would wait forever.
+
+    ``shapes``: the resources of each live node, plus each node group an autoscaler reports
+    (``groups_known``; :func:`lossyvision.runners.cluster.node_shapes`). When the autoscaler does not
+    report its groups, ``wait_for_nodes`` (``sweep run --wait-for-nodes``) turns the refusal into a
+    warning line, returned: the nodes may come. Raises :class:`SpecError` otherwise.
+    """
+    warnings = []
+    for field, need in resource_needs(sweep):
+        if any(all(shape.get(k, 0.0) >= v for k, v in need.items()) for shape in shapes):
+            continue
+        asked = ", ".join(f"{v:g} {k}" for k, v in need.items())
+        line = f"{field}: no node of the cluster offers {asked} (its nodes: {_describe_shapes(shapes)})"
+        if wait_for_nodes and not groups_known:
+            warnings.append(f"warning: {line}; waiting for an autoscaler to add one (--wait-for-nodes)")
+            continue
+        hint = "lower it or add such nodes" if groups_known else \
+            "lower it, add such nodes (`ray start --resources`, KubeRay: a worker group), or pass " \
+            "--wait-for-nodes when an autoscaler adds them"
+        raise SpecError(f"{line}; {hint}")
+    return warnings
+
+
+#: Ray's bookkeeping resources, left out when a node is described.
+_BOOKKEEPING = ("node:", "memory", "object_store_memory", "accelerator_type:")
+
+
+def _describe_shapes(shapes: list[dict[str, float]]) -> str:
+    """``2 CPU, 1 GPU; 4 CPU, 1 trainer``: each distinct node shape once (at most six)."""
+    kinds = sorted({", ".join(f"{v:g} {k}" for k, v in sorted(shape.items()) if not k.startswith(_BOOKKEEPING))
+                    or "no resources" for shape in shapes})
+    return "; ".join(kinds[:6]) + ("; ..." if len(kinds) > 6 else "") if kinds else "none"
 
 
 def compress_for(sweep: Sweep, echo: Echo, ray_address: str | None = None,
@@ -282,11 +318,12 @@ def compress_for(sweep: Sweep, echo: Echo, ray_address: str | None = None,
 
 def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
               ray_address: str | None = None, num_cpus: int | None = None,
-              build_report: bool = True, register: str | None = None) -> SweepOutcome:
+              build_report: bool = True, register: str | None = None, wait_for_nodes: bool = False) -> SweepOutcome:
     """Run a sweep end to end; only what OUTPUT lacks for the sweep's current configuration is computed.
 
-    Everything checkable is checked before anything is written or Ray starts: the resources
-    against a local Ray, OUTPUT's format and its results table. Then OUTPUT's writer lock is taken:
+    Everything checkable is checked before anything is written: the resources against a local
+    Ray (before it starts) or against the nodes of the cluster joined (:func:`check_cluster_resources`),
+    OUTPUT's format and its results table. Then OUTPUT's writer lock is taken:
     a second run on the same OUTPUT is refused at once (:class:`lossyvision.lock.LockHeld` names the
     first). ``register``: a registered-model name; the model of the level the verdict advises is
     registered under it (:func:`register_recommended`).
@@ -296,6 +333,13 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
     sweep = resolve_paths(sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file))
     if not (ray_address or os.environ.get("RAY_ADDRESS")):
         check_local_resources(sweep, local_resources(num_cpus))
+    else:
+        from lossyvision.runners.cluster import init_ray, node_shapes
+
+        init_ray(ray_address)
+        shapes, groups_known = node_shapes()
+        for line in check_cluster_resources(sweep, shapes, groups_known=groups_known, wait_for_nodes=wait_for_nodes):
+            echo(line)
     outdir.check_format(sweep.output)
     read_results(sweep.output)  # a damaged results table is reported now, not after training
     with writer_lock(sweep.output, "lossyvision sweep run", log=echo):
@@ -331,9 +375,7 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
     echo(grid_size(grid, trials_todo, cells_todo, len(stale.trials), len(stale.cells)).describe())
     if trials_todo or cells_todo:
         with clock("ray"):
-            cluster = init_ray(ray_address, num_cpus=num_cpus)
-        if trials_todo:
-            check_custom_resources(sweep, cluster)
+            init_ray(ray_address, num_cpus=num_cpus)
     else:
         echo("nothing to run: every trial and cell of this configuration is done")
 
