@@ -271,19 +271,8 @@ class CompressSpec(_Strict):
     on_error: Literal["skip", "fail"] = "skip"
     max_pixels: Int = _num(100_000_000, BOUNDS["max_pixels"])
     quality_metric: Literal["ssimulacra2", "butteraugli"] | None = None
-    quality_sample: Int | Literal["all"] = Field(
-        16, description="images per level whose achieved quality is measured, or all of them")
-
-    @field_validator("quality_sample")
-    @classmethod
-    def _sample(cls, v: int | str) -> int:
-        """``all`` is -1 (:data:`lossyvision.compress.EVERY_IMAGE`); a count within bounds otherwise."""
-        if v == "all":
-            return -1
-        low, high = BOUNDS["quality_sample"]
-        if not low <= int(v) <= high:
-            raise ValueError(f"must be all or a count in {low}..{high}, got {v!r}")
-        return int(v)
+    quality_sample: int = Field(
+        16, description="images per level whose achieved quality is measured, or all of them (all: -1)")
     animated: Literal["refuse", "first"] = Field(
         "refuse", description="an animated image (GIF, APNG, WebP): refuse it, or compress its first frame")
     layout: Literal["files", "shards"] = Field(
@@ -301,16 +290,20 @@ class CompressSpec(_Strict):
         if not low <= size <= high:
             raise ValueError(f"must be between 1kB and 64GB, got {v!r}")
         return size
-    png_sample: Int | Literal["all"] = Field(
+    png_sample: int | Literal["all"] = Field(
         256, description="images per split with a lossless PNG baseline (the report's PNG line), or all of them")
 
-    @field_validator("png_sample")
+    @field_validator("quality_sample", "png_sample", mode="before")
     @classmethod
-    def _png_sample(cls, v: int | str) -> int | str:
-        low, high = BOUNDS["png_sample"]
-        if v != "all" and not low <= int(v) <= high:
+    def _count_or_all(cls, v: Any, info: ValidationInfo) -> int | str:
+        """A count within bounds, or ``all`` (quality_sample: -1, :data:`lossyvision.compress.EVERY_IMAGE`)."""
+        low, high = BOUNDS[info.field_name]
+        if v == "all":
+            return -1 if info.field_name == "quality_sample" else "all"
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not (
+                math.isfinite(v) and v.is_integer())) or not low <= v <= high:
             raise ValueError(f"must be all or a count in {low}..{high}, got {v!r}")
-        return v
+        return int(v)
 
 
 class ModelSpec(_Strict):
