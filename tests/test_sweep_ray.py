@@ -313,3 +313,27 @@ def test_killed_driver_resumes_without_redoing_finished_work(demo_root, store, t
     import pandas as pd
 
     assert len(pd.read_parquet(out / "results.parquet")) == 8
+
+
+def test_tune_state_never_pickles_the_listener_even_after_ray_replaced_print():
+    """Tune pickles its callbacks into tuner.pkl. Ray's tqdm replaces builtins.print in a driver
+    that showed a Ray Data bar, after which pickling ``print`` by reference fails: that broke every
+    later sweep of the process. The callback saves a plain Callback instead of the listener."""
+    import builtins
+
+    from ray import cloudpickle
+    from ray.tune import Callback
+
+    from lossyvision.runners.tune import _ListenerCallback
+
+    class Listener:
+        echo = print
+
+    callback = _ListenerCallback(Listener())
+    original = builtins.print
+    builtins.print = lambda *args, **kwargs: original(*args, **kwargs)  # what ray.experimental.tqdm_ray does
+    try:
+        restored = cloudpickle.loads(cloudpickle.dumps({"callbacks": [callback]}))["callbacks"][0]
+    finally:
+        builtins.print = original
+    assert type(restored) is Callback

@@ -119,6 +119,13 @@ class _ListenerCallback:
         from ray.tune import Callback
 
         class ListenerCallback(Callback):
+            def __reduce__(self):
+                # Tune pickles its callbacks into the experiment state (tuner.pkl), which lossyvision
+                # never restores (it resumes from its own files): save a plain Callback there, not the
+                # listener with its tracker, manifest and echo. (Pickling ``print`` by reference also
+                # fails once Ray's tqdm has replaced builtins.print in this process.)
+                return (Callback, ())
+
             def on_trial_start(self, iteration, trials, trial, **info):
                 listener.started(trial.config["trial"]["key"])
 

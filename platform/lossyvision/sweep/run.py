@@ -188,7 +188,8 @@ class DriverListener:
         took = self.epoch_seconds.get(key) or []
         later = took[1:] or took  # the first epoch's time includes the trial's start (model, data)
         mean = sum(later) / len(later) if later else None
-        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        # The model's numbers first, then the input pipeline's (images/s, the share of time waiting for data).
+        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items(), key=lambda kv: (kv[0] in _PIPELINE, kv[0])))
         self.echo(f"trial {key}: {epoch_line(epoch, epochs, seconds, mean)} {shown}")
 
     def finished(self, key: str) -> None:
@@ -227,6 +228,10 @@ class SweepOutcome:
     @property
     def ok(self) -> bool:
         return not self.trial_failures and not self.cell_failures
+
+
+#: Epoch metrics about the data pipeline rather than the model (P5 in docs/benchmarks.md).
+_PIPELINE = ("images_per_s", "loader_wait")
 
 
 def local_resources(num_cpus: int | None) -> dict[str, float]:
