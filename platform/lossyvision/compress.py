@@ -2,7 +2,7 @@
 
 Nothing here imports Ray. :func:`run_job` drives a job with any *executor* (a function from work
 items to an iterator of finished row batches): :func:`execute_serially` here for small jobs and
-unit tests, ``lossyvision.runners.compress.execute_with_ray`` (Ray tasks) for real ones.
+unit tests, ``lossyvision.runners.compress.execute_with_ray`` (Ray Data) for real ones.
 
 A *work item* is one (image, level) pair as a plain dict; consecutive items of the same image
 that land in one batch share a single read and decode of the source. Each item produces exactly
