@@ -311,3 +311,42 @@ def test_sweep_plan_counts_shards_not_files(tmp_path):
             shards_line = re.search(r"240 to compress.*in about (\d+) shards", result.output)
             assert shards_line and 2 <= int(shards_line[1]) < 240, result.output
     assert written["files"] - written["shards"] == 240 - int(shards_line[1])
+
+
+def test_training_stages_remote_shards_whole_and_reads_the_same_bytes(tmp_path, monkeypatch):
+    """A trial copies each remote shard once, front to back, and reads its random order from the copies;
+    over the trial's stage_bytes, or from a local store, it reads in place."""
+    import fsspec
+
+    from lossyvision.staging import stage_shards
+
+    fs = fsspec.filesystem("memory")
+    rng = np.random.default_rng(1)
+    blobs = {f"/lv-stage/jpegxl-1/shard-{i}.tar": bytes(rng.integers(0, 256, 30_000, dtype=np.uint8)) for i in range(3)}
+    for path, data in blobs.items():
+        fs.pipe_file(path, data)
+    members = [(f"memory://{p}", off, 700) for p in blobs for off in range(512, 29_000, 1536)]
+    order = rng.permutation(len(members))  # a trial's shuffled order
+    uris = [store.range_uri(*members[i]) for i in order] + ["memory:///lv-stage/plain.jxl"]
+    fs.pipe_file("/lv-stage/plain.jxl", b"a file of the files layout")
+    expected = [store.read_bytes(u) for u in uris]
+
+    opened = []
+    real_open = type(fs)._open
+    monkeypatch.setattr(type(fs), "_open", lambda self, path, *a, **kw: (opened.append(path), real_open(self, path, *a, **kw))[1])
+    monkeypatch.setattr(type(fs), "cat_file", lambda *a, **kw: pytest.fail("a ranged read of a staged shard"))
+    staged = stage_shards(uris, str(tmp_path / "stage"), max_bytes=10**6)
+    assert staged.staged and staged.shards == 3 and staged.bytes == 90_000 and "staged 3 shard(s)" in staged.reason
+    assert sorted(opened) == sorted(blobs)  # each shard read once, whole
+    assert all(store.parse_range_uri(u)[0].startswith(str(tmp_path)) for u in staged.uris[:-1])
+    assert staged.uris[-1] == uris[-1]  # not a shard member: read as before
+    monkeypatch.undo()
+    assert [store.read_bytes(u) for u in staged.uris] == expected  # the same bytes, in the same order
+    assert not list((tmp_path / "stage").glob("*.part"))
+
+    over = stage_shards(uris, str(tmp_path / "small"), max_bytes=50_000)
+    assert not over.staged and over.uris == uris and "exceed resources.trial.stage_bytes" in over.reason
+    assert not (tmp_path / "small").exists()
+    local = [store.range_uri(str(tmp_path / "x.tar"), 0, 10)]
+    assert stage_shards(local, str(tmp_path / "none"), 10**9).uris == local  # a local store: nothing to gain
+    fs.rm("/lv-stage", recursive=True)

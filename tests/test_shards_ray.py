@@ -107,6 +107,13 @@ def test_sharded_sweep_round_trips_with_the_numbers_of_the_per_file_layout(where
     m = check_sharded_store(join(output, "store"))
     results = read_results(output)
     assert len(results) == 8 and results.cell_id.nunique() == 4 and results.node.notna().all()
+    import json
+
+    from lossyvision.store import read_bytes
+
+    for trial_id in results.trial_id.unique():  # on S3 each trial copied its shards whole before training
+        meta = json.loads(read_bytes(join(output, "checkpoints", trial_id, "trial.json")))
+        assert (meta["train_shards"] >= 1) is meta["train_shards_staged"] is (where == "s3"), meta
 
     # The same sweep on the per-file layout gives the same numbers: the readers do not see the layout.
     files_out = str(tmp_path / "files")

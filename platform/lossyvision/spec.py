@@ -47,6 +47,7 @@ BOUNDS = {
     "max_pixels": (1, 10_000_000_000), "quality_sample": (0, 1_000_000), "limit_per_split": (1, 10**9),
     "name": 100, "codecs": 16, "shard_size": (1000, 64 * 10**9), "png_sample": (0, 10**9),
     "shard_images": (1, 1_000_000), "shard_bytes": (1000, 1 << 40), "model_cache_bytes": (0, 1 << 40),
+    "stage_bytes": (0, 1 << 44),
 }
 #: A sweep with more trials or evaluations than this needs ``--yes`` (``sweep run``, ``compress``).
 GRID_CAP = {"trials": 200, "evaluations": 5000}
@@ -360,6 +361,19 @@ class TrialResource(Resource):
     trials run only on the nodes started with them (``ray start --resources '{"trainer": 1}'``)."""
 
     custom: dict[str, Float] = Field(default_factory=dict, description="Ray custom resources per trial")
+    stage_bytes: Int = Field(8_000_000_000, description="local disk a trial may fill with copies of its "
+                                                        "training shards (a sharded store on an object store), e.g. 8GB")
+
+    @field_validator("stage_bytes", mode="before")
+    @classmethod
+    def _stage_bytes(cls, v: Any) -> int:
+        if isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v)):
+            raise ValueError(f"not a byte size: {v!r}")
+        size = parse_bytes(v)
+        low, high = BOUNDS["stage_bytes"]
+        if not low <= size <= high:
+            raise ValueError(f"must be between {low} and {high} bytes, got {v!r}")
+        return size
 
     @field_validator("custom")
     @classmethod

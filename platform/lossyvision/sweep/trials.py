@@ -13,8 +13,10 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import math
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -272,6 +274,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
 
     from lossyvision.data import ImageSamples
     from lossyvision.seeding import seed_everything, set_deterministic, trial_seed
+    from lossyvision.staging import stage_shards
     from lossyvision.tasks import create_task
 
     started = time.time()
@@ -284,35 +287,40 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
     set_deterministic(sweep.deterministic)
     task = create_task(spec.task, spec, reader_classes, device=device, seed=seed)
     codec = sweep.arm(trial.codec).create()
-    train = ImageSamples(images.uris, images.targets, decode=codec.decode)
+    stage_dir = tempfile.mkdtemp(prefix="lv-shards-")  # copies of remote training shards, this trial's only
+    try:
+        staged = stage_shards(images.uris, stage_dir, sweep.resources.trial.stage_bytes)
+        if staged.reason:
+            logging.getLogger(__name__).info("trial %s: %s", trial.key, staged.reason)
+        train = ImageSamples(staged.uris, images.targets, decode=codec.decode)
 
-    state, history, nodes = None, [], []
-    if resume_dir:
-        try:
-            state, history = load_progress(resume_dir)
-            nodes = progress_nodes(resume_dir)
-        except Exception as e:  # a checkpoint cut short by a kill: start over rather than fail
-            import logging
+        state, history, nodes = None, [], []
+        if resume_dir:
+            try:
+                state, history = load_progress(resume_dir)
+                nodes = progress_nodes(resume_dir)
+            except Exception as e:  # a checkpoint cut short by a kill: start over rather than fail
+                logging.getLogger(__name__).warning("trial %s: cannot resume from %s (%s); starting over",
+                                                    trial.key, resume_dir, e)
+                state, history, nodes = None, [], []
+        if node and (not nodes or nodes[-1] != node):
+            nodes.append(node)
+        resumed_from = int(state["epoch"]) if state else 0
+        epochs = int(getattr(task, "epochs", spec.epochs))  # a task's recipe may set its own (detection)
+        seed_everything(seed)  # the initial weights (a random head, or a whole model from scratch)
+        model = task.build_model()
 
-            logging.getLogger(__name__).warning("trial %s: cannot resume from %s (%s); starting over",
-                                                trial.key, resume_dir, e)
-            state, history, nodes = None, [], []
-    if node and (not nodes or nodes[-1] != node):
-        nodes.append(node)
-    resumed_from = int(state["epoch"]) if state else 0
-    epochs = int(getattr(task, "epochs", spec.epochs))  # a task's recipe may set its own (detection)
-    seed_everything(seed)  # the initial weights (a random head, or a whole model from scratch)
-    model = task.build_model()
+        def on_epoch(epoch: int, metrics: dict[str, float], st: dict[str, Any]) -> None:
+            row = {"epoch": int(epoch), **{k: float(v) for k, v in metrics.items() if _is_number(v)}}
+            history[:] = [h for h in history if h["epoch"] < epoch] + [row]
+            if report is not None:
+                with tempfile.TemporaryDirectory(prefix="lv-progress-") as tmp:
+                    save_progress(tmp, epoch, st, history, nodes)
+                    report(epoch, row, tmp, epochs)
 
-    def on_epoch(epoch: int, metrics: dict[str, float], st: dict[str, Any]) -> None:
-        row = {"epoch": int(epoch), **{k: float(v) for k, v in metrics.items() if _is_number(v)}}
-        history[:] = [h for h in history if h["epoch"] < epoch] + [row]
-        if report is not None:
-            with tempfile.TemporaryDirectory(prefix="lv-progress-") as tmp:
-                save_progress(tmp, epoch, st, history, nodes)
-                report(epoch, row, tmp, epochs)
-
-    task.fit(model, train, on_epoch=on_epoch, state=state)
+        task.fit(model, train, on_epoch=on_epoch, state=state)
+    finally:
+        shutil.rmtree(stage_dir, ignore_errors=True)
 
     train_dcr = level_dcr(manifest, sweep.train_split, trial.train_level, trial.codec)
     meta = {
@@ -324,6 +332,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
         "train_dcr": _nan_to_none(train_dcr.vs_source), "train_dcr_raw": _nan_to_none(train_dcr.vs_raw),
         "history": history, "resumed_from": resumed_from, "seconds": round(time.time() - started, 3),
         "finished_at": utc_now(), "node": node, "nodes": nodes, "host": socket.gethostname(),
+        "train_shards": staged.shards, "train_shards_staged": staged.staged,
     }
     directory = checkpoint_dir(output, trial.key)
     buf = io.BytesIO()
