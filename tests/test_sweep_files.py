@@ -177,6 +177,8 @@ CASES = [
     ("eval-shard-bytes-nan", with_("evaluation.shard_bytes", float("nan")), "evaluation.shard_bytes", "not a byte size"),
     ("eval-cache-huge", with_("evaluation.model_cache_bytes", "5TB"), "evaluation.model_cache_bytes", "must be between"),
     ("eval-unknown-key", with_("evaluation.shards", 3), "evaluation.shards", "unknown field"),
+    ("stage-bytes-word", with_("resources.trial.stage_bytes", "a lot"), "resources.trial.stage_bytes", "not a byte size"),
+    ("stage-bytes-negative", with_("resources.trial.stage_bytes", -5), "resources.trial.stage_bytes", "a size must be >= 0"),
     ("name-too-long", with_("name", "n" * 150), "name", "at most 100 characters"),
     ("name-slash", with_("name", "../x"), "name", "must be letters"),
     ("too-many-models", lambda d, t: d.update(models=[dict(MODEL, name=f"m{i}") for i in range(40)]),
