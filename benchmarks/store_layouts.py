@@ -8,7 +8,8 @@ For each backend and layout, from the same real-photo demo crops (sources on the
 * **evaluation reads**: ``decode_test_level`` (what evaluation does before scoring: read and decode every test
   image of a level, in relpath order) for every level, in this process: wall seconds and requests;
 * **training reads**: one epoch of ``ImageSamples`` over the train split at one level in a seeded shuffled order
-  (what a trial's data loader does): wall seconds and requests.
+  (a trial's data loader), read in place (one ranged read per image); and **staged**, as trials now do: the shards
+  copied whole to local disk first (:mod:`lossyvision.staging`), then the epoch: wall seconds and requests.
 
 Runs alternate the layouts (files, shards, shards, files, ...) so that a drifting load weighs on both, and each
 repeat compresses into a new store. The headline is the median of the repeats, as ratios shards ÷ files.
@@ -136,10 +137,22 @@ def one_run(backend: str, layout: str, root: str, levels: list[float], args, cou
         samples[int(i)]
     train_s = time.perf_counter() - t0
     train_requests = counter.take()
+    # What a trial does now: stage the shards on local disk (one streamed read each), then its epoch.
+    from lossyvision.staging import stage_shards
+
+    t0 = time.perf_counter()
+    staged = stage_shards(images.uris, str(tmp / f"stage-{layout}-{n}"), max_bytes=8 * 10**9)
+    local = ImageSamples(staged.uris, images.targets, decode=create_codec("jpegxl").decode)
+    for i in order:
+        local[int(i)]
+    staged_s = time.perf_counter() - t0
+    staged_requests = counter.take()
     return {"backend": backend, "layout": layout, "repeat": n, "rows": len(job.manifest), "objects": n_objects,
             "compress_s": round(compress_s, 3), "eval_read_s": round(eval_s, 3), "train_read_s": round(train_s, 3),
+            "train_staged_s": round(staged_s, 3), "train_shards_staged": staged.staged,
             "test_images_per_level": decoded[0], "train_images": len(samples),
-            "requests": {"compress": compress_requests, "eval": eval_requests, "train": train_requests}}
+            "requests": {"compress": compress_requests, "eval": eval_requests, "train": train_requests,
+                         "train_staged": staged_requests}}
 
 
 def main() -> None:
@@ -198,24 +211,26 @@ def compress_job_warmup(root: str, tmp: Path, levels: list[float], args) -> floa
 
 def summarize(runs: list[dict]) -> dict:
     table, lines = [], ["| backend | layout | objects | compress s | eval reads s | train reads s | "
-                        "requests (compress / eval / train) |", "|---|---|---|---|---|---|---|"]
+                        "staged + train reads s | requests (compress / eval / train / staged train) |",
+                        "|---|---|---|---|---|---|---|---|"]
     for backend in sorted({r["backend"] for r in runs}):
         med = {}
         for layout in ("files", "shards"):
             rs = [r for r in runs if r["backend"] == backend and r["layout"] == layout]
             m = {k: statistics.median(r[k] for r in rs) for k in ("objects", "compress_s", "eval_read_s",
-                                                                   "train_read_s")}
-            req = {phase: sum(rs[0]["requests"][phase].values()) for phase in ("compress", "eval", "train")}
+                                                                   "train_read_s", "train_staged_s")}
+            req = {phase: sum(rs[0]["requests"][phase].values())
+                   for phase in ("compress", "eval", "train", "train_staged")}
             med[layout] = {**m, "requests": req, "requests_by_kind": rs[0]["requests"]}
             table.append({"backend": backend, "layout": layout, **med[layout]})
             lines.append(f"| {backend} | {layout} | {m['objects']:.0f} | {m['compress_s']:.2f} | "
-                         f"{m['eval_read_s']:.2f} | {m['train_read_s']:.2f} | "
-                         f"{req['compress']} / {req['eval']} / {req['train']} |")
+                         f"{m['eval_read_s']:.2f} | {m['train_read_s']:.2f} | {m['train_staged_s']:.2f} | "
+                         f"{req['compress']} / {req['eval']} / {req['train']} / {req['train_staged']} |")
         f, s = med["files"], med["shards"]
-        ratio = {k: s[k] / f[k] for k in ("objects", "compress_s", "eval_read_s", "train_read_s")}
+        ratio = {k: s[k] / f[k] for k in ("objects", "compress_s", "eval_read_s", "train_read_s", "train_staged_s")}
         table.append({"backend": backend, "layout": "shards / files", **ratio})
         lines.append(f"| {backend} | **shards ÷ files** | {ratio['objects']:.4f} | {ratio['compress_s']:.2f} | "
-                     f"{ratio['eval_read_s']:.2f} | {ratio['train_read_s']:.2f} | |")
+                     f"{ratio['eval_read_s']:.2f} | {ratio['train_read_s']:.2f} | {ratio['train_staged_s']:.2f} | |")
     return {"table": table, "lines": lines}
 
 
