@@ -37,7 +37,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 
 from lossyvision.places import check_output_files, check_place, check_store_files
 from lossyvision.store import DamagedFileError, is_remote, join
-from lossyvision.units import parse_bytes
+from lossyvision.units import format_bytes, parse_bytes
 
 #: Sane bounds of the numbers in a sweep file (documented in the module docstring and README).
 BOUNDS = {
@@ -98,6 +98,17 @@ def _whole(value: Any) -> Any:
 #: Numbers that refuse booleans; floats also refuse NaN and infinities (``allow_inf_nan=False``).
 Int = Annotated[int, BeforeValidator(_whole)]
 Float = Annotated[float, BeforeValidator(_no_bool)]
+
+
+def byte_size(value: Any, field: str) -> int:
+    """A byte size (``256MB``, ``2GiB``, a number) within :data:`BOUNDS` ``[field]``; never a boolean or NaN."""
+    if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"not a byte size: {value!r}")
+    size = parse_bytes(value)
+    low, high = BOUNDS[field]
+    if not low <= size <= high:
+        raise ValueError(f"must be between {format_bytes(low)} and {format_bytes(high)}, got {value!r}")
+    return size
 
 
 def _num(default: Any, bounds: tuple[float, float], *, low_open: bool = False, **kw: Any) -> Any:
@@ -283,14 +294,8 @@ class CompressSpec(_Strict):
 
     @field_validator("shard_size", mode="before")
     @classmethod
-    def _shard_size(cls, v: Any) -> int:
-        if isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v)):
-            raise ValueError(f"not a byte size: {v!r}")
-        size = parse_bytes(v)
-        low, high = BOUNDS["shard_size"]
-        if not low <= size <= high:
-            raise ValueError(f"must be between 1kB and 64GB, got {v!r}")
-        return size
+    def _shard_size(cls, v: Any, info: ValidationInfo) -> int:
+        return byte_size(v, info.field_name)
     png_sample: int | Literal["all"] = Field(
         256, description="images per split with a lossless PNG baseline (the report's PNG line), or all of them")
 
@@ -366,14 +371,8 @@ class TrialResource(Resource):
 
     @field_validator("stage_bytes", mode="before")
     @classmethod
-    def _stage_bytes(cls, v: Any) -> int:
-        if isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v)):
-            raise ValueError(f"not a byte size: {v!r}")
-        size = parse_bytes(v)
-        low, high = BOUNDS["stage_bytes"]
-        if not low <= size <= high:
-            raise ValueError(f"must be between {low} and {high} bytes, got {v!r}")
-        return size
+    def _stage_bytes(cls, v: Any, info: ValidationInfo) -> int:
+        return byte_size(v, info.field_name)
 
     @field_validator("custom")
     @classmethod
@@ -417,13 +416,7 @@ class EvaluationSpec(_Strict):
     @field_validator("shard_bytes", "model_cache_bytes", mode="before")
     @classmethod
     def _sizes(cls, v: Any, info: ValidationInfo) -> int:
-        if isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v)):
-            raise ValueError(f"not a byte size: {v!r}")
-        size = parse_bytes(v)
-        low, high = BOUNDS[info.field_name]
-        if not low <= size <= high:
-            raise ValueError(f"must be between {low} and {high} bytes, got {v!r}")
-        return size
+        return byte_size(v, info.field_name)
 
 
 class TrackingSpec(_Strict):
