@@ -80,6 +80,7 @@ def run_child(args: argparse.Namespace) -> None:
 def measure(source: Path, out: Path, args: argparse.Namespace) -> dict:
     """Run the child on ``source`` and sample its process tree's RSS until it exits."""
     import psutil
+    from _procs import tree_rss
 
     cmd = [sys.executable, __file__, "--child-source", str(source), "--child-out", str(out),
            "--levels", ",".join(str(x) for x in args.levels), "--effort", str(args.effort),
@@ -93,21 +94,12 @@ def measure(source: Path, out: Path, args: argparse.Namespace) -> dict:
     max_procs = 0
     samples = 0
     while child.poll() is None:
-        try:
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
+        sample = tree_rss(root)
+        if sample is None:
             break
-        total = driver = 0
-        for p in procs:
-            try:
-                rss = p.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            total += rss
-            if p.pid == root.pid:
-                driver = rss
+        total, driver, n_procs = sample
         peak_tree, peak_driver = max(peak_tree, total), max(peak_driver, driver)
-        max_procs = max(max_procs, len(procs))
+        max_procs = max(max_procs, n_procs)
         samples += 1
         time.sleep(args.interval)
     stdout, stderr = child.communicate()

@@ -88,6 +88,7 @@ def sweep_file(path: Path, root: Path, output: Path, test_levels: list[float]) -
 def measure(sweep: Path, args: argparse.Namespace) -> dict:
     """Run the sweep as a child and sample its process tree's RSS until it exits."""
     import psutil
+    from _procs import tree_rss
 
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(args.platform.resolve())}
     env.pop("RAY_ADDRESS", None)
@@ -113,22 +114,13 @@ def measure(sweep: Path, args: argparse.Namespace) -> dict:
     by_phase: dict[str, int] = {}
     samples = max_procs = 0
     while child.poll() is None:
-        try:
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
+        sample = tree_rss(root)
+        if sample is None:
             break
-        total = driver = 0
-        for p in procs:
-            try:
-                rss = p.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            total += rss
-            if p.pid == root.pid:
-                driver = rss
+        total, driver, n_procs = sample
         peaks["tree"], peaks["driver"] = max(peaks["tree"], total), max(peaks["driver"], driver)
         by_phase[phase["name"]] = max(by_phase.get(phase["name"], 0), total)
-        max_procs, samples = max(max_procs, len(procs)), samples + 1
+        max_procs, samples = max(max_procs, n_procs), samples + 1
         time.sleep(args.interval)
     reader.join(timeout=10)
     if child.returncode != 0:
