@@ -358,16 +358,16 @@ def parse_options(pairs: list[str]) -> dict:
     return out
 
 
-@app.command("inspect")
+@app.command("inspect", epilog="Example: lossyvision inspect data/demo --sample 4")
 def inspect_command(
     dataset: Optional[str] = typer.Argument(None, help="Dataset root (folder, list file or s3:// URI)."),
-    kind: str = typer.Option("imagefolder", "--kind", "-k", help="Dataset kind: imagefolder, coco, csv, hf, ..."),
+    kind: str = typer.Option("imagefolder", "--kind", "-k", help=f"Dataset kind: {DATASET_NAMES}."),
     option: list[str] = typer.Option([], "--option", "-o", metavar="KEY=VALUE",
                                      help="A dataset option (repeatable; the value is YAML), e.g. -o masks=true."),
     sweep_file: Optional[Path] = typer.Option(
         None, "--sweep", help="Take the codec, its options and the ladder (train + test levels) from a sweep file; "
                               "also the dataset when DATASET is not given."),
-    codec: str = typer.Option("jpegxl", "--codec", help="Codec of the estimate."),
+    codec: str = typer.Option("jpegxl", "--codec", help=f"Codec of the estimate: {CODEC_NAMES}."),
     levels: str = typer.Option("0,0.5,1,2,5,10", "--levels", help="Levels of the estimate (comma-separated)."),
     effort: Optional[int] = typer.Option(None, "--effort", help="Encoder effort of the estimate (jpegxl: 1..10)."),
     sample: int = typer.Option(8, "--sample", min=0, help="Images encoded for the estimate (0: no estimate)."),
