@@ -165,3 +165,27 @@ def file_info(info: dict[str, Any]) -> dict[str, Any]:
     """``{"size", "version"}`` from an fsspec ``info`` dict (mtime locally, ETag on object stores)."""
     version = info.get("mtime", info.get("ETag", info.get("LastModified", info.get("last_modified"))))
     return {"size": int(info.get("size") or 0), "version": "" if version is None else str(version)}
+
+
+class ScannedReader(DatasetReader):
+    """A reader that lists its dataset once, on first use: :meth:`_scan` sets ``_classes`` and ``_records``."""
+
+    _classes: list[str] | None = None
+    _records: list[Record] | None = None
+
+    @abstractmethod
+    def _scan(self) -> None:
+        """List the dataset: set ``self._classes`` and ``self._records``."""
+
+    @property
+    def classes(self) -> list[str]:
+        if self._classes is None:
+            self._scan()
+        assert self._classes is not None
+        return list(self._classes)
+
+    def records(self) -> list[Record]:
+        if self._records is None:
+            self._scan()
+        assert self._records is not None
+        return list(self._records)

@@ -41,7 +41,7 @@ from lossyvision.datasets._labels import (
     parse_test_fraction,
     resolve_labels,
 )
-from lossyvision.datasets.base import DATASETS, TASK_CLASSIFICATION, DatasetReader, Record, file_info, sorted_records
+from lossyvision.datasets.base import DATASETS, TASK_CLASSIFICATION, Record, ScannedReader, file_info, sorted_records
 from lossyvision.store import filesystem, is_remote, read_bytes
 
 OPTIONS = ("path_column", "label_column", "split_column", "classes", "split_map", "test_fraction", "delimiter")
@@ -77,7 +77,7 @@ def locate(list_uri: str, path: str) -> tuple[str, str]:
 
 
 @DATASETS.register("csv")
-class CSVListReader(DatasetReader):
+class CSVListReader(ScannedReader):
     """A CSV or JSONL list of images with labels and splits."""
 
     name = "csv"
@@ -98,21 +98,6 @@ class CSVListReader(DatasetReader):
         if not isinstance(delimiter, str) or len(delimiter) != 1:
             raise ValueError(f"csv: option delimiter must be one character, got {delimiter!r}")
         self.delimiter = delimiter
-        self._classes: list[str] | None = None
-        self._records: list[Record] | None = None
-
-    @property
-    def classes(self) -> list[str]:
-        if self._classes is None:
-            self._scan()
-        assert self._classes is not None
-        return list(self._classes)
-
-    def records(self) -> list[Record]:
-        if self._records is None:
-            self._scan()
-        assert self._records is not None
-        return list(self._records)
 
     # ------------------------------------------------------------------ parsing
     def _rows(self) -> tuple[list[dict[str, Any]], list[int], list[str]]:

@@ -41,8 +41,8 @@ from lossyvision.datasets._labels import (
 from lossyvision.datasets.base import (
     DATASETS,
     TASK_CLASSIFICATION,
-    DatasetReader,
     Record,
+    ScannedReader,
     file_info,
     file_versions,
     sorted_records,
@@ -97,7 +97,7 @@ def _parquet_value(uri: str, row: int, column: str) -> Any:
 
 
 @DATASETS.register("hf")
-class HFDatasetReader(DatasetReader):
+class HFDatasetReader(ScannedReader):
     """A Hugging Face dataset on disk (``save_to_disk``) or as Parquet files, with an image column."""
 
     name = "hf"
@@ -113,8 +113,6 @@ class HFDatasetReader(DatasetReader):
         self.fixed_classes = parse_classes("hf", options.get("classes"))
         self.split_map = parse_split_map("hf", options.get("split_map"))
         self.test_fraction = parse_test_fraction("hf", options.get("test_fraction"))
-        self._classes: list[str] | None = None
-        self._records: list[Record] | None = None
         self._layout: str | None = None
 
     # ------------------------------------------------------------------ layout
@@ -166,18 +164,6 @@ class HFDatasetReader(DatasetReader):
         return {str(loaded.split) if loaded.split is not None else "train": loaded}
 
     # ------------------------------------------------------------------ listing
-    @property
-    def classes(self) -> list[str]:
-        if self._classes is None:
-            self._scan()
-        assert self._classes is not None
-        return list(self._classes)
-
-    def records(self) -> list[Record]:
-        if self._records is None:
-            self._scan()
-        assert self._records is not None
-        return list(self._records)
 
     def _check_columns(self, names: Sequence[str], where: str) -> None:
         for option, column in (("image_column", self.image_column), ("label_column", self.label_column)):

@@ -21,14 +21,14 @@ from __future__ import annotations
 from typing import Any
 
 from lossyvision.datasets._files import IMAGE_EXTENSIONS, is_image, unsupported
-from lossyvision.datasets._labels import hash_split
-from lossyvision.datasets.base import DATASETS, TASK_CLASSIFICATION, DatasetReader, Record, sorted_records
+from lossyvision.datasets._labels import check_options, hash_split, parse_test_fraction
+from lossyvision.datasets.base import DATASETS, TASK_CLASSIFICATION, Record, ScannedReader, sorted_records
 
 SPLIT_FOLDERS = ("train", "val", "test")
 
 
 @DATASETS.register("imagefolder")
-class ImageFolderReader(DatasetReader):
+class ImageFolderReader(ScannedReader):
     """Class folders of images, with or without split folders."""
 
     name = "imagefolder"
@@ -36,29 +36,9 @@ class ImageFolderReader(DatasetReader):
 
     def __init__(self, root: str, **options: Any) -> None:
         super().__init__(root, **options)
-        unknown = set(options) - {"test_fraction", "split_folders"}
-        if unknown:
-            raise ValueError(f"imagefolder: unknown option(s) {sorted(unknown)}; known: split_folders, test_fraction")
-        fraction = options.get("test_fraction")
-        if fraction is not None and not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
-            raise ValueError(f"imagefolder: test_fraction must be between 0 and 1 (exclusive), got {fraction!r}")
-        self.test_fraction: float | None = None if fraction is None else float(fraction)
+        check_options("imagefolder", options, ("split_folders", "test_fraction"))
+        self.test_fraction = parse_test_fraction("imagefolder", options.get("test_fraction"))
         self.split_folders: bool | None = options.get("split_folders")
-        self._records: list[Record] | None = None
-        self._classes: list[str] | None = None
-
-    @property
-    def classes(self) -> list[str]:
-        if self._classes is None:
-            self._scan()
-        assert self._classes is not None
-        return list(self._classes)
-
-    def records(self) -> list[Record]:
-        if self._records is None:
-            self._scan()
-        assert self._records is not None
-        return list(self._records)
 
     def _scan(self) -> None:
         files = self.list_files()

@@ -48,8 +48,8 @@ from lossyvision.datasets._labels import check_options, parse_classes, resolve_l
 from lossyvision.datasets.base import (
     DATASETS,
     TASK_CLASSIFICATION,
-    DatasetReader,
     Record,
+    ScannedReader,
     file_info,
     file_versions,
     sorted_records,
@@ -78,7 +78,7 @@ def sample_key(member_name: str) -> tuple[str, str]:
 
 
 @DATASETS.register("webdataset")
-class WebDatasetReader(DatasetReader):
+class WebDatasetReader(ScannedReader):
     """Tar shards of (image, label) samples; images are read by byte range from their shard."""
 
     name = "webdataset"
@@ -101,8 +101,6 @@ class WebDatasetReader(DatasetReader):
         if not isinstance(label_key, str) or not label_key:
             raise ValueError(f"webdataset: option label_key must be a key name, got {label_key!r}")
         self.label_key = label_key
-        self._classes: list[str] | None = None
-        self._records: list[Record] | None = None
         self._shards: dict[str, dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ where shards are
@@ -143,18 +141,6 @@ class WebDatasetReader(DatasetReader):
         return None  # a shard no glob names is left out
 
     # ------------------------------------------------------------------ listing
-    @property
-    def classes(self) -> list[str]:
-        if self._classes is None:
-            self._scan()
-        assert self._classes is not None
-        return list(self._classes)
-
-    def records(self) -> list[Record]:
-        if self._records is None:
-            self._scan()
-        assert self._records is not None
-        return list(self._records)
 
     def _read_shard(self, shard: str) -> list[tuple[str, str, int, int, Any, str]]:
         """``(key, image field, offset, size, label value, where)`` per sample of one shard."""
