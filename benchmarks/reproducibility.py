@@ -13,32 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
+from demo_sweep import lossyvision  # the CLI in a fresh process, pinned to --cpus cores (benchmarks/)
+
 REPO = Path(__file__).resolve().parents[1]
 NUMBERS = ["value", "ci_low", "ci_high", "rel", "rel_low", "rel_high", "train_dcr", "test_dcr", "train_dcr_raw",
            "test_dcr_raw", "n_train_images", "train_bytes", "n_test_images"]
-
-
-def lossyvision(*args: str, cwd: Path, cpus: int) -> tuple[float, str]:
-    exe = [sys.executable, "-m", "lossyvision.cli", *args]
-    pin = ["taskset", "-c", ",".join(str(i) for i in range(cpus))] if shutil.which("taskset") else []
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    t0 = time.time()
-    proc = subprocess.run(pin + exe, cwd=cwd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return time.time() - t0, proc.stdout
 
 
 def run_in(folder: Path, sweep: str, output: str | None, cpus: int) -> tuple[Path, float, str]:

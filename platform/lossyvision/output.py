@@ -88,8 +88,8 @@ def write_sweep(output: str, sweep: Any) -> str:
     return uri
 
 
-def raw_sweep(output: str) -> dict[str, Any]:
-    """``OUTPUT/sweep.yaml`` as plain data, unvalidated: readable where its dataset is not reachable."""
+def _read_sweep_copy(output: str) -> tuple[str, Any]:
+    """``(URI, parsed YAML)`` of ``OUTPUT/sweep.yaml``; a missing or unreadable copy is a :class:`SpecError`."""
     from lossyvision.spec import SpecError
 
     check_format(output)
@@ -97,10 +97,17 @@ def raw_sweep(output: str) -> dict[str, Any]:
     if not store.exists(uri):
         raise SpecError(f"{uri} does not exist: is {output} the output folder of a sweep run?")
     try:
-        data = yaml.safe_load(store.read_bytes(uri).decode("utf-8"))
+        return uri, yaml.safe_load(store.read_bytes(uri).decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise SpecError(f"{uri} is damaged ({type(e).__name__}); rerun `lossyvision sweep run` with the "
                         "original sweep file to rewrite it") from None
+
+
+def raw_sweep(output: str) -> dict[str, Any]:
+    """``OUTPUT/sweep.yaml`` as plain data, unvalidated: readable where its dataset is not reachable."""
+    from lossyvision.spec import SpecError
+
+    uri, data = _read_sweep_copy(output)
     if not isinstance(data, dict):
         raise SpecError(f"{uri} is damaged (not a mapping); rerun `lossyvision sweep run` to rewrite it")
     return data
@@ -108,17 +115,9 @@ def raw_sweep(output: str) -> dict[str, Any]:
 
 def load_output_sweep(output: str) -> Any:
     """The sweep a run left in OUTPUT (``OUTPUT/sweep.yaml``), its output set to OUTPUT."""
-    from lossyvision.spec import SpecError, parse_sweep
+    from lossyvision.spec import parse_sweep
 
-    check_format(output)
-    uri = path(output, SWEEP_COPY)
-    if not store.exists(uri):
-        raise SpecError(f"{uri} does not exist: is {output} the output folder of a sweep run?")
-    try:
-        data = yaml.safe_load(store.read_bytes(uri).decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise SpecError(f"{uri} is damaged ({type(e).__name__}); rerun `lossyvision sweep run` with the "
-                        "original sweep file to rewrite it") from None
+    uri, data = _read_sweep_copy(output)
     if isinstance(data, dict):
         data["output"] = str(output) if store.is_remote(str(output)) else os.path.abspath(output)
     return parse_sweep(data, source=uri)

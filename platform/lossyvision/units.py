@@ -24,9 +24,11 @@ def parse_bytes(value: str | int | float) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-def format_bytes(n: float) -> str:
+def format_bytes(n: float, grouped: bool = False) -> str:
+    """``1.5 MB`` (SI units); ``grouped`` puts thousands separators in the number (``1,234.5 TB``)."""
+    sep = "," if grouped else ""
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:{sep}.0f} {unit}" if unit == "B" else f"{n:{sep}.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"

@@ -23,6 +23,7 @@ import pandas as pd
 
 from lossyvision import store
 from lossyvision.sweep.plan import Grid, done_cell_keys, plan
+from lossyvision.units import format_bytes
 
 
 @dataclass
@@ -173,11 +174,7 @@ def preview(sweep: Any, *, sample: int = 16) -> Preview:
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+    return format_bytes(n, grouped=True)
 
 
 def _duration(seconds: float) -> str:
