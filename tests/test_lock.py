@@ -24,37 +24,10 @@ BUCKET = "lossyvision-locks"
 @pytest.fixture(scope="module")
 def s3_server():
     """moto's real S3 server on a free port, reached through the standard AWS variables (as in test_s3)."""
-    import logging
+    from moto_s3 import moto_s3
 
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    from ray_head import free_port
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    saved = {k: os.environ.get(k) for k in [*env, "AWS_SESSION_TOKEN", "AWS_PROFILE"]}
-    os.environ.update(env)
-    for k in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        os.environ.pop(k, None)
-    try:
-        s3fs.S3FileSystem.clear_instance_cache()
-        fs = s3fs.S3FileSystem()
-        if not fs.exists(BUCKET):  # moto keeps its buckets per process, across servers
-            fs.mkdir(BUCKET)
-        yield env["AWS_ENDPOINT_URL"]
-    finally:
-        server.stop()
-        s3fs.S3FileSystem.clear_instance_cache()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with moto_s3(BUCKET) as endpoint:
+        yield endpoint
 
 #: A process that gets ready (imports, a warm S3 client), waits for a "go" file, tries the lock,
 #: holds it ``hold`` seconds, and says what happened.

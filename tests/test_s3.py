@@ -6,7 +6,6 @@ AWS variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...), as on a cluste
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -23,35 +22,10 @@ BUCKET = "lossyvision-test"
 @pytest.fixture(scope="module")
 def s3_server():
     """A moto S3 server on a free port, with the AWS variables pointing at it (restored afterwards)."""
-    from moto.server import ThreadedMotoServer
+    from moto_s3 import moto_s3
 
-    from ray_head import free_port
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    saved = {k: os.environ.get(k) for k in [*env, "AWS_SESSION_TOKEN", "AWS_PROFILE"]}
-    os.environ.update(env)
-    for k in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        os.environ.pop(k, None)
-    try:
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        fs = s3fs.S3FileSystem()
-        if not fs.exists(BUCKET):  # moto keeps its buckets per process: another module may have made it
-            fs.mkdir(BUCKET)
-        yield env["AWS_ENDPOINT_URL"]
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with moto_s3(BUCKET) as endpoint:
+        yield endpoint
 
 
 def s3() -> "s3fs.S3FileSystem":  # noqa: F821
