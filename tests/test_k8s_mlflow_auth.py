@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from mlflow_server import stop  # noqa: E402  (a server's process group: TERM, then KILL)
 
 REPO = Path(__file__).resolve().parents[1]
 GPU = REPO / "k8s" / "overlays" / "gpu"
@@ -75,16 +76,6 @@ def request(url: str, *, auth: tuple[str, str] | None = None, body: dict | None 
         return e.code
     except OSError:  # not listening yet
         return 0
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 @pytest.mark.timeout(300)
