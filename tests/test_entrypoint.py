@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from datasets_fixtures import write_image  # noqa: E402
 from sources_fixtures import make_coco  # noqa: E402
+from test_tasks import one_torch_thread, spec  # noqa: E402,F401  (one_torch_thread: an autouse fixture)
 
 from lossyvision.data import ImageSamples  # noqa: E402
-from lossyvision.spec import ModelSpec  # noqa: E402
 from lossyvision.tasks import create_task  # noqa: E402
 from lossyvision.tasks.entrypoint import _CHECKED, is_entry_point  # noqa: E402
 
@@ -94,19 +94,6 @@ def models_dir(tmp_path_factory):
     sys.path.remove(str(d))
     for name in ("my_models", "lv_bad_models", "lv_import_fails"):
         sys.modules.pop(name, None)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def spec(**kw) -> ModelSpec:
-    kw.setdefault("name", "m")
-    return ModelSpec(**kw)
 
 
 def colour_samples(tmp_path: Path, n: int, seed: int) -> ImageSamples:
