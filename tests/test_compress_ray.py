@@ -6,6 +6,7 @@ One Ray per module; a hang fails fast (Ray Data's no-progress timeout). The kill
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -191,3 +192,46 @@ def _drain(fd: int, into: list[bytes]) -> None:
         if not data:
             return
         into.append(data)
+
+
+def test_a_local_cluster_stops_whole_and_quietly(tmp_path):
+    """``shutdown_ray`` ends every process of the local Ray it started, its autoscaler monitor first
+    (Ray's own order leaves the monitor a one-second grace after the GCS is gone), and prints no
+    autoscaler error; a process that exits without calling it gets the same through ``atexit``."""
+    script = tmp_path / "stop.py"
+    script.write_text(
+        "import json, sys, psutil\n"
+        "from lossyvision.runners.cluster import init_ray, shutdown_ray, _local_autoscaler_monitors\n"
+        "init_ray(num_cpus=1)\n"
+        "kids = psutil.Process().children(recursive=True)\n"
+        "monitors = [p.pid for p in _local_autoscaler_monitors()]\n"
+        "if sys.argv[1] == 'call':\n"
+        "    shutdown_ray()\n"
+        "    import ray\n"
+        "    alive = [p.pid for p in kids if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]\n"
+        "    print(json.dumps({'kids': len(kids), 'monitors': monitors, 'alive': alive, "
+        "'initialized': ray.is_initialized()}))\n"
+        "else:\n"
+        "    print(json.dumps({'kids': [p.pid for p in kids], 'monitors': monitors}))\n")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO / "platform")}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, str(script), "call"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(got["monitors"]) == 1 and got["kids"] >= 4
+    assert got["alive"] == [] and got["initialized"] is False
+    assert "autoscaler failed" not in out.stderr
+
+    out = subprocess.run([sys.executable, str(script), "exit"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(got["monitors"]) == 1
+    import psutil
+
+    deadline = time.time() + 10
+    while time.time() < deadline and any(psutil.pid_exists(p) for p in got["kids"]):
+        time.sleep(0.2)
+    assert not [p for p in got["kids"] if psutil.pid_exists(p)]
+    assert "autoscaler failed" not in out.stderr

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
+
+_STOP_AT_EXIT = None  # shutdown_ray, once registered with atexit
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -14,7 +17,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     without one a local Ray starts with this machine's CPUs, token auth off, no dashboard, and
     workers at the caller's priority: Ray's default (nice 15) lets any other process on the machine
     take their CPU, which made jobs 1.5-2.6x slower than a plain process pool on a busy machine
-    (docs/benchmarks.md). Calling it again while Ray is up is a no-op.
+    (docs/benchmarks.md). A local Ray is stopped with :func:`shutdown_ray` when the process exits
+    (a command that forgets to, or is interrupted). Calling it again while Ray is up is a no-op.
     """
     import ray
 
@@ -31,6 +35,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
         options.setdefault("_system_config", {"worker_niceness": 0})
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
                  include_dashboard=False, **options)
+        global _STOP_AT_EXIT
+        if not _STOP_AT_EXIT:  # runs before Ray's own exit hook (last in, first out)
+            _STOP_AT_EXIT = atexit.register(shutdown_ray)
     if quiet:
         _quiet_ray_data()
     return ray.cluster_resources()
@@ -65,8 +72,38 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+def _local_autoscaler_monitors() -> list:
+    """The autoscaler monitor processes this process started with a local cluster (none when it joined one)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if any("autoscaler" in arg and arg.endswith("monitor.py") for arg in child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
 def shutdown_ray() -> None:
+    """Stop Ray; a local cluster this process started stops in a fraction of a second instead of 1.4 s.
+
+    Ray (2.60) stops a local cluster's processes one at a time, the GCS before the autoscaler's
+    monitor, whose SIGTERM handler then reports to the stopped GCS until Ray kills it after a
+    one-second grace. A local cluster has no autoscaler nodes to clean up, so its monitor is killed
+    first. A joined cluster (``RAY_ADDRESS``, a RayJob) is only disconnected from, as before.
+    """
+    import psutil
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    if not ray.is_initialized():
+        return
+    monitors = _local_autoscaler_monitors()
+    for proc in monitors:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(monitors, timeout=2)
+    ray.shutdown()

@@ -23,7 +23,7 @@ import ray
 from lossyvision import compress, manifest
 from lossyvision.datasets.base import Record
 from lossyvision.lock import writer_lock
-from lossyvision.runners.cluster import init_ray
+from lossyvision.runners.cluster import init_ray, shutdown_ray
 
 
 def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
@@ -185,4 +185,4 @@ def compress_job(
                                     not_read=not_read, progress=progress)
         finally:
             if started and not keep_ray:
-                ray.shutdown()
+                shutdown_ray()
