@@ -187,3 +187,25 @@ def test_shard_order_is_a_model_field_for_a_sharded_store(tmp_path):
 
     (tmp_path / "copy.yaml").write_text(sweep_to_yaml(plain))  # OUTPUT/sweep.yaml reads back
     assert load_sweep(tmp_path / "copy.yaml").models == plain.models
+
+
+def test_a_trial_reads_remote_shards_through_blocks_and_files_are_a_trial_error(tmp_path):
+    from types import SimpleNamespace
+
+    from lossyvision.spec import TrialResource
+    from lossyvision.streaming import late_fraction
+    from lossyvision.sweep.trials import TrialError, training_samples
+
+    res = TrialResource()
+    uris = [store.range_uri(f"s3://b/jpegxl-0/shard-{i % 3}.tar", 512 + 110_000 * (i // 3), 100_000) for i in range(30)]
+    shard_model = SimpleNamespace(name="m", data_order="shards", shuffle_buffer=1000)
+    samples, blocks = training_samples(shard_model, res, uris, [0] * 30, bytes)
+    assert isinstance(samples.read, BlockReader) and samples.read.block_bytes == res.read_block_bytes
+    assert samples.order == "shards" and blocks == 3  # 1.1 MB of each shard: one 32 MiB block each
+    random_model = SimpleNamespace(name="m", data_order="random", shuffle_buffer=1000)
+    assert training_samples(random_model, res, uris, [0] * 30, bytes)[0].train_sampler(1) is None
+    with pytest.raises(TrialError, match="model 'm': data_order shards reads a sharded store"):
+        training_samples(shard_model, res, [str(tmp_path / "a.jxl")], [0], bytes)
+    # 100 kB images, 1000 in the buffer: 256 MiB of 32 MiB blocks keep ~2,300 of them, 12 % read late
+    assert 0.08 < late_fraction(uris, 1000, 32 << 20, 256 << 20) < 0.12
+    assert late_fraction(uris, 1000, 32 << 20, 1 << 30) < 0.01

@@ -124,6 +124,21 @@ def blocks_spanned(uris: Sequence[str], block_bytes: int = DEFAULT_BLOCK_BYTES) 
     return len(blocks)
 
 
+def late_fraction(uris: Sequence[str], shuffle_buffer: int, block_bytes: int, cache_bytes: int) -> float:
+    """About the fraction of images that wait in the shuffle buffer longer than the cache keeps their
+    block, each then read with a GET of its own: ``exp(-W / shuffle_buffer)``, ``W`` the images the
+    cache's blocks behind the front hold (an image leaves a full buffer after ``shuffle_buffer`` steps
+    on average, geometrically). A cache of 5 x ``shuffle_buffer`` images keeps it under 1 %."""
+    import math
+
+    sizes = [r[2] for r in map(store.parse_range_uri, uris) if r is not None]
+    if not sizes:
+        return 0.0
+    blocks = max(2, int(cache_bytes) // int(block_bytes))
+    held = (blocks - 1) * int(block_bytes) / max(1.0, sum(sizes) / len(sizes))
+    return math.exp(-held / max(1, int(shuffle_buffer)))
+
+
 class BlockReader:
     """``read_bytes`` for a forward pass through remote shards: whole aligned blocks, a few kept.
 

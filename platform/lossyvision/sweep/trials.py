@@ -294,9 +294,15 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
             logging.getLogger(__name__).info("trial %s: %s", trial.key, staged.reason)
         train, read_blocks = training_samples(spec, sweep.resources.trial, staged.uris, images.targets, codec.decode)
         if read_blocks:
+            from lossyvision.streaming import late_fraction
+
+            res = sweep.resources.trial
+            late = late_fraction(staged.uris, spec.shuffle_buffer, res.read_block_bytes, res.read_cache_bytes)
             logging.getLogger(__name__).info(
-                "trial %s: data_order shards: about %d ranged GETs of %s per epoch and data loader process",
-                trial.key, read_blocks, format_bytes(sweep.resources.trial.read_block_bytes))
+                "trial %s: data_order shards: about %d ranged GETs of %s per epoch and data loader process, "
+                "and one GET each for about %.1f%% of the images (late in the shuffle buffer%s)",
+                trial.key, read_blocks, format_bytes(res.read_block_bytes), 100 * late,
+                "; raise resources.trial.read_cache_bytes" if late > 0.05 else "")
 
         state, history, nodes = None, [], []
         if resume_dir:
