@@ -38,7 +38,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 
 from lossyvision.places import check_output_files, check_place, check_store_files
 from lossyvision.store import DamagedFileError, is_remote, join
-from lossyvision.streaming import DEFAULT_SHUFFLE_BUFFER
+from lossyvision.streaming import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_SHUFFLE_BUFFER
 from lossyvision.units import format_bytes, parse_bytes
 
 #: Sane bounds of the numbers in a sweep file (documented in the module docstring and README).
@@ -332,7 +332,8 @@ class ModelSpec(_Strict):
     data_order: Literal["random", "shards"] = Field(
         "random", description="training order: a seeded permutation per epoch, or shard by shard through a "
                               "shuffle buffer (a sharded store too large to stage; lossyvision.streaming)")
-    shuffle_buffer: Int = _num(DEFAULT_SHUFFLE_BUFFER, BOUNDS["shuffle_buffer"], description="data_order shards: images mixed at once")
+    shuffle_buffer: Int = _num(DEFAULT_SHUFFLE_BUFFER, BOUNDS["shuffle_buffer"],
+                               description="data_order shards: images mixed at once")
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("shuffle_buffer")
@@ -384,9 +385,9 @@ class TrialResource(Resource):
     custom: dict[str, Float] = Field(default_factory=dict, description="Ray custom resources per trial")
     stage_bytes: Int = Field(8_000_000_000, description="local disk a trial may fill with copies of its "
                                                         "training shards (a sharded store on an object store), e.g. 8GB")
-    read_block_bytes: Int = Field(32 << 20, description="data_order shards: bytes of a shard one ranged GET "
+    read_block_bytes: Int = Field(DEFAULT_BLOCK_BYTES, description="data_order shards: bytes of a shard one ranged GET "
                                                         "fetches, e.g. 32MiB")
-    read_cache_bytes: Int = Field(256 << 20, description="data_order shards: memory of fetched blocks per data "
+    read_cache_bytes: Int = Field(DEFAULT_CACHE_BYTES, description="data_order shards: memory of fetched blocks per data "
                                                          "loader process, e.g. 256MiB (at least two blocks)")
 
     @field_validator("stage_bytes", "read_block_bytes", "read_cache_bytes", mode="before")

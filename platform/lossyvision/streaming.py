@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 DATA_ORDERS = ("random", "shards")
-DEFAULT_DATA_ORDER = "random"
 DEFAULT_SHUFFLE_BUFFER = 1000
 #: One ranged GET fetches this much of a shard (S3 serves 8-16 MB ranges at full speed).
 DEFAULT_BLOCK_BYTES = 32 << 20
