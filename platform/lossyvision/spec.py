@@ -385,10 +385,11 @@ class TrialResource(Resource):
     custom: dict[str, Float] = Field(default_factory=dict, description="Ray custom resources per trial")
     stage_bytes: Int = Field(8_000_000_000, description="local disk a trial may fill with copies of its "
                                                         "training shards (a sharded store on an object store), e.g. 8GB")
-    read_block_bytes: Int = Field(DEFAULT_BLOCK_BYTES, description="data_order shards: bytes of a shard one ranged GET "
-                                                        "fetches, e.g. 32MiB")
-    read_cache_bytes: Int = Field(DEFAULT_CACHE_BYTES, description="data_order shards: memory of fetched blocks "
-                                                                   "per data loader process, e.g. 256MiB (at least two blocks)")
+    read_block_bytes: Int = Field(
+        DEFAULT_BLOCK_BYTES, description="data_order shards: bytes of a shard one ranged GET fetches, e.g. 32MiB")
+    read_cache_bytes: Int = Field(
+        DEFAULT_CACHE_BYTES, description="data_order shards: memory of fetched blocks per data loader process, "
+                                         "e.g. 256MiB (at least two blocks)")
 
     @field_validator("stage_bytes", "read_block_bytes", "read_cache_bytes", mode="before")
     @classmethod
