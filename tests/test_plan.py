@@ -110,6 +110,28 @@ def test_an_edit_changes_exactly_the_keys_of_what_it_changes(tmp_path):
     assert keys(grid_of(make_sweep(tmp_path, report={"keep": 0.9, "resamples": 500}))) == (trials, cells)
 
 
+def test_keys_handed_out_before_data_order_stand_and_shard_order_moves_its_model(tmp_path):
+    """A default sweep keeps the keys it had before ``data_order`` existed; shard order (and its buffer)
+    is part of a trial's result, so it moves that model's trials and cells, nobody else's."""
+    base = grid_of(make_sweep(tmp_path))
+    assert sorted(t.key for t in base.trials) == [  # planned by c647fa2, before the field
+        "a__jpegxl-0__r0__2ce964f994", "a__jpegxl-1__r0__b94fadf82d", "a__jpegxl-2__r0__e5bbc16b24",
+        "b__jpegxl-0__r0__93bb1c0cd8", "b__jpegxl-1__r0__b855161c18", "b__jpegxl-2__r0__8e6f4c36d8"]
+    assert "a__jpegxl-0__r0__2ce964f994__t-jpegxl-1__5518fe0b94" in {c.key for c in base.cells}
+    trials, cells = keys(base)
+    shards = make_sweep(tmp_path, compress={"layout": "shards"})
+    assert keys(grid_of(shards)) == (trials, cells)  # the layout alone is where things live
+    streamed = make_sweep(tmp_path, compress={"layout": "shards"},
+                          models=[model("a").model_copy(update={"data_order": "shards"}), model("b")])
+    st, sc = keys(grid_of(streamed))
+    assert st - trials == {k for k in st if k.startswith("a__")} and len(st - trials) == 3
+    assert {k for k in sc if k.startswith("b__")} == {k for k in cells if k.startswith("b__")}
+    assert grid_of(streamed).identities[sorted(st)[0]]["data_order"] == {"order": "shards", "shuffle_buffer": 1000}
+    bigger = make_sweep(tmp_path, compress={"layout": "shards"}, models=[
+        model("a").model_copy(update={"data_order": "shards", "shuffle_buffer": 5000}), model("b")])
+    assert not keys(grid_of(bigger))[0] & (st - trials)  # another buffer, another order
+
+
 def test_the_rows_a_trial_trains_on_are_part_of_its_identity(tmp_path):
     sweep = make_sweep(tmp_path)
     base = grid_of(sweep)

@@ -5,7 +5,8 @@ report's advice flipped. What is seeded, and where:
 
 - model initialisation: :func:`seed_everything` right before ``task.build_model()``;
 - data order: each epoch's DataLoader gets its own ``torch.Generator`` seeded from the trial seed
-  and the epoch (``tasks.training.make_loader``), so a resumed epoch sees the same order;
+  and the epoch (``tasks.training.make_loader``), so a resumed epoch sees the same order (shard
+  order, ``data_order: shards``, draws from the same per-epoch seed: :mod:`lossyvision.streaming`);
 - augmentation: ``tasks.training.train_epochs`` reseeds torch's global RNG per epoch; DataLoader
   workers seed numpy and ``random`` from torch's per-worker seed (:func:`seed_worker`);
 - budget subsets and evaluation samples: seeded from the sweep's seed (``budget.select_subset``,

@@ -14,7 +14,8 @@ checked is checked here, before anything is written and before Ray starts:
   their files from earlier runs read back (:mod:`lossyvision.places`).
 
 Bounds (:data:`BOUNDS`): ``repeats`` 1..100, ``epochs`` 1..10000, ``batch_size`` 1..4096,
-``image_size`` 8..8192, ``lr`` in (0, 10], ``weight_decay`` 0..10, at most 64 levels per list and
+``image_size`` 8..8192, ``lr`` in (0, 10], ``weight_decay`` 0..10, ``shuffle_buffer`` 1..10000000,
+at most 64 levels per list and
 32 models, ``resources`` at most 1024 CPUs and 64 GPUs. A grid of more than :data:`GRID_CAP`
 trials or evaluations is refused unless the user says ``--yes`` (:func:`check_grid`).
 
@@ -37,6 +38,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 
 from lossyvision.places import check_output_files, check_place, check_store_files
 from lossyvision.store import DamagedFileError, is_remote, join
+from lossyvision.streaming import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_SHUFFLE_BUFFER
 from lossyvision.units import format_bytes, parse_bytes
 
 #: Sane bounds of the numbers in a sweep file (documented in the module docstring and README).
@@ -47,7 +49,8 @@ BOUNDS = {
     "max_pixels": (1, 10_000_000_000), "quality_sample": (0, 1_000_000), "limit_per_split": (1, 10**9),
     "name": 100, "codecs": 16, "shard_size": (1000, 64 * 10**9), "png_sample": (0, 10**9),
     "shard_images": (1, 1_000_000), "shard_bytes": (1000, 1 << 40), "model_cache_bytes": (0, 1 << 40),
-    "stage_bytes": (0, 1 << 44),
+    "stage_bytes": (0, 1 << 44), "shuffle_buffer": (1, 10_000_000), "read_block_bytes": (1 << 16, 1 << 30),
+    "read_cache_bytes": (1 << 17, 1 << 40),
 }
 #: A sweep with more trials or evaluations than this needs ``--yes`` (``sweep run``, ``compress``).
 GRID_CAP = {"trials": 200, "evaluations": 5000}
@@ -326,7 +329,21 @@ class ModelSpec(_Strict):
     batch_size: Int = _num(32, BOUNDS["batch_size"])
     weight_decay: Float = _num(0.0, BOUNDS["weight_decay"])
     image_size: Int = _num(224, BOUNDS["image_size"])
+    data_order: Literal["random", "shards"] = Field(
+        "random", description="training order: a seeded permutation per epoch, or shard by shard through a "
+                              "shuffle buffer (a sharded store too large to stage; lossyvision.streaming)")
+    shuffle_buffer: Int = _num(DEFAULT_SHUFFLE_BUFFER, BOUNDS["shuffle_buffer"],
+                               description="data_order shards: images mixed at once")
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("shuffle_buffer")
+    @classmethod
+    def _buffer_needs_shards(cls, v: int, info: ValidationInfo) -> int:
+        """A buffer given with the random order would be silently ignored: say so instead (the default
+        itself passes: a dumped spec, such as OUTPUT/sweep.yaml, reads back)."""
+        if info.data.get("data_order", "random") != "shards" and v != DEFAULT_SHUFFLE_BUFFER:
+            raise ValueError("applies to data_order: shards only (set data_order: shards, or drop shuffle_buffer)")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -368,10 +385,15 @@ class TrialResource(Resource):
     custom: dict[str, Float] = Field(default_factory=dict, description="Ray custom resources per trial")
     stage_bytes: Int = Field(8_000_000_000, description="local disk a trial may fill with copies of its "
                                                         "training shards (a sharded store on an object store), e.g. 8GB")
+    read_block_bytes: Int = Field(
+        DEFAULT_BLOCK_BYTES, description="data_order shards: bytes of a shard one ranged GET fetches, e.g. 32MiB")
+    read_cache_bytes: Int = Field(
+        DEFAULT_CACHE_BYTES, description="data_order shards: memory of fetched blocks per data loader process, "
+                                         "e.g. 256MiB (at least two blocks)")
 
-    @field_validator("stage_bytes", mode="before")
+    @field_validator("stage_bytes", "read_block_bytes", "read_cache_bytes", mode="before")
     @classmethod
-    def _stage_bytes(cls, v: Any, info: ValidationInfo) -> int:
+    def _sizes(cls, v: Any, info: ValidationInfo) -> int:
         return byte_size(v, info.field_name)
 
     @field_validator("custom")
@@ -533,6 +555,16 @@ class Sweep(_Strict):
         if dupes:
             raise ValueError(f"model names must be unique; repeated: {dupes}")
         return v
+
+    @model_validator(mode="after")
+    def _shard_order_needs_shards(self) -> "Sweep":
+        """Shard order reads a sharded store; the files layout has no shards to read in order."""
+        problems = [f"models.{i}.data_order: shards reads the store shard by shard; it needs compress.layout: "
+                    f"shards (this sweep's is {self.compress.layout})"
+                    for i, m in enumerate(self.models) if m.data_order == "shards" and self.compress.layout != "shards"]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _levels_in_codec_range(self) -> "Sweep":

@@ -4,7 +4,9 @@ Everything here is a pure function of the sweep file and the store's manifest. A
 what it is (model, codec and train level, repeat, budget) *and* by a short hash of everything that determines
 its result (:func:`trial_identity`): the model entry, the codec and level, budget, repeat and seed,
 the dataset's kind, options, split and limit, and a digest of the manifest rows it trains on. A
-cell adds the test level and a digest of its test rows. So an edited sweep gets new keys for
+cell adds the test level and a digest of its test rows. The model's ``data_order`` (with its
+``shuffle_buffer``) enters only when it is not the default ``random``: trials that do not use it keep
+the keys they had before the field existed. So an edited sweep gets new keys for
 exactly the trials and cells whose configuration changed, and resuming is still "drop the keys
 already done", nothing more. Results of keys no longer planned are *stale*: kept, never mixed in.
 
@@ -31,6 +33,9 @@ OK = "ok"
 #: Bump when a change of the code changes what a trial or an evaluation computes: every key moves.
 IDENTITY_VERSION = 1
 HASH_CHARS = 10
+#: Model fields that enter a trial's identity only when not the default (:func:`trial_identity`): fields
+#: added after keys were first handed out, so that the trials that do not use them keep their keys.
+DATA_ORDER_FIELDS = ("data_order", "shuffle_buffer")
 #: Manifest columns that determine what a model sees: the image (its source's hash, codec, level
 #: and compressed size) and its label or annotation file.
 ROW_COLUMNS = ("relpath", "split", "label", "target", "codec", "codec_options", "level", "source_sha256",
@@ -246,7 +251,7 @@ def trial_identity(sweep: Any, model: Any, arm: Any, train_level: float, repeat:
     """Everything that determines a trial's result (its hash is the trial's ``config``)."""
     identity: dict[str, Any] = {
         "version": IDENTITY_VERSION,
-        "model": model.model_dump(mode="json"),
+        "model": model.model_dump(mode="json", exclude=set(DATA_ORDER_FIELDS)),
         "codec": {"name": arm.name, "options": arm.options},
         "train_level": float(train_level),
         "repeat": int(repeat),
@@ -258,6 +263,8 @@ def trial_identity(sweep: Any, model: Any, arm: Any, train_level: float, repeat:
     }
     if budget != NO_BUDGET:
         identity["budget"] = {"bytes": int(budget), "resample": bool(sweep.resample)}
+    if getattr(model, "data_order", "random") != "random":
+        identity["data_order"] = {"order": model.data_order, "shuffle_buffer": int(model.shuffle_buffer)}
     return identity
 
 

@@ -29,6 +29,7 @@ from lossyvision.spec import Sweep
 from lossyvision.store import atomic_write_bytes, exists, is_remote, join, read_bytes
 from lossyvision.sweep.plan import TrialSpec, level_dcr, reader_of, split_rows
 from lossyvision.sweep.results import NO_BUDGET
+from lossyvision.units import format_bytes
 
 CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.pt"
@@ -272,7 +273,6 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
 
     import torch
 
-    from lossyvision.data import ImageSamples
     from lossyvision.seeding import seed_everything, set_deterministic, trial_seed
     from lossyvision.staging import stage_shards
     from lossyvision.tasks import create_task
@@ -292,7 +292,17 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
         staged = stage_shards(images.uris, stage_dir, sweep.resources.trial.stage_bytes)
         if staged.reason:
             logging.getLogger(__name__).info("trial %s: %s", trial.key, staged.reason)
-        train = ImageSamples(staged.uris, images.targets, decode=codec.decode)
+        train, read_blocks = training_samples(spec, sweep.resources.trial, staged.uris, images.targets, codec.decode)
+        if read_blocks:
+            from lossyvision.streaming import late_fraction
+
+            res = sweep.resources.trial
+            late = late_fraction(staged.uris, spec.shuffle_buffer, res.read_block_bytes, res.read_cache_bytes)
+            logging.getLogger(__name__).info(
+                "trial %s: data_order shards: about %d ranged GETs of %s per epoch and data loader process, "
+                "and one GET each for about %.1f%% of the images (late in the shuffle buffer%s)",
+                trial.key, read_blocks, format_bytes(res.read_block_bytes), 100 * late,
+                "; raise resources.trial.read_cache_bytes" if late > 0.05 else "")
 
         state, history, nodes = None, [], []
         if resume_dir:
@@ -333,13 +343,38 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
         "history": history, "resumed_from": resumed_from, "seconds": round(time.time() - started, 3),
         "finished_at": utc_now(), "node": node, "nodes": nodes, "host": socket.gethostname(),
         "train_shards": staged.shards, "train_shards_staged": staged.staged,
+        "data_order": spec.data_order,
     }
+    if spec.data_order == "shards":
+        meta.update(shuffle_buffer=int(spec.shuffle_buffer), train_read_blocks=read_blocks)
     directory = checkpoint_dir(output, trial.key)
     buf = io.BytesIO()
     torch.save(_cpu_state_dict(model), buf)
     atomic_write_bytes(join(directory, MODEL_FILE), buf.getvalue())
     atomic_write_bytes(join(directory, META_FILE), json.dumps(meta, indent=1).encode())  # done marker
     return meta
+
+
+def training_samples(spec: Any, resources: Any, uris: list[str], targets: list[Any],
+                     decode: Any) -> tuple[Any, int]:
+    """The trial's training samples in the model's ``data_order``, and the aligned blocks of remote
+    shards they span (the GETs of an epoch per loader process in shard order; 0 otherwise).
+
+    Shard order reads remote shards through a :class:`lossyvision.streaming.BlockReader`; staged
+    (local) copies are read as they are, in the same order.
+    """
+    from lossyvision.data import ImageSamples
+    from lossyvision.streaming import BlockReader, blocks_spanned
+
+    if spec.data_order != "shards":
+        return ImageSamples(uris, targets, decode=decode), 0
+    try:
+        reader = BlockReader(resources.read_block_bytes, resources.read_cache_bytes)
+        samples = ImageSamples(uris, targets, decode=decode, order="shards", shuffle_buffer=spec.shuffle_buffer,
+                               read=reader)
+    except ValueError as e:
+        raise TrialError(f"model {spec.name!r}: {e}") from None
+    return samples, blocks_spanned(uris, reader.block_bytes)
 
 
 def load_trained(sweep: Sweep, trial: TrialSpec, output: str, device: str = "cpu") -> tuple[Any, Any]:

@@ -50,13 +50,20 @@ COMMON_OPTIONS = ("num_workers", "amp", "schedule", "warmup_iters", "warmup_rati
 # --------------------------------------------------------------------------- data
 def make_loader(dataset: Any, batch_size: int, collate_fn: Callable, *, shuffle: bool, num_workers: int = 0,
                 seed: int = 0, device: str = "cpu", drop_last: bool = False) -> DataLoader:
-    """A DataLoader whose order and worker seeds depend only on ``seed`` (a resumed epoch sees the same order)."""
+    """A DataLoader whose order and worker seeds depend only on ``seed`` (a resumed epoch sees the same order).
+
+    ``shuffle``: the dataset's own training order when it has one (``train_sampler(seed)``:
+    :class:`lossyvision.data.ImageSamples` with ``order: shards``), else a seeded permutation. Every
+    task builds its training loader here, so every task gets the sweep file's ``data_order``.
+    """
     from lossyvision.seeding import seed_worker
 
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn,
-                      num_workers=num_workers, generator=generator, drop_last=drop_last, worker_init_fn=seed_worker,
+    sampler = dataset.train_sampler(seed) if shuffle and hasattr(dataset, "train_sampler") else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      collate_fn=collate_fn, num_workers=num_workers, generator=generator, drop_last=drop_last,
+                      worker_init_fn=seed_worker,
                       pin_memory=str(device).startswith("cuda"), persistent_workers=False)
 
 
