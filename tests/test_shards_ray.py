@@ -150,3 +150,44 @@ def test_ray_data_reads_the_shards_natively(local_ray, demo_local, tmp_path):
     again = compress_job(demo_local, store_uri, levels=[2], codec_options={"effort": 1}, layout="shards",
                          shard_size=20_000, keep_ray=True, log=lambda m: None)
     assert again.done == 0 and again.skipped == len(m)  # resumes from the manifest and shards on S3
+
+
+def test_shard_order_reads_blocks_and_gives_the_same_numbers_staged_or_not(local_ray, tmp_path):
+    """``data_order: shards`` from moto's S3: read through blocks (nothing staged) or from staged copies,
+    the trial has the same key and exactly the same numbers; its key is not the random order's."""
+    import json
+
+    from lossyvision.demo import build_demo_dataset
+    from lossyvision.store import exists, join, read_bytes
+    from lossyvision.sweep.results import read_results
+    from lossyvision.sweep.run import run_sweep
+
+    root = f"s3://{BUCKET}/shards-demo"
+    if not exists(join(root, "README.md")):
+        build_demo_dataset(root, train_per_class=3, test_per_class=2, image_size=32)
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def run(name: str, order: str, stage_bytes: int | None):
+        output = f"s3://{BUCKET}/shard-order/{tmp_path.name}/{name}"
+        path = sweep_file(tmp_path / f"{name}.yaml", root, output, tracking, "shards")
+        data = yaml.safe_load(path.read_text())
+        data.update(train_levels=[4], test_levels=[4])
+        data["models"][0].update(data_order=order, **({"shuffle_buffer": 4} if order == "shards" else {}))
+        if stage_bytes is not None:
+            data["resources"]["trial"]["stage_bytes"] = stage_bytes
+        path.write_text(yaml.safe_dump(data))
+        outcome = run_sweep(path, echo=lambda m: None, build_report=False)
+        assert outcome.ok and outcome.trials_run == 1, outcome
+        results = read_results(output)
+        meta = json.loads(read_bytes(join(output, "checkpoints", results.trial_id.iloc[0], "trial.json")))
+        return results.set_index(["cell_id", "metric"]).sort_index(), meta
+
+    streamed, meta = run("streamed", "shards", 0)
+    assert meta["data_order"] == "shards" and meta["shuffle_buffer"] == 4
+    assert meta["train_shards_staged"] is False and meta["train_read_blocks"] >= 1, meta
+    staged, staged_meta = run("staged", "shards", None)
+    assert staged_meta["train_shards_staged"] is True
+    assert list(staged.index) == list(streamed.index)  # the same keys: where bytes come from is not identity
+    assert (staged.value == streamed.value).all(), pd.concat([staged.value, streamed.value], axis=1)
+    shuffled, random_meta = run("random", "random", None)
+    assert random_meta["data_order"] == "random" and random_meta["key"] != meta["key"]
