@@ -320,3 +320,17 @@ def test_a_malformed_codecs_list_is_one_clear_line(tmp_path, change, message):
     data.update(change)
     with pytest.raises(SpecError, match=re.escape(message)):
         parse_sweep(data)
+
+
+def test_a_trial_run_names_its_data_order_in_mlflow_params(tmp_path):
+    from lossyvision.sweep.tracking import trial_params
+
+    sweep = make_sweep(tmp_path, compress={"layout": "shards"},
+                       models=[model("a").model_copy(update={"data_order": "shards", "shuffle_buffer": 64}),
+                               model("b")])
+    grid = grid_of(sweep)
+    by_model = {t.model: t for t in grid.trials}
+    streamed = trial_params(sweep, by_model["a"], None, None)
+    assert streamed["data_order"] == "shards" and streamed["shuffle_buffer"] == 64
+    shuffled = trial_params(sweep, by_model["b"], None, None)
+    assert shuffled["data_order"] == "random" and "shuffle_buffer" not in shuffled

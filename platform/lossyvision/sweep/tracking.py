@@ -126,7 +126,10 @@ def trial_params(sweep: Any, trial: Any, meta: dict[str, Any] | None, train_dcr:
         "batch_size": spec.batch_size, "image_size": spec.image_size,
         "train_level": trial.train_level, "repeat": trial.repeat,
         "budget": trial.budget, "codec": trial.codec, "config_hash": trial.config, "seed": sweep.seed,
+        "data_order": spec.data_order,  # changes what the model sees: runs are compared within one order
     }
+    if spec.data_order != "random":
+        params["shuffle_buffer"] = spec.shuffle_buffer
     if train_dcr is not None and train_dcr == train_dcr:
         params["train_dcr"] = round(float(train_dcr), 6)
     if meta:
