@@ -33,6 +33,7 @@ class RayHead:
     address: str  # the job server, http://127.0.0.1:PORT
     temp_dir: str
     env: dict[str, str]
+    gcs: str = ""  # what a driver joins with ray.init / RAY_ADDRESS: 127.0.0.1:PORT
 
     def stop(self) -> None:
         stop_processes_under(self.temp_dir)
@@ -43,7 +44,7 @@ def start_head(num_cpus: int = 2, env: dict[str, str] | None = None, timeout_s: 
                auth_token: str | None = None) -> RayHead:
     """Start a 2-CPU head with the dashboard (the job server needs it); token auth only with ``auth_token``."""
     temp_dir = tempfile.mkdtemp(prefix="lvray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    dash = free_port()
+    dash, gcs = free_port(), free_port()
     run_env = {**os.environ, **(env or {})}
     run_env["RAY_AUTH_MODE"] = "token" if auth_token else "disabled"
     if auth_token:
@@ -54,11 +55,11 @@ def start_head(num_cpus: int = 2, env: dict[str, str] | None = None, timeout_s: 
     for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         run_env.pop(var, None)
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
-           f"--port={free_port()}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+           f"--port={gcs}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
            "--include-dashboard=true", f"--num-cpus={num_cpus}", "--num-gpus=0",
            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
            f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-    head = RayHead(f"http://127.0.0.1:{dash}", temp_dir, run_env)
+    head = RayHead(f"http://127.0.0.1:{dash}", temp_dir, run_env, f"127.0.0.1:{gcs}")
     try:
         out = subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=timeout_s)
         if out.returncode != 0:

@@ -124,6 +124,18 @@ def test_local_lock_is_reentrant_in_one_process(tmp_path):
     assert proc.wait(timeout=60) == 0
 
 
+def test_a_relative_and_an_absolute_path_to_one_place_are_one_lock(tmp_path, monkeypatch):
+    """The CLI locks ``--out store`` and the job the absolute path its workers get: the same folder, so
+    the same lock (it refused itself: "store is in use by lossyvision compress (this very pid)")."""
+    from lossyvision.store import absolute
+
+    monkeypatch.chdir(tmp_path)
+    with writer_lock("store", "outer"):
+        with writer_lock(str(tmp_path / "store"), "inner"):
+            assert read_holder("store").command == "outer"
+    assert absolute("store") == str(tmp_path / "store") and absolute("s3://b/store") == "s3://b/store"
+
+
 def test_local_two_concurrent_processes_one_wins(tmp_path):
     outs, took = race(str(tmp_path / "store"), tmp_path)
     assert_one_winner(outs, took, 3.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -246,6 +247,36 @@ def test_no_wait_then_status_and_stop(head, demo_data, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
+def test_a_driver_that_joined_a_cluster_passes_its_workers_absolute_paths(head, tmp_path):
+    """`lossyvision compress --source data --out store` with RAY_ADDRESS: the cluster's workers run in
+    another folder, where the relative paths name nothing (every image failed "file not found")."""
+    from badimages import jpeg_bytes, photo
+
+    for i in range(3):
+        d = tmp_path / "data" / "train" / "cat"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i}.jpg").write_bytes(jpeg_bytes(photo("chelsea", (48 + 8 * i, 40))))
+    env = {**head.env, "RAY_ADDRESS": head.gcs}
+    out = subprocess.run([str(Path(sys.executable).with_name("lossyvision")), "compress", "--source", "data",
+                          "--out", "store", "--levels", "1", "--effort", "1"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = pd.read_parquet(tmp_path / "store" / "manifest.parquet")
+    assert len(m) == 3 and (m.status == "ok").all(), m[["relpath", "status", "error"]]
+    assert all((tmp_path / "store" / p).is_file() for p in m.output_path)  # written where the driver said
+    assert set(m.node) == {head_node_id(head)}  # by the cluster's workers, not a Ray of its own
+
+
+def head_node_id(h) -> str:
+    import ray
+
+    ray.init(address=h.gcs, log_to_driver=False)
+    try:
+        return ray.get_runtime_context().get_node_id()
+    finally:
+        ray.shutdown()
+
+
 def test_token_auth_cluster_takes_the_token_from_ray_auth_token():
     from ray_head import start_head
 

@@ -34,7 +34,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterator
 
 from lossyvision.places import LOCK_NAME
-from lossyvision.store import filesystem, is_remote, join, local_path
+from lossyvision.store import absolute, filesystem, is_remote, join, local_path
 
 __all__ = ["LOCK_NAME", "Holder", "LockHeld", "WriterLock", "read_holder", "writer_lock"]
 #: Seconds a remote lease lasts without renewal (``LOSSYVISION_LOCK_LEASE_SECONDS`` overrides).
@@ -126,7 +126,7 @@ class WriterLock:
 
     def __init__(self, place: str, command: str, *, log: Callable[[str], None] | None = None,
                  lease_seconds: float | None = None) -> None:
-        self.place = str(place)
+        self.place = absolute(place)  # one place, one lock: "out" and "/here/out" are the same folder
         self.uri = join(self.place, LOCK_NAME)
         self.command = command
         self.log = log or (lambda msg: None)

@@ -67,6 +67,13 @@ def is_remote(uri: str) -> bool:
     return "://" in str(uri) and not str(uri).startswith("file://")
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute, a remote URI unchanged: Ray workers of a cluster the driver joined
+    (``RAY_ADDRESS``) run in another folder, where a relative path names nothing."""
+    uri = str(uri)
+    return uri if is_remote(uri) else os.path.abspath(uri)
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem and in-filesystem path for a local path or URI."""
     fs, path = fsspec.core.url_to_fs(str(uri))

@@ -153,7 +153,10 @@ def compress_job(
     ``shard_size`` source bytes per level, :mod:`lossyvision.shards`).
     """
     from lossyvision.datasets import create_dataset
+    from lossyvision.store import absolute
 
+    # Workers of a joined cluster run elsewhere: the paths they are given must not depend on our folder.
+    source, store_uri = absolute(source), absolute(store_uri)
     options = compress.CompressOptions(
         codec=codec, codec_options=dict(codec_options or {}), levels=tuple(float(x) for x in levels),
         on_error=on_error, max_pixels=int(max_pixels), quality_metric=quality_metric,

@@ -74,9 +74,9 @@ def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any
 
     if not trials:
         return {}
-    from lossyvision.store import is_remote, join
+    from lossyvision.store import absolute, join
 
-    output = str(output) if is_remote(str(output)) else os.path.abspath(output)  # trials run elsewhere
+    output = absolute(output)  # trials run elsewhere
     # Quiet: our listener prints one line per event; Tune's tables and snapshot warnings are noise.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter prints nothing at verbose=0
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

@@ -22,7 +22,7 @@ import pandas as pd
 from lossyvision import output as outdir
 from lossyvision.progress import SweepProgress, epoch_line
 from lossyvision.spec import SpecError, Sweep, load_sweep
-from lossyvision.store import is_remote
+from lossyvision.store import absolute, is_remote
 from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec, done_cell_keys, grid_size, level_dcr, pending, plan
 from lossyvision.sweep.results import append_results, read_results
 from lossyvision.sweep.status import DONE, FAILED, RUNNING, SweepState, stale_entries
@@ -37,14 +37,11 @@ Echo = Callable[[str], None]
 # --- the sweep file ---------------------------------------------------------------------------------
 def resolve_paths(sweep: Sweep) -> Sweep:
     """The sweep with every local path absolute (workers and later commands run elsewhere)."""
-    def local(p: str) -> str:
-        return p if is_remote(p) else os.path.abspath(p)
-
-    output = local(sweep.output)
+    output = absolute(sweep.output)
     update: dict[str, Any] = {
         "output": output,
-        "dataset": sweep.dataset.model_copy(update={"root": local(sweep.dataset.root)}),
-        "store": local(sweep.store) if sweep.store else None,
+        "dataset": sweep.dataset.model_copy(update={"root": absolute(sweep.dataset.root)}),
+        "store": absolute(sweep.store) if sweep.store else None,
         "tracking": sweep.tracking.model_copy(update={
             "uri": absolute_tracking_uri(sweep.tracking.uri) if sweep.tracking.uri else None}),
     }
