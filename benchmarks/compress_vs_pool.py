@@ -92,9 +92,14 @@ def pool_child(args: argparse.Namespace) -> None:
 PLATFORM = REPO / "platform"
 
 
+ADDRESS: str | None = None  # --address: the job joins this running Ray instead of starting one
+
+
 def env() -> dict:
     e = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(PLATFORM)}
     e.pop("RAY_ADDRESS", None)
+    if ADDRESS:
+        e["RAY_ADDRESS"] = ADDRESS
     return e
 
 
@@ -183,7 +188,7 @@ def interleaved(job, pool, repeats: int, loads: dict, tag: str) -> dict:
 
 
 def main() -> int:
-    global PLATFORM
+    global PLATFORM, ADDRESS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--levels", default="1,5")
@@ -195,6 +200,9 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="keep the photos here (default: a temp folder)")
     ap.add_argument("--platform", type=Path, default=PLATFORM,
                     help="the lossyvision source folder the job runs from (another checkout, to compare)")
+    ap.add_argument("--address", default=None,
+                    help="a running Ray the job joins (e.g. a `ray start --head` of this machine): the job without "
+                         "Ray's start and stop, as for a user who keeps one running")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--pool-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -202,6 +210,7 @@ def main() -> int:
         pool_child(args)
         return 0
     PLATFORM = args.platform.resolve()
+    ADDRESS = args.address
 
     sys.path.insert(0, str(REPO / "platform"))
     from lossyvision.compress import png_sample
@@ -230,7 +239,7 @@ def main() -> int:
         loads = {"start": os.getloadavg()}
         res = {"machine": machine(), "images": len(paths), "megapixels": pixels / 1e6, "levels": levels,
                "effort": args.effort, "cores": args.cores, "png_sample": args.png_sample,
-               "png_images": len(sampled)}
+               "png_images": len(sampled), "address": args.address}
         res["same_work"] = interleaved(
             lambda: run_job(src, work / "store", args.levels, args.effort, args.cores, str(args.png_sample)),
             lambda: run_pool(specs["same"], work / "pool"), args.repeats, loads, "same")
