@@ -85,15 +85,10 @@ class Cluster:
 
     def kill(self, node: Node) -> int:
         """SIGKILL every process of ``node`` at once: the node is lost, not shut down."""
-        import psutil
+        from lossyvision.runners.cluster import kill_processes
 
         procs = node.processes()
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=10)
+        kill_processes(procs, timeout=10)
         return len(procs)
 
     def stop(self) -> None:

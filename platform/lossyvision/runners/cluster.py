@@ -94,16 +94,21 @@ def shutdown_ray() -> None:
     one-second grace. A local cluster has no autoscaler nodes to clean up, so its monitor is killed
     first. A joined cluster (``RAY_ADDRESS``, a RayJob) is only disconnected from, as before.
     """
-    import psutil
     import ray
 
     if not ray.is_initialized():
         return
-    monitors = _local_autoscaler_monitors()
-    for proc in monitors:
+    kill_processes(_local_autoscaler_monitors())
+    ray.shutdown()
+
+
+def kill_processes(procs: list, timeout: float = 2) -> None:
+    """SIGKILL ``procs`` (psutil processes) at once and reap them; those already gone are skipped."""
+    import psutil
+
+    for proc in procs:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(monitors, timeout=2)
-    ray.shutdown()
+    psutil.wait_procs(procs, timeout=timeout)
