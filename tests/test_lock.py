@@ -134,6 +134,9 @@ def test_a_relative_and_an_absolute_path_to_one_place_are_one_lock(tmp_path, mon
         with writer_lock(str(tmp_path / "store"), "inner"):
             assert read_holder("store").command == "outer"
     assert absolute("store") == str(tmp_path / "store") and absolute("s3://b/store") == "s3://b/store"
+    assert absolute(f"file://{tmp_path}/store") == f"file://{tmp_path}/store"  # a URI, not a relative path
+    with writer_lock(f"file://{tmp_path}/other", "a file URI"):
+        assert read_holder(str(tmp_path / "other")).command == "a file URI"
 
 
 def test_local_two_concurrent_processes_one_wins(tmp_path):

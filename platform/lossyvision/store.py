@@ -69,9 +69,10 @@ def is_remote(uri: str) -> bool:
 
 def absolute(uri: str) -> str:
     """A local path made absolute, a remote URI unchanged: Ray workers of a cluster the driver joined
-    (``RAY_ADDRESS``) run in another folder, where a relative path names nothing."""
+    (``RAY_ADDRESS``) run in another folder, where a relative path names nothing. A ``file://`` URI
+    is absolute already and stays as it is."""
     uri = str(uri)
-    return uri if is_remote(uri) else os.path.abspath(uri)
+    return uri if "://" in uri else os.path.abspath(uri)
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
