@@ -302,6 +302,9 @@ def test_cli_errors_have_no_traceback(tmp_path):
     assert r.exit_code != 0 and "--levels" in r.output
     r = runner.invoke(app, ["compress", "--source", str(tmp_path), "--out", str(tmp_path / "o"), "--png-sample", "x"])
     assert r.exit_code == 2 and "--png-sample" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["compress", "--source", str(tmp_path), "--out", str(tmp_path / "o"), "--kind", "nope"])
+    assert r.exit_code == 2 and "error: unknown dataset 'nope'; known: cityscapes, coco" in r.output
+    assert not (tmp_path / "o").exists()
     sweep = tmp_path / "s.yaml"
     sweep.write_text("name: x\n")
     r = runner.invoke(app, ["compress", str(sweep), "--source", str(tmp_path)])

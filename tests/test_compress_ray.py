@@ -235,3 +235,29 @@ def test_a_local_cluster_stops_whole_and_quietly(tmp_path):
         time.sleep(0.2)
     assert not [p for p in got["kids"] if psutil.pid_exists(p)]
     assert "autoscaler failed" not in out.stderr
+
+
+def test_cli_says_why_images_failed_and_exits_1_when_none_could_be_compressed(tmp_path):
+    """Some bad images: exit 0 and a line per reason after the table; only bad images: exit 1."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    cases = write_bad_images(tmp_path / "bad" / "train" / "odd")
+    n_bad = sum(1 for _, outcome in cases.values() if outcome == "failed")
+    for path, outcome in cases.values():
+        if outcome == "ok":
+            path.unlink()
+    cmd = [LOSSYVISION, "compress", "--source", str(tmp_path / "bad"), "--out", str(tmp_path / "store"),
+           "--levels", "1", "--effort", "1", "--num-cpus", "2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr[-2000:]
+    assert f"failed: {n_bad} images ({n_bad} of {n_bad} image x level pairs), by reason:" in done.stdout
+    assert "  2 not an image" in done.stdout and "store/manifest.parquet (column 'error')" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == \
+        "error: no image could be compressed (every row failed; reasons above)"
+    assert "Traceback" not in done.stderr
+
+    (tmp_path / "bad" / "train" / "odd" / "good.jpg").write_bytes(jpeg_bytes(photo("coffee", (40, 32))))
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert f"failed: {n_bad} images ({n_bad} of {n_bad + 1} image x level pairs)" in done.stdout
+    assert "error:" not in done.stderr

@@ -258,3 +258,35 @@ def test_a_full_disk_names_the_path(tiny_disk, tmp_path):
 
     line = os_error_line(err.value)
     assert line.startswith(str(out)) and line.endswith(": No space left on device")
+
+
+# --- what failed, said without opening the manifest -------------------------------------------
+def test_failures_are_counted_by_reason_with_example_paths(tmp_path):
+    from badimages import EXPECTED_REASONS, write_bad_images
+
+    root = dataset(tmp_path / "data")
+    cases = write_bad_images(root / "train" / "odd")
+    result = run(root, tmp_path / "store", levels=(1.0, 2.0))
+    failed = {p.name for p, outcome in cases.values() if outcome == "failed"}
+    lines = compress.describe_failures(result.manifest, str(tmp_path / "store"))
+    assert lines[0] == (f"failed: {len(failed)} images ({2 * len(failed)} of {len(result.manifest)} "
+                        "image x level pairs), by reason:")
+    body = "\n".join(lines[1:-1])
+    for name, reason in EXPECTED_REASONS.items():
+        shown = reason.split(":")[0]
+        assert shown in body, (name, lines)
+    # two images "not an image": one line for both, the larger group first, each path named once
+    (both,) = [line for line in lines if "not an image" in line]
+    assert both.startswith("  2 not an image") and both.count("train/odd/") == 2
+    assert lines[1] == both
+    assert "manifest.parquet" in lines[-1] and "retries" in lines[-1]
+    assert sum(int(line.split()[0]) for line in lines[1:-1]) == len(failed)
+
+    # a kind is the reason's head with numbers blanked; a long list is cut with a count
+    rows = pd.DataFrame({"relpath": [f"x/{i}.png" for i in range(9)], "status": "failed",
+                         "error": [f"too large to decode in memory: {i}000x{i}000" for i in range(3)]
+                         + [f"reason {c}" for c in "abcdef"]})
+    lines = compress.describe_failures(rows, kinds=3, examples=2)
+    assert lines[1] == "  3 too large to decode in memory: x/0.png, x/1.png, ..."
+    assert lines[-2] == "  and 4 other reason(s)" and "the manifest" in lines[-1]
+    assert compress.describe_failures(result.manifest[result.manifest["status"] == "ok"]) == []

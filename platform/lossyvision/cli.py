@@ -198,7 +198,10 @@ def compress(
                     quality_sample=quality_sample, animated=animated, layout=layout, shard_size=shard_bytes,
                     png_sample=png_count))
                 dataset_options = parse_options(option)
-            except (job.CompressError, ValueError) as exc:
+                from lossyvision.datasets import DATASETS
+
+                DATASETS.get(dataset)  # an unknown kind lists the known ones, before the store is locked
+            except (job.CompressError, ValueError, KeyError) as exc:
                 fail(str(exc))
             if allow_outside_symlinks:
                 dataset_options["allow_outside_symlinks"] = True
@@ -236,9 +239,13 @@ def compress(
     console.print(job.render_summary(pd.concat([r.summary for r in results], ignore_index=True)))
     for line in job.describe_not_read(results[0].not_read, store_uri):
         typer.echo(line)
-    typer.echo(f"manifest: {store_uri}/manifest.parquet ({sum(len(r.manifest) for r in results)} rows; "
-               f"{sum(r.done for r in results)} compressed now, {sum(r.skipped for r in results)} already done); "
-               "summary.csv beside it")
+    rows = pd.concat([r.manifest for r in results], ignore_index=True)
+    for line in job.describe_failures(rows, store_uri):
+        typer.echo(line)
+    typer.echo(f"manifest: {store_uri}/manifest.parquet ({len(rows)} rows; {sum(r.done for r in results)} run now, "
+               f"{sum(r.skipped for r in results)} already done); summary.csv beside it")
+    if len(rows) and not (rows["status"] == "ok").any():
+        fail("no image could be compressed (every row failed; reasons above)", code=1)
 
 
 # --- sweeps -------------------------------------------------------------------------------------

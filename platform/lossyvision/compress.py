@@ -560,6 +560,42 @@ def describe_not_read(not_read: Sequence[Any], store_uri: str | None = None) -> 
     return lines
 
 
+def describe_failures(rows: pd.DataFrame, store_uri: str | None = None, *, kinds: int = 5,
+                      examples: int = 3) -> list[str]:
+    """Lines for the images a job could not compress: how many, grouped by reason, with examples.
+
+    The table's ``failed`` column says how many; these say why, without opening the manifest
+    (where every failed row keeps its full reason). Reasons are grouped by their kind: the text
+    before the first ``:``, numbers blanked (``too large to decode in memory: 9000x9000`` and
+    ``...: 8000x8000`` are one kind).
+    """
+    failed = rows[rows["status"] == manifest.STATUS_FAILED] if len(rows) else rows
+    if not len(failed):
+        return []
+    kind = failed["error"].fillna("no reason recorded").map(_failure_kind)
+    images = failed["relpath"].nunique()
+    lines = [f"failed: {images} image{'s' if images != 1 else ''} "
+             f"({len(failed)} of {len(rows)} image x level pairs), by reason:"]
+    groups = sorted(failed.groupby(kind, sort=False), key=lambda kv: (-kv[1]["relpath"].nunique(), kv[0]))
+    for name, group in groups[:kinds]:
+        paths = group["relpath"].drop_duplicates()
+        shown = ", ".join(paths.head(examples)) + (", ..." if len(paths) > examples else "")
+        lines.append(f"  {len(paths)} {name}: {shown}")
+    if len(groups) > kinds:
+        lines.append(f"  and {len(groups) - kinds} other reason(s)")
+    where = store.join(store_uri, store.MANIFEST_NAME) if store_uri else "the manifest"
+    lines.append(f"each failed row keeps its full reason in {where} (column 'error'); "
+                 "rerunning the command retries them")
+    return lines
+
+
+def _failure_kind(reason: str) -> str:
+    import re
+
+    head = str(reason).split(":", 1)[0].strip() or str(reason)
+    return re.sub(r"\d+", "N", head)
+
+
 def write_not_read(store_uri: str, not_read: Sequence[Any]) -> None:
     table = pd.DataFrame([{"relpath": s.relpath, "kind": s.kind, "reason": s.reason} for s in not_read],
                          columns=["relpath", "kind", "reason"])

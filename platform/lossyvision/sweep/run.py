@@ -308,14 +308,20 @@ def compress_for(sweep: Sweep, echo: Echo, ray_address: str | None = None,
 
     Ray starts only when something is left to compress, and stays up for training.
     """
-    from lossyvision.compress import sweep_job_args
+    from lossyvision.compress import describe_failures, sweep_job_args
     from lossyvision.runners.compress import compress_dataset
 
     jobs = sweep_job_args(sweep)
     prefix = "compress: " if len(jobs) == 1 else "compress {codec}: "
-    return pd.concat([compress_dataset(**args, address=ray_address, num_cpus=num_cpus, keep_ray=True,
-                                       log=lambda m, p=prefix.format(codec=args["codec"]): echo(f"{p}{m}"))
-                      for args in jobs], ignore_index=True)
+    frames = []
+    for args in jobs:
+        p = prefix.format(codec=args["codec"])
+        rows = compress_dataset(**args, address=ray_address, num_cpus=num_cpus, keep_ray=True,
+                                log=lambda m, p=p: echo(f"{p}{m}"))
+        for line in describe_failures(rows, args["store_uri"]):  # the sweep goes on without them
+            echo(f"{p}{line}")
+        frames.append(rows)
+    return pd.concat(frames, ignore_index=True)
 
 
 def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
