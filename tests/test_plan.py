@@ -194,6 +194,11 @@ def test_plan_with_manifest_names_missing_levels(tmp_path):
     assert len(grid_of(sweep).trials) == 6
     with pytest.raises(PlanError, match=r"no 'test' images at level\(s\) 5"):
         grid_of(sweep, manifest_rows(levels=(0.0, 1.0, 2.0)))
+    m = manifest_rows()  # rows at every level, but every test image at level 5 failed: says so, not "missing"
+    m.loc[(m.split == "test") & (m.level == 5.0), "status"] = "failed"
+    with pytest.raises(PlanError, match=r"every 'test' image at level\(s\) 5 for codec 'jpegxl' failed to "
+                                        r"compress \(\d+ images; their reasons are in the manifest's 'error'"):
+        grid_of(sweep, m)
 
 
 def test_budget_trials_train_on_the_selected_subset(tmp_path):

@@ -333,7 +333,16 @@ def grid_size(grid: Grid, trials_todo: list[TrialSpec], cells_todo: list[CellSpe
 
 
 def _check_levels(manifest: pd.DataFrame, split: str, levels: Iterable[float], codec: str) -> None:
-    missing = [format_level(lv) for lv in levels if ok_rows(manifest, split, lv, codec).empty]
-    if missing:
-        raise PlanError(f"the compressed store has no {split!r} images at level(s) {', '.join(missing)} "
-                        f"for codec {codec!r}; was it compressed with these levels?")
+    missing = [lv for lv in levels if ok_rows(manifest, split, lv, codec).empty]
+    if not missing:
+        return
+    shown = ", ".join(format_level(lv) for lv in missing)
+    m = manifest
+    tried = m[(m["split"] == split) & m["level"].astype(float).isin([float(lv) for lv in missing])
+              & ((m["codec"] == codec) if "codec" in m.columns else True)]
+    if len(tried):  # rows there, none ok: the images failed, the levels were not forgotten
+        raise PlanError(f"every {split!r} image at level(s) {shown} for codec {codec!r} failed to compress "
+                        f"({tried['relpath'].nunique()} images; their reasons are in the manifest's 'error' "
+                        "column and in the compress lines above)")
+    raise PlanError(f"the compressed store has no {split!r} images at level(s) {shown} "
+                    f"for codec {codec!r}; was it compressed with these levels?")
