@@ -8,33 +8,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from lossyvision.codecs.base import CODECS, Codec
-from lossyvision.codecs.jpeg import check_quality
+from lossyvision.codecs.base import CODECS
+from lossyvision.codecs.jpeg import QualityCodec
 from lossyvision.imageio import check_rgb8, to_rgb8
 
 DEFAULT_SPEED = 6
 
 
 @CODECS.register("avif")
-class AvifCodec(Codec):
+class AvifCodec(QualityCodec):
     """AVIF; option ``speed`` (0 slowest/best .. 10 fastest, default 6)."""
 
     name = "avif"
     extension = ".avif"
-    level_min, level_max, level_is_integer, level_meaning = 0, 100, True, "quality"
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        self.speed = self.int_option("speed", DEFAULT_SPEED, 0, 10)
-
-    @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        return ("speed",)
-
-    @classmethod
-    def check_level(cls, level: float) -> int:
-        """The quality as an int; ``ValueError`` outside 0..100 (lets a job reject levels up front)."""
-        return check_quality(cls.name, level)
+    int_options = {"speed": (DEFAULT_SPEED, 0, 10)}
 
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:

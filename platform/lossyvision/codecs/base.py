@@ -35,6 +35,8 @@ class Codec(ABC):
     higher_level_is_better: bool = True
     #: What a level is called in sentences ("at quality 70", "at distance 3").
     level_noun: str = "quality"
+    #: Integer options, ``name: (default, lowest, highest)``; each becomes an attribute (``self.effort``).
+    int_options: dict[str, tuple[int, int, int]] = {}
 
     def __init__(self, **options: Any) -> None:
         unknown = set(options) - set(self.option_names())
@@ -44,11 +46,13 @@ class Codec(ABC):
                 f"known: {sorted(self.option_names())}"
             )
         self.options = options
+        for name, (default, low, high) in self.int_options.items():
+            setattr(self, name, self.int_option(name, default, low, high))
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
         """Names of keyword options the constructor accepts (e.g. ``effort``)."""
-        return ()
+        return tuple(cls.int_options)
 
     @classmethod
     def level_range(cls) -> tuple[float, float]:

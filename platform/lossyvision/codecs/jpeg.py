@@ -32,18 +32,24 @@ def check_max_side(codec: str, rgb: np.ndarray, max_side: int) -> None:
         raise ValueError(f"{codec} cannot encode {width}x{height}: its sides are limited to {max_side} pixels")
 
 
+class QualityCodec(Codec):
+    """A codec whose level is a quality, a whole number in ``level_min``..100 (jpeg, webp, avif)."""
+
+    level_min, level_max, level_is_integer, level_meaning = 0, 100, True, "quality"
+
+    @classmethod
+    def check_level(cls, level: float) -> int:
+        """The quality as an int; a ``ValueError`` outside the range (lets a job reject levels up front)."""
+        return check_quality(cls.name, level, lowest=int(cls.level_min))
+
+
 @CODECS.register("jpeg")
-class JpegCodec(Codec):
+class JpegCodec(QualityCodec):
     """JPEG via imagecodecs' ``jpeg8_encode``; ``level`` is the libjpeg quality (1..100)."""
 
     name = "jpeg"
     extension = ".jpg"
-    level_min, level_max, level_is_integer, level_meaning = 1, 100, True, "quality"
-
-    @classmethod
-    def check_level(cls, level: float) -> int:
-        """The quality as an int; ``ValueError`` outside 1..100 (lets a job reject levels up front)."""
-        return check_quality(cls.name, level, lowest=1)
+    level_min = 1
 
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:

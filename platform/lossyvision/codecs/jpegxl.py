@@ -66,13 +66,7 @@ class JpegXLCodec(Codec):
     name = "jpegxl"
     extension = ".jxl"
 
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        self.effort = self.int_option("effort", DEFAULT_EFFORT, 1, 10)
-
-    @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        return ("effort",)
+    int_options = {"effort": (DEFAULT_EFFORT, 1, 10)}
 
     level_min, level_max, level_meaning = 0.0, MAX_DISTANCE, "Butteraugli distance; 0 = lossless"
     lossless_level = 0.0

@@ -17,14 +17,7 @@ class PngCodec(Codec):
     level_min, level_max, level_meaning = 0.0, 0.0, "PNG is lossless: its one level is 0"
     lossless_level = 0.0
     level_noun = "level"
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        self.compression = self.int_option("compression", 6, 0, 9)
-
-    @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        return ("compression",)
+    int_options = {"compression": (6, 0, 9)}
 
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lossyvision.codecs.base import CODECS, Codec
-from lossyvision.codecs.jpeg import check_max_side, check_quality
+from lossyvision.codecs.base import CODECS
+from lossyvision.codecs.jpeg import QualityCodec, check_max_side
 from lossyvision.imageio import check_rgb8, to_rgb8
 
 #: WebP stores sizes in 14 bits.
@@ -17,25 +17,12 @@ DEFAULT_METHOD = 4
 
 
 @CODECS.register("webp")
-class WebpCodec(Codec):
+class WebpCodec(QualityCodec):
     """Lossy WebP; option ``method`` (0 fast .. 6 slow/better, default 4, libwebp's default)."""
 
     name = "webp"
     extension = ".webp"
-    level_min, level_max, level_is_integer, level_meaning = 0, 100, True, "quality"
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        self.method = self.int_option("method", DEFAULT_METHOD, 0, 6)
-
-    @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        return ("method",)
-
-    @classmethod
-    def check_level(cls, level: float) -> int:
-        """The quality as an int; ``ValueError`` outside 0..100 (lets a job reject levels up front)."""
-        return check_quality(cls.name, level)
+    int_options = {"method": (DEFAULT_METHOD, 0, 6)}
 
     def encode(self, rgb: np.ndarray, level: float, *, source: bytes | None = None,
                source_format: str | None = None) -> bytes:
