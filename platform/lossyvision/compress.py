@@ -36,6 +36,7 @@ import json
 import math
 import os
 import posixpath
+import re
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -590,8 +591,6 @@ def describe_failures(rows: pd.DataFrame, store_uri: str | None = None, *, kinds
 
 
 def _failure_kind(reason: str) -> str:
-    import re
-
     head = str(reason).split(":", 1)[0].strip() or str(reason)
     return re.sub(r"\d+", "N", head)
 

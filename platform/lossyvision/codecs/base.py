@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -36,7 +36,7 @@ class Codec(ABC):
     #: What a level is called in sentences ("at quality 70", "at distance 3").
     level_noun: str = "quality"
     #: Integer options, ``name: (default, lowest, highest)``; each becomes an attribute (``self.effort``).
-    int_options: dict[str, tuple[int, int, int]] = {}
+    int_options: ClassVar[dict[str, tuple[int, int, int]]] = {}
 
     def __init__(self, **options: Any) -> None:
         unknown = set(options) - set(self.option_names())
