@@ -35,7 +35,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -108,33 +107,12 @@ CPU_SECONDS: list[float] = []  # of each timed run, in order
 
 def timed(cmd: list[str]) -> float:
     """Wall seconds of ``cmd``; its process tree's CPU-seconds (sampled every 0.2 s) go to ``CPU_SECONDS``."""
-    import psutil
+    from _procs import run_timed
 
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-    root, cpu = psutil.Process(proc.pid), {}
-    out: list[str] = []
-    import threading
-
-    drain = threading.Thread(target=lambda: out.append(proc.communicate()[1]), daemon=True)
-    drain.start()
-    while proc.poll() is None:
-        try:
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            procs = []
-        for p in procs:
-            try:
-                c = p.cpu_times()
-                cpu[p.pid] = max(cpu.get(p.pid, 0.0), c.user + c.system)
-            except psutil.Error:
-                continue
-        time.sleep(0.2)
-    seconds = time.perf_counter() - t
-    drain.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{(out or [''])[0][-3000:]}")
-    CPU_SECONDS.append(sum(cpu.values()))
+    seconds, cpu, _, err, code = run_timed(cmd, env())
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({code}):\n{err[-3000:]}")
+    CPU_SECONDS.append(cpu)
     return seconds
 
 

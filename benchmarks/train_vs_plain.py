@@ -38,11 +38,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # _procs, eval_throughput
 LEVEL = 1.0
 
 
@@ -137,41 +137,13 @@ def _sweep_file(work: Path, args: argparse.Namespace, output: Path) -> Path:
     return path
 
 
-def _cpu_seconds(proc, stop: threading.Event, into: dict) -> None:
-    """Sum the CPU-seconds of the process tree as it runs (children that exit are counted at their last sample)."""
-    import psutil
-
-    seen: dict[int, float] = {}
-    root = psutil.Process(proc.pid)
-    while not stop.is_set():
-        try:
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            break
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                seen[p.pid] = t.user + t.system + t.children_user + t.children_system
-            except psutil.Error:
-                pass
-        stop.wait(0.2)
-    into["cpu_s"] = sum(seen.values())
-
-
 def _timed(cmd: list[str], env: dict) -> tuple[float, float, subprocess.CompletedProcess]:
-    stop, got = threading.Event(), {}
-    began = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sampler = threading.Thread(target=_cpu_seconds, args=(proc, stop, got), daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - began
-    stop.set()
-    sampler.join()
-    done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
-    return wall, got.get("cpu_s", float("nan")), done
+    from _procs import run_timed
+
+    wall, cpu, out, err, code = run_timed(cmd, env)
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({code}):\n{out[-2000:]}\n{err[-3000:]}")
+    return wall, cpu, subprocess.CompletedProcess(cmd, code, out, err)
 
 
 def run_plain(work: Path, args: argparse.Namespace, env: dict) -> dict:
@@ -242,7 +214,6 @@ def main() -> None:
         print(json.dumps(plain(args)))
         return
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from eval_throughput import make_split
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="p10-"))
