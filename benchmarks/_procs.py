@@ -26,8 +26,9 @@ def tree_rss(root: psutil.Process) -> tuple[int, int, int] | None:
     return total, driver, len(procs)
 
 
-def run_timed(cmd: list[str], env: dict | None = None, every: float = 0.2) -> tuple[float, float, str, str, int]:
-    """Run ``cmd``; ``(wall seconds, CPU-seconds of its process tree, stdout, stderr, exit code)``.
+def run_timed(cmd: list[str], env: dict | None = None, every: float = 0.2) -> tuple[float, float, str, str]:
+    """Run ``cmd``; ``(wall seconds, CPU-seconds of its process tree, stdout, stderr)``; a failed command
+    ends the benchmark (``SystemExit`` with the tails of its output).
 
     The tree (the command and every descendant: Ray's daemons and workers, a pool's processes) is
     sampled every ``every`` seconds; each process counts with its last sample, user + system only
@@ -58,4 +59,6 @@ def run_timed(cmd: list[str], env: dict | None = None, every: float = 0.2) -> tu
     wall = time.perf_counter() - began
     drain.join()
     out, err = streams[0] if streams else ("", "")
-    return wall, sum(cpu.values()), out, err, proc.returncode
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
+    return wall, sum(cpu.values()), out, err

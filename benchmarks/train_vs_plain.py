@@ -35,7 +35,6 @@ import os
 import platform as std_platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +43,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # _procs, eval_throughput
 LEVEL = 1.0
+
+from _procs import run_timed  # noqa: E402
 
 
 # --- the plain loop (child process) ------------------------------------------------------------------
@@ -137,23 +138,14 @@ def _sweep_file(work: Path, args: argparse.Namespace, output: Path) -> Path:
     return path
 
 
-def _timed(cmd: list[str], env: dict) -> tuple[float, float, subprocess.CompletedProcess]:
-    from _procs import run_timed
-
-    wall, cpu, out, err, code = run_timed(cmd, env)
-    if code != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({code}):\n{out[-2000:]}\n{err[-3000:]}")
-    return wall, cpu, subprocess.CompletedProcess(cmd, code, out, err)
-
-
 def run_plain(work: Path, args: argparse.Namespace, env: dict) -> dict:
     out = work / "plain-out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     cmd = [sys.executable, __file__, "--plain", "--store", str(work / "store"), "--out", str(out),
            *_model_args(args)]
-    wall, cpu, done = _timed(cmd, env)
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    wall, cpu, stdout, _ = run_timed(cmd, env)
+    got = json.loads(stdout.strip().splitlines()[-1])
     return {"kind": "plain", "wall_s": wall, "cpu_s": cpu, **got}
 
 
@@ -163,14 +155,14 @@ def run_trial(work: Path, args: argparse.Namespace, env: dict, name: str = "tria
     sweep = _sweep_file(work, args, output)
     cmd = [str(Path(sys.executable).with_name("lossyvision")), "sweep", "run", str(sweep), "--no-report",
            "--num-cpus", str(args.threads)]
-    wall, cpu, done = _timed(cmd, env)
+    wall, cpu, stdout, _ = run_timed(cmd, env)
     (trial_json,) = output.glob("checkpoints/*/trial.json")
     meta = json.loads(trial_json.read_text())
     import pandas as pd
 
     results = pd.read_csv(output / "results.csv")
     top1 = float(results.loc[results["metric"] == "top1", "value"].iloc[0])
-    phases = next((line for line in done.stdout.splitlines() if line.startswith("time: ")), "")
+    phases = next((line for line in stdout.splitlines() if line.startswith("time: ")), "")
     rates = [h["images_per_s"] for h in meta["history"]]
     return {"kind": "trial", "wall_s": wall, "cpu_s": cpu, "images_per_s": rates, "trial_s": meta["seconds"],
             "phases": phases, "top1": top1, "n_train": meta["n_train_images"]}

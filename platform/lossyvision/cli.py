@@ -198,8 +198,6 @@ def compress(
                     quality_sample=quality_sample, animated=animated, layout=layout, shard_size=shard_bytes,
                     png_sample=png_count))
                 dataset_options = parse_options(option)
-                from lossyvision.datasets import DATASETS
-
                 DATASETS.get(dataset)  # an unknown kind lists the known ones, before the store is locked
             except (job.CompressError, ValueError, KeyError) as exc:
                 fail(str(exc))
@@ -244,7 +242,9 @@ def compress(
         typer.echo(line)
     typer.echo(f"manifest: {store_uri}/manifest.parquet ({len(rows)} rows; {sum(r.done for r in results)} run now, "
                f"{sum(r.skipped for r in results)} already done); summary.csv beside it")
-    if len(rows) and not (rows["status"] == "ok").any():
+    from lossyvision.manifest import STATUS_OK
+
+    if len(rows) and not (rows["status"] == STATUS_OK).any():
         fail("no image could be compressed (every row failed; reasons above)", code=1)
 
 

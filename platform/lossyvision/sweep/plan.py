@@ -181,8 +181,16 @@ def compress_levels(sweep: Any) -> dict[str, list[float]]:
 # --- the manifest side ---------------------------------------------------------------------------
 def ok_rows(manifest: pd.DataFrame, split: str, level: float, codec: str | None = None) -> pd.DataFrame:
     """Manifest rows of one split and level that compressed fine, sorted by relpath."""
+    return level_rows(manifest, split, level, codec, ok_only=True)
+
+
+def level_rows(manifest: pd.DataFrame, split: str, level: float, codec: str | None = None, *,
+               ok_only: bool = False) -> pd.DataFrame:
+    """Manifest rows of one split and level (of ``codec``, when given), failed ones too unless ``ok_only``."""
     m = manifest
-    mask = (m["split"] == split) & (m["level"].astype(float) == float(level)) & (m["status"] == OK)
+    mask = (m["split"] == split) & (m["level"].astype(float) == float(level))
+    if ok_only:
+        mask &= m["status"] == OK
     if codec is not None and "codec" in m.columns:
         mask &= m["codec"] == codec
     return m[mask].sort_values("relpath", kind="stable")
@@ -337,12 +345,10 @@ def _check_levels(manifest: pd.DataFrame, split: str, levels: Iterable[float], c
     if not missing:
         return
     shown = ", ".join(format_level(lv) for lv in missing)
-    m = manifest
-    tried = m[(m["split"] == split) & m["level"].astype(float).isin([float(lv) for lv in missing])
-              & ((m["codec"] == codec) if "codec" in m.columns else True)]
-    if len(tried):  # rows there, none ok: the images failed, the levels were not forgotten
+    tried = set().union(*(level_rows(manifest, split, lv, codec)["relpath"] for lv in missing))
+    if tried:  # rows there, none ok: the images failed, the levels were not forgotten
         raise PlanError(f"every {split!r} image at level(s) {shown} for codec {codec!r} failed to compress "
-                        f"({tried['relpath'].nunique()} images; their reasons are in the manifest's 'error' "
+                        f"({len(tried)} images; their reasons are in the manifest's 'error' "
                         "column and in the compress lines above)")
     raise PlanError(f"the compressed store has no {split!r} images at level(s) {shown} "
                     f"for codec {codec!r}; was it compressed with these levels?")
