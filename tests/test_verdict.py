@@ -41,6 +41,7 @@ def test_one_repeat_cannot_tell_about_trained_models_and_names_the_cheapest_fix(
         assert found[q].outcome == "cannot tell" and found[q].level is None
         assert "spread between training runs is not measured" in found[q].text
         assert "seed_spread: {levels: [0, 3], repeats: 3}" in found[q].text and "4 more trainings" in found[q].text
+        assert "not measured" in found[q].why
         assert all(x["status"] == "cannot tell" for x in found[q].levels)
     # the model trained at the baseline's level is one model: its test images decide
     assert found["test"].outcome == "advised" and found["test"].level == 3.0
@@ -90,7 +91,7 @@ def test_a_saturated_metric_gets_one_line_and_the_decision_comes_first():
     sat = [v for v in found if v.question == "saturated"]
     assert len(sat) == 1 and sat[0].metric == "top5" and "saturated" in sat[0].text
     lines = verdict_lines(found)
-    assert lines[0] == decisions(found)[0] and lines[0].startswith("m: no level to store everything at yet")
+    assert lines[0] == decisions(found)[0] and lines[0].startswith("m: no level to store everything at with 95% confidence: the spread")
     assert sum("top5" in ln for ln in lines) == 1
 
 

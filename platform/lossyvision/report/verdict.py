@@ -65,6 +65,7 @@ class Verdict:
     keep: float = 0.99        # the threshold, a fraction of the baseline
     confidence: float = 0.95
     levels: tuple = ()        # per level tried, in order: {level, status, rel, rel_low, rel_high}
+    why: str = ""             # no level advised: the reason, in a few words
 
     def record(self) -> dict:
         """The verdict as ``verdict.json`` holds it."""
@@ -213,7 +214,7 @@ def question_verdict(g: pd.DataFrame, question: str, keep: float, confidence: fl
         text = (f"{lead}{on} no {kind.level_noun} tried: even {nxt} ({_dcr_text(float(row[dcr_col]))}) keeps only "
                 f"{_interval(row)} of the baseline {metric}, below {threshold:g}%. Keep the originals, or try more "
                 "faithful levels.")
-        outcome = "keep originals"
+        outcome, why = "keep originals", f"even {nxt} loses ({_interval(row)})"
     else:
         half = (float(row["rel_high"]) - float(row["rel_low"])) / 2
         if math.isfinite(half):
@@ -225,9 +226,9 @@ def question_verdict(g: pd.DataFrame, question: str, keep: float, confidence: fl
             text = (f"{lead}{on} {nxt}? This sweep cannot tell: it has no interval "
                     f"(too few test images). Add repeats or test images.")
         text += _later_keeps(cands, statuses, 0, level_col, at)
-        outcome = "cannot tell"
+        outcome, why = "cannot tell", f"{nxt} cannot be told ({_interval(row)})"
     return Verdict(model, metric, question, None, None, float(row["rel"]), float(row["rel_low"]),
-                   float(row["rel_high"]), outcome, text, **common)
+                   float(row["rel_high"]), outcome, text, why=why, **common)
 
 
 def _after_the_run(row: pd.Series, status: str, nxt: str, cands: pd.DataFrame, statuses: list[str], run: int,
@@ -255,10 +256,11 @@ def _unmeasured_verdict(g: pd.DataFrame, cands: pd.DataFrame, model: str, metric
     trained = kind.by_fidelity(g["train_level"].unique())
     n, setting = extra_trainings(trained)
     text = (f"{lead} a level? Cannot tell about models trained at a level: the spread between training runs is "
-            f"not measured (one repeat per level), and a new seed can move a cell by more than its test images' "
-            f"interval. Measure it with `{setting}` in the sweep file ({n} more trainings), or `repeats: 2` or more.")
+            f"not measured (one run per level). Measure it with `{setting}` ({n} more trainings) or `repeats: 2`.")
     row = cands.iloc[0]
-    return Verdict(model, metric, question, None, None, _float(row["rel"]), None, None, "cannot tell", text, **common)
+    return Verdict(model, metric, question, None, None, _float(row["rel"]), None, None, "cannot tell", text,
+                   why=f"the spread between training runs is not measured ({n} more trainings would measure it)",
+                   **common)
 
 
 def _float(x) -> float | None:
@@ -369,9 +371,8 @@ def decisions(found: list[Verdict]) -> list[str]:
             lines.append(f"{model}: {lead.lower()} {at(pick.level)} (DCR {pick.dcr:.2f}): it keeps ≥ "
                          f"{100 * pick.keep:g}% with {_conf(pick.confidence)} ({bound}).")
         else:
-            why = {"keep originals": "even the least compressed level tried loses",
-                   "cannot tell": "the data cannot tell yet"}.get(pick.outcome, pick.outcome)
-            lines.append(f"{model}: no level to {lead.lower()} yet: {why} (details below).")
+            lines.append(f"{model}: no level to {lead.lower()} with {_conf(pick.confidence)}: "
+                         f"{pick.why or pick.outcome}.")
     return lines
 
 
