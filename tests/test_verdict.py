@@ -126,3 +126,16 @@ def test_report_keep_and_verdict_json_and_advise_json(tmp_path):
     printed = runner.invoke(app, ["advise", str(out), "--json"])
     assert printed.exit_code == 0, printed.output
     assert json.loads(printed.output) == records
+
+
+def test_a_metric_at_its_ceiling_that_every_level_keeps_is_one_line():
+    from lossyvision.report.verdict import saturated
+
+    top5 = relative_cells(cells({(0, 0): [0.999, 0.998, 0.999], (1, 1): [0.999], (8, 8): [0.998, 0.999, 0.997],
+                                 (1, 0): [0.999], (8, 0): [0.999, 0.999, 0.998], (0, 1): [0.999, 0.998, 0.999],
+                                 (0, 8): [0.998, 0.998, 0.999]}, half_width=0.001).assign(metric="top5"))
+    line = saturated(top5.assign(ci_high=top5["ci_high"].clip(upper=1.0).where(top5["train_level"] > 0, 1.0)),
+                     0.99, 0.95)
+    assert line and line.startswith("top5 is at its ceiling") and "every cell keeps ≥ 99% with 95% confidence" in line
+    # a cell that cannot be told, or a baseline below the ceiling: the full verdict, not one line
+    assert saturated(top5.assign(ci_high=0.9995), 0.99, 0.95) is None

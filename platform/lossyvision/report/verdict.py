@@ -133,14 +133,17 @@ def _candidates(g: pd.DataFrame, question: str, base_train: float, base_test: fl
     return c.assign(_order=c[col].map(order)).sort_values("_order").drop(columns="_order")
 
 
-def _describe_size(row: pd.Series) -> str:
+def _describe_size(row: pd.Series, question: str = "test") -> str:
     n_images = int(row.get("n_images", -1)) if pd.notna(row.get("n_images", -1)) else -1
     repeats = int(row.get("n", 1))
     parts = []
     if n_images > 0:
         parts.append(f"{n_images:,} test images")
     parts.append(f"{repeats} repeat{'s' if repeats != 1 else ''}")
-    return " and ".join(parts)
+    sd, df = _float(row.get("spread_sd")), int(row.get("spread_df", 0) or 0)
+    if question in TRAINED_QUESTIONS and sd is not None and df > 0:
+        parts.append(f"a between-run sd of {sd:.2f} points ({df} degrees of freedom)")
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def _interval(row: pd.Series) -> str:
@@ -156,8 +159,8 @@ def _what_settles(row: pd.Series) -> str:
     test_half = (float(row.get("rel_test_high", math.nan)) - float(row.get("rel_test_low", math.nan))) / 2
     half = (float(row["rel_high"]) - float(row["rel_low"])) / 2
     if math.isfinite(test_half) and math.isfinite(half) and half > 0 and test_half ** 2 < 0.5 * half ** 2:
-        return "repeats at that level (the spread between training runs is most of its interval's width)"
-    return "more test images (they are most of its interval's width), or repeats at that level"
+        return "add repeats at that level (the spread between training runs is most of the interval's width)"
+    return "add test images (they are most of the interval's width), or repeats"
 
 
 def _level_records(cands: pd.DataFrame, level_col: str, threshold: float, unmeasured: bool) -> tuple:
@@ -218,10 +221,10 @@ def question_verdict(g: pd.DataFrame, question: str, keep: float, confidence: fl
     else:
         half = (float(row["rel_high"]) - float(row["rel_low"])) / 2
         if math.isfinite(half):
-            text = (f"{lead}{on} {nxt}? This sweep cannot tell. With {_describe_size(row)}, a drop "
+            text = (f"{lead}{on} {nxt}? This sweep cannot tell. With {_describe_size(row, question)}, a drop "
                     f"smaller than {half:.1f} points of the baseline {metric} is undetectable ({nxt}: "
                     f"{_interval(row)}); telling {threshold:g}% needs an interval narrower than "
-                    f"{max(100.0 - threshold, 0.0):.1f} points. Add repeats or test images.")
+                    f"{max(100.0 - threshold, 0.0):.1f} points: {_what_settles(row)}.")
         else:
             text = (f"{lead}{on} {nxt}? This sweep cannot tell: it has no interval "
                     f"(too few test images). Add repeats or test images.")
@@ -246,7 +249,7 @@ def _later_keeps(cands: pd.DataFrame, statuses: list[str], gap: int, level_col: 
     row = cands.iloc[gap]
     shown = ", ".join(at(float(cands.iloc[i][level_col])) for i in later)
     return (f" {shown[0].upper() + shown[1:]} keep{'s' if len(later) == 1 else ''}, but is not advised past "
-            f"{at(float(row[level_col]))}, which cannot be told; settling it needs {_what_settles(row)}.")
+            f"{at(float(row[level_col]))}, which cannot be told; to settle it, {_what_settles(row)}.")
 
 
 def _unmeasured_verdict(g: pd.DataFrame, cands: pd.DataFrame, model: str, metric: str, question: str, lead: str,
@@ -295,13 +298,29 @@ def best_codec(found: list[Verdict], model: str, metric: str, keep: float, confi
                    text, best.codec, best.bpp, keep=keep, confidence=confidence, levels=best.levels)
 
 
-def saturated(g: pd.DataFrame, tolerance: float = 0.05) -> bool:
-    """No level moves the metric: every cell is the baseline's value with a degenerate interval
-    (within ``tolerance`` points of 100 %), as top-5 is on an easy set where every image is right."""
+def saturated(g: pd.DataFrame, keep: float, confidence: float, tolerance: float = 0.05) -> str | None:
+    """One line for a metric no level moves, or None. Either every cell is the baseline's value with
+    a degenerate interval (within ``tolerance`` points of 100 %: every image right at every level), or
+    the baseline's interval reaches the metric's ceiling (1.0) and every other cell keeps ``keep``:
+    top-5 on an easy set, where every sentence would only repeat "keeps"."""
+    metric = str(g["metric"].iloc[0])
     low = g["rel_test_low"] if "rel_test_low" in g.columns else g["rel_low"]
     high = g["rel_test_high"] if "rel_test_high" in g.columns else g["rel_high"]
     values = np.concatenate([g["rel"].to_numpy(dtype=float), low.to_numpy(dtype=float), high.to_numpy(dtype=float)])
-    return len(g) > 1 and bool(np.all(np.isfinite(values) & (np.abs(values - 100.0) <= tolerance)))
+    if len(g) > 1 and bool(np.all(np.isfinite(values) & (np.abs(values - 100.0) <= tolerance))):
+        return (f"{metric} is saturated: every cell equals the baseline (100.0%, with an interval narrower than "
+                "0.1 points), so it cannot tell levels apart.")
+    base = g[(g["train_level"] == g["baseline_train_level"]) & (g["test_level"] == g["baseline_test_level"])]
+    others = g.drop(base.index)
+    if base.empty or others.empty or "ci_high" not in g.columns:
+        return None
+    lows = others["rel_low"].to_numpy(dtype=float)
+    at_ceiling = float(base["ci_high"].iloc[0]) >= 1.0 - 1e-9
+    if at_ceiling and bool(np.all(np.isfinite(lows) & (lows >= 100.0 * keep - 1e-9))):
+        return (f"{metric} is at its ceiling (baseline {float(base['mean'].iloc[0]):.3f}, its interval reaching 1): "
+                f"every cell keeps ≥ {100 * keep:g}% with {_conf(confidence)} (lowest lower bound "
+                f"{_pct(float(lows.min()))}), so it does not tell levels apart.")
+    return None
 
 
 def verdicts(rel: pd.DataFrame, keep: float = 0.99, headline_only: bool = True,
@@ -318,10 +337,10 @@ def verdicts(rel: pd.DataFrame, keep: float = 0.99, headline_only: bool = True,
         metrics = sorted(set(mg["metric"]), key=_metric_rank)
         for metric in metrics[:1] if headline_only else metrics:
             found: list[Verdict] = []
-            if saturated(mg[mg["metric"] == metric]):
-                out.append(Verdict(str(model), metric, "saturated", None, None, 100.0, None, None, "saturated",
-                                   f"{metric} is saturated: every cell equals the baseline (100.0%, with an "
-                                   "interval narrower than 0.1 points), so it cannot tell levels apart.", keep=keep, confidence=confidence))
+            line = saturated(mg[mg["metric"] == metric], keep, confidence)
+            if line:
+                out.append(Verdict(str(model), metric, "saturated", None, None, None, None, None, "saturated", line,
+                                   keep=keep, confidence=confidence))
                 continue
             groups = list(mg[mg["metric"] == metric].groupby("codec", sort=False))
             if order:  # the sweep file's order of codecs
