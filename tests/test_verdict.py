@@ -136,6 +136,6 @@ def test_a_metric_at_its_ceiling_that_every_level_keeps_is_one_line():
                                  (0, 8): [0.998, 0.998, 0.999]}, half_width=0.001).assign(metric="top5"))
     line = saturated(top5.assign(ci_high=top5["ci_high"].clip(upper=1.0).where(top5["train_level"] > 0, 1.0)),
                      0.99, 0.95)
-    assert line and line.startswith("top5 is at its ceiling") and "every cell keeps ≥ 99% with 95% confidence" in line
+    assert line and line.startswith("top5 is at its ceiling") and "every level of the three questions keeps ≥ 99% with 95% confidence" in line
     # a cell that cannot be told, or a baseline below the ceiling: the full verdict, not one line
     assert saturated(top5.assign(ci_high=0.9995), 0.99, 0.95) is None

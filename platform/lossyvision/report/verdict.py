@@ -301,8 +301,8 @@ def best_codec(found: list[Verdict], model: str, metric: str, keep: float, confi
 def saturated(g: pd.DataFrame, keep: float, confidence: float, tolerance: float = 0.05) -> str | None:
     """One line for a metric no level moves, or None. Either every cell is the baseline's value with
     a degenerate interval (within ``tolerance`` points of 100 %: every image right at every level), or
-    the baseline's interval reaches the metric's ceiling (1.0) and every other cell keeps ``keep``:
-    top-5 on an easy set, where every sentence would only repeat "keeps"."""
+    the baseline's interval reaches the metric's ceiling (1.0) and every cell the three questions
+    read keeps ``keep``: top-5 on an easy set, where every sentence would only repeat "keeps"."""
     metric = str(g["metric"].iloc[0])
     low = g["rel_test_low"] if "rel_test_low" in g.columns else g["rel_low"]
     high = g["rel_test_high"] if "rel_test_high" in g.columns else g["rel_high"]
@@ -311,14 +311,16 @@ def saturated(g: pd.DataFrame, keep: float, confidence: float, tolerance: float 
         return (f"{metric} is saturated: every cell equals the baseline (100.0%, with an interval narrower than "
                 "0.1 points), so it cannot tell levels apart.")
     base = g[(g["train_level"] == g["baseline_train_level"]) & (g["test_level"] == g["baseline_test_level"])]
-    others = g.drop(base.index)
+    on_questions = ((g["train_level"] == g["test_level"]) | (g["test_level"] == g["baseline_test_level"])
+                    | (g["train_level"] == g["baseline_train_level"]))
+    others = g[on_questions].drop(base.index)
     if base.empty or others.empty or "ci_high" not in g.columns:
         return None
     lows = others["rel_low"].to_numpy(dtype=float)
     at_ceiling = float(base["ci_high"].iloc[0]) >= 1.0 - 1e-9
     if at_ceiling and bool(np.all(np.isfinite(lows) & (lows >= 100.0 * keep - 1e-9))):
         return (f"{metric} is at its ceiling (baseline {float(base['mean'].iloc[0]):.3f}, its interval reaching 1): "
-                f"every cell keeps ≥ {100 * keep:g}% with {_conf(confidence)} (lowest lower bound "
+                f"every level of the three questions keeps ≥ {100 * keep:g}% with {_conf(confidence)} (lowest lower bound "
                 f"{_pct(float(lows.min()))}), so it does not tell levels apart.")
     return None
 
