@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_DATA := data/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv bench clean
+.PHONY: demo test test-fast lint venv bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 ## All tests: fast unit tests, then the Ray end-to-end tiers.
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The layer contracts (pyproject.toml's [tool.importlinter]) and ruff's rules; .ci/run runs them before the tests.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
 
 ## Only the fast unit tests (no Ray, no slow end-to-end runs).
 test-fast: $(STAMP)

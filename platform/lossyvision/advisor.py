@@ -187,7 +187,7 @@ def format_report(report: AdviceReport) -> str:
     lines = []
     fit = report.fit
     if fit is not None:
-        lines.append(f"Scaling law  err = Err* + A*n^-alpha + B*L^-beta  (n images, L bytes/image)")
+        lines.append("Scaling law  err = Err* + A*n^-alpha + B*L^-beta  (n images, L bytes/image)")
         lines.append(f"  fitted to {fit.n_points} points: model {sel['model']}, error = 1 - {sel['metric']} "
                      f"on {where}")
         lines.append(f"  {'param':<9}{'value':>12}   {fit.confidence:.0%} bootstrap interval")

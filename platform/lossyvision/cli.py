@@ -649,7 +649,7 @@ def submit(
         fail(str(e))
     except KeyboardInterrupt:
         typer.echo("\ndetached: the job keeps running (lossyvision submit --status JOB / --stop JOB)", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     if no_wait:
         typer.echo(f"job {result.job_id}: {result.status}")
         return

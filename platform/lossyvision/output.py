@@ -22,10 +22,9 @@ from typing import Any
 import yaml
 
 from lossyvision import store
+from lossyvision.places import MARKER_NAME, SWEEP_COPY
 
 FORMAT = 2
-MARKER_NAME = "lossyvision-output.json"
-SWEEP_COPY = "sweep.yaml"
 PLAN_NAME = "plan.json"
 PREDICTIONS_DIR = "predictions"
 CHECKPOINTS_DIR = "checkpoints"

@@ -24,6 +24,7 @@ import os
 from lossyvision.store import MANIFEST_NAME, SUMMARY_NAME, DamagedFileError, join, local_path
 
 LOCK_NAME = ".lossyvision.lock"
+MARKER_NAME = "lossyvision-output.json"  # a sweep output's marker (its format: lossyvision.output)
 SWEEP_COPY = "sweep.yaml"
 STATE_NAME = "state.json"
 PARTS_DIR = ".manifest-parts"
@@ -71,8 +72,6 @@ def is_store_folder(path: str) -> bool:
 def is_output_folder(path: str) -> bool:
     """Whether an existing local folder is empty or a sweep output lossyvision made."""
     entries = _visible_entries(path)
-    from lossyvision.output import MARKER_NAME
-
     if not entries or {SWEEP_COPY, LOCK_NAME, MARKER_NAME} & set(entries):
         return True
     store = os.path.join(path, DEFAULT_STORE)

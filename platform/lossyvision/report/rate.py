@@ -96,7 +96,7 @@ def bd_table(points: pd.DataFrame, outcomes: Callable[[str], Any], bpp_of: Calla
             continue
 
         def curve_of(codec: str) -> CodecCurve:
-            c = g[g["codec"] == codec].sort_values("level")
+            c = g[g["codec"] == codec].sort_values("level")  # noqa: B023  (called within this iteration)
             return CodecCurve(codec, list(c["level"]), [outcomes(ids[0]) for ids in c["cell_ids"]],
                               [bpp_of(codec, lv) for lv in c["level"]])
 

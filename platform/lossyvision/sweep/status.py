@@ -189,7 +189,7 @@ def render_status(sweep: Any, table: pd.DataFrame, stale: Stale | None = None):
         points.sort(key=lambda p: (p[0] != codec, p[0], p[1]))  # its own codec first
         for c, level in points:
             grid.add_column(level_label(c, level, codec), justify="center")
-        for trial, trows in rows.groupby("trial", sort=False):
+        for _trial, trows in rows.groupby("trial", sort=False):
             first = trows.iloc[0]  # a Series: first.repeat would be the Series.repeat method
             label = level_label(codec, first["train_level"])
             if _has_axes(rows):

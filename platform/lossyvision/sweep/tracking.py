@@ -473,7 +473,7 @@ class Tracker:
         if existing:
             return existing
         mlflow = self._fluent()
-        import mlflow.pytorch
+        import mlflow.pytorch  # noqa: F811  (loads the submodule into the module _fluent returned)
         from mlflow.models import infer_signature
 
         with torch.no_grad():

@@ -68,7 +68,7 @@ class Task(ABC):
         if is_entry_point(self.spec.arch):
             check_entry_point(self)
 
-    def dry_run(self, model: Any) -> None:
+    def dry_run(self, model: Any) -> None:  # noqa: B027  (an optional hook)
         """One forward pass of ``model`` (eval mode, no gradients) on a tiny batch; a ``ValueError``
         says how its output breaks the task's interface."""
 
