@@ -24,7 +24,8 @@ from test_tasks import one_torch_thread, spec  # noqa: E402,F401  (one_torch_thr
 
 from lossyvision.data import ImageSamples  # noqa: E402
 from lossyvision.tasks import create_task  # noqa: E402
-from lossyvision.tasks.entrypoint import _CHECKED, is_entry_point  # noqa: E402
+from lossyvision.tasks.base import _CHECKED  # noqa: E402
+from lossyvision.tasks.entrypoint import is_entry_point  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "tasks.md"
 

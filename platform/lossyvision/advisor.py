@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from lossyvision import store
 from lossyvision.budget import bytes_per_image, images_available as count_images
+from lossyvision.output import OutputError, load_plan
 from lossyvision.scaling import (
     AdvicePolicy,
     AdviceRefused,
@@ -30,6 +31,8 @@ from lossyvision.scaling import (
     optimal_level,
     scaling_points,
 )
+from lossyvision.spec import load_sweep
+from lossyvision.sweep.results import ResultsError, current_rows, read_results
 from lossyvision.units import format_bytes
 
 RESULTS_NAME = "results.parquet"
@@ -93,11 +96,6 @@ def _read_parquet(uri: str) -> pd.DataFrame:
 
 def load_inputs(output: str, store_uri: str | None = None) -> tuple[pd.DataFrame, Any, pd.DataFrame]:
     """The results, the sweep and the manifest of a sweep output; ValueError says what is missing."""
-    from lossyvision.spec import load_sweep
-
-    from lossyvision.output import OutputError, load_plan
-    from lossyvision.sweep.results import ResultsError, current_rows, read_results
-
     results_uri = store.join(output, RESULTS_NAME)
     if not store.exists(results_uri):
         raise ValueError(f"{results_uri} does not exist: is {output} the output folder of a budget sweep?")

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import os
 
-from lossyvision.store import MANIFEST_NAME, SUMMARY_NAME, DamagedFileError, join, local_path
+from lossyvision.store import (
+    MANIFEST_NAME, SUMMARY_NAME, DamagedFileError, exists, filesystem, join, local_path, read_bytes)
 
 LOCK_NAME = ".lossyvision.lock"
 MARKER_NAME = "lossyvision-output.json"  # a sweep output's marker (its format: lossyvision.output)
@@ -107,8 +108,6 @@ def _damaged(path: str, problem: str, way_back: str) -> DamagedFileError:
 
 
 def _read(path: str) -> bytes | None:
-    from lossyvision.store import exists, read_bytes
-
     if not exists(path):
         return None
     return read_bytes(path)
@@ -161,8 +160,6 @@ def check_store_files(store_uri: str) -> None:
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from lossyvision.store import exists, filesystem, read_bytes
 
     uri = join(str(store_uri), MANIFEST_NAME)
     if not exists(uri):

@@ -36,8 +36,10 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from lossyvision.codecs import CODECS, create_codec
+from lossyvision.datasets import DATASETS
 from lossyvision.places import check_output_files, check_place, check_store_files
-from lossyvision.store import DamagedFileError, is_remote, join
+from lossyvision.store import DamagedFileError, is_remote, join, read_bytes
 from lossyvision.streaming import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_SHUFFLE_BUFFER
 from lossyvision.units import format_bytes, parse_bytes
 
@@ -152,16 +154,12 @@ class DatasetSpec(_Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        from lossyvision.datasets import DATASETS
-
         return _check_registered(DATASETS, v)
 
     @field_validator("root")
     @classmethod
     def _root_exists(cls, v: str, info: ValidationInfo) -> str:
         """A local root is a folder, or a file for the kinds whose root may be one (a CSV list, a tar shard)."""
-        from lossyvision.datasets import DATASETS
-
         _check_local_exists(v)
         kind = info.data.get("kind")
         if kind in DATASETS and not is_remote(v) and not os.path.isdir(v):
@@ -184,8 +182,6 @@ class CodecSpec(BaseModel):
 
     @model_validator(mode="after")
     def _codec_accepts_options(self) -> "CodecSpec":
-        from lossyvision.codecs import create_codec
-
         try:
             create_codec(self.name, **self.options)
         except (KeyError, ValueError, TypeError) as e:
@@ -233,13 +229,9 @@ class Arm:
     @property
     def codec(self) -> Any:
         """The codec class (registry entry): level meaning, fidelity order, lossless level."""
-        from lossyvision.codecs import CODECS
-
         return CODECS.get(self.name)
 
     def create(self) -> Any:
-        from lossyvision.codecs import create_codec
-
         return create_codec(self.name, **self.options)
 
 
@@ -353,7 +345,7 @@ class ModelSpec(_Strict):
     @field_validator("task")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        from lossyvision.tasks import TASKS
+        from lossyvision.tasks import TASKS  # here, not at the top: it loads torch
 
         return _check_registered(TASKS, v)
 
@@ -361,8 +353,8 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _task_accepts_options(self) -> "ModelSpec":
         """Typos in ``options`` fail when the file is read, not hours later inside a trial."""
-        from lossyvision.tasks import TASKS
-        from lossyvision.tasks.entrypoint import check_arch
+        from lossyvision.tasks import TASKS  # here, not at the top: it loads torch
+        from lossyvision.tasks.base import check_arch  # here, not at the top: it loads torch
 
         if self.task in TASKS:
             try:
@@ -569,8 +561,6 @@ class Sweep(_Strict):
     @model_validator(mode="after")
     def _levels_in_codec_range(self) -> "Sweep":
         """Levels a codec cannot encode fail now, not after compression started."""
-        from lossyvision.codecs import CODECS
-
         ladders = ([(c.name, f"codecs.{i}.{f}", getattr(c, f)) for i, c in enumerate(self.codecs)
                     for f in ("levels", "train_levels", "test_levels") if getattr(c, f) is not None]
                    if self.codecs is not None else
@@ -821,8 +811,6 @@ def parse_yaml_text(data: bytes, source: str) -> Any:
 
 def read_sweep_file(path: str | os.PathLike[str]) -> bytes:
     """The bytes of a local sweep file: it must exist and be a regular file (a FIFO would block)."""
-    from lossyvision.store import read_bytes
-
     path = str(path)
     if not os.path.exists(path):
         raise SpecError(f"{path}: sweep file does not exist")
@@ -853,8 +841,6 @@ def grid_counts(sweep: Sweep) -> tuple[int, int]:
 
 
 def _codec_names() -> list[str]:
-    from lossyvision.codecs import CODECS
-
     return CODECS.names()
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+import lossyvision
 from lossyvision.spec import SpecError, check_grid, parse_sweep, parse_yaml_text, read_sweep_file, substitute_env
 
 #: Job states after which nothing changes.
@@ -241,8 +242,6 @@ def build_runtime_env(working_dir: str, *, env_vars: Mapping[str, str] | None = 
     if env_vars:
         runtime_env["env_vars"] = {str(k): str(v) for k, v in env_vars.items()}
     if ship_code:
-        import lossyvision
-
         runtime_env["py_modules"] = [os.path.dirname(os.path.abspath(lossyvision.__file__))]
     return runtime_env
 

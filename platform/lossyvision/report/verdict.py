@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from lossyvision.codecs import CODECS
+
 KEEPS, LOSES, UNSURE = "keeps", "loses", "cannot tell"
 #: Metrics read first, as the study reports them; any other metric follows in name order.
 HEADLINE_ORDER = ("top1", "map50", "miou", "top5", "macc")
@@ -74,8 +76,6 @@ def _dcr_text(dcr: float) -> str:
 
 
 def _codec(name: str):
-    from lossyvision.codecs import CODECS
-
     if name in CODECS:
         return CODECS.get(name)
 

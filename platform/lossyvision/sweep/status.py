@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from lossyvision.codecs import CODECS
 from lossyvision.store import DamagedFileError, atomic_write_bytes, exists, filesystem, format_level, join, read_bytes
 from lossyvision.sweep.plan import done_cell_keys
 from lossyvision.sweep.results import read_results
@@ -104,8 +105,6 @@ class CellStatus:
 
 def level_label(codec: str, level: float, own: str | None = None) -> str:
     """``d3`` (a JPEG XL distance), ``q70`` (a quality); ``avif q70`` outside the grid's own codec ``own``."""
-    from lossyvision.codecs import CODECS
-
     letter = "d" if codec in CODECS and not CODECS.get(codec).higher_level_is_better else "q"
     label = f"{letter}{format_level(level)}"
     return label if own is None or codec == own else f"{codec} {label}"
