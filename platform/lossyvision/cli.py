@@ -13,29 +13,14 @@ from typing import Iterator, Literal, Optional
 
 import typer
 
-from lossyvision import __version__, compress as job, submit as submission
-from lossyvision.advisor import advise_output, format_report, parse_count
+from lossyvision import __version__
 from lossyvision.codecs import CODECS
-from lossyvision.compress import CompressError
 from lossyvision.datasets import DATASETS
 from lossyvision.datasets._files import require_dir
-from lossyvision.demo import build_demo_dataset
 from lossyvision.inspect import inspect_dataset, render
 from lossyvision.lock import LockHeld, writer_lock
-from lossyvision.manifest import STATUS_OK
-from lossyvision.output import OutputError, load_output_sweep, load_plan, raw_sweep
 from lossyvision.places import check_output_files, check_place
-from lossyvision.report.build import analyse, build_report
-from lossyvision.report.cells import ReportError
-from lossyvision.spec import GRID_CAP, SpecError, check_grid, grid_counts, load_sweep
 from lossyvision.store import DamagedFileError
-from lossyvision.sweep.plan import PlanError
-from lossyvision.sweep.preview import preview, render_preview
-from lossyvision.sweep.results import ResultsError
-from lossyvision.sweep.run import resolve_paths, run_sweep, summary_lines, sync_output
-from lossyvision.sweep.status import grid_status, render_status, stale_entries
-from lossyvision.sweep.tracking import log_report_artifacts
-from lossyvision.sweep.trials import TrialError
 from lossyvision.units import parse_bytes
 
 app = typer.Typer(
@@ -68,6 +53,12 @@ def os_error_line(exc: OSError) -> str:
 def clean_errors() -> Iterator[None]:
     """Turn the errors a user can meet into one line: bad files and options (2), busy places,
     damaged files and OS errors (1). Anything else is a bug and keeps its traceback."""
+    from lossyvision.compress import CompressError  # lazy: loads pandas; --help stays fast
+    from lossyvision.output import OutputError  # lazy: loads pandas; --help stays fast
+    from lossyvision.report.cells import ReportError  # lazy: loads pandas; --help stays fast
+    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
+    from lossyvision.sweep.results import ResultsError  # lazy: loads pyarrow; --help stays fast
+
     try:
         yield
     except (typer.Exit, typer.Abort, typer.TyperException):
@@ -107,6 +98,8 @@ def demo_data(
     png: bool = typer.Option(False, "--png", help="Store originals as PNG (as Cityscapes) instead of JPEG."),
 ) -> None:
     """Build the small labelled demo dataset of real photos, offline and deterministically."""
+    from lossyvision.demo import build_demo_dataset  # lazy: loads PIL; --help stays fast
+
     try:
         summary = build_demo_dataset(str(out), png=png)
     except (ValueError, RuntimeError, OSError) as e:
@@ -180,6 +173,9 @@ def compress(
     """Compress a dataset at every level on Ray and write the manifest (resumable)."""
     from rich.console import Console
 
+    from lossyvision import compress as job  # lazy: loads pandas; --help stays fast
+    from lossyvision.spec import check_grid, load_sweep  # lazy: loads pydantic; --help stays fast
+
     with clean_errors():
         if sweep_file is not None:
             given = given_options(ctx, _SWEEP_FILE_SETS)
@@ -227,7 +223,7 @@ def compress(
                          "quality_metric": quality_metric, "quality_sample": quality_sample,
                          "animated": animated, "dataset_options": dataset_options,
                          "layout": layout, "shard_size": shard_bytes, "png_sample": png_count}]
-            from lossyvision.runners.compress import compress_job  # here, not at the top: it loads ray
+            from lossyvision.runners.compress import compress_job  # lazy: loads ray
 
             results = [compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
                        for args in jobs]
@@ -244,6 +240,8 @@ def compress(
         typer.echo(line)
     typer.echo(f"manifest: {store_uri}/manifest.parquet ({len(rows)} rows; {sum(r.done for r in results)} run now, "
                f"{sum(r.skipped for r in results)} already done); summary.csv beside it")
+    from lossyvision.manifest import STATUS_OK  # lazy: loads pandas; --help stays fast
+
     if len(rows) and not (rows["status"] == STATUS_OK).any():
         fail("no image could be compressed (every row failed; reasons above)", code=1)
 
@@ -268,6 +266,10 @@ def sweep_run(
 
     Rerunning on an existing output does only what is missing (trials, cells, MLflow runs).
     A second run on the same output is refused while the first holds it."""
+    from lossyvision.spec import check_grid, load_sweep  # lazy: loads pydantic; --help stays fast
+    from lossyvision.sweep.plan import PlanError  # lazy: loads pandas; --help stays fast
+    from lossyvision.sweep.run import run_sweep, summary_lines  # lazy: loads pandas; --help stays fast
+
     with clean_errors():
         sweep = load_sweep(sweep_file)
         check_grid(sweep, yes, source=str(sweep_file))
@@ -290,11 +292,17 @@ def sweep_plan(
 ) -> None:
     """Check a sweep file and say what `sweep run` would do: the grid (done, stale, to run), the
     images to compress, the bytes and files it would write, and the compression time. Writes nothing."""
+    from lossyvision.spec import grid_counts, load_sweep  # lazy: loads pydantic; --help stays fast
+    from lossyvision.sweep.preview import preview, render_preview  # lazy: loads pandas; --help stays fast
+    from lossyvision.sweep.run import resolve_paths  # lazy: loads pandas; --help stays fast
+
     with clean_errors():
         sweep = resolve_paths(load_sweep(sweep_file))
         result = preview(sweep, sample=sample)
     for line in render_preview(result):
         typer.echo(line)
+    from lossyvision.spec import GRID_CAP  # lazy: loads pydantic; --help stays fast
+
     trials, evaluations = grid_counts(sweep)
     if trials > GRID_CAP["trials"] or evaluations > GRID_CAP["evaluations"]:
         typer.echo(f"note: the grid is over the cap ({GRID_CAP['trials']} trials or {GRID_CAP['evaluations']} "
@@ -305,6 +313,9 @@ def sweep_plan(
 def sweep_status(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
     """Show the grid with done, running, failed and missing cells."""
     from rich.console import Console
+
+    from lossyvision.output import load_output_sweep, load_plan  # lazy: loads pandas; --help stays fast
+    from lossyvision.sweep.status import grid_status, render_status, stale_entries  # lazy: loads pandas; --help stays fast
 
     check_output(output)
     with clean_errors():
@@ -318,6 +329,11 @@ def sweep_status(output: str = typer.Argument(..., help="The sweep's output fold
 @sweep_app.command("sync", epilog="Example: lossyvision sweep sync runs/demo")
 def sweep_sync(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
     """Push results missing from MLflow (after an outage) to the tracking server."""
+    from lossyvision.output import OutputError  # lazy: loads pandas; --help stays fast
+    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
+    from lossyvision.sweep.results import ResultsError  # lazy: loads pyarrow; --help stays fast
+    from lossyvision.sweep.run import sync_output  # lazy: loads pandas; --help stays fast
+
     check_output(output)
     try:
         sync_output(output, echo=typer.echo)
@@ -369,6 +385,9 @@ def inspect_command(
     """
     import json
 
+    from lossyvision import compress as job  # lazy: loads pandas; --help stays fast
+    from lossyvision.spec import SpecError, load_sweep  # lazy: loads pydantic; --help stays fast
+
     try:
         options = parse_options(option)
         codec_options = {} if effort is None else {"effort": effort}
@@ -418,6 +437,9 @@ def report(
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the files to the sweep's MLflow run."),
 ) -> None:
     """Draw the study's figures and write OUTPUT/report/index.html; print the verdict."""
+    from lossyvision.report.build import build_report  # lazy: loads pandas; --help stays fast
+    from lossyvision.report.cells import ReportError  # lazy: loads pandas; --help stays fast
+
     check_output(output)
     try:
         with clean_errors():
@@ -435,6 +457,10 @@ def report(
 
 def _log_artifacts(output: str, paths: list[str], artifact_path: str) -> None:
     """Log files to the sweep's MLflow parent run when OUTPUT is a sweep's output; warn otherwise."""
+    from lossyvision.output import OutputError  # lazy: loads pandas; --help stays fast
+    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
+    from lossyvision.sweep.tracking import log_report_artifacts  # lazy: loads pandas; --help stays fast
+
     try:
         ok = log_report_artifacts(output, paths, artifact_path=artifact_path)
     except (SpecError, OutputError) as e:
@@ -462,7 +488,10 @@ def sensitivity(
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the files to the sweep's MLflow run."),
 ) -> None:
     """DCT-frequency sensitivity maps of a trained classifier."""
-    from lossyvision.sensitivity import SensitivityError, run_sweep_sensitivity  # here, not at the top: it loads torch
+    from lossyvision.output import OutputError  # lazy: loads pandas; --help stays fast
+    from lossyvision.sensitivity import SensitivityError, run_sweep_sensitivity  # lazy: loads torch
+    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
+    from lossyvision.sweep.trials import TrialError  # lazy: loads pandas; --help stays fast
 
     check_output(output)
     try:
@@ -499,6 +528,10 @@ def advise(
     95% bound, or why the data cannot tell). A budget sweep: exits with code 3, saying why, when the
     fit is too poor or the budget asks it to extrapolate.
     """
+    from lossyvision.advisor import advise_output, format_report, parse_count  # lazy: loads pandas; --help stays fast
+    from lossyvision.output import OutputError, raw_sweep  # lazy: loads pandas; --help stays fast
+    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
+
     try:
         budgets = raw_sweep(output).get("budgets")
     except (SpecError, OutputError) as e:
@@ -508,6 +541,9 @@ def advise(
                                 ("--test-level", test_level), ("--store", store_uri)) if v is not None]
         if given:
             fail(f"{', '.join(given)} only apply to a budget sweep; {output} has no budgets")
+        from lossyvision.report.build import analyse  # lazy: loads pandas; --help stays fast
+        from lossyvision.report.cells import ReportError  # lazy: loads pandas; --help stays fast
+
         try:
             result = analyse(output)
         except ReportError as e:
@@ -571,6 +607,8 @@ def submit(
     bearer token of clusters with token authentication. Each submission is named
     <sweep name>-<short id>.
     """
+    from lossyvision import submit as submission  # lazy: loads pydantic; --help stays fast
+
     if sum(x is not None for x in (sweep_file, status, stop)) != 1:
         fail("give exactly one of SWEEP_FILE, --status JOB or --stop JOB")
     if manifest is not None:
@@ -588,7 +626,7 @@ def submit(
                    "pipe into `kubectl create -f -`", err=True)
         return
     try:
-        from lossyvision.runners import submit as runner  # here, not at the top: it loads ray
+        from lossyvision.runners import submit as runner  # lazy: loads ray
 
         if status is not None:
             info = runner.job_info(address, status)

@@ -345,7 +345,7 @@ class ModelSpec(_Strict):
     @field_validator("task")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        from lossyvision.tasks import TASKS  # here, not at the top: it loads torch
+        from lossyvision.tasks import TASKS  # lazy: loads torch
 
         return _check_registered(TASKS, v)
 
@@ -353,8 +353,8 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _task_accepts_options(self) -> "ModelSpec":
         """Typos in ``options`` fail when the file is read, not hours later inside a trial."""
-        from lossyvision.tasks import TASKS  # here, not at the top: it loads torch
-        from lossyvision.tasks.base import check_arch  # here, not at the top: it loads torch
+        from lossyvision.tasks import TASKS  # lazy: loads torch
+        from lossyvision.tasks.base import check_arch  # lazy: loads torch
 
         if self.task in TASKS:
             try:

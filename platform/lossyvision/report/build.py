@@ -411,7 +411,7 @@ def _escape(text: str) -> str:
 
 
 def _sensitivity_sections(output: str, writer: _Writer, warnings: list[str]) -> list[Section]:
-    from lossyvision.sensitivity import SensitivityResult, plot_sensitivity_maps  # here, not at the top: it loads torch
+    from lossyvision.sensitivity import SensitivityResult, plot_sensitivity_maps  # lazy: loads torch
 
     folder = store.join(output, SENSITIVITY_DIR)
     if not store.exists(folder):

@@ -119,7 +119,7 @@ def checkpoint_bytes(sweep: Any) -> int:
     """The largest model's float32 weights: what one trial's ``model.pt`` holds."""
     import torch
 
-    from lossyvision.tasks import create_task  # here, not at the top: it loads torch
+    from lossyvision.tasks import create_task  # lazy: loads torch
 
     sizes = []
     for m in sweep.models:

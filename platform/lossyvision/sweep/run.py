@@ -307,7 +307,7 @@ def compress_for(sweep: Sweep, echo: Echo, ray_address: str | None = None,
 
     Ray starts only when something is left to compress, and stays up for training.
     """
-    from lossyvision.runners.compress import compress_dataset  # here, not at the top: it loads ray
+    from lossyvision.runners.compress import compress_dataset  # lazy: loads ray
 
     jobs = sweep_job_args(sweep)
     prefix = "compress: " if len(jobs) == 1 else "compress {codec}: "
@@ -352,7 +352,7 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
 def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: int | None,
                build_report: bool, register: str | None = None) -> SweepOutcome:
     """The body of :func:`run_sweep`, run while it holds OUTPUT's writer lock."""
-    from lossyvision.runners.evaluate import evaluate_cells  # here, not at the top: it loads torch
+    from lossyvision.runners.evaluate import evaluate_cells  # lazy: loads torch
 
     started = time.time()
     output = sweep.output
@@ -497,7 +497,7 @@ def evaluate_grid(sweep: Sweep, cells_todo: list[CellSpec], manifest: pd.DataFra
                   tracker: Any, outcome: SweepOutcome, echo: Echo, evaluate_cells: Callable[..., dict[str, str]],
                   progress: SweepProgress | None = None) -> None:
     """Score ``cells_todo``; each finished cell leaves its predictions, results rows and MLflow metrics."""
-    from lossyvision.sweep.evaluate import cell_rows  # here, not at the top: it loads torch
+    from lossyvision.sweep.evaluate import cell_rows  # lazy: loads torch
 
     output = sweep.output
     echo(f"evaluating {len(cells_todo)} cell(s) on {len({(c.test_codec, c.test_level) for c in cells_todo})} "

@@ -268,7 +268,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
 
     import torch
 
-    from lossyvision.tasks import create_task  # here, not at the top: it loads torch
+    from lossyvision.tasks import create_task  # lazy: loads torch
 
     started = time.time()
     spec = sweep.model(trial.model)
@@ -354,7 +354,7 @@ def training_samples(spec: Any, resources: Any, uris: list[str], targets: list[A
     Shard order reads remote shards through a :class:`lossyvision.streaming.BlockReader`; staged
     (local) copies are read as they are, in the same order.
     """
-    from lossyvision.data import ImageSamples  # here, not at the top: it loads torch
+    from lossyvision.data import ImageSamples  # lazy: loads torch
 
     if spec.data_order != "shards":
         return ImageSamples(uris, targets, decode=decode), 0
@@ -371,7 +371,7 @@ def load_trained(sweep: Sweep, trial: TrialSpec, output: str, device: str = "cpu
     """``(task, model)`` of a finished trial, weights from its final checkpoint, in eval mode."""
     import torch
 
-    from lossyvision.tasks import create_task  # here, not at the top: it loads torch
+    from lossyvision.tasks import create_task  # lazy: loads torch
 
     spec = sweep.model(trial.model)
     task = create_task(spec.task, model_spec_for_loading(spec), _classes(sweep), device=device)
