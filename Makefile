@@ -25,10 +25,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## The layer contracts (pyproject.toml's [tool.importlinter]) and ruff's rules; .ci/run runs them before the tests.
+## The layer contracts (pyproject.toml's [tool.importlinter]), ruff's rules and docs/architecture.md's picture of the
+## layers (drawn from the contract); .ci/run runs them before the tests.
 lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
+	$(BIN)/python docs/architecture_figure.py --check
 
 ## Only the fast unit tests (no Ray, no slow end-to-end runs).
 test-fast: $(STAMP)
