@@ -12,7 +12,7 @@ from pathlib import Path
 
 try:
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: import-linter brings tomli
+except ModuleNotFoundError:  # Python 3.10: the dev extra brings tomli
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
