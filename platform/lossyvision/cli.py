@@ -174,14 +174,15 @@ def compress(
     from rich.console import Console
 
     from lossyvision import compress as job  # lazy: loads pandas; --help stays fast
-    from lossyvision.spec import check_grid, load_sweep  # lazy: loads pydantic; --help stays fast
+    from lossyvision.preflight import load_checked  # lazy: loads torch
+    from lossyvision.spec import check_grid  # lazy: loads pydantic; --help stays fast
 
     with clean_errors():
         if sweep_file is not None:
             given = given_options(ctx, _SWEEP_FILE_SETS)
             if given:
                 fail(f"{', '.join(given)} cannot be combined with a sweep file (set them in the file)")
-            sweep = load_sweep(sweep_file)
+            sweep = load_checked(sweep_file)
             check_grid(sweep, yes, source=str(sweep_file))
             store_uri = sweep.store_uri
         else:
@@ -266,12 +267,13 @@ def sweep_run(
 
     Rerunning on an existing output does only what is missing (trials, cells, MLflow runs).
     A second run on the same output is refused while the first holds it."""
-    from lossyvision.spec import check_grid, load_sweep  # lazy: loads pydantic; --help stays fast
+    from lossyvision.preflight import load_checked  # lazy: loads torch
+    from lossyvision.spec import check_grid  # lazy: loads pydantic; --help stays fast
     from lossyvision.sweep.plan import PlanError  # lazy: loads pandas; --help stays fast
     from lossyvision.sweep.run import run_sweep, summary_lines  # lazy: loads pandas; --help stays fast
 
     with clean_errors():
-        sweep = load_sweep(sweep_file)
+        sweep = load_checked(sweep_file)
         check_grid(sweep, yes, source=str(sweep_file))
         try:
             outcome = run_sweep(sweep, echo=typer.echo, ray_address=address, num_cpus=num_cpus,
@@ -292,12 +294,13 @@ def sweep_plan(
 ) -> None:
     """Check a sweep file and say what `sweep run` would do: the grid (done, stale, to run), the
     images to compress, the bytes and files it would write, and the compression time. Writes nothing."""
-    from lossyvision.spec import grid_counts, load_sweep  # lazy: loads pydantic; --help stays fast
+    from lossyvision.preflight import load_checked  # lazy: loads torch
+    from lossyvision.spec import grid_counts  # lazy: loads pydantic; --help stays fast
     from lossyvision.sweep.preview import preview, render_preview  # lazy: loads pandas; --help stays fast
     from lossyvision.sweep.run import resolve_paths  # lazy: loads pandas; --help stays fast
 
     with clean_errors():
-        sweep = resolve_paths(load_sweep(sweep_file))
+        sweep = resolve_paths(load_checked(sweep_file))
         result = preview(sweep, sample=sample)
     for line in render_preview(result):
         typer.echo(line)
@@ -386,6 +389,7 @@ def inspect_command(
     import json
 
     from lossyvision import compress as job  # lazy: loads pandas; --help stays fast
+    from lossyvision.preflight import check_dataset  # lazy: loads torch
     from lossyvision.spec import SpecError, load_sweep  # lazy: loads pydantic; --help stays fast
 
     try:
@@ -393,7 +397,7 @@ def inspect_command(
         codec_options = {} if effort is None else {"effort": effort}
         ladder = job.parse_levels(levels)
         if sweep_file is not None:
-            sweep = load_sweep(sweep_file)
+            sweep = check_dataset(load_sweep(sweep_file), str(sweep_file))
             arm = sweep.arms[0]  # the first codec of the sweep (inspect estimates one codec's ladder)
             codec, codec_options, ladder = arm.name, arm.options, tuple(arm.levels)
             if dataset is None:

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 import lossyvision
+from lossyvision.preflight import preflight
 from lossyvision.spec import SpecError, check_grid, parse_sweep, parse_yaml_text, read_sweep_file, substitute_env
 
 #: Job states after which nothing changes.
@@ -102,7 +103,7 @@ def check_sweep_file(path: str | os.PathLike[str], yes: bool = False) -> str:
     except SpecError as e:
         raise SubmitError(str(e)) from None
     try:
-        sweep = parse_sweep(data, source=path)
+        sweep = preflight(parse_sweep(data, source=path), source=path)
         check_grid(sweep, yes, source=path)
         return sweep.name
     except SpecError as e:

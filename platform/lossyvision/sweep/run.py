@@ -22,6 +22,7 @@ import pandas as pd
 from lossyvision import output as outdir
 from lossyvision.compress import describe_failures, sweep_job_args
 from lossyvision.lock import writer_lock
+from lossyvision.preflight import preflight
 from lossyvision.progress import SweepProgress, epoch_line
 from lossyvision.report import build_report
 from lossyvision.report.build import REPORT_DIR, analyse
@@ -334,7 +335,8 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
     first). ``register``: a registered-model name; the model of the level the verdict advises is
     registered under it (:func:`register_recommended`).
     """
-    sweep = resolve_paths(sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file))
+    sweep = resolve_paths(preflight(sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file),
+                                    source="sweep" if isinstance(sweep_file, Sweep) else str(sweep_file)))
     if not (ray_address or os.environ.get("RAY_ADDRESS")):
         check_local_resources(sweep, local_resources(num_cpus))
     else:
