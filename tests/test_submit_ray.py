@@ -278,6 +278,7 @@ def head_node_id(h) -> str:
         ray.shutdown()
 
 
+@pytest.mark.slow  # starts a Ray head (`ray start`) with token auth: not for the fast tier
 def test_token_auth_cluster_takes_the_token_from_ray_auth_token():
     from ray_head import start_head
 

@@ -1,17 +1,18 @@
 """The sweep file: one YAML describes a whole experiment, validated by pydantic.
 
-Errors name the field and the problem (``dataset.root: /x does not exist``), never a traceback:
-:func:`load_sweep` raises :class:`SpecError` with one line per problem. Everything that can be
-checked is checked here, before anything is written and before Ray starts:
+Errors name the field and the problem (``repeats: Input should be less than or equal to 100``), never
+a traceback: :func:`load_sweep` raises :class:`SpecError` with one line per problem. Parsing reads
+nothing but the sweep file: what the file says about the world (the dataset root, each model's task and
+architecture, the output and store folders) is checked by :func:`lossyvision.preflight.preflight`,
+which ``sweep run``, ``sweep plan``, ``compress`` and ``submit`` call before anything is written and
+before Ray starts. Here:
 
 * the file: UTF-8 text (not binary), at most 1 MiB, valid YAML without repeated keys;
 * ``${VAR}`` / ``${VAR:-default}`` are substituted inside string values after parsing, never in
   the text, so a variable's value cannot add or change fields; an unset one names its field;
 * numbers are numbers (never ``true``/``false``), finite, and within the bounds below; levels are
   within the codec's own range (:meth:`lossyvision.codecs.base.Codec.check_level`);
-* the dataset root is a folder (or a URI); the tracking URI has a scheme MLflow 3 serves;
-* ``output`` and ``store`` are never a system folder or someone else's non-empty folder, and
-  their files from earlier runs read back (:mod:`lossyvision.places`).
+* the dataset kind and the codecs are registered ones; the tracking URI has a scheme MLflow 3 serves.
 
 Bounds (:data:`BOUNDS`): ``repeats`` 1..100, ``epochs`` 1..10000, ``batch_size`` 1..4096,
 ``image_size`` 8..8192, ``lr`` in (0, 10], ``weight_decay`` 0..10, ``shuffle_buffer`` 1..10000000,
@@ -36,8 +37,9 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from lossyvision.places import check_output_files, check_place, check_store_files
-from lossyvision.store import DamagedFileError, is_remote, join
+from lossyvision.codecs import CODECS, create_codec
+from lossyvision.datasets import DATASETS
+from lossyvision.store import is_remote, join, read_bytes
 from lossyvision.streaming import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_SHUFFLE_BUFFER
 from lossyvision.units import format_bytes, parse_bytes
 
@@ -122,12 +124,6 @@ def _num(default: Any, bounds: tuple[float, float], *, low_open: bool = False, *
     return Field(default, le=high, **lower, **extra, **kw)
 
 
-def _check_local_exists(path: str) -> str:
-    if not is_remote(path) and not os.path.exists(path):
-        raise ValueError(f"{path} does not exist")
-    return path
-
-
 def _check_registered(registry: Any, name: str) -> str:
     """``name`` if the registry knows it, else the registry's own "unknown ..., known: ..." error."""
     if name not in registry:
@@ -152,24 +148,7 @@ class DatasetSpec(_Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        from lossyvision.datasets import DATASETS
-
         return _check_registered(DATASETS, v)
-
-    @field_validator("root")
-    @classmethod
-    def _root_exists(cls, v: str, info: ValidationInfo) -> str:
-        """A local root is a folder, or a file for the kinds whose root may be one (a CSV list, a tar shard)."""
-        from lossyvision.datasets import DATASETS
-
-        _check_local_exists(v)
-        kind = info.data.get("kind")
-        if kind in DATASETS and not is_remote(v) and not os.path.isdir(v):
-            if not DATASETS.get(kind).root_may_be_file:
-                raise ValueError(f"{v} is not a folder (a {kind} root is the folder holding the images)")
-            if not os.path.isfile(v):
-                raise ValueError(f"{v} is neither a folder nor a regular file")
-        return v
 
 
 class CodecSpec(BaseModel):
@@ -184,8 +163,6 @@ class CodecSpec(BaseModel):
 
     @model_validator(mode="after")
     def _codec_accepts_options(self) -> "CodecSpec":
-        from lossyvision.codecs import create_codec
-
         try:
             create_codec(self.name, **self.options)
         except (KeyError, ValueError, TypeError) as e:
@@ -233,13 +210,9 @@ class Arm:
     @property
     def codec(self) -> Any:
         """The codec class (registry entry): level meaning, fidelity order, lossless level."""
-        from lossyvision.codecs import CODECS
-
         return CODECS.get(self.name)
 
     def create(self) -> Any:
-        from lossyvision.codecs import create_codec
-
         return create_codec(self.name, **self.options)
 
 
@@ -349,28 +322,6 @@ class ModelSpec(_Strict):
     @classmethod
     def _slug(cls, v: str) -> str:
         return _check_slug(v)
-
-    @field_validator("task")
-    @classmethod
-    def _known_task(cls, v: str) -> str:
-        from lossyvision.tasks import TASKS
-
-        return _check_registered(TASKS, v)
-
-
-    @model_validator(mode="after")
-    def _task_accepts_options(self) -> "ModelSpec":
-        """Typos in ``options`` fail when the file is read, not hours later inside a trial."""
-        from lossyvision.tasks import TASKS
-        from lossyvision.tasks.entrypoint import check_arch
-
-        if self.task in TASKS:
-            try:
-                TASKS.get(self.task)(self, ["class-0", "class-1"])
-                check_arch(self, ["class-0", "class-1"])  # arch exists for the task (offline; entry points run once)
-            except ValueError as e:
-                raise ValueError(str(e)) from None
-        return self
 
 
 class Resource(_Strict):
@@ -629,8 +580,6 @@ class Sweep(_Strict):
     @model_validator(mode="after")
     def _levels_in_codec_range(self) -> "Sweep":
         """Levels a codec cannot encode fail now, not after compression started."""
-        from lossyvision.codecs import CODECS
-
         ladders = ([(c.name, f"codecs.{i}.{f}", getattr(c, f)) for i, c in enumerate(self.codecs)
                     for f in ("levels", "train_levels", "test_levels") if getattr(c, f) is not None]
                    if self.codecs is not None else
@@ -684,31 +633,6 @@ class Sweep(_Strict):
         if budget < 0 and (self.cross_codec or on_originals):
             points += [(a.name, float(lv)) for a in self.arms if a.name != codec for lv in a.test_levels]
         return points
-
-    @model_validator(mode="after")
-    def _places(self) -> "Sweep":
-        """``output`` and ``store``: no system folder, no foreign folder, no damaged file."""
-        problems = []
-        places = [("output", self.output, "output")]
-        if self.store:
-            places.append(("store", self.store, "store"))
-        for field, uri, kind in places:
-            try:
-                check_place(uri, kind)
-            except ValueError as e:
-                problems.append(f"{field}: {e}")
-        if not problems and not is_remote(self.output):
-            try:
-                check_output_files(self.output)
-                if self.store and not is_remote(self.store):
-                    check_store_files(self.store)
-            except DamagedFileError as e:
-                problems.append(f"{'store' if self.store and str(self.store) in str(e) else 'output'}: {e}")
-            except OSError as e:
-                problems.append(f"output: cannot read {e.filename or self.output}: {e.strerror or e}")
-        if problems:
-            raise ValueError("\n".join(problems))
-        return self
 
     # Derived locations -------------------------------------------------------------------
     @property
@@ -881,8 +805,6 @@ def parse_yaml_text(data: bytes, source: str) -> Any:
 
 def read_sweep_file(path: str | os.PathLike[str]) -> bytes:
     """The bytes of a local sweep file: it must exist and be a regular file (a FIFO would block)."""
-    from lossyvision.store import read_bytes
-
     path = str(path)
     if not os.path.exists(path):
         raise SpecError(f"{path}: sweep file does not exist")
@@ -914,8 +836,6 @@ def grid_counts(sweep: Sweep) -> tuple[int, int]:
 
 
 def _codec_names() -> list[str]:
-    from lossyvision.codecs import CODECS
-
     return CODECS.names()
 
 

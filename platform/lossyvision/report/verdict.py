@@ -34,6 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lossyvision.codecs import CODECS
+from lossyvision.seedspread import extra_trainings
+
 KEEPS, LOSES, UNSURE = "keeps", "loses", "cannot tell"
 #: Metrics read first, as the study reports them; any other metric follows in name order.
 HEADLINE_ORDER = ("top1", "map50", "miou", "top5", "macc")
@@ -101,8 +104,6 @@ def _dcr_text(dcr: float) -> str:
 
 
 def _codec(name: str):
-    from lossyvision.codecs import CODECS
-
     if name in CODECS:
         return CODECS.get(name)
 
@@ -254,8 +255,6 @@ def _later_keeps(cands: pd.DataFrame, statuses: list[str], gap: int, level_col: 
 
 def _unmeasured_verdict(g: pd.DataFrame, cands: pd.DataFrame, model: str, metric: str, question: str, lead: str,
                         base_train: float, kind, common: dict) -> Verdict:
-    from lossyvision.seedspread import extra_trainings
-
     trained = kind.by_fidelity(g["train_level"].unique())
     n, setting = extra_trainings(trained)
     text = (f"{lead} a level? Cannot tell about models trained at a level: the spread between training runs is "

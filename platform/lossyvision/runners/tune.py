@@ -13,8 +13,9 @@ import os
 import time
 from typing import Any, Protocol
 
+from lossyvision.store import absolute, join
 from lossyvision.sweep.plan import TrialSpec
-from lossyvision.sweep.trials import TUNE_DIR, latest_progress_dir, run_trial
+from lossyvision.sweep.trials import TUNE_DIR, device_for, latest_progress_dir, run_trial
 
 
 class TrialListener(Protocol):
@@ -32,8 +33,6 @@ def _trainable(config: dict[str, Any], sweep: Any = None, manifest: Any = None) 
 
     import ray
     from ray import tune
-
-    from lossyvision.sweep.trials import device_for
 
     trial = TrialSpec.from_dict(config["trial"])
     output = config["output"]
@@ -74,8 +73,6 @@ def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any
 
     if not trials:
         return {}
-    from lossyvision.store import absolute, join
-
     output = absolute(output)  # trials run elsewhere
     # Quiet: our listener prints one line per event; Tune's tables and snapshot warnings are noise.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter prints nothing at verbose=0

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from lossyvision.datasets import create_dataset
 from lossyvision.store import format_level
 from lossyvision.sweep.results import NO_BUDGET
 
@@ -197,8 +198,6 @@ def level_rows(manifest: pd.DataFrame, split: str, level: float, codec: str | No
 
 
 def reader_of(sweep: Any) -> Any:
-    from lossyvision.datasets import create_dataset
-
     return create_dataset(sweep.dataset.kind, sweep.dataset.root, **sweep.dataset.options)
 
 

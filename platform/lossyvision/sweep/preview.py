@@ -22,7 +22,14 @@ from typing import Any
 import pandas as pd
 
 from lossyvision import store
-from lossyvision.sweep.plan import Grid, done_cell_keys, plan
+from lossyvision.compress import limit_per_split
+from lossyvision.inspect import estimate_store, read_facts
+from lossyvision.output import check_format
+from lossyvision.spec import grid_counts
+from lossyvision.sweep.plan import Grid, done_cell_keys, plan, reader_of
+from lossyvision.sweep.results import read_results
+from lossyvision.sweep.status import stale_entries
+from lossyvision.sweep.trials import finished_keys, read_manifest
 from lossyvision.units import format_bytes
 
 
@@ -90,8 +97,6 @@ def estimate_codec(reader: Any, records: list[Any], arm: Any, pending: dict[floa
     ``objects`` is None in the per-file layout (one per image and level); with ``shard_size`` it is
     the shards: per level, the pending images' estimated source bytes over ``shard_size``.
     """
-    from lossyvision.inspect import estimate_store, read_facts
-
     chosen = _sample(records, sample)
     facts = [read_facts(reader, r, max_pixels) for r in chosen]
     good = [f for f in facts if f.error is None]
@@ -114,7 +119,7 @@ def checkpoint_bytes(sweep: Any) -> int:
     """The largest model's float32 weights: what one trial's ``model.pt`` holds."""
     import torch
 
-    from lossyvision.tasks import create_task
+    from lossyvision.tasks import create_task  # lazy: loads torch
 
     sizes = []
     for m in sweep.models:
@@ -130,14 +135,6 @@ def checkpoint_bytes(sweep: Any) -> int:
 
 def preview(sweep: Any, *, sample: int = 16) -> Preview:
     """Everything ``sweep run`` would do for ``sweep`` (resolved paths), read-only."""
-    from lossyvision.output import check_format
-    from lossyvision.sweep.plan import reader_of
-    from lossyvision.sweep.results import read_results
-    from lossyvision.sweep.status import stale_entries
-    from lossyvision.sweep.trials import finished_keys, read_manifest
-    from lossyvision.compress import limit_per_split
-    from lossyvision.spec import grid_counts
-
     check_format(sweep.output)
     reader = reader_of(sweep)
     records = limit_per_split(reader.records(), sweep.limit_per_split)

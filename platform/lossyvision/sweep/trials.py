@@ -25,8 +25,13 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from lossyvision.budget import select_subset
+from lossyvision.manifest import CorruptRowError, output_uri
+from lossyvision.seeding import seed_everything, set_deterministic, trial_seed
 from lossyvision.spec import Sweep
-from lossyvision.store import atomic_write_bytes, exists, is_remote, join, read_bytes
+from lossyvision.staging import stage_shards
+from lossyvision.store import MANIFEST_NAME, atomic_write_bytes, exists, filesystem, is_remote, join, read_bytes
+from lossyvision.streaming import BlockReader, blocks_spanned, late_fraction
 from lossyvision.sweep.plan import TrialSpec, level_dcr, reader_of, split_rows
 from lossyvision.sweep.results import NO_BUDGET
 from lossyvision.units import format_bytes
@@ -72,8 +77,6 @@ def device_for(gpu: float) -> str:
 
 
 def manifest_path(sweep: Sweep) -> str:
-    from lossyvision.store import MANIFEST_NAME
-
     return join(sweep.store_uri, MANIFEST_NAME)
 
 
@@ -124,8 +127,6 @@ def images_of(sweep: Sweep, rows: pd.DataFrame, reader: Any, split: str) -> Spli
 def store_uri(sweep: Sweep, output_path: str) -> str:
     """Manifest paths are relative to the store; one that leaves it (absolute, a URI, ``..``) is a
     corrupt row, never followed."""
-    from lossyvision.manifest import CorruptRowError, output_uri
-
     try:
         return output_uri(sweep.store_uri, output_path)
     except CorruptRowError as e:
@@ -140,8 +141,6 @@ def train_images(sweep: Sweep, trial: TrialSpec, manifest: pd.DataFrame, reader:
                          f"at level {trial.train_level:g}")
     exhausted = False
     if trial.budget != NO_BUDGET:
-        from lossyvision.budget import select_subset
-
         seed = sweep.seed + (trial.repeat if sweep.resample else 0)
         subset = select_subset(rows[["relpath", "label", "compressed_bytes"]].reset_index(drop=True),
                                int(trial.budget), seed)
@@ -216,8 +215,6 @@ def latest_progress_dir(output: str, key: str, local_dir: str | None = None) -> 
 
 
 def _latest_remote_progress(output: str, key: str, local_dir: str | None) -> str | None:
-    from lossyvision.store import filesystem
-
     fs, base = filesystem(join(output, TUNE_DIR))
     best, best_epoch = None, -1
     for meta in fs.glob(f"{base}/*/{key}/checkpoint_*/{RESUME_META_FILE}"):
@@ -243,8 +240,6 @@ def drop_progress(output: str, key: str) -> None:
     import shutil
 
     if is_remote(str(output)):
-        from lossyvision.store import filesystem
-
         fs, base = filesystem(join(str(output), TUNE_DIR))
         for d in fs.glob(f"{base}/*/{key}/checkpoint_*"):
             fs.rm(d, recursive=True)
@@ -273,9 +268,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
 
     import torch
 
-    from lossyvision.seeding import seed_everything, set_deterministic, trial_seed
-    from lossyvision.staging import stage_shards
-    from lossyvision.tasks import create_task
+    from lossyvision.tasks import create_task  # lazy: loads torch
 
     started = time.time()
     spec = sweep.model(trial.model)
@@ -294,8 +287,6 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
             logging.getLogger(__name__).info("trial %s: %s", trial.key, staged.reason)
         train, read_blocks = training_samples(spec, sweep.resources.trial, staged.uris, images.targets, codec.decode)
         if read_blocks:
-            from lossyvision.streaming import late_fraction
-
             res = sweep.resources.trial
             late = late_fraction(staged.uris, spec.shuffle_buffer, res.read_block_bytes, res.read_cache_bytes)
             logging.getLogger(__name__).info(
@@ -363,8 +354,7 @@ def training_samples(spec: Any, resources: Any, uris: list[str], targets: list[A
     Shard order reads remote shards through a :class:`lossyvision.streaming.BlockReader`; staged
     (local) copies are read as they are, in the same order.
     """
-    from lossyvision.data import ImageSamples
-    from lossyvision.streaming import BlockReader, blocks_spanned
+    from lossyvision.data import ImageSamples  # lazy: loads torch
 
     if spec.data_order != "shards":
         return ImageSamples(uris, targets, decode=decode), 0
@@ -381,7 +371,7 @@ def load_trained(sweep: Sweep, trial: TrialSpec, output: str, device: str = "cpu
     """``(task, model)`` of a finished trial, weights from its final checkpoint, in eval mode."""
     import torch
 
-    from lossyvision.tasks import create_task
+    from lossyvision.tasks import create_task  # lazy: loads torch
 
     spec = sweep.model(trial.model)
     task = create_task(spec.task, model_spec_for_loading(spec), _classes(sweep), device=device)

@@ -17,6 +17,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from lossyvision.seeding import seed_worker
+from lossyvision.store import is_remote, read_bytes
+
 # --------------------------------------------------------------------------- options
 def option(spec: Any, key: str, default: Any = None) -> Any:
     """``spec.options[key]`` or ``default``."""
@@ -56,8 +59,6 @@ def make_loader(dataset: Any, batch_size: int, collate_fn: Callable, *, shuffle:
     :class:`lossyvision.data.ImageSamples` with ``order: shards``), else a seeded permutation. Every
     task builds its training loader here, so every task gets the sweep file's ``data_order``.
     """
-    from lossyvision.seeding import seed_worker
-
     generator = torch.Generator()
     generator.manual_seed(seed)
     sampler = dataset.train_sampler(seed) if shuffle and hasattr(dataset, "train_sampler") else None
@@ -257,8 +258,6 @@ def load_weights_file(source: str) -> dict[str, Any]:
         if is_url(source):
             obj = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True)
         else:
-            from lossyvision.store import is_remote, read_bytes
-
             if is_remote(source):
                 obj = torch.load(io.BytesIO(read_bytes(source)), map_location="cpu", weights_only=True)
             else:
