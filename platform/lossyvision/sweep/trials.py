@@ -118,6 +118,7 @@ def images_of(sweep: Sweep, rows: pd.DataFrame, reader: Any, split: str) -> Spli
         targets=[reader.load_target(records[p]) for p in rows["relpath"]],
         relpaths=list(rows["relpath"]),
         compressed_bytes=int(rows["compressed_bytes"].sum()),
+        extra={k: list(rows[k]) for k in ("height", "width") if k in rows.columns},  # the cache's slots
     )
 
 
@@ -293,6 +294,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
         if staged.reason:
             logging.getLogger(__name__).info("trial %s: %s", trial.key, staged.reason)
         train, read_blocks = training_samples(spec, sweep.resources.trial, staged.uris, images.targets, codec.decode)
+        train = with_cache(spec, train, images, os.path.join(stage_dir, "cache"))
         if read_blocks:
             from lossyvision.streaming import late_fraction
 
@@ -329,6 +331,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
                     report(epoch, row, tmp, epochs)
 
         task.fit(model, train, on_epoch=on_epoch, state=state)
+        scale = scale_meta(spec, sweep, train)  # before the scratch folder (and its cache) goes
     finally:
         shutil.rmtree(stage_dir, ignore_errors=True)
 
@@ -343,7 +346,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
         "history": history, "resumed_from": resumed_from, "seconds": round(time.time() - started, 3),
         "finished_at": utc_now(), "node": node, "nodes": nodes, "host": socket.gethostname(),
         "train_shards": staged.shards, "train_shards_staged": staged.staged,
-        "data_order": spec.data_order,
+        "data_order": spec.data_order, **scale,
     }
     if spec.data_order == "shards":
         meta.update(shuffle_buffer=int(spec.shuffle_buffer), train_read_blocks=read_blocks)
@@ -375,6 +378,30 @@ def training_samples(spec: Any, resources: Any, uris: list[str], targets: list[A
     except ValueError as e:
         raise TrialError(f"model {spec.name!r}: {e}") from None
     return samples, blocks_spanned(uris, reader.block_bytes)
+
+
+def with_cache(spec: Any, samples: Any, images: SplitImages, directory: str) -> Any:
+    """``samples`` behind the model's decoded cache (``cache:``) in ``directory``, or as they are."""
+    from lossyvision.cache import cache_mode, cached_samples
+
+    mode = cache_mode(getattr(spec, "cache", None))
+    if mode is None:
+        return samples
+    n = len(images)
+    return cached_samples(samples, mode, images.extra.get("height") or [None] * n,
+                          images.extra.get("width") or [None] * n, directory)
+
+
+def scale_meta(spec: Any, sweep: Sweep, train: Any) -> dict[str, Any]:
+    """trial.json's record of the cache (mode, images it held at the end) and the data-parallel workers."""
+    from lossyvision.cache import cache_mode
+
+    meta: dict[str, Any] = {"cache": cache_mode(getattr(spec, "cache", None)),
+                            "workers": int(getattr(sweep.resources.trial, "workers", 1))}
+    cache = getattr(train, "cache", None)
+    if cache is not None:
+        meta["cache_images"] = cache.filled()
+    return meta
 
 
 def load_trained(sweep: Sweep, trial: TrialSpec, output: str, device: str = "cpu") -> tuple[Any, Any]:
