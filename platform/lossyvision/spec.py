@@ -589,6 +589,19 @@ class Sweep(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _workers_split_the_batch(self) -> "Sweep":
+        """Data-parallel trials (docs/scale.md): each worker takes batch_size / workers of a global batch."""
+        workers = self.resources.trial.workers
+        problems = [f"models.{i}.batch_size: {m.batch_size} does not split over resources.trial.workers: {workers}"
+                    for i, m in enumerate(self.models) if workers > 1 and m.batch_size % workers]
+        problems += [f"models.{i}.task: resources.trial.workers above 1 trains classification models only "
+                     f"(this one is {m.task})" for i, m in enumerate(self.models)
+                     if workers > 1 and m.task != "classification"]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _levels_in_codec_range(self) -> "Sweep":
         """Levels a codec cannot encode fail now, not after compression started."""
         from lossyvision.codecs import CODECS

@@ -262,13 +262,15 @@ def model_spec_for_loading(spec: Any) -> Any:
 
 def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter | None = None,
               resume_dir: str | None = None, device: str | None = None,
-              manifest: pd.DataFrame | None = None, node: str | None = None) -> dict[str, Any]:
+              manifest: pd.DataFrame | None = None, node: str | None = None, write: bool = True,
+              extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``trial`` and save its final checkpoint; returns the trial's metadata (``trial.json``).
 
     ``resume_dir`` is a folder written by :func:`save_progress` (a Tune checkpoint): training
     continues after its epoch. ``report`` gets every epoch's metrics and a progress folder.
     ``node``: the Ray node this runs on (the runner knows it), recorded with the nodes of earlier
-    attempts.
+    attempts. ``write``: save the final checkpoint (the one writer of a data-parallel trial is its rank 0,
+    :mod:`lossyvision.runners.train_ddp`); ``extra_meta`` goes into ``trial.json``.
     """
     import tempfile
 
@@ -350,6 +352,9 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
     }
     if spec.data_order == "shards":
         meta.update(shuffle_buffer=int(spec.shuffle_buffer), train_read_blocks=read_blocks)
+    meta.update(extra_meta or {})
+    if not write:
+        return meta
     directory = checkpoint_dir(output, trial.key)
     buf = io.BytesIO()
     torch.save(_cpu_state_dict(model), buf)
