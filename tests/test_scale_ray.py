@@ -26,7 +26,7 @@ def demo_root(tmp_path_factory) -> str:
     from lossyvision.demo import build_demo_dataset
 
     root = tmp_path_factory.mktemp("data") / "demo"
-    build_demo_dataset(str(root), train_per_class=4, test_per_class=2, image_size=32)
+    build_demo_dataset(str(root), train_per_class=2, test_per_class=1, image_size=32)
     return str(root)
 
 

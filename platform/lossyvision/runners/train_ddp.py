@@ -4,7 +4,7 @@ Ray's own way of nesting the two: the Tune function trial (``runners.tune``) hol
 own and starts a ``TorchTrainer`` whose workers each ask for the trial's ``cpu``/``gpu`` (and custom
 resources); Ray Train's controller takes no CPU (``num_cpus=0``), so two 1-CPU workers fit a 2-CPU Ray.
 Every worker runs the ordinary trial (:func:`lossyvision.sweep.trials.run_trial`) inside the process
-group Ray Train sets up (gloo on CPUs, NCCL on GPUs); the tasks see it through
+group Ray Train sets up (NCCL with a whole GPU per worker, else gloo); the tasks see it through
 :func:`lossyvision.tasks.training.world`: the model goes into ``DistributedDataParallel``, each rank
 takes its share of every global batch of ``batch_size`` images (order from the trial seed), and each
 rank draws its own augmentation (:func:`lossyvision.seeding.worker_seed`).
@@ -53,7 +53,8 @@ def run_ddp_trial(sweep: Any, trial: TrialSpec, output: str, manifest: Any) -> N
         _worker_loop,
         train_loop_config={"sweep": sweep, "trial": trial.as_dict(), "output": output,
                            "rows": trial_rows(sweep, trial, manifest)},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        # NCCL needs a whole GPU per rank; ranks sharing one (gpu: 0.5) or on CPUs use gloo.
+        torch_config=TorchConfig(backend="nccl" if res.gpu >= 1 else "gloo"),
         scaling_config=ScalingConfig(num_workers=int(res.workers), use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(name=trial.key, storage_path=join(output, TUNE_DIR, TRAIN_DIR),
                              failure_config=FailureConfig(max_failures=int(sweep.max_failures)),
