@@ -67,7 +67,8 @@ def test_cache_exact_gives_equal_results(local_ray, demo_root, store, tmp_path):
 
     tables = []
     for name, model in (("plain", {}), ("cached", {"cache": "exact"})):
-        out = tmp_path / name
+        out = tmp_path / name / "same-name"  # the sweep's name is its output folder's: the same for both
+        out.parent.mkdir()
         outcome = run_sweep(write_sweep(tmp_path / f"{name}.yaml", demo_root, store, out, model), echo=print,
                             build_report=False)
         assert outcome.ok
