@@ -15,6 +15,7 @@ checked is checked here, before anything is written and before Ray starts:
 
 Bounds (:data:`BOUNDS`): ``repeats`` 1..100, ``epochs`` 1..10000, ``batch_size`` 1..4096,
 ``image_size`` 8..8192, ``lr`` in (0, 10], ``weight_decay`` 0..10, ``shuffle_buffer`` 1..10000000,
+``cache: {max_side}`` 8..8192, ``resources.trial.workers`` 1..256,
 at most 64 levels per list and
 32 models, ``resources`` at most 1024 CPUs and 64 GPUs. A grid of more than :data:`GRID_CAP`
 trials or evaluations is refused unless the user says ``--yes`` (:func:`check_grid`).

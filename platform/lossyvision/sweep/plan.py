@@ -6,7 +6,9 @@ its result (:func:`trial_identity`): the model entry, the codec and level, budge
 the dataset's kind, options, split and limit, and a digest of the manifest rows it trains on. A
 cell adds the test level and a digest of its test rows. The model's ``data_order`` (with its
 ``shuffle_buffer``) enters only when it is not the default ``random``: trials that do not use it keep
-the keys they had before the field existed. So an edited sweep gets new keys for
+the keys they had before the field existed; likewise a decoded cache that shrinks images (``cache: {max_side:
+N}``; ``cache: exact`` changes no pixel and never enters) and data-parallel workers above one
+(``resources.trial.workers``, :func:`scale_identity`). So an edited sweep gets new keys for
 exactly the trials and cells whose configuration changed, and resuming is still "drop the keys
 already done", nothing more. Results of keys no longer planned are *stale*: kept, never mixed in.
 
