@@ -64,7 +64,8 @@ def make_loader(dataset: Any, batch_size: int, collate_fn: Callable, *, shuffle:
     rank, size = world()
     if shuffle and size > 1:  # a data-parallel trial: this rank's share of every global batch
         order = list(sampler) if sampler is not None else torch.randperm(len(dataset), generator=generator).tolist()
-        sampler, batch_size = RankShare(order, rank, size), max(1, batch_size // size)
+        batch_size = max(1, batch_size // size)
+        sampler = RankShare(order, rank, size, batch_size)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       collate_fn=collate_fn, num_workers=num_workers, generator=generator, drop_last=drop_last,
                       worker_init_fn=seed_worker,
@@ -74,10 +75,14 @@ def make_loader(dataset: Any, batch_size: int, collate_fn: Callable, *, shuffle:
 class RankShare:
     """Rank ``rank``'s share of one epoch's global ``order``: positions ``rank, rank + world, ...`` of it,
     the tail cut so that every rank takes the same number of steps. With a per-rank batch of
-    ``batch_size / world``, global batch ``k`` holds the images of the single-worker batch ``k``."""
+    ``batch_size / world``, global batch ``k`` holds the images of the single-worker batch ``k``.
+    A last per-rank batch of one image is dropped too (BatchNorm cannot train on one)."""
 
-    def __init__(self, order: Sequence[int], rank: int, world: int) -> None:
-        self.indices = list(order)[: len(order) // world * world][rank::world]
+    def __init__(self, order: Sequence[int], rank: int, world: int, batch_size: int = 1) -> None:
+        per_rank = len(order) // world
+        if batch_size > 1 and per_rank > 1 and per_rank % batch_size == 1:
+            per_rank -= 1
+        self.indices = list(order)[: per_rank * world][rank::world]
 
     def __len__(self) -> int:
         return len(self.indices)
