@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_check.sh            on the GPU machine: everything below, results in $OUT (else runs/gpu-check)
 #   bash benchmarks/gpu_check.sh --cpu      here, small and on the CPU: tests the script itself (GPU tests skip)
 #   bash benchmarks/gpu_check.sh --stage    only keep the carried wheels (.whl/set*) in /tmp/lv-wheels for the next call
-#   bash benchmarks/gpu_check.sh --scale    on the GPU machine: steps 1, 2 and 6 only (a second call, under 6 minutes)
+#   bash benchmarks/gpu_check.sh --scale    on the GPU machine: steps 1, 2 and 6 only (its own call, limit 7 minutes)
 #
 # Steps, each timed, with its exit status in summary.txt:
 #   1. the machine: nvidia-smi, python, torch, CUDA;
@@ -81,7 +81,7 @@ machine() {
 step machine 60 machine
 if [[ $MODE == scale ]]; then
   step wheels 240 install_wheels || { echo "stopping: the project cannot import its packages" | tee -a "$SUMMARY"; exit 1; }
-  step scale-cache-workers 300 "$PY" benchmarks/scale_check.py --device cuda --work "$WORK/scale" \
+  step scale-cache-workers 420 "$PY" benchmarks/scale_check.py --device cuda --work "$WORK/scale" \
     --json "$RESULTS/scale-check.json"
 elif [[ $MODE == cuda ]]; then
   step wheels 240 install_wheels || { echo "stopping: the project cannot import its packages" | tee -a "$SUMMARY"; exit 1; }
@@ -90,7 +90,7 @@ elif [[ $MODE == cuda ]]; then
     --json "$RESULTS/gpu-sweep.json"
   step p1-all-cores 150 "$PY" benchmarks/compress_vs_pool.py --images 400 --levels 1,5 --effort 7 --repeats 2 \
     --skip-no-png --cores "$(nproc)" --json "$RESULTS/p1-pool.json"
-  step scale-cache-workers 240 "$PY" benchmarks/scale_check.py --device cuda --work "$WORK/scale" \
+  step scale-cache-workers 300 "$PY" benchmarks/scale_check.py --device cuda --work "$WORK/scale" \
     --json "$RESULTS/scale-check.json"
 else
   step gpu-tests 300 "$PY" -m pytest -m gpu -q -p no:cacheprovider $(grep -l 'pytest.mark.gpu' tests/test_*.py)
@@ -98,7 +98,7 @@ else
     --json "$RESULTS/gpu-sweep.json"
   step p1-all-cores 600 "$PY" benchmarks/compress_vs_pool.py --images 16 --levels 1,5 --effort 3 --repeats 1 \
     --skip-no-png --png-sample 4 --cores "$(nproc)" --json "$RESULTS/p1-pool.json"
-  step scale-cache-workers 600 "$PY" benchmarks/scale_check.py --device cpu --small --work "$WORK/scale" \
+  step scale-cache-workers 900 "$PY" benchmarks/scale_check.py --device cpu --small --work "$WORK/scale" \
     --json "$RESULTS/scale-check.json"
 fi
 echo "total: $(( $(date +%s) - started ))s" | tee -a "$SUMMARY" "$LOG"
