@@ -16,6 +16,7 @@ before Ray starts. Here:
 
 Bounds (:data:`BOUNDS`): ``repeats`` 1..100, ``epochs`` 1..10000, ``batch_size`` 1..4096,
 ``image_size`` 8..8192, ``lr`` in (0, 10], ``weight_decay`` 0..10, ``shuffle_buffer`` 1..10000000,
+``cache: {max_side}`` 8..8192, ``resources.trial.workers`` 1..256,
 at most 64 levels per list and
 32 models, ``resources`` at most 1024 CPUs and 64 GPUs. A grid of more than :data:`GRID_CAP`
 trials or evaluations is refused unless the user says ``--yes`` (:func:`check_grid`).
@@ -52,7 +53,7 @@ BOUNDS = {
     "name": 100, "codecs": 16, "shard_size": (1000, 64 * 10**9), "png_sample": (0, 10**9),
     "shard_images": (1, 1_000_000), "shard_bytes": (1000, 1 << 40), "model_cache_bytes": (0, 1 << 40),
     "stage_bytes": (0, 1 << 44), "shuffle_buffer": (1, 10_000_000), "read_block_bytes": (1 << 16, 1 << 30),
-    "read_cache_bytes": (1 << 17, 1 << 40),
+    "read_cache_bytes": (1 << 17, 1 << 40), "cache_bytes": (0, 1 << 44), "max_side": (8, 8192), "workers": (1, 256),
 }
 #: A sweep with more trials or evaluations than this needs ``--yes`` (``sweep run``, ``compress``).
 GRID_CAP = {"trials": 200, "evaluations": 5000}
@@ -288,6 +289,12 @@ class CompressSpec(_Strict):
         return int(v)
 
 
+class CacheSize(_Strict):
+    """``cache: {max_side: N}``: the cache stores each image shrunk so that its longer side is at most N."""
+
+    max_side: Int = _num(..., BOUNDS["max_side"], description="longest side of a cached image, in pixels")
+
+
 class ModelSpec(_Strict):
     """One model set-up. Task-specific knobs go in ``options``."""
 
@@ -307,7 +314,19 @@ class ModelSpec(_Strict):
                               "shuffle buffer (a sharded store too large to stage; lossyvision.streaming)")
     shuffle_buffer: Int = _num(DEFAULT_SHUFFLE_BUFFER, BOUNDS["shuffle_buffer"],
                                description="data_order shards: images mixed at once")
+    cache: Literal["exact"] | CacheSize | None = Field(
+        None, description="decoded training images on the trial's local disk: exact (same pixels, same key) or "
+                          "{max_side: N} (shrunk; enters the key); docs/scale.md")
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_shrinks_images_only(cls, v: Any, info: ValidationInfo) -> Any:
+        """Shrinking moves boxes and masks off their pixels: only a classifier's targets survive it."""
+        if isinstance(v, CacheSize) and info.data.get("task", "classification") != "classification":
+            raise ValueError(f"max_side shrinks the images but not a {info.data.get('task')} task's targets; "
+                             "use cache: exact")
+        return v
 
     @field_validator("shuffle_buffer")
     @classmethod
@@ -341,8 +360,12 @@ class TrialResource(Resource):
     read_cache_bytes: Int = Field(
         DEFAULT_CACHE_BYTES, description="data_order shards: memory of fetched blocks per data loader process, "
                                          "e.g. 256MiB (at least two blocks)")
+    cache_bytes: Int = Field(64_000_000_000, description="local disk one training process's decoded cache may "
+                                                         "fill (a model's cache:), e.g. 64GB")
+    workers: Int = _num(1, BOUNDS["workers"], description="data-parallel training processes per trial (Ray Train, "
+                                                          "DDP); cpu and gpu are then per worker")
 
-    @field_validator("stage_bytes", "read_block_bytes", "read_cache_bytes", mode="before")
+    @field_validator("stage_bytes", "read_block_bytes", "read_cache_bytes", "cache_bytes", mode="before")
     @classmethod
     def _sizes(cls, v: Any, info: ValidationInfo) -> int:
         return byte_size(v, info.field_name)
@@ -573,6 +596,19 @@ class Sweep(_Strict):
         problems = [f"models.{i}.data_order: shards reads the store shard by shard; it needs compress.layout: "
                     f"shards (this sweep's is {self.compress.layout})"
                     for i, m in enumerate(self.models) if m.data_order == "shards" and self.compress.layout != "shards"]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _workers_split_the_batch(self) -> "Sweep":
+        """Data-parallel trials (docs/scale.md): each worker takes batch_size / workers of a global batch."""
+        workers = self.resources.trial.workers
+        problems = [f"models.{i}.batch_size: {m.batch_size} does not split over resources.trial.workers: {workers}"
+                    for i, m in enumerate(self.models) if workers > 1 and m.batch_size % workers]
+        problems += [f"models.{i}.task: resources.trial.workers above 1 trains classification models only "
+                     f"(this one is {m.task})" for i, m in enumerate(self.models)
+                     if workers > 1 and m.task != "classification"]
         if problems:
             raise ValueError("\n".join(problems))
         return self

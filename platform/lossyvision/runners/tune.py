@@ -18,6 +18,11 @@ from lossyvision.sweep.plan import TrialSpec
 from lossyvision.sweep.trials import TUNE_DIR, device_for, latest_progress_dir, run_trial
 
 
+#: What the Tune trial of a data-parallel trial holds itself: nothing to speak of (its Ray Train workers ask for
+#: cpu/gpu each, runners.train_ddp). Tune refuses an all-zero request, hence one byte of memory.
+DRIVER_RESOURCES = {"cpu": 0, "memory": 1}
+
+
 class TrialListener(Protocol):
     def started(self, key: str) -> None: ...
     def epoch(self, key: str, epoch: int, metrics: dict[str, float], seconds: float | None = None,
@@ -36,6 +41,13 @@ def _trainable(config: dict[str, Any], sweep: Any = None, manifest: Any = None) 
 
     trial = TrialSpec.from_dict(config["trial"])
     output = config["output"]
+    if sweep.resources.trial.workers > 1:  # data-parallel: a Ray Train TorchTrainer inside this trial
+        from lossyvision.runners.train_ddp import run_ddp_trial
+        from lossyvision.sweep.trials import read_meta
+
+        run_ddp_trial(sweep, trial, output, manifest)
+        tune.report({"epoch": len(read_meta(output, trial.key)["history"]), "trial_done": 1})
+        return
     _limit_threads(sweep.resources.trial.cpu)
 
     def report(epoch: int, metrics: dict[str, float], directory: str, epochs: int) -> None:
@@ -81,7 +93,8 @@ def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # ...so no "no metrics"
     res = sweep.resources.trial
     trainable = tune.with_resources(tune.with_parameters(_trainable, sweep=sweep, manifest=manifest),
-                                    {**res.custom, "cpu": res.cpu, "gpu": res.gpu})
+                                    {**res.custom, "cpu": res.cpu, "gpu": res.gpu} if res.workers <= 1 else
+                                    DRIVER_RESOURCES)
     space = {"output": output,
              "trial": tune.grid_search([{**t.as_dict(), "key": t.key} for t in trials])}
     tuner = tune.Tuner(

@@ -253,7 +253,7 @@ def check_local_resources(sweep: Sweep, resources: dict[str, float]) -> None:
                         "started with them; run on a cluster (RAY_ADDRESS or --address)")
     for what, res in (("trial", sweep.resources.trial), ("eval", sweep.resources.eval)):
         for kind in ("cpu", "gpu"):
-            want = getattr(res, kind)
+            want = getattr(res, kind) * getattr(res, "workers", 1)  # data-parallel: per worker
             if want > have[kind]:
                 raise SpecError(f"resources.{what}.{kind}: asks for {want:g} but the local Ray has "
                                 f"{have[kind]:g}; lower it or run on a cluster (RAY_ADDRESS)")
@@ -304,6 +304,26 @@ def _describe_shapes(shapes: list[dict[str, float]]) -> str:
     return "; ".join(kinds[:6]) + ("; ..." if len(kinds) > 6 else "") if kinds else "none"
 
 
+def check_cache_disk(sweep: Sweep, manifest: pd.DataFrame | None = None) -> None:
+    """Refuse a model's ``cache:`` whose decoded images exceed ``resources.trial.cache_bytes``
+    (:mod:`lossyvision.cache`); without ``manifest``, the store's when it exists (else checked after
+    compression, still before any trial)."""
+    from lossyvision.cache import cache_problems
+
+    if not any(getattr(m, "cache", None) for m in sweep.models):
+        return
+    if manifest is None:
+        from lossyvision.sweep.trials import read_manifest
+
+        try:
+            manifest = read_manifest(sweep)
+        except Exception:  # noqa: BLE001 - no store yet
+            return
+    problems = cache_problems(sweep, manifest)
+    if problems:
+        raise SpecError.of("sweep", problems)
+
+
 def compress_for(sweep: Sweep, echo: Echo, ray_address: str | None = None,
                  num_cpus: int | None = None) -> pd.DataFrame:
     """Compress (or reuse) the store at every level the sweep needs, codec by codec; returns the manifest rows.
@@ -348,6 +368,7 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
             echo(line)
     outdir.check_format(sweep.output)
     read_results(sweep.output)  # a damaged results table is reported now, not after training
+    check_cache_disk(sweep)  # a store compressed earlier: the decoded caches' disk, before anything runs
     with writer_lock(sweep.output, "lossyvision sweep run", log=echo):
         return _run_sweep(sweep, echo=echo, ray_address=ray_address, num_cpus=num_cpus, build_report=build_report,
                           register=register)
@@ -369,6 +390,7 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
     clock = _Clock(outcome.phases)
     with clock("compress"):
         manifest = compress_for(sweep, echo, ray_address, num_cpus)
+    check_cache_disk(sweep, manifest)  # before any trial
     grid = plan(sweep, manifest)
     outdir.write_plan(output, grid)
     outcome.trials, outcome.cells = len(grid.trials), len(grid.cells)

@@ -131,6 +131,12 @@ def trial_params(sweep: Any, trial: Any, meta: dict[str, Any] | None, train_dcr:
     }
     if spec.data_order != "random":
         params["shuffle_buffer"] = spec.shuffle_buffer
+    if getattr(spec, "cache", None) is not None:  # docs/scale.md
+        from lossyvision.cache import cache_mode, describe
+
+        params["cache"] = describe(cache_mode(spec.cache))
+    if getattr(sweep.resources.trial, "workers", 1) > 1:
+        params["workers"] = sweep.resources.trial.workers
     if train_dcr is not None and train_dcr == train_dcr:
         params["train_dcr"] = round(float(train_dcr), 6)
     if meta:

@@ -121,6 +121,7 @@ def images_of(sweep: Sweep, rows: pd.DataFrame, reader: Any, split: str) -> Spli
         targets=[reader.load_target(records[p]) for p in rows["relpath"]],
         relpaths=list(rows["relpath"]),
         compressed_bytes=int(rows["compressed_bytes"].sum()),
+        extra={k: list(rows[k]) for k in ("height", "width") if k in rows.columns},  # the cache's slots
     )
 
 
@@ -256,13 +257,15 @@ def model_spec_for_loading(spec: Any) -> Any:
 
 def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter | None = None,
               resume_dir: str | None = None, device: str | None = None,
-              manifest: pd.DataFrame | None = None, node: str | None = None) -> dict[str, Any]:
+              manifest: pd.DataFrame | None = None, node: str | None = None, write: bool = True,
+              extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``trial`` and save its final checkpoint; returns the trial's metadata (``trial.json``).
 
     ``resume_dir`` is a folder written by :func:`save_progress` (a Tune checkpoint): training
     continues after its epoch. ``report`` gets every epoch's metrics and a progress folder.
     ``node``: the Ray node this runs on (the runner knows it), recorded with the nodes of earlier
-    attempts.
+    attempts. ``write``: save the final checkpoint (the one writer of a data-parallel trial is its rank 0,
+    :mod:`lossyvision.runners.train_ddp`); ``extra_meta`` goes into ``trial.json``.
     """
     import tempfile
 
@@ -286,6 +289,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
         if staged.reason:
             logging.getLogger(__name__).info("trial %s: %s", trial.key, staged.reason)
         train, read_blocks = training_samples(spec, sweep.resources.trial, staged.uris, images.targets, codec.decode)
+        train = with_cache(spec, train, images, os.path.join(stage_dir, "cache"))
         if read_blocks:
             res = sweep.resources.trial
             late = late_fraction(staged.uris, spec.shuffle_buffer, res.read_block_bytes, res.read_cache_bytes)
@@ -320,6 +324,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
                     report(epoch, row, tmp, epochs)
 
         task.fit(model, train, on_epoch=on_epoch, state=state)
+        scale = scale_meta(spec, sweep, train)  # before the scratch folder (and its cache) goes
     finally:
         shutil.rmtree(stage_dir, ignore_errors=True)
 
@@ -334,10 +339,13 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
         "history": history, "resumed_from": resumed_from, "seconds": round(time.time() - started, 3),
         "finished_at": utc_now(), "node": node, "nodes": nodes, "host": socket.gethostname(),
         "train_shards": staged.shards, "train_shards_staged": staged.staged,
-        "data_order": spec.data_order,
+        "data_order": spec.data_order, **scale,
     }
     if spec.data_order == "shards":
         meta.update(shuffle_buffer=int(spec.shuffle_buffer), train_read_blocks=read_blocks)
+    meta.update(extra_meta or {})
+    if not write:
+        return meta
     directory = checkpoint_dir(output, trial.key)
     buf = io.BytesIO()
     torch.save(_cpu_state_dict(model), buf)
@@ -365,6 +373,30 @@ def training_samples(spec: Any, resources: Any, uris: list[str], targets: list[A
     except ValueError as e:
         raise TrialError(f"model {spec.name!r}: {e}") from None
     return samples, blocks_spanned(uris, reader.block_bytes)
+
+
+def with_cache(spec: Any, samples: Any, images: SplitImages, directory: str) -> Any:
+    """``samples`` behind the model's decoded cache (``cache:``) in ``directory``, or as they are."""
+    from lossyvision.cache import cache_mode, cached_samples
+
+    mode = cache_mode(getattr(spec, "cache", None))
+    if mode is None:
+        return samples
+    n = len(images)
+    return cached_samples(samples, mode, images.extra.get("height") or [None] * n,
+                          images.extra.get("width") or [None] * n, directory)
+
+
+def scale_meta(spec: Any, sweep: Sweep, train: Any) -> dict[str, Any]:
+    """trial.json's record of the cache (mode, images it held at the end) and the data-parallel workers."""
+    from lossyvision.cache import cache_mode
+
+    meta: dict[str, Any] = {"cache": cache_mode(getattr(spec, "cache", None)),
+                            "workers": int(getattr(sweep.resources.trial, "workers", 1))}
+    cache = getattr(train, "cache", None)
+    if cache is not None:
+        meta["cache_images"] = cache.filled()
+    return meta
 
 
 def load_trained(sweep: Sweep, trial: TrialSpec, output: str, device: str = "cpu") -> tuple[Any, Any]:
