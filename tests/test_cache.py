@@ -243,7 +243,7 @@ def test_the_disk_need_is_checked_against_resources_trial_and_shown_by_sweep_pla
         check_cache_disk(small)  # from the store's manifest, before anything runs
     text = "\n".join(render_preview(preview(fits, sample=2)))
     n = int(((manifest.split == "train") & (manifest.level == 0)).sum())
-    assert f"cache: r10: exact, up to" in text and n * 32 * 32 * 3 > 1000
+    assert "cache: r10: exact, up to" in text and n * 32 * 32 * 3 > 1000
 
 
 def test_a_trial_with_cache_exact_trains_the_same_weights_and_records_the_cache(compressed, tmp_path):

@@ -35,6 +35,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lossyvision.sweep.plan import split_rows
+from lossyvision.units import format_bytes
+
 PIXELS, INDEX, FILLED, STORED = "pixels.u8", "index.npz", "filled.u8", "stored.i32"
 
 
@@ -232,8 +235,6 @@ def _atomic_sparse(path: str, size: int) -> None:
 def cache_needs(sweep: Any, manifest: Any) -> list[tuple[str, str, float, int]]:
     """``(model, codec, train level, bytes)`` of the cache of each cached model's trials: the decoded
     train split at that level (a budget's subset needs less). Pure: the manifest's sizes only."""
-    from lossyvision.sweep.plan import split_rows
-
     out = []
     for model in sweep.models:
         mode = cache_mode(getattr(model, "cache", None))
@@ -251,8 +252,6 @@ def cache_needs(sweep: Any, manifest: Any) -> list[tuple[str, str, float, int]]:
 
 def cache_problems(sweep: Any, manifest: Any) -> list[str]:
     """One line per cached model whose largest cache exceeds ``resources.trial.cache_bytes``."""
-    from lossyvision.units import format_bytes
-
     limit = int(sweep.resources.trial.cache_bytes)
     worst: dict[str, tuple[int, str]] = {}
     for model, codec, level, need in cache_needs(sweep, manifest):

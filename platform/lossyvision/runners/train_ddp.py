@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from lossyvision.store import join
+from lossyvision.store import filesystem, join
 from lossyvision.sweep.plan import TrialSpec
 from lossyvision.sweep.trials import TUNE_DIR, latest_progress_dir, run_trial
 
@@ -67,8 +67,6 @@ def run_ddp_trial(sweep: Any, trial: TrialSpec, output: str, manifest: Any) -> N
 
 def _drop_run(uri: str) -> None:
     """Remove Ray Train's folder of a finished trial (its epoch checkpoints and Train's own snapshot)."""
-    from lossyvision.store import filesystem
-
     fs, path = filesystem(uri)
     if fs.exists(path):
         fs.rm(path, recursive=True)

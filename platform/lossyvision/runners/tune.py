@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from lossyvision.store import absolute, join
 from lossyvision.sweep.plan import TrialSpec
-from lossyvision.sweep.trials import TUNE_DIR, device_for, latest_progress_dir, run_trial
+from lossyvision.runners.train_ddp import run_ddp_trial
+from lossyvision.sweep.trials import TUNE_DIR, device_for, latest_progress_dir, read_meta, run_trial
 
 
 #: What the Tune trial of a data-parallel trial holds itself: nothing to speak of (its Ray Train workers ask for
@@ -42,9 +43,6 @@ def _trainable(config: dict[str, Any], sweep: Any = None, manifest: Any = None) 
     trial = TrialSpec.from_dict(config["trial"])
     output = config["output"]
     if sweep.resources.trial.workers > 1:  # data-parallel: a Ray Train TorchTrainer inside this trial
-        from lossyvision.runners.train_ddp import run_ddp_trial
-        from lossyvision.sweep.trials import read_meta
-
         run_ddp_trial(sweep, trial, output, manifest)
         tune.report({"epoch": len(read_meta(output, trial.key)["history"]), "trial_done": 1})
         return

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from lossyvision import store
+from lossyvision.cache import cache_mode, cache_needs, describe
 from lossyvision.compress import limit_per_split
 from lossyvision.inspect import estimate_store, read_facts
 from lossyvision.output import check_format
@@ -174,7 +175,6 @@ def preview(sweep: Any, *, sample: int = 16) -> Preview:
 
 def scale_lines(sweep: Any, manifest: pd.DataFrame | None) -> list[str]:
     """What each cached model's trials put on local disk, and the trials' data-parallel workers."""
-    from lossyvision.cache import cache_mode, cache_needs, describe
 
     res = sweep.resources.trial
     lines = []

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from lossyvision import output as outdir
+from lossyvision.cache import cache_problems
 from lossyvision.compress import describe_failures, sweep_job_args
 from lossyvision.lock import writer_lock
 from lossyvision.preflight import preflight
@@ -308,13 +309,11 @@ def check_cache_disk(sweep: Sweep, manifest: pd.DataFrame | None = None) -> None
     """Refuse a model's ``cache:`` whose decoded images exceed ``resources.trial.cache_bytes``
     (:mod:`lossyvision.cache`); without ``manifest``, the store's when it exists (else checked after
     compression, still before any trial)."""
-    from lossyvision.cache import cache_problems
 
     if not any(getattr(m, "cache", None) for m in sweep.models):
         return
     if manifest is None:
-        from lossyvision.sweep.trials import read_manifest
-
+    
         try:
             manifest = read_manifest(sweep)
         except Exception:  # noqa: BLE001 - no store yet

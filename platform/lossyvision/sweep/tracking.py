@@ -43,6 +43,7 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 import lossyvision
+from lossyvision.cache import cache_mode, describe
 from lossyvision.codecs import CODECS
 from lossyvision.output import load_output_sweep, load_plan
 from lossyvision.store import format_level, is_remote, read_bytes
@@ -132,7 +133,6 @@ def trial_params(sweep: Any, trial: Any, meta: dict[str, Any] | None, train_dcr:
     if spec.data_order != "random":
         params["shuffle_buffer"] = spec.shuffle_buffer
     if getattr(spec, "cache", None) is not None:  # docs/scale.md
-        from lossyvision.cache import cache_mode, describe
 
         params["cache"] = describe(cache_mode(spec.cache))
     if getattr(sweep.resources.trial, "workers", 1) > 1:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from lossyvision.budget import select_subset
+from lossyvision.cache import cache_mode, cached_samples
 from lossyvision.manifest import CorruptRowError, output_uri
 from lossyvision.seeding import seed_everything, set_deterministic, trial_seed
 from lossyvision.spec import Sweep
@@ -377,8 +378,6 @@ def training_samples(spec: Any, resources: Any, uris: list[str], targets: list[A
 
 def with_cache(spec: Any, samples: Any, images: SplitImages, directory: str) -> Any:
     """``samples`` behind the model's decoded cache (``cache:``) in ``directory``, or as they are."""
-    from lossyvision.cache import cache_mode, cached_samples
-
     mode = cache_mode(getattr(spec, "cache", None))
     if mode is None:
         return samples
@@ -389,8 +388,6 @@ def with_cache(spec: Any, samples: Any, images: SplitImages, directory: str) -> 
 
 def scale_meta(spec: Any, sweep: Sweep, train: Any) -> dict[str, Any]:
     """trial.json's record of the cache (mode, images it held at the end) and the data-parallel workers."""
-    from lossyvision.cache import cache_mode
-
     meta: dict[str, Any] = {"cache": cache_mode(getattr(spec, "cache", None)),
                             "workers": int(getattr(sweep.resources.trial, "workers", 1))}
     cache = getattr(train, "cache", None)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from lossyvision.seeding import seed_worker
+from lossyvision.seeding import seed_worker, worker_seed
 from lossyvision.store import is_remote, read_bytes
 
 # --------------------------------------------------------------------------- options
@@ -258,7 +258,6 @@ def train_epochs(model: torch.nn.Module, loader_for_epoch: Callable[[int], Itera
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
         start = int(state["epoch"])
-    from lossyvision.seeding import worker_seed
 
     params = [p for g in optimizer.param_groups for p in g["params"]]
     epoch = start
