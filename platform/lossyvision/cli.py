@@ -174,7 +174,7 @@ def compress(
     from rich.console import Console
 
     from lossyvision import compress as job  # lazy: loads pandas; --help stays fast
-    from lossyvision.preflight import load_checked  # lazy: loads torch
+    from lossyvision.preflight import load_checked  # lazy: loads pydantic; --help stays fast
     from lossyvision.spec import check_grid  # lazy: loads pydantic; --help stays fast
 
     with clean_errors():
@@ -267,7 +267,7 @@ def sweep_run(
 
     Rerunning on an existing output does only what is missing (trials, cells, MLflow runs).
     A second run on the same output is refused while the first holds it."""
-    from lossyvision.preflight import load_checked  # lazy: loads torch
+    from lossyvision.preflight import load_checked  # lazy: loads pydantic; --help stays fast
     from lossyvision.spec import check_grid  # lazy: loads pydantic; --help stays fast
     from lossyvision.sweep.plan import PlanError  # lazy: loads pandas; --help stays fast
     from lossyvision.sweep.run import run_sweep, summary_lines  # lazy: loads pandas; --help stays fast
@@ -294,7 +294,7 @@ def sweep_plan(
 ) -> None:
     """Check a sweep file and say what `sweep run` would do: the grid (done, stale, to run), the
     images to compress, the bytes and files it would write, and the compression time. Writes nothing."""
-    from lossyvision.preflight import load_checked  # lazy: loads torch
+    from lossyvision.preflight import load_checked  # lazy: loads pydantic; --help stays fast
     from lossyvision.spec import grid_counts  # lazy: loads pydantic; --help stays fast
     from lossyvision.sweep.preview import preview, render_preview  # lazy: loads pandas; --help stays fast
     from lossyvision.sweep.run import resolve_paths  # lazy: loads pandas; --help stays fast
@@ -389,7 +389,7 @@ def inspect_command(
     import json
 
     from lossyvision import compress as job  # lazy: loads pandas; --help stays fast
-    from lossyvision.preflight import check_dataset  # lazy: loads torch
+    from lossyvision.preflight import check_dataset  # lazy: loads pydantic; --help stays fast
     from lossyvision.spec import SpecError, load_sweep  # lazy: loads pydantic; --help stays fast
 
     try:

@@ -25,8 +25,6 @@ from lossyvision.datasets import DATASETS
 from lossyvision.places import check_output_files, check_place, check_store_files
 from lossyvision.spec import SpecError, Sweep, load_sweep
 from lossyvision.store import DamagedFileError, is_remote
-from lossyvision.tasks import TASKS
-from lossyvision.tasks.base import check_arch
 
 #: The class names a model is built with to check its options and architecture.
 PROBE_CLASSES = ["class-0", "class-1"]
@@ -72,6 +70,8 @@ def dataset_problems(sweep: Sweep) -> list[str]:
 
 def model_problems(sweep: Sweep) -> list[str]:
     """Typos in a model's task, ``options`` or ``arch`` fail now, not hours later inside a trial."""
+    from lossyvision.tasks import TASKS  # lazy: loads torch
+
     problems = []
     for i, model in enumerate(sweep.models):
         if model.task not in TASKS:
@@ -88,6 +88,9 @@ def check_model(model: Any) -> Any:
     """``model`` (a :class:`lossyvision.spec.ModelSpec` of a registered task) when its task accepts its
     options and can build its architecture offline (an entry point is built and run once per process);
     else ``ValueError``."""
+    from lossyvision.tasks import TASKS  # lazy: loads torch
+    from lossyvision.tasks.base import check_arch  # lazy: loads torch
+
     TASKS.get(model.task)(model, PROBE_CLASSES)
     check_arch(model, PROBE_CLASSES)
     return model

@@ -36,7 +36,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import least_squares
 
 PARAMS = ("err_star", "A", "alpha", "B", "beta")
 EXPONENT_MAX = 5.0
@@ -74,6 +73,8 @@ def _jacobian(theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _fit_once(x: np.ndarray, y: np.ndarray, err: np.ndarray, starts: list[np.ndarray]) -> np.ndarray | None:
+    from scipy.optimize import least_squares  # scipy takes a second to load: only a fit needs it
+
     lower = np.array([0.0, 0.0, 0.0, 0.0, 0.0])
     upper = np.array([1.0, np.inf, EXPONENT_MAX, np.inf, EXPONENT_MAX])
     best, best_cost = None, np.inf
