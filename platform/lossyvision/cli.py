@@ -43,10 +43,14 @@ def os_error_line(exc: OSError) -> str:
     return f"{where}: {what}" if where else f"{type(exc).__name__}: {what}"
 
 
-@contextlib.contextmanager
-def clean_errors() -> Iterator[None]:
-    """Turn the errors a user can meet into one line: bad files and options (2), busy places,
-    damaged files and OS errors (1). Anything else is a bug and keeps its traceback."""
+def error_line(exc: BaseException) -> tuple[str, int] | None:
+    """The one line and exit code for an error a user can meet, or None for a bug (keeps its traceback).
+
+    2: a bad command line, sweep file or input (a cloud URL that cannot be reached or read included);
+    1: met while running: a busy place, a damaged file lossyvision wrote (any of them: sweep copy,
+    state, manifest, results), an OS error naming its path.
+    """
+    from lossyvision.cloud import cloud_error
     from lossyvision.compress import CompressError
     from lossyvision.lock import LockHeld
     from lossyvision.output import OutputError
@@ -55,16 +59,31 @@ def clean_errors() -> Iterator[None]:
     from lossyvision.store import DamagedFileError
     from lossyvision.sweep.results import ResultsError
 
+    cloud = cloud_error(exc)
+    if cloud is not None:
+        return str(cloud), 2
+    if isinstance(exc, (CompressError, LockHeld, DamagedFileError)):
+        return str(exc), 1
+    if isinstance(exc, (SpecError, OutputError, ResultsError, ReportError)):
+        return str(exc), 2
+    if isinstance(exc, OSError):
+        return os_error_line(exc), 1
+    return None
+
+
+@contextlib.contextmanager
+def clean_errors() -> Iterator[None]:
+    """Turn the errors a user can meet into one line (:func:`error_line`). Anything else is a bug
+    and keeps its traceback."""
     try:
         yield
     except (typer.Exit, typer.Abort, typer.TyperException):
         raise
-    except (SpecError, OutputError, ResultsError, ReportError) as exc:
-        fail(str(exc))
-    except (CompressError, LockHeld, DamagedFileError) as exc:
-        fail(str(exc), code=1)
-    except OSError as exc:
-        fail(os_error_line(exc), code=1)
+    except Exception as exc:
+        found = error_line(exc)
+        if found is None:
+            raise
+        fail(*found)
 
 
 def _version(value: bool) -> None:
@@ -203,14 +222,15 @@ def compress(
                 fail(str(exc))
             if allow_outside_symlinks:
                 dataset_options["allow_outside_symlinks"] = True
-            from lossyvision.datasets._files import require_dir
+            from lossyvision.datasets._files import require_dir, require_file
 
             try:
                 check_place(out, "store")
             except ValueError as exc:
                 fail(f"--out: {exc}")
             try:
-                require_dir("--source", source)  # before the store is locked (and so created)
+                one_file = dataset == "csv" or source.lower().endswith((".csv", ".jsonl", ".tar", ".parquet"))
+                (require_file if one_file else require_dir)("--source", source)  # before the store is locked
             except ValueError as exc:
                 fail(str(exc))
             store_uri = out
@@ -331,20 +351,17 @@ def sweep_status(output: str = typer.Argument(..., help="The sweep's output fold
 @sweep_app.command("sync", epilog="Example: lossyvision sweep sync runs/demo")
 def sweep_sync(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
     """Push results missing from MLflow (after an outage) to the tracking server."""
-    from lossyvision.output import OutputError
-    from lossyvision.spec import SpecError
-    from lossyvision.store import DamagedFileError
-    from lossyvision.sweep.results import ResultsError
     from lossyvision.sweep.run import sync_output
 
     check_output(output)
     try:
         sync_output(output, echo=typer.echo)
-    except (SpecError, DamagedFileError, OutputError, ResultsError) as e:
-        fail(str(e))
-    except OSError as e:
-        fail(os_error_line(e), code=1)
+    except (typer.Exit, typer.Abort):
+        raise
     except Exception as e:  # the server is still down: say so, no traceback
+        found = error_line(e)
+        if found is not None:
+            fail(*found)
         fail(f"cannot reach MLflow: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", code=1)
 
 
@@ -406,12 +423,17 @@ def inspect_command(
             fail("give a DATASET root (and --kind), or --sweep FILE")
         result = inspect_dataset(kind, dataset, options, codec=codec, codec_options=codec_options, levels=ladder,
                                  sample=sample, limit=limit, max_pixels=max_pixels)
+    except (typer.Exit, typer.Abort):
+        raise
     except (SpecError, job.CompressError, ValueError, ImportError) as e:
         fail(str(e))
     except KeyError as e:  # an unknown kind or codec: the registry lists the known names
         fail(str(e).strip("'\""))
-    except OSError as e:
-        fail(f"{type(e).__name__}: {e}", code=1)
+    except Exception as e:  # noqa: BLE001 - a cloud client's error is one line; anything else a bug
+        found = error_line(e)
+        if found is None:
+            raise
+        fail(*found)
     if as_json:
         typer.echo(json.dumps(_finite(result.to_dict()), indent=1))
     else:

@@ -124,7 +124,9 @@ def _num(default: Any, bounds: tuple[float, float], *, low_open: bool = False, *
 
 def _check_local_exists(path: str) -> str:
     if not is_remote(path) and not os.path.exists(path):
-        raise ValueError(f"{path} does not exist")
+        from lossyvision.store import relative_hint
+
+        raise ValueError(f"{path} does not exist{relative_hint(path)}")
     return path
 
 
