@@ -108,6 +108,22 @@ def check_output(output: str) -> None:
         check_output_files(output)
 
 
+def refuse_sweep_file(output: str, command: str) -> None:
+    """A sweep file given where an output folder belongs: say so, and name the file's output."""
+    import os
+
+    if "://" in str(output) or not os.path.isfile(output) or not str(output).endswith((".yaml", ".yml")):
+        return
+    import yaml
+
+    try:
+        named = yaml.safe_load(Path(output).read_text(encoding="utf-8")).get("output")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        named = None
+    where = f", here {named}" if isinstance(named, str) else ""
+    fail(f"{output} is a sweep file; `{command}` takes its output folder{where}")
+
+
 # --- demo data ----------------------------------------------------------------------------------
 @app.command("demo-data", epilog="Example: lossyvision demo-data data/demo")
 def demo_data(
@@ -195,60 +211,67 @@ def compress(
     from lossyvision.places import check_place
     from lossyvision.spec import check_grid, load_sweep
 
-    with clean_errors():
-        if sweep_file is not None:
-            given = given_options(ctx, _SWEEP_FILE_SETS)
-            if given:
-                fail(f"{', '.join(given)} cannot be combined with a sweep file (set them in the file)")
-            sweep = load_sweep(sweep_file)
-            check_grid(sweep, yes, source=str(sweep_file))
-            store_uri = sweep.store_uri
-        else:
-            if not source or not out:
-                fail("give --source DIR and --out DIR, or a sweep file")
-            try:
-                parsed_levels = job.parse_levels(levels)
-                quality_sample = job.parse_quality_sample(quality_sample)
-                shard_bytes = job.parse_shard_size(shard_size)
-                png_count = job.parse_png_sample(png_sample)
-                job.validate(job.CompressOptions(  # codec, levels in its range, options: before anything is written
-                    codec=codec, codec_options={} if effort is None else {"effort": effort}, levels=parsed_levels,
-                    on_error=on_error, max_pixels=max_pixels, quality_metric=quality_metric,
-                    quality_sample=quality_sample, animated=animated, layout=layout, shard_size=shard_bytes,
-                    png_sample=png_count))
-                dataset_options = parse_options(option)
-                DATASETS.get(dataset)  # an unknown kind lists the known ones, before the store is locked
-            except (job.CompressError, ValueError, KeyError) as exc:
-                fail(str(exc))
-            if allow_outside_symlinks:
-                dataset_options["allow_outside_symlinks"] = True
-            from lossyvision.datasets._files import require_dir, require_file
-
-            try:
-                check_place(out, "store")
-            except ValueError as exc:
-                fail(f"--out: {exc}")
-            try:
-                one_file = dataset == "csv" or source.lower().endswith((".csv", ".jsonl", ".tar", ".parquet"))
-                (require_file if one_file else require_dir)("--source", source)  # before the store is locked
-            except ValueError as exc:
-                fail(str(exc))
-            store_uri = out
-        job.check_store_place(store_uri)
-        with writer_lock(store_uri, "lossyvision compress", log=lambda msg: typer.echo(msg, err=True)):
+    try:
+        with clean_errors():
             if sweep_file is not None:
-                jobs = job.sweep_job_args(sweep)  # one job per codec of the sweep
+                given = given_options(ctx, _SWEEP_FILE_SETS)
+                if given:
+                    fail(f"{', '.join(given)} cannot be combined with a sweep file (set them in the file)")
+                sweep = load_sweep(sweep_file)
+                check_grid(sweep, yes, source=str(sweep_file))
+                store_uri = sweep.store_uri
             else:
-                jobs = [{"source": source, "store_uri": out, "dataset": dataset, "codec": codec,
-                         "codec_options": {} if effort is None else {"effort": effort},
-                         "levels": parsed_levels, "on_error": on_error, "max_pixels": max_pixels,
-                         "quality_metric": quality_metric, "quality_sample": quality_sample,
-                         "animated": animated, "dataset_options": dataset_options,
-                         "layout": layout, "shard_size": shard_bytes, "png_sample": png_count}]
-            from lossyvision.runners.compress import compress_job
+                if not source or not out:
+                    fail("give --source DIR and --out DIR, or a sweep file")
+                try:
+                    parsed_levels = job.parse_levels(levels)
+                    quality_sample = job.parse_quality_sample(quality_sample)
+                    shard_bytes = job.parse_shard_size(shard_size)
+                    png_count = job.parse_png_sample(png_sample)
+                    job.validate(job.CompressOptions(  # codec, levels in its range, options: before anything is written
+                        codec=codec, codec_options={} if effort is None else {"effort": effort}, levels=parsed_levels,
+                        on_error=on_error, max_pixels=max_pixels, quality_metric=quality_metric,
+                        quality_sample=quality_sample, animated=animated, layout=layout, shard_size=shard_bytes,
+                        png_sample=png_count))
+                    dataset_options = parse_options(option)
+                    DATASETS.get(dataset)  # an unknown kind lists the known ones, before the store is locked
+                except (job.CompressError, ValueError, KeyError) as exc:
+                    fail(str(exc))
+                if allow_outside_symlinks:
+                    dataset_options["allow_outside_symlinks"] = True
+                from lossyvision.datasets._files import require_dir, require_file
 
-            results = [compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
-                       for args in jobs]
+                try:
+                    check_place(out, "store")
+                except ValueError as exc:
+                    fail(f"--out: {exc}")
+                try:
+                    one_file = dataset == "csv" or source.lower().endswith((".csv", ".jsonl", ".tar", ".parquet"))
+                    (require_file if one_file else require_dir)("--source", source)  # before the store is locked
+                except ValueError as exc:
+                    fail(str(exc))
+                store_uri = out
+            job.check_store_place(store_uri)
+            with writer_lock(store_uri, "lossyvision compress", log=lambda msg: typer.echo(msg, err=True)):
+                if sweep_file is not None:
+                    jobs = job.sweep_job_args(sweep)  # one job per codec of the sweep
+                else:
+                    jobs = [{"source": source, "store_uri": out, "dataset": dataset, "codec": codec,
+                             "codec_options": {} if effort is None else {"effort": effort},
+                             "levels": parsed_levels, "on_error": on_error, "max_pixels": max_pixels,
+                             "quality_metric": quality_metric, "quality_sample": quality_sample,
+                             "animated": animated, "dataset_options": dataset_options,
+                             "layout": layout, "shard_size": shard_bytes, "png_sample": png_count}]
+                from lossyvision.runners.compress import compress_job
+
+                results = [compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
+                           for args in jobs]
+    except KeyboardInterrupt:
+        from lossyvision.runners.cluster import stop_after_interrupt
+
+        stop_after_interrupt()
+        typer.echo("\ninterrupted; rerun the same command to resume (images already compressed are kept)", err=True)
+        raise typer.Exit(130)
     console = Console()
     if not console.is_terminal:  # logs and CI: don't squeeze the table into 80 columns
         console = Console(width=max(console.width, 110))
@@ -260,12 +283,20 @@ def compress(
     rows = pd.concat([r.manifest for r in results], ignore_index=True)
     for line in job.describe_failures(rows, store_uri):
         typer.echo(line)
-    typer.echo(f"manifest: {store_uri}/manifest.parquet ({len(rows)} rows; {sum(r.done for r in results)} run now, "
-               f"{sum(r.skipped for r in results)} already done); summary.csv beside it")
+    typer.echo(manifest_line(store_uri, results, len(rows)))
     from lossyvision.manifest import STATUS_OK
 
     if len(rows) and not (rows["status"] == STATUS_OK).any():
         fail("no image could be compressed (every row failed; reasons above)", code=1)
+
+
+def manifest_line(store_uri: str, results: list, rows: int) -> str:
+    """Where the manifest is and what it holds: this run's rows, and the store's when it holds more
+    (another codec or other levels compressed into the same store)."""
+    total = max([r.store_rows or 0 for r in results] + [rows])
+    held = f"{rows} rows" if total == rows else f"{total} rows, {rows} of them this command's codec and levels"
+    return (f"manifest: {store_uri}/manifest.parquet ({held}; {sum(r.done for r in results)} run now, "
+            f"{sum(r.skipped for r in results)} already done); summary.csv beside it")
 
 
 # --- sweeps -------------------------------------------------------------------------------------
@@ -339,6 +370,7 @@ def sweep_status(output: str = typer.Argument(..., help="The sweep's output fold
     from lossyvision.output import load_output_sweep, load_plan
     from lossyvision.sweep.status import grid_status, render_status, stale_entries
 
+    refuse_sweep_file(output, "sweep status")
     check_output(output)
     with clean_errors():
         sweep = load_output_sweep(output)
@@ -567,7 +599,8 @@ def advise(
         given = [n for n, v in (("--budget", budget), ("--images-available", images_available),
                                 ("--test-level", test_level), ("--store", store_uri)) if v is not None]
         if given:
-            fail(f"{', '.join(given)} only apply to a budget sweep; {output} has no budgets")
+            fail(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to a budget sweep; "
+                 f"{output} has no budgets")
         from lossyvision.report.build import analyse
         from lossyvision.report.cells import ReportError
 
@@ -598,7 +631,7 @@ def advise(
                                model=model, test_level=level, store_uri=store_uri, n_bootstrap=bootstrap,
                                seed=seed)
     except (SpecError, ValueError) as e:
-        fail(str(e))
+        fail(*(error_line(e) or (str(e), 2)))
     typer.echo(format_report(report))
     typer.echo(f"\nwrote {output.rstrip('/')}/scaling_fit.json")
     if report.any_refused:
@@ -648,6 +681,8 @@ def submit(
         except submission.SubmitError as e:
             fail(str(e))
         typer.echo(submission.dump_manifests(docs), nl=False)
+        for warning in submission.local_path_warnings(sweep_file.read_text(encoding="utf-8")):
+            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
         job = docs[-1]["metadata"]
         typer.echo(f"RayJob {job['name']} (namespace {job.get('namespace', 'default')}) and its ConfigMap: "
                    "pipe into `kubectl create -f -`", err=True)

@@ -141,12 +141,15 @@ class _Writer:
 def current_results(output: str) -> tuple[pd.DataFrame, int]:
     """The results rows of the configuration in ``plan.json`` and how many stale rows were left out."""
     from lossyvision.output import OutputError, load_plan
+    from lossyvision.store import DamagedFileError
     from lossyvision.sweep.results import ResultsError, current_rows, read_results
 
     try:
         results = read_results(output)
         grid = load_plan(output)
     except (ResultsError, OutputError) as e:
+        if isinstance(e, DamagedFileError):  # exits 1, as every damaged file does
+            raise
         raise ReportError(str(e)) from None
     current = current_rows(results, [c.key for c in grid.cells])
     return current, len(results) - len(current)
