@@ -230,9 +230,9 @@ def _results_sections(output: str, writer: _Writer, info: SweepInfo, keep_fracti
         "codec's baseline cell (trained and tested at its most faithful levels: JPEG XL distance 0, a quality "
         "codec's highest quality; named in each title), averaged over repeats, "
         "with its 95% interval (a bootstrap over the test images, and over repeats when there are any, paired with "
-        "the baseline on the same resampled images). Hollow dashed circles: the interval contains 100%, so the "
-        "drop cannot be told from zero. The colour scale is symmetric around 100%. The background is a 2-D linear "
-        "interpolation of the circles (scipy griddata, method 'linear'). Axes: mean DCR against the original files; "
+        "the baseline on the same resampled images). Pale dashed circles: the interval contains 100%, so the "
+        "drop cannot be told from zero. The colour scale is symmetric around 100%. The faded background is a 2-D "
+        "linear interpolation between the circles (scipy griddata, method 'linear'), never measured. Axes: mean DCR against the original files; "
         "the levels (distances) are marked on the top and right."))
     groups = heatmap_groups(rel)
     several = len({g[3] for g in groups}) > 1
