@@ -636,7 +636,7 @@ def _sync_report_files(output: str) -> None:
 def summary_lines(outcome: SweepOutcome) -> list[str]:
     """What to tell the user at the end: the answer first, then where the results are."""
     from lossyvision.store import join
-    from lossyvision.sweep.tracking import ui_command
+    from lossyvision.sweep.tracking import UI_FIRST_STEPS, ui_command
 
     lines = list(outcome.verdict) + list(outcome.registered)
     if lines:
@@ -657,6 +657,7 @@ def summary_lines(outcome: SweepOutcome) -> list[str]:
         lines.append(f"report: {outcome.report}")
     if outcome.tracking_ok:
         lines.append(f"MLflow: {ui_command(outcome.tracking_uri, outcome.experiment_id)}")
+        lines.append(f"  {UI_FIRST_STEPS}")
     else:
         lines.append(f"MLflow was unreachable ({outcome.tracking_error}); once it is back: "
                      f"lossyvision sweep sync {outcome.output}")
