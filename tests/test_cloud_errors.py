@@ -27,6 +27,8 @@ COMMANDS = {
     "compress csv": ["compress", "--kind", "csv", "--source", "s3://my-bucket/lists/products.csv", "--out", "OUT"],
     "inspect webdataset": ["inspect", "s3://my-bucket/shards", "--kind", "webdataset"],
     "inspect --sweep": ["inspect", "--sweep", "sweeps/csv-list.yaml"],
+    "status": ["sweep", "status", "s3://my-bucket/runs/products"],
+    "advise": ["advise", "s3://my-bucket/runs/products"],
 }
 
 

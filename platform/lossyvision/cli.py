@@ -1,8 +1,9 @@
 """The ``lossyvision`` command line. Each command is a thin shell over a module function.
 
 Every refusal is one line on stderr (``error: ...``) and a non-zero exit, never a traceback:
-2 for a problem with the command line or a sweep file, 1 for one met while running (a damaged
-file, a busy output, an OS error, which names its path).
+2 for a problem with the command line, a sweep file or an input (a cloud URL without credentials,
+unreachable, denied or without its bucket: :mod:`lossyvision.cloud`), 1 for one met while running
+(a damaged file lossyvision wrote, whichever it is; a busy output; an OS error, which names its path).
 """
 
 from __future__ import annotations
@@ -592,7 +593,8 @@ def advise(
     from lossyvision.units import parse_bytes
 
     try:
-        budgets = raw_sweep(output).get("budgets")
+        with clean_errors():
+            budgets = raw_sweep(output).get("budgets")
     except (SpecError, OutputError) as e:
         fail(str(e))
     if not budgets:
@@ -722,6 +724,14 @@ def main() -> None:
         code = app(standalone_mode=False, prog_name="lossyvision")
     except (typer.Exit, typer.Abort):
         raise
+    except Exception as e:  # a cloud URL's error met outside a command's own handling: one line too
+        from lossyvision.cloud import cloud_error
+
+        cloud = cloud_error(e)
+        if cloud is None:
+            raise
+        typer.secho(f"error: {cloud}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
     except typer.TyperException as e:  # typer's own click: usage errors, bad parameters
         ctx = getattr(e, "ctx", None)
         if type(e).__name__ == "NoArgsIsHelpError":  # its help was printed when it was made
