@@ -125,6 +125,19 @@ def refuse_sweep_file(output: str, command: str) -> None:
     fail(f"{output} is a sweep file; `{command}` takes its output folder{where}")
 
 
+@contextlib.contextmanager
+def resumable_interrupt() -> Iterator[None]:
+    """Ctrl-C: stop the local Ray this command started (all its processes) and say how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from lossyvision.runners.cluster import stop_after_interrupt
+
+        stop_after_interrupt()
+        typer.echo("\ninterrupted; rerun the same command to resume (images already compressed are kept)", err=True)
+        raise typer.Exit(130) from None
+
+
 # --- demo data ----------------------------------------------------------------------------------
 @app.command("demo-data", epilog="Example: lossyvision demo-data data/demo")
 def demo_data(
@@ -212,67 +225,60 @@ def compress(
     from lossyvision.places import check_place
     from lossyvision.spec import check_grid, load_sweep
 
-    try:
-        with clean_errors():
+    with clean_errors(), resumable_interrupt():
+        if sweep_file is not None:
+            given = given_options(ctx, _SWEEP_FILE_SETS)
+            if given:
+                fail(f"{', '.join(given)} cannot be combined with a sweep file (set them in the file)")
+            sweep = load_sweep(sweep_file)
+            check_grid(sweep, yes, source=str(sweep_file))
+            store_uri = sweep.store_uri
+        else:
+            if not source or not out:
+                fail("give --source DIR and --out DIR, or a sweep file")
+            try:
+                parsed_levels = job.parse_levels(levels)
+                quality_sample = job.parse_quality_sample(quality_sample)
+                shard_bytes = job.parse_shard_size(shard_size)
+                png_count = job.parse_png_sample(png_sample)
+                job.validate(job.CompressOptions(  # codec, levels in its range, options: before anything is written
+                    codec=codec, codec_options={} if effort is None else {"effort": effort}, levels=parsed_levels,
+                    on_error=on_error, max_pixels=max_pixels, quality_metric=quality_metric,
+                    quality_sample=quality_sample, animated=animated, layout=layout, shard_size=shard_bytes,
+                    png_sample=png_count))
+                dataset_options = parse_options(option)
+                DATASETS.get(dataset)  # an unknown kind lists the known ones, before the store is locked
+            except (job.CompressError, ValueError, KeyError) as exc:
+                fail(str(exc))
+            if allow_outside_symlinks:
+                dataset_options["allow_outside_symlinks"] = True
+            from lossyvision.datasets._files import require_dir, require_file
+
+            try:
+                check_place(out, "store")
+            except ValueError as exc:
+                fail(f"--out: {exc}")
+            try:
+                one_file = dataset == "csv" or source.lower().endswith((".csv", ".jsonl", ".tar", ".parquet"))
+                (require_file if one_file else require_dir)("--source", source)  # before the store is locked
+            except ValueError as exc:
+                fail(str(exc))
+            store_uri = out
+        job.check_store_place(store_uri)
+        with writer_lock(store_uri, "lossyvision compress", log=lambda msg: typer.echo(msg, err=True)):
             if sweep_file is not None:
-                given = given_options(ctx, _SWEEP_FILE_SETS)
-                if given:
-                    fail(f"{', '.join(given)} cannot be combined with a sweep file (set them in the file)")
-                sweep = load_sweep(sweep_file)
-                check_grid(sweep, yes, source=str(sweep_file))
-                store_uri = sweep.store_uri
+                jobs = job.sweep_job_args(sweep)  # one job per codec of the sweep
             else:
-                if not source or not out:
-                    fail("give --source DIR and --out DIR, or a sweep file")
-                try:
-                    parsed_levels = job.parse_levels(levels)
-                    quality_sample = job.parse_quality_sample(quality_sample)
-                    shard_bytes = job.parse_shard_size(shard_size)
-                    png_count = job.parse_png_sample(png_sample)
-                    job.validate(job.CompressOptions(  # codec, levels in its range, options: before anything is written
-                        codec=codec, codec_options={} if effort is None else {"effort": effort}, levels=parsed_levels,
-                        on_error=on_error, max_pixels=max_pixels, quality_metric=quality_metric,
-                        quality_sample=quality_sample, animated=animated, layout=layout, shard_size=shard_bytes,
-                        png_sample=png_count))
-                    dataset_options = parse_options(option)
-                    DATASETS.get(dataset)  # an unknown kind lists the known ones, before the store is locked
-                except (job.CompressError, ValueError, KeyError) as exc:
-                    fail(str(exc))
-                if allow_outside_symlinks:
-                    dataset_options["allow_outside_symlinks"] = True
-                from lossyvision.datasets._files import require_dir, require_file
+                jobs = [{"source": source, "store_uri": out, "dataset": dataset, "codec": codec,
+                         "codec_options": {} if effort is None else {"effort": effort},
+                         "levels": parsed_levels, "on_error": on_error, "max_pixels": max_pixels,
+                         "quality_metric": quality_metric, "quality_sample": quality_sample,
+                         "animated": animated, "dataset_options": dataset_options,
+                         "layout": layout, "shard_size": shard_bytes, "png_sample": png_count}]
+            from lossyvision.runners.compress import compress_job
 
-                try:
-                    check_place(out, "store")
-                except ValueError as exc:
-                    fail(f"--out: {exc}")
-                try:
-                    one_file = dataset == "csv" or source.lower().endswith((".csv", ".jsonl", ".tar", ".parquet"))
-                    (require_file if one_file else require_dir)("--source", source)  # before the store is locked
-                except ValueError as exc:
-                    fail(str(exc))
-                store_uri = out
-            job.check_store_place(store_uri)
-            with writer_lock(store_uri, "lossyvision compress", log=lambda msg: typer.echo(msg, err=True)):
-                if sweep_file is not None:
-                    jobs = job.sweep_job_args(sweep)  # one job per codec of the sweep
-                else:
-                    jobs = [{"source": source, "store_uri": out, "dataset": dataset, "codec": codec,
-                             "codec_options": {} if effort is None else {"effort": effort},
-                             "levels": parsed_levels, "on_error": on_error, "max_pixels": max_pixels,
-                             "quality_metric": quality_metric, "quality_sample": quality_sample,
-                             "animated": animated, "dataset_options": dataset_options,
-                             "layout": layout, "shard_size": shard_bytes, "png_sample": png_count}]
-                from lossyvision.runners.compress import compress_job
-
-                results = [compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
-                           for args in jobs]
-    except KeyboardInterrupt:
-        from lossyvision.runners.cluster import stop_after_interrupt
-
-        stop_after_interrupt()
-        typer.echo("\ninterrupted; rerun the same command to resume (images already compressed are kept)", err=True)
-        raise typer.Exit(130)
+            results = [compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
+                       for args in jobs]
     console = Console()
     if not console.is_terminal:  # logs and CI: don't squeeze the table into 80 columns
         console = Console(width=max(console.width, 110))
@@ -724,14 +730,6 @@ def main() -> None:
         code = app(standalone_mode=False, prog_name="lossyvision")
     except (typer.Exit, typer.Abort):
         raise
-    except Exception as e:  # a cloud URL's error met outside a command's own handling: one line too
-        from lossyvision.cloud import cloud_error
-
-        cloud = cloud_error(e)
-        if cloud is None:
-            raise
-        typer.secho(f"error: {cloud}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
     except typer.TyperException as e:  # typer's own click: usage errors, bad parameters
         ctx = getattr(e, "ctx", None)
         if type(e).__name__ == "NoArgsIsHelpError":  # its help was printed when it was made
@@ -744,6 +742,14 @@ def main() -> None:
         hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
         typer.secho(f"error: {message}{hint}", fg=typer.colors.RED, err=True)
         sys.exit(getattr(e, "exit_code", 2))
+    except Exception as e:  # a cloud URL's error met outside a command's own handling: one line too
+        from lossyvision.cloud import cloud_error
+
+        cloud = cloud_error(e)
+        if cloud is None:
+            raise
+        typer.secho(f"error: {cloud}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 
 
