@@ -20,6 +20,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	@test -f $(DEMO_DATA)/README.md || $(BIN)/lossyvision demo-data $(DEMO_DATA)
 	$(BIN)/lossyvision sweep run sweeps/demo.yaml
+	@echo "lossyvision is in $(BIN)/: run 'source $(BIN)/activate' to put it on your PATH (then: lossyvision --help)"
 
 ## All tests: fast unit tests, then the Ray end-to-end tiers.
 test: $(STAMP)

@@ -113,3 +113,22 @@ def test_cli_demo_data(tmp_path):
     (tmp_path / "x" / "other.txt").write_text("keep")
     bad = runner.invoke(app, ["demo-data", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "not empty" in bad.output and "Traceback" not in bad.output
+
+
+def test_the_readme_states_the_demos_real_image_and_class_counts(demo):
+    """The README's `demo-data` line is what the command builds: it drifted once (468 vs 1,260)."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    line = next(ln for ln in readme.splitlines() if ln.startswith("lossyvision demo-data data/demo"))
+    found = re.search(r"#\s*([\d,]+) real-photo crops, (\d+) classes", line)
+    assert found, line
+    _, summary = demo
+    assert int(found.group(1).replace(",", "")) == sum(summary.images(s) for s in summary.counts)
+    assert int(found.group(2)) == len(summary.classes)
+
+
+def test_make_demo_ends_by_saying_how_to_get_the_command_on_the_path():
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text(encoding="utf-8")
+    demo = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert demo.strip().splitlines()[-1].lstrip("\t@").startswith("echo") and "source $(BIN)/activate" in demo

@@ -199,4 +199,4 @@ def test_advise_prints_the_verdict_of_a_sweep_without_budgets(tmp_path):
     only = CliRunner().invoke(app, ["advise", str(out), "--model", "vit"])
     assert only.exit_code == 0 and "cnn" not in only.output and "Store" in only.output
     refused = CliRunner().invoke(app, ["advise", str(out), "--budget", "1GB"])
-    assert refused.exit_code == 2 and "only apply to a budget sweep" in refused.output
+    assert refused.exit_code == 2 and "--budget only applies to a budget sweep" in refused.output

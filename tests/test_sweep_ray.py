@@ -103,8 +103,8 @@ def check_mlflow(uri: str, experiment: str, output: Path | None = None, verdict:
         assert set(contexts) == {("train", "training"), ("test", "evaluation")} and len(c.inputs.dataset_inputs) == 3
         if identities:
             assert contexts[("train", "training")] == identities[key]["train_rows"]
-        assert sorted(m.step for m in client.get_metric_history(rid, "test/top1")) == [0, 1]
-        assert sorted(m.step for m in client.get_metric_history(rid, "test/dcr")) == [0, 1]
+        assert sorted(m.step for m in client.get_metric_history(rid, "by_test_level/top1")) == [0, 1]
+        assert sorted(m.step for m in client.get_metric_history(rid, "by_test_level/dcr")) == [0, 1]
         assert "cells.json" in [a.path for a in client.list_artifacts(rid)]
     assert "sweep.yaml" in [a.path for a in client.list_artifacts(pid)]
     if verdict:

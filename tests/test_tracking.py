@@ -191,9 +191,18 @@ def test_trial_run_holds_model_inputs_series_cells_and_source_tags(backend, tmp_
     assert "s3://bucket/store/jpegxl-2" in sources["jpegxl-2 train"]
 
     # Test metrics as series over the sorted test levels (0, 2, 5 -> steps 0, 1, 2), per level, and the table.
-    top1 = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test/top1"))
+    top1 = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "by_test_level/top1"))
     assert top1 == [(0, 0.8), (1, 0.7), (2, 0.4)]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/dcr")] != []
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "by_test_level/dcr")] != []
+    levels = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "by_test_level/level"))
+    assert levels == [(0, 0.0), (1, 2.0), (2, 5.0)]  # the x-axis that turns steps into distances
+    assert "test/top1" not in run.data.metrics  # no series whose last step reads as "the" accuracy
+
+    # The logged model carries the trial's metrics: every test level's and the last epoch's.
+    model_metrics = {m.key: m.value for m in client.get_logged_model(model_id).metrics}
+    assert model_metrics["test/top1/d0"] == 0.8 and model_metrics["test/top1/d5"] == 0.4
+    assert model_metrics["train/loss"] == 1.5
+    assert len(client.get_metric_history(run.info.run_id, "test/top1/d0")) == 1  # linked, not logged twice
     assert run.data.metrics["test/top1/d5"] == 0.4 and run.data.tags["lossyvision.test_levels"] == "0,2,5"
     cells = t.cells_table(run.info.run_id)
     assert len(cells) == 6 and set(cells.columns) >= {"test_level", "test_dcr", "value", "ci_low", "ci_high", "rel"}
@@ -214,7 +223,7 @@ def test_trial_run_holds_model_inputs_series_cells_and_source_tags(backend, tmp_
     assert log_trial_fully(again, "s3://bucket/store", model) == model_id
     run2 = client.get_run(again.child_run(KEY))
     assert run2.info.run_id == run.info.run_id and len(run2.outputs.model_outputs) == 1
-    assert len(client.get_metric_history(run.info.run_id, "test/top1")) == 3
+    assert len(client.get_metric_history(run.info.run_id, "by_test_level/top1")) == 3
     assert len(run2.inputs.dataset_inputs) == 2 and len(again.cells_table(run.info.run_id)) == 6
 
 
@@ -275,7 +284,9 @@ def test_ui_command_opens_the_runs_page():
 def test_series_follow_the_sorted_test_levels_and_cells_keep_intervals():
     rows = results_rows()
     series = eval_series_of(rows, [5.0, 0.0, 2.0])
-    assert series["test/top1"] == {0: 0.8, 1: 0.7, 2: 0.4} and series["test/dcr"] == {0: -0.05, 1: 0.5, 2: 0.8}
+    assert series["by_test_level/top1"] == {0: 0.8, 1: 0.7, 2: 0.4}
+    assert series["by_test_level/dcr"] == {0: -0.05, 1: 0.5, 2: 0.8}
+    assert series["by_test_level/level"] == {0: 0.0, 1: 2.0, 2: 5.0}
     assert ladder_text([5, 0.5, 0]) == "0,0.5,5"
     table = cells_table_of(rows)
     assert list(table["test_level"]) == [0.0, 0.0, 2.0, 2.0, 5.0, 5.0] and "ci_low" in table.columns
@@ -343,3 +354,12 @@ def test_a_copied_output_logs_into_its_own_artifacts_never_the_original(tmp_path
     assert copy.client.get_experiment(copy.experiment_id()).artifact_location == (moved / "mlartifacts").as_uri()
     # a store outside the output is not this output's to rewrite
     assert relocate_artifacts(moved_uri, str(tmp_path / "elsewhere")) == 0
+
+
+def test_the_sweep_summary_says_where_to_click_first_in_mlflow():
+    from lossyvision.sweep.run import SweepOutcome, summary_lines
+
+    lines = summary_lines(SweepOutcome(output="runs/demo", trials=4, cells=16, tracking_uri="http://mlflow:5000",
+                                       experiment_id="3"))
+    at = next(i for i, line in enumerate(lines) if line.startswith("MLflow: open http://mlflow:5000/#/experiments/3"))
+    assert "expand the sweep's run" in lines[at + 1] and "by_test_level/level" in lines[at + 1]

@@ -102,6 +102,8 @@ def load_inputs(output: str, store_uri: str | None = None) -> tuple[pd.DataFrame
     try:  # only the rows of the sweep's current configuration, never an edited sweep's stale ones
         results = current_rows(read_results(output), [c.key for c in load_plan(output).cells])
     except (OutputError, ResultsError) as e:
+        if isinstance(e, store.DamagedFileError):  # exits 1, as every damaged file does
+            raise
         raise ValueError(str(e)) from None
     sweep_path = store.join(output, SWEEP_NAME)
     if not store.exists(sweep_path):

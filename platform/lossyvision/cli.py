@@ -1,8 +1,9 @@
 """The ``lossyvision`` command line. Each command is a thin shell over a module function.
 
 Every refusal is one line on stderr (``error: ...``) and a non-zero exit, never a traceback:
-2 for a problem with the command line or a sweep file, 1 for one met while running (a damaged
-file, a busy output, an OS error, which names its path).
+2 for a problem with the command line, a sweep file or an input (a cloud URL without credentials,
+unreachable, denied or without its bucket: :mod:`lossyvision.cloud`), 1 for one met while running
+(a damaged file lossyvision wrote, whichever it is; a busy output; an OS error, which names its path).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Iterator, Literal, Optional
 import typer
 
 from lossyvision import __version__
+from lossyvision.cloud import cloud_error
 from lossyvision.codecs import CODECS
 from lossyvision.datasets import DATASETS
-from lossyvision.datasets._files import require_dir
+from lossyvision.datasets._files import require_dir, require_file
 from lossyvision.inspect import inspect_dataset, render
 from lossyvision.lock import LockHeld, writer_lock
 from lossyvision.places import check_output_files, check_place
@@ -49,26 +51,44 @@ def os_error_line(exc: OSError) -> str:
     return f"{where}: {what}" if where else f"{type(exc).__name__}: {what}"
 
 
-@contextlib.contextmanager
-def clean_errors() -> Iterator[None]:
-    """Turn the errors a user can meet into one line: bad files and options (2), busy places,
-    damaged files and OS errors (1). Anything else is a bug and keeps its traceback."""
+def error_line(exc: BaseException) -> tuple[str, int] | None:
+    """The one line and exit code for an error a user can meet, or None for a bug (keeps its traceback).
+
+    2: a bad command line, sweep file or input (a cloud URL that cannot be reached or read included);
+    1: met while running: a busy place, a damaged file lossyvision wrote (any of them: sweep copy,
+    state, manifest, results), an OS error naming its path.
+    """
     from lossyvision.compress import CompressError  # lazy: loads pandas; --help stays fast
     from lossyvision.output import OutputError  # lazy: loads pandas; --help stays fast
     from lossyvision.report.cells import ReportError  # lazy: loads pandas; --help stays fast
     from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
     from lossyvision.sweep.results import ResultsError  # lazy: loads pyarrow; --help stays fast
 
+    cloud = cloud_error(exc)
+    if cloud is not None:
+        return str(cloud), 2
+    if isinstance(exc, (CompressError, LockHeld, DamagedFileError)):
+        return str(exc), 1
+    if isinstance(exc, (SpecError, OutputError, ResultsError, ReportError)):
+        return str(exc), 2
+    if isinstance(exc, OSError):
+        return os_error_line(exc), 1
+    return None
+
+
+@contextlib.contextmanager
+def clean_errors() -> Iterator[None]:
+    """Turn the errors a user can meet into one line (:func:`error_line`). Anything else is a bug
+    and keeps its traceback."""
     try:
         yield
     except (typer.Exit, typer.Abort, typer.TyperException):
         raise
-    except (SpecError, OutputError, ResultsError, ReportError) as exc:
-        fail(str(exc))
-    except (CompressError, LockHeld, DamagedFileError) as exc:
-        fail(str(exc), code=1)
-    except OSError as exc:
-        fail(os_error_line(exc), code=1)
+    except Exception as exc:
+        found = error_line(exc)
+        if found is None:
+            raise
+        fail(*found)
 
 
 def _version(value: bool) -> None:
@@ -89,6 +109,35 @@ def check_output(output: str) -> None:
     """Commands that read an output first check its small files read back (one line if not)."""
     with clean_errors():
         check_output_files(output)
+
+
+def refuse_sweep_file(output: str, command: str) -> None:
+    """A sweep file given where an output folder belongs: say so, and name the file's output."""
+    import os
+
+    if "://" in str(output) or not os.path.isfile(output) or not str(output).endswith((".yaml", ".yml")):
+        return
+    import yaml
+
+    try:
+        named = yaml.safe_load(Path(output).read_text(encoding="utf-8")).get("output")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        named = None
+    where = f", here {named}" if isinstance(named, str) else ""
+    fail(f"{output} is a sweep file; `{command}` takes its output folder{where}")
+
+
+@contextlib.contextmanager
+def resumable_interrupt() -> Iterator[None]:
+    """Ctrl-C: stop the local Ray this command started (all its processes) and say how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from lossyvision.runners.cluster import stop_after_interrupt
+
+        stop_after_interrupt()
+        typer.echo("\ninterrupted; rerun the same command to resume (images already compressed are kept)", err=True)
+        raise typer.Exit(130) from None
 
 
 # --- demo data ----------------------------------------------------------------------------------
@@ -177,7 +226,7 @@ def compress(
     from lossyvision.preflight import load_checked  # lazy: loads pydantic; --help stays fast
     from lossyvision.spec import check_grid  # lazy: loads pydantic; --help stays fast
 
-    with clean_errors():
+    with clean_errors(), resumable_interrupt():
         if sweep_file is not None:
             given = given_options(ctx, _SWEEP_FILE_SETS)
             if given:
@@ -209,7 +258,8 @@ def compress(
             except ValueError as exc:
                 fail(f"--out: {exc}")
             try:
-                require_dir("--source", source)  # before the store is locked (and so created)
+                one_file = dataset == "csv" or source.lower().endswith((".csv", ".jsonl", ".tar", ".parquet"))
+                (require_file if one_file else require_dir)("--source", source)  # before the store is locked
             except ValueError as exc:
                 fail(str(exc))
             store_uri = out
@@ -239,12 +289,20 @@ def compress(
     rows = pd.concat([r.manifest for r in results], ignore_index=True)
     for line in job.describe_failures(rows, store_uri):
         typer.echo(line)
-    typer.echo(f"manifest: {store_uri}/manifest.parquet ({len(rows)} rows; {sum(r.done for r in results)} run now, "
-               f"{sum(r.skipped for r in results)} already done); summary.csv beside it")
+    typer.echo(manifest_line(store_uri, results, len(rows)))
     from lossyvision.manifest import STATUS_OK  # lazy: loads pandas; --help stays fast
 
     if len(rows) and not (rows["status"] == STATUS_OK).any():
         fail("no image could be compressed (every row failed; reasons above)", code=1)
+
+
+def manifest_line(store_uri: str, results: list, rows: int) -> str:
+    """Where the manifest is and what it holds: this run's rows, and the store's when it holds more
+    (another codec or other levels compressed into the same store)."""
+    total = max([r.store_rows or 0 for r in results] + [rows])
+    held = f"{rows} rows" if total == rows else f"{total} rows, {rows} of them this command's codec and levels"
+    return (f"manifest: {store_uri}/manifest.parquet ({held}; {sum(r.done for r in results)} run now, "
+            f"{sum(r.skipped for r in results)} already done); summary.csv beside it")
 
 
 # --- sweeps -------------------------------------------------------------------------------------
@@ -320,6 +378,7 @@ def sweep_status(output: str = typer.Argument(..., help="The sweep's output fold
     from lossyvision.output import load_output_sweep, load_plan  # lazy: loads pandas; --help stays fast
     from lossyvision.sweep.status import grid_status, render_status, stale_entries  # lazy: loads pandas; --help stays fast
 
+    refuse_sweep_file(output, "sweep status")
     check_output(output)
     with clean_errors():
         sweep = load_output_sweep(output)
@@ -332,19 +391,17 @@ def sweep_status(output: str = typer.Argument(..., help="The sweep's output fold
 @sweep_app.command("sync", epilog="Example: lossyvision sweep sync runs/demo")
 def sweep_sync(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
     """Push results missing from MLflow (after an outage) to the tracking server."""
-    from lossyvision.output import OutputError  # lazy: loads pandas; --help stays fast
-    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
-    from lossyvision.sweep.results import ResultsError  # lazy: loads pyarrow; --help stays fast
     from lossyvision.sweep.run import sync_output  # lazy: loads pandas; --help stays fast
 
     check_output(output)
     try:
         sync_output(output, echo=typer.echo)
-    except (SpecError, DamagedFileError, OutputError, ResultsError) as e:
-        fail(str(e))
-    except OSError as e:
-        fail(os_error_line(e), code=1)
+    except (typer.Exit, typer.Abort):
+        raise
     except Exception as e:  # the server is still down: say so, no traceback
+        found = error_line(e)
+        if found is not None:
+            fail(*found)
         fail(f"cannot reach MLflow: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", code=1)
 
 
@@ -406,12 +463,17 @@ def inspect_command(
             fail("give a DATASET root (and --kind), or --sweep FILE")
         result = inspect_dataset(kind, dataset, options, codec=codec, codec_options=codec_options, levels=ladder,
                                  sample=sample, limit=limit, max_pixels=max_pixels)
+    except (typer.Exit, typer.Abort):
+        raise
     except (SpecError, job.CompressError, ValueError, ImportError) as e:
         fail(str(e))
     except KeyError as e:  # an unknown kind or codec: the registry lists the known names
         fail(str(e).strip("'\""))
-    except OSError as e:
-        fail(f"{type(e).__name__}: {e}", code=1)
+    except Exception as e:  # noqa: BLE001 - a cloud client's error is one line; anything else a bug
+        found = error_line(e)
+        if found is None:
+            raise
+        fail(*found)
     if as_json:
         typer.echo(json.dumps(_finite(result.to_dict()), indent=1))
     else:
@@ -544,14 +606,16 @@ def advise(
     from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
 
     try:
-        budgets = raw_sweep(output).get("budgets")
+        with clean_errors():
+            budgets = raw_sweep(output).get("budgets")
     except (SpecError, OutputError) as e:
         fail(str(e))
     if not budgets:
         given = [n for n, v in (("--budget", budget), ("--images-available", images_available),
                                 ("--test-level", test_level), ("--store", store_uri)) if v is not None]
         if given:
-            fail(f"{', '.join(given)} only apply to a budget sweep; {output} has no budgets")
+            fail(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to a budget sweep; "
+                 f"{output} has no budgets")
         from lossyvision.report.build import analyse  # lazy: loads pandas; --help stays fast
         from lossyvision.report.cells import ReportError  # lazy: loads pandas; --help stays fast
 
@@ -592,7 +656,7 @@ def advise(
                                model=model, test_level=level, store_uri=store_uri, n_bootstrap=bootstrap,
                                seed=seed)
     except (SpecError, ValueError) as e:
-        fail(str(e))
+        fail(*(error_line(e) or (str(e), 2)))
     typer.echo(format_report(report))
     typer.echo(f"\nwrote {output.rstrip('/')}/scaling_fit.json")
     if report.any_refused:
@@ -642,6 +706,8 @@ def submit(
         except submission.SubmitError as e:
             fail(str(e))
         typer.echo(submission.dump_manifests(docs), nl=False)
+        for warning in submission.local_path_warnings(sweep_file.read_text(encoding="utf-8")):
+            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
         job = docs[-1]["metadata"]
         typer.echo(f"RayJob {job['name']} (namespace {job.get('namespace', 'default')}) and its ConfigMap: "
                    "pipe into `kubectl create -f -`", err=True)
@@ -693,6 +759,14 @@ def main() -> None:
         hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
         typer.secho(f"error: {message}{hint}", fg=typer.colors.RED, err=True)
         sys.exit(getattr(e, "exit_code", 2))
+    except Exception as e:  # a cloud URL's error met outside a command's own handling: one line too
+        from lossyvision.cloud import cloud_error
+
+        cloud = cloud_error(e)
+        if cloud is None:
+            raise
+        typer.secho(f"error: {cloud}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 
 

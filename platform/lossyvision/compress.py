@@ -163,13 +163,19 @@ def _now() -> str:
 
 def output_names(relpaths: Iterable[str], extension: str) -> dict[str, str]:
     """``relpath -> output relpath``; sources that would share one (``a.jpg``, ``a.png``) keep
-    their extension (``a.jpg.jxl``, ``a.png.jxl``) so that no output overwrites another."""
+    their extension (``a.jpg.jxl``, ``a.png.jxl``) so that no output overwrites another. So does a
+    source whose output would be a folder another output lies in (``y.png`` beside a folder
+    ``y.jxl/``): whatever the order, every image gets a place."""
     relpaths = list(relpaths)
     plain = {r: store.output_relpath(r, extension) for r in relpaths}
     counts: dict[str, int] = {}
+    folders: set[str] = set()
     for name in plain.values():
         counts[name.lower()] = counts.get(name.lower(), 0) + 1  # lower: case-insensitive disks
-    return {r: (name if counts[name.lower()] == 1 else r + extension) for r, name in plain.items()}
+        parts = name.lower().split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return {r: (name if counts[name.lower()] == 1 and name.lower() not in folders else r + extension)
+            for r, name in plain.items()}
 
 
 #: ``write(level_relpath, data) -> output_path``: puts one output where the layout wants it.
@@ -529,6 +535,7 @@ class JobResult:
     done: int                # work items run now
     skipped: int             # (image, level) pairs already done
     not_read: list = field(default_factory=list)  # dataset files not read, with the reason (skipped.csv)
+    store_rows: int | None = None  # rows of the store's whole manifest (other codecs and levels too)
 
 
 SKIPPED_NAME = "skipped.csv"
@@ -733,7 +740,7 @@ def _run_job_locked(records: Sequence[Record], source_root: str, store_uri: str,
                 & full["relpath"].isin(relpaths)].reset_index(drop=True)
     table = summarize(mine)
     write_summary(store_uri, summarize(full))  # the store's summary: every codec and level it holds
-    return JobResult(manifest=mine, summary=table, done=done, skipped=skipped)
+    return JobResult(manifest=mine, summary=table, done=done, skipped=skipped, store_rows=len(full))
 
 
 def check_layout(store_uri: str, existing: pd.DataFrame, layout: str) -> None:
@@ -908,6 +915,8 @@ def parse_levels(text: str) -> tuple[float, ...]:
         raise CompressError(f"--levels: expected numbers separated by commas, got {text!r}") from None
     if not all(math.isfinite(x) for x in levels):
         raise CompressError(f"--levels: levels must be finite numbers, got {text!r}")
+    if any(x < 0 for x in levels):
+        raise CompressError(f"--levels: levels must be >= 0, got {text!r}")
     if len(set(levels)) != len(levels):
         raise CompressError(f"--levels: a level is given twice in {text!r}")
     return levels

@@ -64,6 +64,11 @@ class LevelEstimate:
     store_bytes: int             # estimated bytes of this level for the whole dataset
     seconds_per_megapixel: float  # encode time on this machine, one core
 
+    @property
+    def dcr_vs_source(self) -> float:
+        """Data compression rate, 1 - compressed / source: what `compress` and the report print."""
+        return 1.0 - self.ratio_vs_source
+
 
 @dataclass
 class Estimate:
@@ -97,9 +102,14 @@ class Inspection:
     bad: list[dict[str, str]]
     estimate: Estimate | None
     seconds: float
+    limit: int | None = None     # --limit: images read per split (the counts are of a partial read)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.estimate is not None:
+            for row, level in zip(out["estimate"]["levels"], self.estimate.levels):
+                row["dcr_vs_source"] = level.dcr_vs_source
+        return out
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -296,7 +306,7 @@ def inspect_dataset(kind: str, root: str, options: dict[str, Any] | None = None,
         side_histogram=histogram([max(f.width, f.height) for f in good], SIDE_EDGES),
         resolutions=resolution_summary(good),
         bad=[{"relpath": f.relpath, "split": f.split, "reason": f.error or ""} for f in facts if f.error is not None],
-        estimate=estimate, seconds=time.perf_counter() - started)
+        estimate=estimate, seconds=time.perf_counter() - started, limit=limit)
 
 
 # --- printing --------------------------------------------------------------------------------------
@@ -332,7 +342,9 @@ def render(ins: Inspection) -> str:
     width = max([len(c) for c in ins.classes] + [5])
     for split, t in ins.splits.items():
         imb = "n/a" if t["imbalance"] is None else f"{t['imbalance']:.2f}"
-        lines.append(f"  {split}: {t['images']} images ({t['bad']} bad), imbalance {imb} (largest / smallest class)")
+        of = (f"largest / smallest class of the {ins.limit} per split read (--limit): a partial read, not the data's"
+              if ins.limit is not None else "largest / smallest class")
+        lines.append(f"  {split}: {t['images']} images ({t['bad']} bad), imbalance {imb} ({of})")
         per = t["per_class"]
         shown = list(per.items()) if len(per) <= 30 else sorted(per.items(), key=lambda kv: -kv[1])[:30]
         for name, n in shown:
@@ -372,11 +384,12 @@ def render(ins: Inspection) -> str:
         lines.append("")
         lines.append(f"estimated store ({e.codec}{' ' + opts if opts else ''}; from {len(e.sample)} sample "
                      f"image(s) encoded on this machine)")
-        lines.append(f"  {'level':>6} {'vs source':>10} {'per image':>10} {'store':>10} {'s/MP':>7}")
+        lines.append(f"  {'level':>6} {'DCR':>10} {'per image':>10} {'store':>10} {'s/MP':>7}")
         for lv in e.levels:
-            lines.append(f"  {format_level(lv.level):>6} {lv.ratio_vs_source:>10.3f} {size(lv.bytes_per_image):>10} "
+            lines.append(f"  {format_level(lv.level):>6} {lv.dcr_vs_source:>10.3f} {size(lv.bytes_per_image):>10} "
                          f"{size(lv.store_bytes):>10} {lv.seconds_per_megapixel:>7.3f}")
-        lines.append(f"  all levels: {size(e.store_bytes)} (sources: {size(ins.source_bytes)})")
+        lines.append(f"  all levels: {size(e.store_bytes)} (sources: {size(ins.source_bytes)}); DCR = 1 - compressed "
+                     "/ source bytes (negative: larger than the source)")
         lines.append(f"  compression time: {_duration(e.wall_seconds)} on this machine's {e.cpus} CPU(s) "
                      f"({_duration(e.cpu_seconds)} of CPU)")
         for rel, why in e.failed.items():

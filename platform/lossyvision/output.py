@@ -93,7 +93,11 @@ def _read_sweep_copy(output: str) -> tuple[str, Any]:
     check_format(output)
     uri = path(output, SWEEP_COPY)
     if not store.exists(uri):
-        raise SpecError(f"{uri} does not exist: is {output} the output folder of a sweep run?")
+        from lossyvision.cloud import check_reachable
+
+        check_reachable(uri)  # a remote output that cannot be reached says so, not "does not exist"
+        raise SpecError(f"{uri} does not exist{store.relative_hint(output)}: is {output} the output folder of a "
+                        "sweep run?")
     try:
         return uri, yaml.safe_load(store.read_bytes(uri).decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:

@@ -24,7 +24,7 @@ from typing import Any
 from lossyvision.datasets import DATASETS
 from lossyvision.places import check_output_files, check_place, check_store_files
 from lossyvision.spec import SpecError, Sweep, load_sweep
-from lossyvision.store import DamagedFileError, is_remote
+from lossyvision.store import DamagedFileError, is_remote, relative_hint
 
 #: The class names a model is built with to check its options and architecture.
 PROBE_CLASSES = ["class-0", "class-1"]
@@ -59,7 +59,7 @@ def dataset_problems(sweep: Sweep) -> list[str]:
     if is_remote(root):
         return []
     if not os.path.exists(root):
-        return [f"dataset.root: {root} does not exist"]
+        return [f"dataset.root: {root} does not exist{relative_hint(root)}"]
     if not os.path.isdir(root):
         if not DATASETS.get(kind).root_may_be_file:
             return [f"dataset.root: {root} is not a folder (a {kind} root is the folder holding the images)"]

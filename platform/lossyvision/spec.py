@@ -694,6 +694,19 @@ class Sweep(_Strict):
         raise KeyError(f"unknown model {name!r}; sweep has: {[m.name for m in self.models]}")
 
 
+def _did_you_mean(name: str) -> str:
+    """``; did you mean train_levels?`` for a near miss of a field of any sweep-file section, else ""."""
+    import difflib
+
+    fields = {f for m in _section_models() for f in m.model_fields}
+    close = difflib.get_close_matches(name, sorted(fields), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _section_models() -> list[type[BaseModel]]:
+    return [v for v in globals().values() if isinstance(v, type) and issubclass(v, BaseModel) and v is not BaseModel]
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     """One ``field.path: problem`` line per pydantic error."""
     lines = []
@@ -703,7 +716,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
         for lead in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(lead)
         if e["type"] == "extra_forbidden":
-            msg = "unknown field"
+            msg = "unknown field" + _did_you_mean(str(e["loc"][-1]))
         elif e["type"] == "missing":
             msg = "is required"
         elif e["type"] == "too_long":
@@ -819,6 +832,19 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return where + " ".join(str(problem).split())
 
 
+def _quote_hint(text: str, err: yaml.YAMLError) -> str:
+    """A hint to quote ``${VAR}`` when the line the YAML error points at has one unquoted: inside a
+    ``{...}`` mapping its braces are YAML syntax."""
+    mark = getattr(err, "problem_mark", None)
+    lines = text.splitlines()
+    if mark is None or not 0 <= mark.line < len(lines):
+        return ""
+    ref = re.search(r"(?<![\"'])\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}", lines[mark.line])
+    if ref is None:
+        return ""
+    return f' (quote values with ${{...}} inside {{...}}, e.g. "{ref.group(0)}")'
+
+
 def parse_yaml_text(data: bytes, source: str) -> Any:
     """UTF-8 YAML bytes -> Python data, or :class:`SpecError` with one line saying why not."""
     if len(data) > MAX_FILE_BYTES:
@@ -834,7 +860,7 @@ def parse_yaml_text(data: bytes, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise SpecError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
+        raise SpecError(f"{source}: not valid YAML: {_yaml_problem(e)}{_quote_hint(text, e)}") from None
     except RecursionError:
         raise SpecError(f"{source}: not valid YAML: nested too deeply") from None
 

@@ -76,7 +76,15 @@ def absolute(uri: str) -> str:
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem and in-filesystem path for a local path or URI."""
+    """The fsspec filesystem and in-filesystem path for a local path or URI.
+
+    A remote URL is recorded (:func:`lossyvision.cloud.remember`), so that a cloud client's error
+    met next can be told as one line naming it.
+    """
+    if is_remote(uri):
+        from lossyvision.cloud import remember
+
+        remember(str(uri))
     fs, path = fsspec.core.url_to_fs(str(uri))
     return fs, path
 
@@ -88,6 +96,14 @@ def join(base: str, *parts: str) -> str:
         scheme, rest = base.split("://", 1)
         return f"{scheme}://" + posixpath.join(rest, *parts)
     return os.path.join(base, *parts)
+
+
+def relative_hint(uri: str) -> str:
+    """`` (relative paths resolve against the current folder, /x/y)`` for a relative local path, else ""."""
+    uri = str(uri)
+    if is_remote(uri) or uri.startswith("file://") or os.path.isabs(os.path.expanduser(uri)):
+        return ""
+    return f" (relative paths resolve against the current folder, {os.getcwd()})"
 
 
 def exists(uri: str) -> bool:

@@ -117,6 +117,27 @@ def check_sweep_file(path: str | os.PathLike[str], yes: bool = False) -> str:
 _CLUSTER_ONLY = ("dataset.root:", "output:", "store:", "models.0.checkpoint:")
 
 
+def local_path_warnings(sweep_text: str) -> list[str]:
+    """Warnings for the sweep's local paths (dataset root, output, store): a cluster's pods see only what
+    their image or volumes hold, and a relative path resolves against the job's working folder there."""
+    try:
+        data = yaml.safe_load(sweep_text) or {}
+    except yaml.YAMLError:
+        return []
+    if not isinstance(data, dict):
+        return []
+    dataset = data.get("dataset") if isinstance(data.get("dataset"), dict) else {}
+    out = []
+    for field, value in (("dataset.root", dataset.get("root")), ("output", data.get("output")),
+                         ("store", data.get("store"))):
+        if not isinstance(value, str) or "://" in value:
+            continue
+        kind = "a relative local path" if not os.path.isabs(value) else "a local path"
+        out.append(f"{field}: {value} is {kind}: the cluster's pods do not see this machine's files; use an "
+                   "s3:// (or gs://) URI, or a volume the overlay mounts at that path")
+    return out
+
+
 def short_id(length: int = 6) -> str:
     """Random lowercase letters and digits (36**6, about 2e9, values for the default length)."""
     return "".join(secrets.choice(_ID_CHARS) for _ in range(length))

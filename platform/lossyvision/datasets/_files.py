@@ -16,7 +16,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from lossyvision.store import file_kind, filesystem, is_remote, join, local_path, read_bytes
+from lossyvision.store import file_kind, filesystem, is_remote, join, local_path, read_bytes, relative_hint
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -58,18 +58,37 @@ def unsupported(relpaths: list[str]) -> list[Skipped]:
             for r in relpaths if not is_image(r)]
 
 
+def not_found(kind: str, uri: str) -> ValueError:
+    """``KIND: URI not found``, once a remote URL is known to be reachable and allowed (else the
+    :class:`~lossyvision.cloud.CloudError` saying why it is not); a relative path says what it is
+    relative to."""
+    from lossyvision.cloud import check_reachable
+
+    check_reachable(uri)
+    return ValueError(f"{kind}: {uri} not found{relative_hint(uri)}")
+
+
 def require_dir(kind: str, uri: str) -> None:
     """Raise a clear ``ValueError`` unless ``uri`` is an existing folder (or prefix on a store)."""
     fs, path = filesystem(uri)
     if not fs.isdir(path):
-        problem = "is not a folder" if fs.exists(path) else "not found"
-        raise ValueError(f"{kind}: {uri} {problem}")
+        if not fs.exists(path):
+            raise not_found(kind, uri)
+        raise ValueError(f"{kind}: {uri} is not a folder")
+
+
+#: What a kind that reads one file calls it, for "is a folder, not ...".
+FILE_KINDS = {"csv": "a CSV or JSON-lines list (give the .csv or .jsonl file)",
+              "webdataset": "a .tar shard", "hf": "a Parquet file"}
 
 
 def require_file(kind: str, uri: str) -> None:
+    """Raise a clear ``ValueError`` unless ``uri`` is an existing file."""
     fs, path = filesystem(uri)
     if not fs.isfile(path):
-        raise ValueError(f"{kind}: {uri} not found")
+        if fs.isdir(path):
+            raise ValueError(f"{kind}: {uri} is a folder, not {FILE_KINDS.get(kind, 'a file')}")
+        raise not_found(kind, uri)
 
 
 def scan(kind: str, root: str, sub: str = "", *, allow_outside_symlinks: bool = False) -> Listing:

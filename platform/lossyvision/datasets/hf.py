@@ -135,7 +135,9 @@ class HFDatasetReader(ScannedReader):
     def _single_file(self) -> bool:
         fs, path = filesystem(self.root)
         if not fs.exists(path):
-            raise ValueError(f"hf: {self.root} not found")
+            from lossyvision.datasets._files import not_found
+
+            raise not_found("hf", self.root)
         return bool(fs.isfile(path))
 
     @functools.cached_property

@@ -119,7 +119,9 @@ class WebDatasetReader(ScannedReader):
         if self.root.lower().endswith(".tar"):
             fs, path = filesystem(self.root)
             if not fs.isfile(path):
-                raise ValueError(f"webdataset: {self.root} not found")
+                from lossyvision.datasets._files import not_found
+
+                raise not_found("webdataset", self.root)
             return [posixpath.basename(path)]
         require_dir("webdataset", self.root)
         files = self.list_files()

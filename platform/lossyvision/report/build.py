@@ -34,6 +34,7 @@ from lossyvision.report.rate import bd_table, describe_bd, plot_rate_accuracy, r
 from lossyvision.report.samples import plot_samples
 from lossyvision.report.verdict import decisions, verdict_lines, verdict_records, verdicts
 from lossyvision.seeding import derive_seed
+from lossyvision.store import DamagedFileError
 from lossyvision.spec import arms_from, originals_of
 from lossyvision.sweep.plan import bits_per_pixel, ok_rows
 from lossyvision.sweep.results import ResultsError, current_rows, read_results
@@ -154,6 +155,8 @@ def current_results(output: str) -> tuple[pd.DataFrame, int]:
         results = read_results(output)
         grid = load_plan(output)
     except (ResultsError, OutputError) as e:
+        if isinstance(e, DamagedFileError):  # exits 1, as every damaged file does
+            raise
         raise ReportError(str(e)) from None
     current = current_rows(results, [c.key for c in grid.cells])
     return current, len(results) - len(current)
@@ -238,9 +241,10 @@ def _results_sections(output: str, writer: _Writer, info: SweepInfo, keep_fracti
         "codec's highest quality; named in each title), averaged over repeats, "
         f"with its {100 * info.confidence:g}% interval (a bootstrap over the test images, paired with the baseline on "
         "the same resampled images; for models trained away from the baseline's level, widened by the spread "
-        "between training runs). Hollow dashed circles: the interval contains 100%, so the "
-        "drop cannot be told from zero. The colour scale is symmetric around 100%. The background is a 2-D linear "
-        "interpolation of the circles (scipy griddata, method 'linear'). Axes: mean DCR against the original files; "
+        "between training runs). Pale dashed circles: the interval contains 100%, so the "
+        "drop cannot be told from zero. The colour scale is symmetric around 100%. The faded background is a 2-D "
+        "linear interpolation between the circles (scipy griddata, method 'linear'), never measured. Axes: mean DCR "
+        "against the original files; "
         "the levels (distances) are marked on the top and right."))
     groups = heatmap_groups(rel)
     several = len({g[3] for g in groups}) > 1

@@ -1,10 +1,10 @@
-"""The study's relative-performance heatmap: train DCR x test DCR, observed cells as circles over a
-2-D linear interpolation (``scipy.interpolate.griddata``, method 'linear') of the same cells.
+"""The study's relative-performance heatmap: train DCR x test DCR, measured cells as circles over a
+faded 2-D linear interpolation (``scipy.interpolate.griddata``, method 'linear') of the same cells.
 
 Noise must not look like structure: the colour scale is diverging and symmetric around 100 %, at
 least ±``MIN_SPAN`` points wide (a 1-point wobble stays pale), every circle is labelled with its
 value and 95 % interval, and circles whose interval contains 100 % (a drop not distinguishable from
-zero) are drawn hollow with a dashed edge.
+zero) are drawn pale with a dashed edge. Everything is in percent; a negative DCR gets a line saying why.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ def _level_ticks(ax_secondary, positions: np.ndarray, levels: np.ndarray, axis: 
     table = pd.DataFrame({"pos": positions, "level": levels}).groupby("level")["pos"].mean().sort_index()
     labels = [f"{lv:g}" for lv in table.index]
     if axis == "x":
-        ax_secondary.set_xticks(table.to_numpy(), labels, rotation=90, fontsize=7)
+        ax_secondary.set_xticks(table.to_numpy(), labels, fontsize=10)
     else:
-        ax_secondary.set_yticks(table.to_numpy(), labels, fontsize=7)
+        ax_secondary.set_yticks(table.to_numpy(), labels, fontsize=10)
 
 
 MIN_SPAN = 10.0  # percentage points either side of 100 that the colour scale always covers
@@ -78,17 +78,42 @@ def indistinguishable(cells: pd.DataFrame) -> np.ndarray:
     return np.isfinite(lo) & np.isfinite(hi) & (lo <= 100.0) & (hi >= 100.0)
 
 
+def negative_dcr_note(cells: pd.DataFrame, noun: str = "level") -> str:
+    """A line explaining the negative DCRs of ``cells`` (train or test), or "" when there are none."""
+    parts = []
+    for which in ("train", "test"):
+        if f"{which}_dcr" not in cells.columns:
+            continue
+        neg = cells[cells[f"{which}_dcr"].astype(float) < 0]
+        if len(neg):
+            levels = ", ".join(f"{lv:g}" for lv in sorted(set(neg[f"{which}_level"].astype(float))))
+            parts.append(f"{which} {noun} {levels}")
+    if not parts:
+        return ""
+    return (f"DCR < 0 at {' and '.join(parts)}: the compressed files are larger than the originals "
+            "(re-encoding small or already compressed images, such as JPEGs, can grow them)")
+
+
+def _as_percent(value: float) -> str:
+    """A metric that is a fraction (accuracy, IoU, mAP) in percent; anything else as it is."""
+    return f"{100 * value:.1f} %" if 0.0 <= value <= 1.0 else f"{value:.4g}"
+
+
 def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget: int = -1, codec: str | None = None,
                           axis: str = "dcr", resolution: int = 200) -> bytes:
     """One (model, metric[, budget][, codec]) heatmap as PNG bytes; ``rel`` comes from ``relative_cells``.
 
     A codec's grid: models trained on it, tested on it (cross-codec cells are in the rate figures).
+    Measured cells are large circles labelled with their value; the background between them is a
+    faded interpolation (never measured), and the legend sits below the axes, off the data.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     cells = rel[(rel["model"] == model) & (rel["metric"] == metric) & (rel["budget"] == budget)]
     if "codec" in cells.columns:
@@ -105,39 +130,61 @@ def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget:
     cmap = "RdBu"
     same = indistinguishable(cells)
 
-    fig, ax = plt.subplots(figsize=(7.8, 6.4), constrained_layout=True)
-    pad_x = 0.04 * (np.ptp(x) or 1.0)
-    pad_y = 0.04 * (np.ptp(y) or 1.0)
+    fig, ax = plt.subplots(figsize=(9.0, 7.6), constrained_layout=True)
+    pad_x = 0.12 * (np.ptp(x) or 1.0)
+    pad_y = 0.10 * (np.ptp(y) or 1.0)
     gx, gy = np.meshgrid(np.linspace(x.min(), x.max(), resolution), np.linspace(y.min(), y.max(), resolution))
     background = interpolate(x, y, v, gx, gy)
-    if np.isfinite(background).any():
-        ax.pcolormesh(gx, gy, np.ma.masked_invalid(background), cmap=cmap, norm=norm, shading="auto", alpha=0.85)
-    ax.scatter(x[~same], y[~same], c=v[~same], cmap=cmap, norm=norm, s=110, edgecolors="black",
-                    linewidths=0.8, zorder=3)
-    if same.any():
-        ax.scatter(x[same], y[same], facecolors="none", edgecolors="black", linewidths=1.0, linestyles="--",
-                   s=110, zorder=3, label="interval contains 100%: not distinguishable from the baseline")
-        ax.legend(loc="lower left", fontsize=7, framealpha=0.85)
+    faded = np.isfinite(background).any()
+    if faded:  # faded: it is a guess between measured cells, never a measurement
+        ax.pcolormesh(gx, gy, np.ma.masked_invalid(background), cmap=cmap, norm=norm, shading="auto", alpha=0.3,
+                      linewidth=0, rasterized=True)
+    ax.scatter(x[~same], y[~same], c=v[~same], cmap=cmap, norm=norm, s=340, edgecolors="black",
+               linewidths=1.2, zorder=3)
+    ax.scatter(x[same], y[same], c=v[same], cmap=cmap, norm=norm, s=340, edgecolors="black", linewidths=1.2,
+               linestyles="--", alpha=0.55, zorder=3)
     lows, highs = cells["rel_low"].to_numpy(float), cells["rel_high"].to_numpy(float)
     if len(cells) <= 49:
+        middle = (y.min() + y.max()) / 2
         for xx, yy, vv, l, h in zip(x, y, v, lows, highs):
             label = f"{vv:.1f}" + (f"\n[{l:.1f}, {h:.1f}]" if np.isfinite(l) and np.isfinite(h) else "")
-            ax.annotate(label, (xx, yy), textcoords="offset points", xytext=(0, 9), ha="center",
-                        fontsize=6, zorder=4, linespacing=0.95)
+            above = yy <= middle or np.ptp(y) == 0  # top-row labels go below: off the level ticks
+            ax.annotate(label, (xx, yy), textcoords="offset points", xytext=(0, 13 if above else -13),
+                        ha="center", va="bottom" if above else "top", fontsize=9, zorder=4, linespacing=1.0,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
     ax.set_xlim(x.min() - pad_x, x.max() + pad_x)
     ax.set_ylim(y.min() - pad_y, y.max() + pad_y)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    note = negative_dcr_note(cells, noun) if axis == "dcr" else ""
+    ax.set_xlabel(xlabel, fontsize=11)
+    ax.set_ylabel(ylabel, fontsize=11)
+    ax.tick_params(labelsize=10)
     top = ax.secondary_xaxis("top")
     _level_ticks(top, x, cells["train_level"].to_numpy(float), "x")
-    top.set_xlabel(f"train {noun}", fontsize=8)
+    top.tick_params(labelsize=10, labelrotation=0)
+    top.set_xlabel(f"train {noun}", fontsize=10)
     right = ax.secondary_yaxis("right")
     _level_ticks(right, y, cells["test_level"].to_numpy(float), "y")
-    right.set_ylabel(f"test {noun}", fontsize=8)
+    right.tick_params(labelsize=10)
+    right.set_ylabel(f"test {noun}", fontsize=10)
     from matplotlib.cm import ScalarMappable
 
-    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
-    cbar.set_label(f"{metric} relative to baseline (%), scale symmetric around 100")
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02, shrink=0.9)
+    cbar.set_label(f"{metric}, % of the baseline (scale symmetric around 100 %)", fontsize=10)
+    grey = "#bbbbbb"
+    handles = [Line2D([], [], marker="o", ls="", ms=13, mfc=grey, mec="black", mew=1.2,
+                      label="measured cell: % of baseline [95 % interval]"),
+               Line2D([], [], marker="o", ls="", ms=13, mfc=grey, mec="black", mew=1.2, alpha=0.55,
+                      label="measured, interval contains 100 %: not distinguishable from the baseline")]
+    if faded:
+        handles.append(Patch(facecolor=grey, alpha=0.3, label="faded background: interpolated between "
+                                                               "measured cells, not measured"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=1, fontsize=9, frameon=False)
+    if note:  # under the DCR axis's label, in the layout (so the legend moves down for it)
+        import textwrap
+
+        fig.canvas.draw()  # places the axis label the note hangs from
+        ax.annotate(textwrap.fill(note, 95), xy=(0.5, 0.0), xycoords=ax.xaxis.label, xytext=(0, -4),
+                    textcoords="offset points", ha="center", va="top", fontsize=9, style="italic")
     first = cells.iloc[0]
     base_train, base_test, base = first["baseline_train_level"], first["baseline_test_level"], first["baseline"]
     repeats = int(cells["n"].max())
@@ -145,12 +192,12 @@ def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget:
     base_row = cells[(cells["train_level"] == base_train) & (cells["test_level"] == base_test)]
     base_ci = ""
     if len(base_row) and np.isfinite(base_row["ci_low"].iloc[0]):
-        base_ci = f" [{base_row['ci_low'].iloc[0]:.4g}, {base_row['ci_high'].iloc[0]:.4g}]"
+        base_ci = f" [{_as_percent(base_row['ci_low'].iloc[0])}, {_as_percent(base_row['ci_high'].iloc[0])}]"
     codec_txt = f" on {codec}" if codec else ""
-    ax.set_title(f"{model} — {metric}{codec_txt}{budget_txt}: % of baseline (train {noun} {base_train:g}, "
-                 f"test {noun} {base_test:g}) = {base:.4g}{base_ci}"
-                 + (f"; mean of {repeats} repeats" if repeats > 1 else "")
-                 + "\nlabels: value [95% interval], paired with the baseline", fontsize=9)
+    ax.set_title(f"{model} — {metric}{codec_txt}{budget_txt}: each cell in % of the baseline\n"
+                 f"baseline (train {noun} {base_train:g}, test {noun} {base_test:g}): {metric} "
+                 f"{_as_percent(float(base))}{base_ci}" + (f", mean of {repeats} repeats" if repeats > 1 else ""),
+                 fontsize=11)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

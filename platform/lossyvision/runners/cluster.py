@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 _STOP_AT_EXIT = None  # shutdown_ray, once registered with atexit
+_STARTED_LOCAL = False  # this process started (or was starting) a local cluster
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -32,6 +33,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
         ray.init(address=address, **options)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        global _STARTED_LOCAL
+        _STARTED_LOCAL = True  # before ray.init: Ctrl-C may come while it starts the processes
         options.setdefault("_system_config", {"worker_niceness": 0})
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
                  include_dashboard=False, **options)
@@ -100,6 +103,44 @@ def shutdown_ray() -> None:
         return
     kill_processes(_local_autoscaler_monitors())
     ray.shutdown()
+
+
+def stop_after_interrupt() -> None:
+    """After Ctrl-C: stop the local Ray this process started, and every Ray process of its group.
+
+    Ctrl-C reaches the whole foreground process group: the raylet may die at once, and the agents
+    it started (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``), orphaned, linger for about a
+    minute. They stay in this process's group, so they are found there and killed. A joined cluster
+    is only disconnected from.
+    """
+    import ray
+
+    local = _STARTED_LOCAL
+    if ray.is_initialized():
+        try:
+            shutdown_ray()
+        except Exception:  # noqa: BLE001 - half-stopped by the signal: the sweep below finishes the job
+            pass
+    if local:
+        kill_processes(group_ray_processes())
+
+
+def group_ray_processes() -> list:
+    """The Ray processes (``ray::...``, raylet, gcs_server, Ray's Python helpers) in this process's group."""
+    import psutil
+
+    group = os.getpgid(0)
+    found = []
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            if proc.pid == os.getpid() or os.getpgid(proc.pid) != group:
+                continue
+            words = " ".join([proc.info["name"] or "", *(proc.info["cmdline"] or ())])
+            if "ray::" in words or "raylet" in words or "gcs_server" in words or "/ray/" in words:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
 
 
 def kill_processes(procs: list, timeout: float = 2) -> None:

@@ -226,9 +226,13 @@ def render_preview(p: Preview) -> list[str]:
         if c.objects is not None and c.to_compress:
             todo += f", in about {c.objects:,} shards"
         lines.append(f"  {c.codec}: {c.images:,} images x {len(c.levels)} levels: {todo}")
-    lines.append(f"writes: about {_size(p.bytes_to_write())} in {p.files_to_write():,} files "
-                 f"(compressed images, {p.trials_todo} checkpoints of {_size(p.checkpoint_bytes)}, "
-                 f"{p.cells_todo} predictions files, the results and the report)")
+    if p.files_to_write() == 0:
+        lines.append("writes: nothing new: every image is compressed and every trial and evaluation is done "
+                     "(`sweep run` would only rebuild the report)")
+    else:
+        lines.append(f"writes: about {_size(p.bytes_to_write())} in {p.files_to_write():,} files "
+                     f"(compressed images, {p.trials_todo} checkpoints of {_size(p.checkpoint_bytes)}, "
+                     f"{p.cells_todo} predictions files, the results and the report)")
     lines += p.scale
     lines += [f"note: {n}" for n in p.notes]
     return lines

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from lossyvision.store import atomic_write_bytes, exists, join, read_bytes
+from lossyvision.store import DamagedFileError, atomic_write_bytes, exists, join, read_bytes
 
 #: Columns that identify a row.
 KEY = ("cell_id", "metric")
@@ -74,6 +74,10 @@ class ResultsError(ValueError):
     """``results.parquet`` cannot be used (damaged, or from an older lossyvision); the message says what to do."""
 
 
+class DamagedResultsError(ResultsError, DamagedFileError):
+    """``results.parquet`` is damaged: exits 1 like every other damaged file lossyvision wrote."""
+
+
 def results_path(output: str) -> str:
     return join(str(output), RESULTS_NAME)
 
@@ -95,7 +99,7 @@ def read_results(output: str):
     try:
         table = pq.read_table(io.BytesIO(read_bytes(path)))
     except (pa.ArrowException, OSError) as e:
-        raise ResultsError(f"{path} is damaged ({str(e).splitlines()[0][:200]}); delete it and rerun "
+        raise DamagedResultsError(f"{path} is damaged ({str(e).splitlines()[0][:200]}); delete it and rerun "
                            "`lossyvision sweep run`: trained models are kept and only the evaluations rerun") from None
     if (table.schema.metadata or {}).get(FORMAT_KEY) != FORMAT:
         raise ResultsError(f"{path} was written by an earlier lossyvision (rows without configuration hashes); "

@@ -39,7 +39,7 @@ from lossyvision.sweep.results import NO_BUDGET, append_results, current_rows, r
 from lossyvision.sweep.status import DONE, FAILED, RUNNING, SweepState, stale_entries
 from lossyvision.sweep.tracking import (
     DatasetRef, absolute_tracking_uri, cells_table_of, eval_metric_name, eval_metrics_of, eval_series_of,
-    ladder_text, log_report_artifacts, tracker_for, trial_params, ui_command)
+    UI_FIRST_STEPS, ladder_text, log_report_artifacts, tracker_for, trial_params, ui_command)
 from lossyvision.sweep.trials import drop_progress, finished_keys, read_manifest, read_meta
 
 log = logging.getLogger(__name__)
@@ -647,6 +647,7 @@ def summary_lines(outcome: SweepOutcome) -> list[str]:
         lines.append(f"report: {outcome.report}")
     if outcome.tracking_ok:
         lines.append(f"MLflow: {ui_command(outcome.tracking_uri, outcome.experiment_id)}")
+        lines.append(f"  {UI_FIRST_STEPS}")
     else:
         lines.append(f"MLflow was unreachable ({outcome.tracking_error}); once it is back: "
                      f"lossyvision sweep sync {outcome.output}")

@@ -10,12 +10,17 @@ its parent.
 What a trial's run holds: its params and per-epoch ``train/*`` metrics; its trained model
 (``mlflow.pytorch.log_model``, a signature and an input example, as a LoggedModel of the run); its
 training data as a dataset input (source: the store's level, digest: the manifest rows it trained
-on) and its test levels as evaluation inputs; test metrics twice: as series (``test/top1`` with
-step = the test level's index in the sweep's sorted test levels, and ``test/dcr`` at the same
-steps, so the UI draws accuracy against test distance), and as ``test/top1/d2`` (one number per
-level: MLflow's runs table, sorting and parallel-coordinates plots show one value per metric, the
-latest step of a series, so comparing trials at one test distance needs a name per level); and a
-``cells`` table (``cells.json``: level, DCR, value and intervals per cell). The parent run holds
+on) and its test levels as evaluation inputs; test metrics twice: as ``test/top1/d2`` (one number
+per level, grouped by the UI under ``test/top1``: MLflow's runs table, sorting and
+parallel-coordinates plots show one value per metric, so comparing trials at one test distance
+needs a name per level), and as series named for their x-axis, ``by_test_level/top1``,
+``by_test_level/dcr`` and ``by_test_level/level`` (the distance itself), with step = the test
+level's index in the sweep's sorted test levels (the ``lossyvision.test_levels`` tag): a line chart
+of ``by_test_level/top1`` with the metric ``by_test_level/level`` (or ``/dcr``) as its x-axis draws
+accuracy against distance (or DCR). No metric is named plainly ``test/top1``: a series' last step
+(the most compressed level) would read as "the" accuracy. And a ``cells`` table (``cells.json``:
+level, DCR, value and intervals per cell). The trial's logged model carries its metrics (the
+per-level test metrics and the last epoch's training metrics). The parent run holds
 the report's verdict (metrics ``verdict/...``, tags, the run description) and the report's files.
 The experiment is tagged ``mlflow.experimentKind = custom_model_development``.
 
@@ -93,12 +98,18 @@ def eval_metric_name(metric: str, test_level: float, codec: str = "jpegxl") -> s
     return f"test/{metric}/{prefix}{letter}{format_level(test_level)}"
 
 
+#: Series over the test levels: the name says what the x-axis is (step = the level's index).
+SERIES_PREFIX = "by_test_level/"
+
+
 def series_name(metric: str) -> str:
-    """``test/top1``: the metric as a series over the test levels (step = the level's index)."""
-    return f"test/{metric}"
+    """``by_test_level/top1``: the metric as a series over the test levels (step = the level's index)."""
+    return f"{SERIES_PREFIX}{metric}"
 
 
-DCR_SERIES = "test/dcr"
+DCR_SERIES = f"{SERIES_PREFIX}dcr"
+#: The test level itself at each step: the x-axis that turns the step (an index) into the distance.
+LEVEL_SERIES = f"{SERIES_PREFIX}level"
 
 
 def train_metric_name(metric: str) -> str:
@@ -112,6 +123,12 @@ def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
         return f"open {tracking_uri.rstrip('/')}{page}"
     command = f"mlflow ui --backend-store-uri {tracking_uri}"
     return f"{command}, then open http://127.0.0.1:5000{page}" if page else command
+
+
+#: Where to click first on the experiment's page (printed under its link; docs/mlflow.md shows it).
+UI_FIRST_STEPS = ("first: expand the sweep's run (the ⊞ beside its name) to list one run per trial, and the "
+                  "chart view shows their curves; in a chart's ⋮ → Configure, X-axis → Metric → "
+                  "by_test_level/level plots a metric against the test distance (docs/mlflow.md)")
 
 
 def safe_name(text: str) -> str:
@@ -345,7 +362,8 @@ class Tracker:
         self._log_new_params(rid, params)
         self._log_history(trial_key, history)
         have = self.client.get_run(rid).data.metrics
-        new = [Metric(k, float(v), _now_ms(), 0) for k, v in test_metrics.items() if k not in have]
+        model_id = self._ready_model(rid) if test_metrics else None  # a logged model carries its metrics
+        new = [Metric(k, float(v), _now_ms(), 0, model_id=model_id) for k, v in test_metrics.items() if k not in have]
         if series and self._series_ladder_ok(rid, trial_key, test_levels):
             for name, points in series.items():
                 logged = {m.step for m in self.client.get_metric_history(rid, name)} if name in have else set()
@@ -502,7 +520,27 @@ class Tracker:
             log.warning("trial %s: its model was not logged to MLflow (%s: %s); the checkpoint is in %s",
                         trial_key, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", self.output)
             return None
+        self._link_metrics(rid, logged.model_id)
         return logged.model_id
+
+    def _link_metrics(self, rid: str, model_id: str) -> None:
+        """Give a logged model its trial's metrics: the per-level test metrics and the last training epoch's.
+
+        Each is sent again with its own timestamp, step and value and the model's id: MLflow links it
+        to the model and keeps one point in the run's history.
+        """
+        from mlflow.entities import Metric
+
+        keys = [k for k in self.client.get_run(rid).data.metrics
+                if (k.startswith("test/") and k.count("/") >= 2) or k.startswith("train/")]
+        linked = []
+        for key in keys:
+            history = self.client.get_metric_history(rid, key)
+            if history:
+                last = max(history, key=lambda m: (m.step, m.timestamp))
+                linked.append(Metric(key, last.value, last.timestamp, last.step, model_id=model_id))
+        for i in range(0, len(linked), 900):
+            self.client.log_batch(rid, metrics=linked[i:i + 900])
 
     def register_model(self, trial_key: str, name: str, tags: Mapping[str, Any] | None = None) -> str | None:
         """Register the trial's logged model as a version of ``name`` (once) with the alias ``recommended``.
@@ -672,7 +710,8 @@ def ladder_text(test_levels: Iterable[float]) -> str:
 
 def eval_series_of(results: pd.DataFrame, test_levels: Iterable[float],
                    codec: str | None = None) -> dict[str, dict[int, float]]:
-    """``test/<metric>`` and ``test/dcr`` -> {step: value}, step = the level's index in the sorted test levels.
+    """``by_test_level/<metric>``, ``/dcr`` and ``/level`` -> {step: value}, step = the level's index in the
+    sorted test levels.
 
     Only the trial's own codec (``codec``) makes the series; cross-codec cells are in the per-level
     metrics and the cells table.
@@ -687,6 +726,7 @@ def eval_series_of(results: pd.DataFrame, test_levels: Iterable[float],
             continue
         step = ladder.index(level)
         series.setdefault(series_name(r.metric), {})[step] = float(r.value)
+        series.setdefault(LEVEL_SERIES, {})[step] = level
         dcr = getattr(r, "test_dcr", None)
         if dcr is not None and _finite(dcr):
             series.setdefault(DCR_SERIES, {})[step] = float(dcr)
