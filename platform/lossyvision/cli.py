@@ -22,6 +22,7 @@ from lossyvision.datasets._files import require_dir, require_file
 from lossyvision.inspect import inspect_dataset, render
 from lossyvision.lock import LockHeld, writer_lock
 from lossyvision.places import check_output_files, check_place
+from lossyvision.runners.cluster import stop_after_interrupt
 from lossyvision.store import DamagedFileError
 from lossyvision.units import parse_bytes
 
@@ -133,8 +134,6 @@ def resumable_interrupt() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        from lossyvision.runners.cluster import stop_after_interrupt
-
         stop_after_interrupt()
         typer.echo("\ninterrupted; rerun the same command to resume (images already compressed are kept)", err=True)
         raise typer.Exit(130) from None
@@ -760,8 +759,6 @@ def main() -> None:
         typer.secho(f"error: {message}{hint}", fg=typer.colors.RED, err=True)
         sys.exit(getattr(e, "exit_code", 2))
     except Exception as e:  # a cloud URL's error met outside a command's own handling: one line too
-        from lossyvision.cloud import cloud_error
-
         cloud = cloud_error(e)
         if cloud is None:
             raise

@@ -8,7 +8,8 @@ a :class:`CloudError`: the URL, what went wrong (no credentials, endpoint unreac
 denied, no such bucket) and which variables to set. It exits 2, like any other bad input.
 
 fsspec's ``exists``/``isfile``/``isdir`` answer False for every error; readers that are about to say
-"not found" for a remote URL call :func:`check_reachable` first, so that "not found" means not found.
+"not found" for a remote URL call :func:`lossyvision.store.check_reachable` first, so that "not found"
+means not found.
 """
 
 from __future__ import annotations
@@ -149,38 +150,3 @@ def cloud_error(exc: BaseException, url: str | None = None) -> CloudError | None
 def _bucket(url: str) -> str | None:
     rest = url.split("://", 1)[1] if "://" in url else ""
     return rest.split("/", 1)[0] or None if _scheme(url) in ("s3", "s3a", "gs", "gcs") else None
-
-
-def check_reachable(uri: str) -> None:
-    """Raise :class:`CloudError` when a remote ``uri`` cannot be reached, is not allowed, or its bucket
-    does not exist; return quietly when it exists or truly is not found (or is local).
-
-    Called just before a reader says "not found": fsspec's ``exists``/``isfile`` hide every error
-    behind False.
-    """
-    from lossyvision.store import filesystem, is_remote
-
-    uri = str(uri)
-    if not is_remote(uri):
-        return
-    try:
-        fs, path = filesystem(uri)
-        try:
-            fs.info(path)
-            return
-        except FileNotFoundError as exc:
-            if classify(exc) is not None:
-                raise
-        bucket = _bucket(uri)
-        if bucket is not None:
-            try:
-                fs.info(bucket)
-            except FileNotFoundError:
-                raise CloudError(message(uri, "bucket", f"no bucket {bucket!r}")) from None
-    except CloudError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - only a cloud client's error is translated; others go on
-        err = cloud_error(exc, uri)
-        if err is None:
-            raise
-        raise err from None

@@ -93,9 +93,7 @@ def _read_sweep_copy(output: str) -> tuple[str, Any]:
     check_format(output)
     uri = path(output, SWEEP_COPY)
     if not store.exists(uri):
-        from lossyvision.cloud import check_reachable
-
-        check_reachable(uri)  # a remote output that cannot be reached says so, not "does not exist"
+        store.check_reachable(uri)  # a remote output that cannot be reached says so, not "does not exist"
         raise SpecError(f"{uri} does not exist{store.relative_hint(output)}: is {output} the output folder of a "
                         "sweep run?")
     try:

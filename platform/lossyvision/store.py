@@ -31,6 +31,8 @@ from pathlib import PurePosixPath
 
 import fsspec
 
+from lossyvision.cloud import CloudError, _bucket, classify, cloud_error, message, remember
+
 MANIFEST_NAME = "manifest.parquet"
 SUMMARY_NAME = "summary.csv"
 
@@ -82,8 +84,6 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     met next can be told as one line naming it.
     """
     if is_remote(uri):
-        from lossyvision.cloud import remember
-
         remember(str(uri))
     fs, path = fsspec.core.url_to_fs(str(uri))
     return fs, path
@@ -312,3 +312,36 @@ def _umask() -> int:
 def size(uri: str) -> int:
     fs, path = filesystem(uri)
     return int(fs.size(path))
+
+
+def check_reachable(uri: str) -> None:
+    """Raise :class:`CloudError` when a remote ``uri`` cannot be reached, is not allowed, or its bucket
+    does not exist; return quietly when it exists or truly is not found (or is local).
+
+    Called just before a reader says "not found": fsspec's ``exists``/``isfile`` hide every error
+    behind False.
+    """
+    uri = str(uri)
+    if not is_remote(uri):
+        return
+    try:
+        fs, path = filesystem(uri)
+        try:
+            fs.info(path)
+            return
+        except FileNotFoundError as exc:
+            if classify(exc) is not None:
+                raise
+        bucket = _bucket(uri)
+        if bucket is not None:
+            try:
+                fs.info(bucket)
+            except FileNotFoundError:
+                raise CloudError(message(uri, "bucket", f"no bucket {bucket!r}")) from None
+    except CloudError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only a cloud client's error is translated; others go on
+        err = cloud_error(exc, uri)
+        if err is None:
+            raise
+        raise err from None

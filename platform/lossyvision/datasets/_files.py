@@ -16,7 +16,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from lossyvision.store import file_kind, filesystem, is_remote, join, local_path, read_bytes, relative_hint
+from lossyvision.store import (check_reachable, file_kind, filesystem, is_remote, join, local_path, read_bytes,
+                               relative_hint)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -62,8 +63,6 @@ def not_found(kind: str, uri: str) -> ValueError:
     """``KIND: URI not found``, once a remote URL is known to be reachable and allowed (else the
     :class:`~lossyvision.cloud.CloudError` saying why it is not); a relative path says what it is
     relative to."""
-    from lossyvision.cloud import check_reachable
-
     check_reachable(uri)
     return ValueError(f"{kind}: {uri} not found{relative_hint(uri)}")
 

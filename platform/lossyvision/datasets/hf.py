@@ -29,7 +29,7 @@ import re
 import threading
 from typing import Any, Sequence
 
-from lossyvision.datasets._files import parse_split_map
+from lossyvision.datasets._files import not_found, parse_split_map
 from lossyvision.datasets._labels import (
     check_column,
     check_options,
@@ -135,8 +135,6 @@ class HFDatasetReader(ScannedReader):
     def _single_file(self) -> bool:
         fs, path = filesystem(self.root)
         if not fs.exists(path):
-            from lossyvision.datasets._files import not_found
-
             raise not_found("hf", self.root)
         return bool(fs.isfile(path))
 

@@ -43,7 +43,7 @@ import re
 import tarfile
 from typing import Any, Sequence
 
-from lossyvision.datasets._files import IMAGE_EXTENSIONS, parse_split_map, require_dir
+from lossyvision.datasets._files import IMAGE_EXTENSIONS, not_found, parse_split_map, require_dir
 from lossyvision.datasets._labels import check_options, parse_classes, resolve_labels
 from lossyvision.datasets.base import (
     DATASETS,
@@ -119,8 +119,6 @@ class WebDatasetReader(ScannedReader):
         if self.root.lower().endswith(".tar"):
             fs, path = filesystem(self.root)
             if not fs.isfile(path):
-                from lossyvision.datasets._files import not_found
-
                 raise not_found("webdataset", self.root)
             return [posixpath.basename(path)]
         require_dir("webdataset", self.root)
