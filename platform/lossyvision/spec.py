@@ -422,6 +422,16 @@ class ReportSpec(_Strict):
         "dcr", description="heatmap axes: mean DCR, or mean achieved quality (needs compress.quality_metric)")
 
 
+class SearchSpec(_Strict):
+    """Adaptive search (``lossyvision.sweep.search``): train only the levels one question's answer needs."""
+
+    question: Literal["matched", "train", "test"]
+    max_trainings: Int | None = Field(None, ge=1, le=10_000, description="budget of trainings per model and codec")
+    margin: Float = Field(1.0, ge=0, le=50, allow_inf_nan=False, description="points above keep to pass exploration")
+    fallbacks: Int = Field(0, ge=0, le=10, description="less compressed levels confirmed after a failed candidate")
+    parallel: Int | None = Field(None, ge=1, le=64, description="levels explored at once; default: the cluster's slots")
+
+
 class EvaluationSpec(_Strict):
     """How test levels stream through evaluation (memory and speed only: never part of a key).
 
@@ -491,6 +501,15 @@ class Sweep(_Strict):
     report: ReportSpec = Field(default_factory=ReportSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     max_failures: Int = _num(2, BOUNDS["max_failures"], description="retries of a failed trial")
+    search: SearchSpec | None = Field(None, description="adaptive search instead of the whole grid")
+
+    @model_validator(mode="after")
+    def _search_fits(self) -> "Sweep":
+        if self.search is not None:
+            from lossyvision.sweep.search import check_search
+
+            check_search(self)
+        return self
 
     @field_validator("name")
     @classmethod
