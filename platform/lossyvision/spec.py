@@ -503,14 +503,6 @@ class Sweep(_Strict):
     max_failures: Int = _num(2, BOUNDS["max_failures"], description="retries of a failed trial")
     search: SearchSpec | None = Field(None, description="adaptive search instead of the whole grid")
 
-    @model_validator(mode="after")
-    def _search_fits(self) -> "Sweep":
-        if self.search is not None:
-            from lossyvision.sweep.search import check_search
-
-            check_search(self)
-        return self
-
     @field_validator("name")
     @classmethod
     def _name_slug(cls, v: str) -> str:
@@ -606,6 +598,14 @@ class Sweep(_Strict):
                     break
         if problems:
             raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _search_fits(self) -> "Sweep":
+        if self.search is not None:
+            from lossyvision.sweep.searchgrid import check_search
+
+            check_search(self)
         return self
 
     # The codecs and the grid they make -----------------------------------------------------
