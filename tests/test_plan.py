@@ -339,3 +339,22 @@ def test_a_trial_run_names_its_data_order_in_mlflow_params(tmp_path):
     assert streamed["data_order"] == "shards" and streamed["shuffle_buffer"] == 64
     shuffled = trial_params(sweep, by_model["b"], None, None)
     assert shuffled["data_order"] == "random" and "shuffle_buffer" not in shuffled
+
+
+def test_seed_spread_adds_repeats_at_its_levels_only_and_keeps_every_other_key(tmp_path):
+    from lossyvision.spec import SpecError, grid_counts, parse_sweep
+
+    plain = grid_of(make_sweep(tmp_path))
+    spread = make_sweep(tmp_path, seed_spread={"levels": [0, 2], "repeats": 3})
+    grid = grid_of(spread)
+    runs = {(t.model, t.train_level): sorted(x.repeat for x in grid.trials
+                                              if (x.model, x.train_level) == (t.model, t.train_level))
+            for t in grid.trials}
+    assert runs[("a", 0.0)] == [0, 1, 2] and runs[("a", 2.0)] == [0, 1, 2] and runs[("a", 1.0)] == [0]
+    assert len(grid.trials) == 2 * (3 + 3 + 1) and grid_counts(spread) == (len(grid.trials), len(grid.cells))
+    # the runs a plain sweep has keep their keys: adding seed_spread only adds trainings
+    assert keys(plain)[0] < keys(grid)[0] and keys(plain)[1] < keys(grid)[1]
+    with pytest.raises(SpecError, match=r"seed_spread.levels: 3 not among the train levels \(0, 1, 2\)"):
+        parse_sweep({**make_sweep(tmp_path).model_dump(mode="json"), "seed_spread": {"levels": [3]}})
+    with pytest.raises(SpecError, match="seed_spread.repeats"):
+        parse_sweep({**make_sweep(tmp_path).model_dump(mode="json"), "seed_spread": {"levels": [0], "repeats": 1}})

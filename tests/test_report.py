@@ -146,11 +146,19 @@ def test_build_report_writes_a_self_contained_page(tmp_path):
     assert html.index("<h2>Verdict</h2>") < html.index("<h2>Relative performance</h2>")
     first_third = html[: len(html) // 3]
     assert "Verdict" in first_third and re.search(r"lower bound \d+\.\d%|cannot tell|Keep the originals", first_third)
-    assert res.verdict and res.verdict[0].startswith("cnn (top1)")
+    # one decision per model first, then the questions per model and metric
+    assert res.verdict and res.verdict[0].startswith("cnn: ") and res.verdict[1].startswith("vit: ")
+    assert "cnn (top1):" in res.verdict
     verdict = pd.read_csv(out / "report" / "verdict.csv")
     assert set(verdict["question"]) == {"matched", "train", "test"} and set(verdict["model"]) == {"vit", "cnn"}
     cells = pd.read_csv(out / "report" / "cells.csv")
-    assert (cells["interval"] == "bootstrap").all() and (cells["rel_interval"] == "paired").all()
+    assert (cells["interval"] == "bootstrap").all()
+    # the cells of models trained at the baseline level are about those models (paired over images and
+    # repeats); every other cell is about models trained at its level: test images plus the seeds' spread
+    at_base = cells["train_level"] == cells["baseline_train_level"]
+    assert (cells.loc[at_base, "rel_interval"] == "paired").all()
+    assert (cells.loc[~at_base, "rel_interval"] == "images+seeds").all() and (cells.loc[~at_base, "spread_df"] > 0).all()
+    assert (cells.loc[~at_base, "rel_low"] <= cells.loc[~at_base, "rel_test_low"] + 1e-9).all()
     assert (cells["ci_low"] <= cells["mean"]).all() and (cells["mean"] <= cells["ci_high"]).all()
     adv = pd.read_csv(out / "report" / "advice.csv")
     assert len(adv) == 2 * 3 and set(adv["model"]) == {"vit", "cnn"}
@@ -186,7 +194,7 @@ def test_cli_report(tmp_path):
     write_results(tmp_path, result_rows(models=("m",), repeats=2))
     runner = CliRunner()
     write_sweep_copy(tmp_path)
-    res = runner.invoke(app, ["report", str(tmp_path), "--keep", "95", "--no-mlflow"])
+    res = runner.invoke(app, ["report", str(tmp_path), "--keep", "95%", "--no-mlflow"])
     assert res.exit_code == 0, res.output
     assert "wrote" in res.output and "index.html" in res.output
     assert "&ge; 95%" in (tmp_path / "report" / "index.html").read_text()

@@ -192,7 +192,8 @@ def test_advise_prints_the_verdict_of_a_sweep_without_budgets(tmp_path):
     result = CliRunner().invoke(app, ["advise", str(out)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == "cnn (top1):" and any(ln.strip().startswith("Store everything at") for ln in lines)
+    assert lines[0].startswith("cnn: ") and "cnn (top1):" in lines  # the decision first, then the questions
+    assert any(ln.strip().startswith("Store everything at") for ln in lines)
     assert any("Serve compressed test data at" in ln for ln in lines)
     assert not (out / "scaling_fit.json").exists() and not (out / "report").exists()  # advice writes nothing
     only = CliRunner().invoke(app, ["advise", str(out), "--model", "vit"])

@@ -440,22 +440,28 @@ def _finite(value):
 
 
 # --- report and analysis -----------------------------------------------------------------------
-@app.command(epilog="Example: lossyvision report runs/demo --keep 98 --no-mlflow")
+@app.command(epilog="Example: lossyvision report runs/demo --keep 0.98 --no-mlflow")
 def report(
     output: str = typer.Argument(..., help="The sweep's output folder."),
-    keep: Optional[float] = typer.Option(
-        None, "--keep", help="Verdict threshold: % of the baseline a level must keep (default: the sweep's "
-                             "report.keep, 99)."),
+    keep: Optional[str] = typer.Option(
+        None, "--keep", help="Verdict threshold: the fraction of the baseline a level must keep, 0.98 or 98% "
+                             "(default: the sweep's report.keep, 0.99)."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the files to the sweep's MLflow run."),
 ) -> None:
     """Draw the study's figures and write OUTPUT/report/index.html; print the verdict."""
     from lossyvision.report.build import build_report
     from lossyvision.report.cells import ReportError
 
+    from lossyvision.spec import parse_keep
+
+    try:
+        keep_fraction = None if keep is None else parse_keep(keep, "--keep")
+    except ValueError as e:
+        fail(str(e))
     check_output(output)
     try:
         with clean_errors():
-            result = build_report(output, keep_fraction=None if keep is None else keep / 100.0)
+            result = build_report(output, keep_fraction=keep_fraction)
     except ReportError as e:
         fail(str(e))
     for line in result.verdict:
@@ -533,6 +539,7 @@ def advise(
     store_uri: Optional[str] = typer.Option(None, "--store", help="Compressed store (default: the sweep's)."),
     bootstrap: int = typer.Option(300, "--bootstrap", min=0, help="Bootstrap refits for the intervals."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the verdicts as data (what OUTPUT/verdict.json holds)."),
 ) -> None:
     """Recommend a compression level: the report's verdict, or for a budget sweep its fitted scaling law.
 
@@ -565,9 +572,19 @@ def advise(
                  (metric is None or v.metric == metric)]
         if not found:
             fail("no verdict: " + ("; ".join(result.notes) or "no results of the current configuration"))
+        if as_json:
+            import json
+
+            from lossyvision.report.verdict import verdict_records
+
+            typer.echo(json.dumps(verdict_records(found), indent=1))
+            return
         for line in result.lines if (model is None and metric is None) else [v.text for v in found]:
             typer.echo(line)
         return
+    if as_json:
+        fail(f"--json prints the verdicts of a sweep without budgets; {output} is a budget sweep (its fit is in "
+             "scaling_fit.json)")
     try:
         budget_bytes = parse_bytes(budget) if budget is not None else None
         if budget_bytes is not None and budget_bytes <= 0:

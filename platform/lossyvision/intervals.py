@@ -128,12 +128,16 @@ def metric_interval(outcomes: Sequence[Outcomes], metric: str, *, confidence: fl
 
 
 def relative_interval(cell: Sequence[Outcomes], baseline: Sequence[Outcomes], metric: str, *,
-                      confidence: float = CONFIDENCE, n_resamples: int = RESAMPLES, seed: int = 0) -> Interval:
+                      confidence: float = CONFIDENCE, n_resamples: int = RESAMPLES, seed: int = 0,
+                      images_only: bool = False) -> Interval:
     """``100 · cell / baseline`` (means over repeats), paired on images and repeats, with its interval.
 
-    ``cell[r]`` and ``baseline[r]`` must be the same repeat. Images are those both have.
+    ``cell[r]`` and ``baseline[r]`` must be the same repeat. Images are those both have. With
+    ``images_only`` the repeats are held fixed (only the test images are resampled) and the cell
+    and the baseline may have different numbers of them: the test images' part of an interval
+    whose training runs' part :mod:`lossyvision.seedspread` adds.
     """
-    if not cell or len(cell) != len(baseline):
+    if not cell or not baseline or (len(cell) != len(baseline) and not images_only):
         raise ValueError(f"{len(cell)} repeats of the cell but {len(baseline)} of the baseline")
     (c, b), n = _aligned([cell, baseline])
     if n == 0:
@@ -143,13 +147,17 @@ def relative_interval(cell: Sequence[Outcomes], baseline: Sequence[Outcomes], me
     estimate = 100.0 * value / base if base else math.nan
 
     def stat(r: np.ndarray, i: np.ndarray) -> np.ndarray:
-        num = _mean_over_drawn(_per_repeat(c, metric, i, n), r)
-        den = _mean_over_drawn(_per_repeat(b, metric, i, n), r)
+        if images_only:
+            num, den = _per_repeat(c, metric, i, n).mean(axis=0), _per_repeat(b, metric, i, n).mean(axis=0)
+        else:
+            num = _mean_over_drawn(_per_repeat(c, metric, i, n), r)
+            den = _mean_over_drawn(_per_repeat(b, metric, i, n), r)
         # A resample where the baseline scores 0 (tiny test sets): the ratio is unbounded (+inf),
         # or, when the cell scores 0 too, no different (100): the interval says so instead of NaN.
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(den > 0, 100.0 * num / np.where(den > 0, den, 1.0), np.where(num > 0, np.inf, 100.0))
 
     cost = max(o.resample_cost for o in (*c, *b)) * 2
-    low, high = _bootstrap(stat, len(c), n, cost, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    low, high = _bootstrap(stat, 1 if images_only else len(c), n, cost, confidence=confidence,
+                           n_resamples=n_resamples, seed=seed)
     return Interval(estimate, low, high, n, len(c), confidence)

@@ -412,14 +412,54 @@ class ResourcesSpec(_Strict):
     eval: Resource = Field(default_factory=Resource)
 
 
+KEEP_RANGE = (0.0, 1.5)
+
+
+def parse_keep(value: Any, name: str = "keep") -> float:
+    """The keep threshold as a fraction of the baseline: ``0.99`` or ``"99%"``; a bare number outside
+    (0, 1.5] (``99``, ``150``) is refused, naming the unit, so 99 is never read as 0.99 %."""
+    text = str(value).strip()
+    try:
+        fraction = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"{name}: {value!r} is not a number; give a fraction of the baseline (0.99) or a "
+                         "percentage (99%)") from None
+    low, high = KEEP_RANGE
+    if not math.isfinite(fraction) or not low < fraction <= high:
+        hint = (f"; for {fraction:g} % write {fraction / 100:g} or {fraction:g}%"
+                if not text.endswith("%") and 1.5 < fraction <= 100 else "")
+        raise ValueError(f"{name}: {text} is not a fraction of the baseline in ({low:g}, {high:g}]{hint}")
+    return fraction
+
+
 class ReportSpec(_Strict):
     """How the report judges and states its numbers (analysis only: never part of a trial's hash)."""
 
-    keep: Float = Field(0.99, gt=0, le=1.5, allow_inf_nan=False, description="fraction of the baseline a level must keep")
+    keep: Float = Field(0.99, description="fraction of the baseline a level must keep (0.99), or a percentage ('99%')")
     confidence: Float = Field(0.95, gt=0.5, lt=1, allow_inf_nan=False, description="two-sided interval level")
     resamples: Int = Field(2000, ge=100, le=100_000, description="bootstrap resamples per interval")
+
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _keep_fraction(cls, v: Any) -> float:
+        if isinstance(v, bool):
+            raise ValueError(f"must be a number, got a boolean ({str(v).lower()})")
+        try:
+            return parse_keep(v, "keep")
+        except ValueError as e:
+            raise ValueError(str(e).removeprefix("keep: ")) from None
     axis: Literal["dcr", "quality"] = Field(
         "dcr", description="heatmap axes: mean DCR, or mean achieved quality (needs compress.quality_metric)")
+
+
+class SeedSpreadSpec(_Strict):
+    """Extra repeats at a few trained levels, whose spread between training runs is pooled for every
+    level (:mod:`lossyvision.seedspread`): the cheap way to make claims about models trained at a
+    level hold across seeds. Usually the baseline and the most compressed level."""
+
+    levels: list[Float] = Field(min_length=1, max_length=BOUNDS["levels"],
+                                description="trained levels that get the extra repeats")
+    repeats: Int = _num(3, (2, BOUNDS["repeats"][1]), description="training runs at each of those levels")
 
 
 class SearchSpec(_Strict):
@@ -483,6 +523,8 @@ class Sweep(_Strict):
     test_levels: list[Float] | None = Field(None, max_length=BOUNDS["levels"])
     models: list[ModelSpec] = Field(max_length=BOUNDS["models"])
     repeats: Int = _num(1, BOUNDS["repeats"])
+    seed_spread: SeedSpreadSpec | None = Field(
+        None, description="more repeats at a few trained levels, to measure the spread between training runs")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     output: str
@@ -566,6 +608,24 @@ class Sweep(_Strict):
         if dupes:
             raise ValueError(f"model names must be unique; repeated: {dupes}")
         return v
+
+    @model_validator(mode="after")
+    def _seed_spread_levels_are_trained(self) -> "Sweep":
+        if self.seed_spread is None:
+            return self
+        trained = {float(lv) for arm in self.arms for lv in arm.train_levels}
+        unknown = [f"{lv:g}" for lv in self.seed_spread.levels if float(lv) not in trained]
+        if unknown:
+            raise ValueError(f"seed_spread.levels: {', '.join(unknown)} not among the train levels "
+                             f"({', '.join(f'{x:g}' for x in sorted(trained))})")
+        return self
+
+    def repeats_at(self, train_level: float) -> int:
+        """Training runs at a train level: ``repeats``, or ``seed_spread.repeats`` at its levels."""
+        spread = self.seed_spread
+        if spread is not None and float(train_level) in {float(x) for x in spread.levels}:
+            return max(self.repeats, spread.repeats)
+        return self.repeats
 
     @model_validator(mode="after")
     def _shard_order_needs_shards(self) -> "Sweep":
@@ -866,8 +926,9 @@ def grid_counts(sweep: Sweep) -> tuple[int, int]:
     for arm in sweep.arms:
         for level in arm.train_levels:
             for budget in budgets:
-                trials += len(sweep.models) * sweep.repeats
-                evaluations += len(sweep.models) * sweep.repeats * len(sweep.test_points(arm.name, level, budget))
+                trials += len(sweep.models) * sweep.repeats_at(level)
+                evaluations += (len(sweep.models) * sweep.repeats_at(level)
+                                * len(sweep.test_points(arm.name, level, budget)))
     return trials, evaluations
 
 

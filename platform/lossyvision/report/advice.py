@@ -30,7 +30,9 @@ def advice_table(rel: pd.DataFrame, keep_fraction: float = 0.99) -> pd.DataFrame
         rel = rel[rel["test_codec"] == rel["codec"]]
     for key, g in rel.groupby(list(GROUP) + ["test_level"], sort=True):
         with_ci = np.isfinite(g["rel_low"].to_numpy(dtype=float))
-        judged = np.where(with_ci, g["rel_low"], g["rel"])
+        judged = np.where(with_ci, g["rel_low"], g["rel"]).astype(float)
+        if "rel_interval" in g.columns:  # a trained level whose seeds' spread is unmeasured cannot be judged
+            judged[(g["rel_interval"] == "seeds not measured").to_numpy()] = math.nan
         ok = g[judged >= threshold - 1e-9]
         order = ok.assign(_dcr=ok["train_dcr"].fillna(-math.inf)).sort_values(["_dcr", "train_level"])
         best = order.iloc[-1] if len(order) else None

@@ -32,6 +32,8 @@ REPORT_DIR = "report"
 INDEX_NAME = "index.html"
 SENSITIVITY_DIR = "sensitivity"
 RESULTS_NAME = "results.parquet"
+#: The verdicts as data (one object per model, metric and question), beside results.parquet.
+VERDICT_JSON = "verdict.json"
 SWEEP_COPY_NAME = "sweep.yaml"
 
 
@@ -203,7 +205,8 @@ def analyse(output: str, keep_fraction: float | None = None, info: SweepInfo | N
     if rel.empty:
         notes.append("No group has a non-zero baseline value.")
         return empty
-    return Analysis(rel, verdicts(rel, keep, headline_only=False, order=info.codecs), keep, notes)
+    return Analysis(rel, verdicts(rel, keep, headline_only=False, order=info.codecs, confidence=info.confidence),
+                    keep, notes)
 
 
 def _results_sections(output: str, writer: _Writer, info: SweepInfo, keep_fraction: float,
@@ -216,18 +219,26 @@ def _results_sections(output: str, writer: _Writer, info: SweepInfo, keep_fracti
         return [], [Section("Relative performance", text=result.notes[-1] if result.notes else "No results.")], result
     verdict_sections = []
     if found:
-        writer.table("verdict.csv", pd.DataFrame([v.__dict__ for v in found]))
+        writer.table("verdict.csv", pd.DataFrame([{k: v for k, v in x.__dict__.items() if k != "levels"}
+                                                  for x in found]))
+        write_verdict_json(output, found)
+        writer.tables.append(store.join(output, VERDICT_JSON))
+        spreads = sorted({str(s) for s in rel.get("spread", pd.Series(dtype=str)).dropna() if s})
         verdict_sections.append(Section(
             "Verdict", text=(f"Keep threshold {100 * keep_fraction:g}% of the baseline; "
-                             f"{100 * info.confidence:g}% intervals (bootstrap over test images and repeats, paired "
-                             "with the baseline)."),
-            tables_html=[verdict_html(found)]))
+                             f"{100 * info.confidence:g}% intervals. Claims about models trained at a level "
+                             "(store everything, store training data) add the spread between training runs to the "
+                             "test images' paired bootstrap interval, with a t quantile; the model trained at the "
+                             "baseline's level (serve compressed test data) is judged on its test images. "
+                             + (f"Spread: {'; '.join(spreads)}." if spreads else "")),
+            tables_html=[decisions_html(found), verdict_html(found)]))
     heat = Section("Relative performance", text=(
         "Each circle is an observed (train level, test level) cell of one codec: its value as a percentage of the "
         "codec's baseline cell (trained and tested at its most faithful levels: JPEG XL distance 0, a quality "
         "codec's highest quality; named in each title), averaged over repeats, "
-        "with its 95% interval (a bootstrap over the test images, and over repeats when there are any, paired with "
-        "the baseline on the same resampled images). Hollow dashed circles: the interval contains 100%, so the "
+        f"with its {100 * info.confidence:g}% interval (a bootstrap over the test images, paired with the baseline on "
+        "the same resampled images; for models trained away from the baseline's level, widened by the spread "
+        "between training runs). Hollow dashed circles: the interval contains 100%, so the "
         "drop cannot be told from zero. The colour scale is symmetric around 100%. The background is a 2-D linear "
         "interpolation of the circles (scipy griddata, method 'linear'). Axes: mean DCR against the original files; "
         "the levels (distances) are marked on the top and right."))
@@ -316,6 +327,26 @@ def _manifest_or_none(info: SweepInfo) -> pd.DataFrame | None:
         return _read_parquet(uri)
     except Exception:  # noqa: BLE001 - a damaged manifest: the figures still draw
         return None
+
+
+def write_verdict_json(output: str, found: list) -> str:
+    """``OUTPUT/verdict.json`` (atomically): what ``lossyvision advise OUTPUT --json`` prints."""
+    import json
+
+    from lossyvision.report.verdict import verdict_records
+
+    uri = store.join(output, VERDICT_JSON)
+    store.atomic_write_bytes(uri, (json.dumps(verdict_records(found), indent=1) + "\n").encode("utf-8"))
+    return uri
+
+
+def decisions_html(found: list) -> str:
+    """One decision per model, above the table of questions."""
+    from html import escape
+
+    from lossyvision.report.verdict import decisions
+
+    return "".join(f'<p class="decision"><strong>{escape(line)}</strong></p>' for line in decisions(found))
 
 
 def verdict_html(found: list) -> str:

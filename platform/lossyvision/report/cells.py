@@ -23,6 +23,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from lossyvision.intervals import metric_interval, relative_interval
+from lossyvision.seedspread import pooled_spread, trained_interval
+
 GROUP = ("model", "metric", "budget", "codec")
 CELL = GROUP + ("train_level", "test_codec", "test_level")
 DEFAULT_CODEC = "jpegxl"
@@ -77,8 +80,7 @@ def cell_table(results: pd.DataFrame, outcomes: OutcomeSource | None = None, *, 
                resamples: int = 2000, seed_of: Callable[[str], int] = lambda model: 0,
                missing: list[str] | None = None) -> pd.DataFrame:
     """One row per cell: n (repeats), mean, std, ci_low, ci_high, n_images, the mean train/test DCRs,
-    ``cell_ids`` (one per repeat, in repeat order) and ``interval`` (how it was computed)."""
-    from lossyvision.intervals import metric_interval
+    ``cell_ids`` and ``values`` (one per repeat, in repeat order) and ``interval`` (how it was computed)."""
 
     needed = (set(CELL) - {"codec", "test_codec"}) | {"value", "repeat"}
     absent = sorted(needed - set(results.columns))
@@ -95,7 +97,7 @@ def cell_table(results: pd.DataFrame, outcomes: OutcomeSource | None = None, *, 
     df = df[np.isfinite(df["value"].astype(float))]
     columns = list(CELL) + ["n", "mean", "std", "ci_low", "ci_high", "n_images", "train_dcr", "test_dcr",
                             "train_bpp", "test_bpp", "train_quality", "test_quality", "quality_metric", "cell_ids",
-                            "interval"]
+                            "values", "interval"]
     if df.empty:
         return pd.DataFrame(columns=columns)
     rows = []
@@ -127,7 +129,7 @@ def cell_table(results: pd.DataFrame, outcomes: OutcomeSource | None = None, *, 
                      "train_quality": float(g["train_quality"].astype(float).mean()),
                      "test_quality": float(g["test_quality"].astype(float).mean()),
                      "quality_metric": next((str(m) for m in g["quality_metric"] if m), None),
-                     "cell_ids": ids, "interval": how})
+                     "cell_ids": ids, "values": [float(x) for x in v], "interval": how})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -170,15 +172,21 @@ def relative_cells(cells: pd.DataFrame, skipped: list[str] | None = None, outcom
                    seed_of: Callable[[str], int] = lambda model: 0) -> pd.DataFrame:
     """Add ``baseline_train_level``, ``baseline_test_level``, ``baseline`` and ``rel``/``rel_low``/``rel_high`` (%).
 
-    With ``outcomes``, ``rel_low``/``rel_high`` is the paired bootstrap interval of the ratio (the
-    baseline's own noise is in it, and the shared test images' luck cancels); without, the cell's
-    interval rescaled by the baseline's mean. A group whose baseline is 0 (a model that learnt
-    nothing) has no relative values: it raises :class:`ReportError`, or, when a ``skipped`` list
-    is given, is left out with a note appended.
+    ``rel_test_low``/``rel_test_high`` is the test images' interval of the ratio: with ``outcomes``
+    a paired bootstrap (the shared test images' luck cancels), without them the cell's interval
+    rescaled by the baseline's mean. ``rel_low``/``rel_high`` is the interval of the claim a cell
+    makes. A cell trained at the baseline's level is about that trained model (the model the
+    "serve compressed test data" question serves): its test images' interval, over its repeats
+    too when it has several. Any other cell is about *models trained at its level*: the test
+    images' interval widened by the spread between training runs (:mod:`lossyvision.seedspread`),
+    pooled over the trained levels with two or more repeats at the same test point; with no such
+    level the spread is not measured and the claim's interval is NaN (``rel_interval`` says so).
+    A group whose baseline is 0 (a model that learnt nothing) has no relative values: it raises
+    :class:`ReportError`, or, when a ``skipped`` list is given, is left out with a note appended.
     """
-    from lossyvision.intervals import relative_interval
-
     cells = with_codecs(cells)
+    if "values" not in cells.columns:
+        cells = cells.assign(values=[[float(m)] * int(n) for m, n in zip(cells["mean"], cells["n"])])
     out = []
     for _, g in cells.groupby(list(GROUP), sort=True):
         train, test = baseline_levels(g)
@@ -202,16 +210,39 @@ def relative_cells(cells: pd.DataFrame, skipped: list[str] | None = None, outcom
         if base_out is not None:
             for idx, row in g.iterrows():
                 cell_out = _outcomes(outcomes, list(row["cell_ids"]))
-                if cell_out is None or len(cell_out) != len(base_out):
+                at_base = float(row["train_level"]) == train
+                if cell_out is None or (at_base and len(cell_out) != len(base_out)):
                     continue
                 ci = relative_interval(cell_out, base_out, str(row["metric"]), confidence=confidence,
-                                       n_resamples=resamples, seed=seed_of(str(row["model"])))
-                g.loc[idx, ["rel", "rel_low", "rel_high", "rel_interval"]] = [ci.estimate, ci.low, ci.high, "paired"]
-        out.append(g)
+                                       n_resamples=resamples, seed=seed_of(str(row["model"])), images_only=not at_base)
+                g.loc[idx, ["rel", "rel_low", "rel_high", "rel_interval"]] = [
+                    ci.estimate, ci.low, ci.high, "paired" if at_base else "images"]
+        g["rel_test_low"], g["rel_test_high"] = g["rel_low"], g["rel_high"]
+        out.append(_with_seed_spread(g, train, base, int(base_row["n"]), confidence))
     if not out:
         return cells.iloc[0:0].assign(baseline_train_level=[], baseline_test_level=[], baseline=[], rel=[],
-                                      rel_low=[], rel_high=[], rel_interval=[])
+                                      rel_low=[], rel_high=[], rel_interval=[], rel_test_low=[], rel_test_high=[],
+                                      spread_sd=[], spread_df=[], spread=[])
     return pd.concat(out, ignore_index=True)
+
+
+def _with_seed_spread(g: pd.DataFrame, base_train: float, base: float, n_base: int, confidence: float) -> pd.DataFrame:
+    """Widen the intervals of cells trained away from the baseline by the spread between training runs."""
+    g = g.assign(spread_sd=math.nan, spread_df=0, spread="")
+    for _, point in g.groupby(["test_codec", "test_level"], sort=False):
+        spread = pooled_spread({float(r["train_level"]): [100.0 * x / base for x in r["values"]]
+                                for _, r in point.iterrows()})
+        for idx, row in point.iterrows():
+            if float(row["train_level"]) == base_train:
+                continue
+            g.loc[idx, ["spread_sd", "spread_df", "spread"]] = [spread.sd, spread.df, spread.describe()]
+            if row["rel_interval"] == "rescaled" and int(row["n"]) > 1:
+                continue  # a t-interval over the cell's own repeats already holds their spread
+            low, high = trained_interval(float(row["rel"]), float(row["rel_test_low"]), float(row["rel_test_high"]),
+                                         spread, int(row["n"]), n_base, confidence)
+            how = "images+seeds" if spread.measured else "seeds not measured"
+            g.loc[idx, ["rel_low", "rel_high", "rel_interval"]] = [low, high, how]
+    return g
 
 
 def fill_relative(output: str, sweep: Any, grid: Any) -> int:
@@ -221,7 +252,6 @@ def fill_relative(output: str, sweep: Any, grid: Any) -> int:
     the test images (:func:`lossyvision.intervals.relative_interval`). Rows whose baseline is not
     evaluated yet stay empty until a later run fills them.
     """
-    from lossyvision.intervals import relative_interval
     from lossyvision.seeding import derive_seed
     from lossyvision.sweep.results import read_results, write_results
 
@@ -229,20 +259,22 @@ def fill_relative(output: str, sweep: Any, grid: Any) -> int:
     if results.empty:
         return 0
     planned = {c.key: c for c in grid.cells}
-    baselines: dict[tuple[str, int, int, str], str] = {}
-    for (model, budget, repeat, codec), cells in _by_trial_group(grid.cells).items():
+    baselines: dict[tuple[str, int, str], dict[int, str]] = {}
+    for (model, budget, codec), cells in _by_trial_group(grid.cells).items():
         own = [c for c in cells if c.test_codec == codec]
         train = most_faithful(codec, [c.trial.train_level for c in own])
         test = most_faithful(codec, [c.test_level for c in own if c.trial.train_level == train])
-        baselines[(model, budget, repeat, codec)] = next(c.key for c in own
-                                                         if c.trial.train_level == train and c.test_level == test)
+        baselines[(model, budget, codec)] = {c.trial.repeat: c.key for c in own
+                                             if c.trial.train_level == train and c.test_level == test}
     source = PredictionsCache(output)
     todo = results.index[results["cell_id"].isin(planned.keys()) & results["rel"].isna()]
     filled = 0
     for idx in todo:
         row = results.loc[idx]
         cell = planned[row["cell_id"]]
-        base_key = baselines[(cell.trial.model, cell.trial.budget, cell.trial.repeat, cell.trial.codec)]
+        # the baseline run of the same repeat (same seed); repeat 0's where only some levels have more
+        by_repeat = baselines[(cell.trial.model, cell.trial.budget, cell.trial.codec)]
+        base_key = by_repeat.get(cell.trial.repeat, by_repeat[min(by_repeat)])
         found = _outcomes(source, [row["cell_id"], base_key])
         if found is None:
             continue
@@ -256,8 +288,8 @@ def fill_relative(output: str, sweep: Any, grid: Any) -> int:
     return filled
 
 
-def _by_trial_group(cells: list[Any]) -> dict[tuple[str, int, int, str], list[Any]]:
-    groups: dict[tuple[str, int, int, str], list[Any]] = {}
+def _by_trial_group(cells: list[Any]) -> dict[tuple[str, int, str], list[Any]]:
+    groups: dict[tuple[str, int, str], list[Any]] = {}
     for c in cells:
-        groups.setdefault((c.trial.model, c.trial.budget, c.trial.repeat, c.trial.codec), []).append(c)
+        groups.setdefault((c.trial.model, c.trial.budget, c.trial.codec), []).append(c)
     return groups

@@ -1,4 +1,4 @@
-"""The answer, first: per model and metric, the level to store at, with its 95 % bound, or why the data cannot say.
+"""The answer, first: per model, one decision, then per metric and question the level to store at, or why not.
 
 Three questions, as the study separates them, per codec, each over its levels from the most
 faithful to the most compressed:
@@ -7,13 +7,20 @@ faithful to the most compressed:
 - **store training data at d** (trained at d, tested on the baseline's test level);
 - **serve compressed test data at d** (trained at the baseline's level, tested at d).
 
+The first two are claims about *models trained at d*: their intervals carry the spread between
+training runs (:mod:`lossyvision.seedspread`), and with no spread measured they cannot tell, and
+say what measuring it costs. The third is about the model trained at the baseline's level, the one
+that would serve the files: its interval is over the test images (and its repeats).
+
 A level *keeps* the threshold when the lower end of its relative value's interval is at least
-``keep`` (e.g. 99 % of the baseline): the data say it is good enough with confidence. It *loses*
-when the upper end is below: the data say it is not. Otherwise the data cannot tell. The answer is
-the last level of the unbroken run of keeping levels from the least compressed one; a level that
-keeps after one that could not be told is not advised (noise would choose it). When no level keeps,
-the answer says whether compression costs too much (the first level loses) or the sweep is too
-small to tell, and by how much: the half-width of the interval is the smallest drop it can see.
+``keep`` (e.g. 99 % of the baseline): the data say it is good enough with the stated confidence.
+It *loses* when the upper end is below. Otherwise the data cannot tell. The answer is the last
+level of the unbroken run of keeping levels from the least compressed one: fixed-sequence testing,
+which needs no correction for testing several levels (Learn-then-Test, arXiv 2110.01052). A level
+that keeps after one that could not be told is not advised (noise would choose it); the answer says
+so and what would settle the gap. A metric that no level moves (every cell 100 % with a degenerate
+interval, like top-5 on an easy set) gets one line. Per model, :func:`decisions` opens with one
+sentence for the most demanding question the sweep measured.
 
 With several codecs, one more line per model and metric names the codec and level that keep the
 threshold with the smallest files (the highest DCR against the originals; bits per pixel beside it).
@@ -24,6 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 KEEPS, LOSES, UNSURE = "keeps", "loses", "cannot tell"
@@ -34,22 +42,36 @@ QUESTIONS = (
     ("train", "Store training data at"),
     ("test", "Serve compressed test data at"),
 )
+#: Questions about models trained at a level (their intervals need the spread between training runs).
+TRAINED_QUESTIONS = ("matched", "train")
+#: A ``rel_interval`` saying the claim's interval could not include the seeds' spread.
+SEEDS_NOT_MEASURED = "seeds not measured"
 
 
 @dataclass(frozen=True)
 class Verdict:
     model: str
     metric: str
-    question: str             # matched | train | test | codecs (the best codec across them)
+    question: str             # matched | train | test | codecs (the best codec across them) | saturated
     level: float | None       # the advised level, None when none is advised
     dcr: float | None         # its mean DCR against the original files
     rel: float | None         # its relative value (%) and interval
     rel_low: float | None
     rel_high: float | None
-    outcome: str              # "advised", "keep originals", "cannot tell", "not measured"
+    outcome: str              # "advised", "keep originals", "cannot tell", "saturated"
     text: str
     codec: str = "jpegxl"
     bpp: float | None = None  # its mean bits per pixel
+    keep: float = 0.99        # the threshold, a fraction of the baseline
+    confidence: float = 0.95
+    levels: tuple = ()        # per level tried, in order: {level, status, rel, rel_low, rel_high}
+
+    def record(self) -> dict:
+        """The verdict as ``verdict.json`` holds it."""
+        return {"model": self.model, "metric": self.metric, "question": self.question, "codec": self.codec,
+                "level": self.level, "outcome": self.outcome, "rel": self.rel, "rel_low": self.rel_low,
+                "rel_high": self.rel_high, "keep": self.keep, "confidence": self.confidence, "dcr": self.dcr,
+                "bpp": self.bpp, "levels": [dict(x) for x in self.levels], "text": self.text}
 
 
 def _status(row: pd.Series, threshold: float) -> str:
@@ -63,6 +85,10 @@ def _status(row: pd.Series, threshold: float) -> str:
 
 def _pct(x: float) -> str:
     return f"{x:.1f}%"
+
+
+def _conf(confidence: float) -> str:
+    return f"{100 * confidence:g}% confidence"
 
 
 def _dcr_text(dcr: float) -> str:
@@ -116,7 +142,33 @@ def _describe_size(row: pd.Series) -> str:
     return " and ".join(parts)
 
 
-def question_verdict(g: pd.DataFrame, question: str, keep: float) -> Verdict | None:
+def _interval(row: pd.Series) -> str:
+    return f"{_pct(row['rel'])} [{_pct(row['rel_low'])}, {_pct(row['rel_high'])}]"
+
+
+def _seeds_unmeasured(rows: pd.DataFrame) -> bool:
+    return "rel_interval" in rows.columns and bool((rows["rel_interval"] == SEEDS_NOT_MEASURED).any())
+
+
+def _what_settles(row: pd.Series) -> str:
+    """More test images or more repeats: whichever part of the interval's width is larger."""
+    test_half = (float(row.get("rel_test_high", math.nan)) - float(row.get("rel_test_low", math.nan))) / 2
+    half = (float(row["rel_high"]) - float(row["rel_low"])) / 2
+    if math.isfinite(test_half) and math.isfinite(half) and half > 0 and test_half ** 2 < 0.5 * half ** 2:
+        return "repeats at that level (the spread between training runs is most of its interval's width)"
+    return "more test images (they are most of its interval's width), or repeats at that level"
+
+
+def _level_records(cands: pd.DataFrame, level_col: str, threshold: float, unmeasured: bool) -> tuple:
+    def num(x) -> float | None:
+        return _float(x)
+
+    return tuple({"level": float(r[level_col]), "status": UNSURE if unmeasured else _status(r, threshold),
+                  "rel": num(r["rel"]), "rel_low": num(r["rel_low"]), "rel_high": num(r["rel_high"])}
+                 for _, r in cands.iterrows())
+
+
+def question_verdict(g: pd.DataFrame, question: str, keep: float, confidence: float = 0.95) -> Verdict | None:
     """The verdict of one question for one (model, metric, codec) group of relative cells (budget -1)."""
     first = g.iloc[0]
     model, metric = str(first["model"]), str(first["metric"])
@@ -132,57 +184,81 @@ def question_verdict(g: pd.DataFrame, question: str, keep: float) -> Verdict | N
     if cands.empty:
         return None
     threshold = 100.0 * keep
-    kept = None
-    blocked = None
-    for _, row in cands.iterrows():
-        status = _status(row, threshold)
-        if status == KEEPS:
-            kept = row
-            continue
-        blocked = (row, status)
-        break
+    on = "" if codec == "jpegxl" else f" {codec}"
+    unmeasured = question in TRAINED_QUESTIONS and _seeds_unmeasured(cands)
+    levels = _level_records(cands, level_col, threshold, unmeasured)
+    common = dict(codec=codec, keep=keep, confidence=confidence, levels=levels)
+    if unmeasured:
+        return _unmeasured_verdict(g, cands, model, metric, question, lead + on, base_train, kind, common)
+    statuses = [x["status"] for x in levels]
+    run = next((i for i, st in enumerate(statuses) if st != KEEPS), len(statuses))
     who = {"matched": "Models trained and tested there keep",
            "train": f"Models trained there and tested at {at(base_test)} keep",
            "test": f"A model trained at {at(base_train)} and tested there keeps"}[question]
-    confidence = "95% confidence"
-    on = "" if codec == "jpegxl" else f" {codec}"
-    if kept is not None:
+    if run > 0:
+        kept = cands.iloc[run - 1]
         level = float(kept[level_col])
         text = (f"{lead}{on} {at(level)} ({_dcr_text(float(kept[dcr_col]))}). {who} "
-                f"≥ {threshold:g}% of the baseline {metric} with {confidence} (lower bound {_pct(kept['rel_low'])}).")
-        if blocked is not None:
-            row, status = blocked
-            nxt = at(float(row[level_col]))
-            if status == LOSES:
-                text += (f" At {nxt} it drops below: {_pct(row['rel'])} "
-                         f"[{_pct(row['rel_low'])}, {_pct(row['rel_high'])}].")
-            else:
-                text += (f" At {nxt} the data cannot tell ({_pct(row['rel'])} "
-                         f"[{_pct(row['rel_low'])}, {_pct(row['rel_high'])}]).")
+                f"≥ {threshold:g}% of the baseline {metric} with {_conf(confidence)} "
+                f"(lower bound {_pct(kept['rel_low'])}).")
+        if run < len(statuses):
+            row = cands.iloc[run]
+            text += _after_the_run(row, statuses[run], at(float(row[level_col])), cands, statuses, run, level_col, at)
         return Verdict(model, metric, question, level, float(kept[dcr_col]), float(kept["rel"]),
-                       float(kept["rel_low"]), float(kept["rel_high"]), "advised", text, codec,
-                       _float(kept.get(bpp_col)))
-    row, status = blocked
+                       float(kept["rel_low"]), float(kept["rel_high"]), "advised", text,
+                       bpp=_float(kept.get(bpp_col)), **common)
+    row, status = cands.iloc[0], statuses[0]
     nxt = at(float(row[level_col]))
     if status == LOSES:
         text = (f"{lead}{on} no {kind.level_noun} tried: even {nxt} ({_dcr_text(float(row[dcr_col]))}) keeps only "
-                f"{_pct(row['rel'])} [{_pct(row['rel_low'])}, {_pct(row['rel_high'])}] of the baseline {metric}, "
-                f"below {threshold:g}%. Keep the originals, or try more faithful levels.")
+                f"{_interval(row)} of the baseline {metric}, below {threshold:g}%. Keep the originals, or try more "
+                "faithful levels.")
         outcome = "keep originals"
     else:
         half = (float(row["rel_high"]) - float(row["rel_low"])) / 2
         if math.isfinite(half):
             text = (f"{lead}{on} {nxt}? This sweep cannot tell. With {_describe_size(row)}, a drop "
                     f"smaller than {half:.1f} points of the baseline {metric} is undetectable ({nxt}: "
-                    f"{_pct(row['rel'])} [{_pct(row['rel_low'])}, {_pct(row['rel_high'])}]); telling "
-                    f"{threshold:g}% needs an interval narrower than {max(100.0 - threshold, 0.0):.1f} points. "
-                    "Add repeats or test images.")
+                    f"{_interval(row)}); telling {threshold:g}% needs an interval narrower than "
+                    f"{max(100.0 - threshold, 0.0):.1f} points. Add repeats or test images.")
         else:
             text = (f"{lead}{on} {nxt}? This sweep cannot tell: it has no interval "
                     f"(too few test images). Add repeats or test images.")
+        text += _later_keeps(cands, statuses, 0, level_col, at)
         outcome = "cannot tell"
     return Verdict(model, metric, question, None, None, float(row["rel"]), float(row["rel_low"]),
-                   float(row["rel_high"]), outcome, text, codec)
+                   float(row["rel_high"]), outcome, text, **common)
+
+
+def _after_the_run(row: pd.Series, status: str, nxt: str, cands: pd.DataFrame, statuses: list[str], run: int,
+                   level_col: str, at) -> str:
+    if status == LOSES:
+        return f" At {nxt} it drops below: {_interval(row)}."
+    return f" At {nxt} the data cannot tell ({_interval(row)})." + _later_keeps(cands, statuses, run, level_col, at)
+
+
+def _later_keeps(cands: pd.DataFrame, statuses: list[str], gap: int, level_col: str, at) -> str:
+    """When a more compressed level keeps past a level that cannot be told: say so, and what settles it."""
+    later = [i for i in range(gap + 1, len(statuses)) if statuses[i] == KEEPS]
+    if not later:
+        return ""
+    row = cands.iloc[gap]
+    shown = ", ".join(at(float(cands.iloc[i][level_col])) for i in later)
+    return (f" {shown[0].upper() + shown[1:]} keep{'s' if len(later) == 1 else ''}, but is not advised past "
+            f"{at(float(row[level_col]))}, which cannot be told; settling it needs {_what_settles(row)}.")
+
+
+def _unmeasured_verdict(g: pd.DataFrame, cands: pd.DataFrame, model: str, metric: str, question: str, lead: str,
+                        base_train: float, kind, common: dict) -> Verdict:
+    from lossyvision.seedspread import extra_trainings
+
+    trained = kind.by_fidelity(g["train_level"].unique())
+    n, setting = extra_trainings(trained)
+    text = (f"{lead} a level? Cannot tell about models trained at a level: the spread between training runs is "
+            f"not measured (one repeat per level), and a new seed can move a cell by more than its test images' "
+            f"interval. Measure it with `{setting}` in the sweep file ({n} more trainings), or `repeats: 2` or more.")
+    row = cands.iloc[0]
+    return Verdict(model, metric, question, None, None, _float(row["rel"]), None, None, "cannot tell", text, **common)
 
 
 def _float(x) -> float | None:
@@ -193,7 +269,7 @@ def _float(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def best_codec(found: list[Verdict], model: str, metric: str, keep: float) -> Verdict | None:
+def best_codec(found: list[Verdict], model: str, metric: str, keep: float, confidence: float = 0.95) -> Verdict | None:
     """Across codecs: the advised "store everything" level with the smallest files, or why there is none."""
     matched = [v for v in found if v.model == model and v.metric == metric and v.question == "matched"]
     if len({v.codec for v in matched}) < 2:
@@ -207,18 +283,27 @@ def best_codec(found: list[Verdict], model: str, metric: str, keep: float) -> Ve
     if not advised:
         return Verdict(model, metric, "codecs", None, None, None, None, None, "cannot tell",
                        f"Across codecs: no codec keeps ≥ {100 * keep:g}% of its baseline {metric} at any level tried "
-                       "with 95% confidence (see each codec's line).", "")
+                       f"with {_conf(confidence)} (see each codec's line).", "", keep=keep, confidence=confidence)
     best = advised[0]
     text = (f"Across codecs: store with {best.codec} at {_codec(best.codec).describe_level(best.level)} "
             f"(DCR {best.dcr:.2f}" + (f", {best.bpp:.2f} bits per pixel" if best.bpp else "") +
-            f"): the smallest files that keep ≥ {100 * keep:g}% of the baseline {metric} with 95% confidence "
+            f"): the smallest files that keep ≥ {100 * keep:g}% of the baseline {metric} with {_conf(confidence)} "
             f"(lower bound {_pct(best.rel_low)}).{tail}")
     return Verdict(model, metric, "codecs", best.level, best.dcr, best.rel, best.rel_low, best.rel_high, "advised",
-                   text, best.codec, best.bpp)
+                   text, best.codec, best.bpp, keep=keep, confidence=confidence, levels=best.levels)
+
+
+def saturated(g: pd.DataFrame, tolerance: float = 0.05) -> bool:
+    """No level moves the metric: every cell is the baseline's value with a degenerate interval
+    (within ``tolerance`` points of 100 %), as top-5 is on an easy set where every image is right."""
+    low = g["rel_test_low"] if "rel_test_low" in g.columns else g["rel_low"]
+    high = g["rel_test_high"] if "rel_test_high" in g.columns else g["rel_high"]
+    values = np.concatenate([g["rel"].to_numpy(dtype=float), low.to_numpy(dtype=float), high.to_numpy(dtype=float)])
+    return len(g) > 1 and bool(np.all(np.isfinite(values) & (np.abs(values - 100.0) <= tolerance)))
 
 
 def verdicts(rel: pd.DataFrame, keep: float = 0.99, headline_only: bool = True,
-             order: list[str] | None = None) -> list[Verdict]:
+             order: list[str] | None = None, confidence: float = 0.95) -> list[Verdict]:
     """Every (model, metric) group's verdicts, budget-free groups only; with ``headline_only`` the
     first metric of each model (top1, map50, miou: the order the task reports them in)."""
     if rel.empty:
@@ -231,15 +316,20 @@ def verdicts(rel: pd.DataFrame, keep: float = 0.99, headline_only: bool = True,
         metrics = sorted(set(mg["metric"]), key=_metric_rank)
         for metric in metrics[:1] if headline_only else metrics:
             found: list[Verdict] = []
+            if saturated(mg[mg["metric"] == metric]):
+                out.append(Verdict(str(model), metric, "saturated", None, None, 100.0, None, None, "saturated",
+                                   f"{metric} is saturated: every cell equals the baseline (100.0%, with an "
+                                   "interval narrower than 0.1 points), so it cannot tell levels apart.", keep=keep, confidence=confidence))
+                continue
             groups = list(mg[mg["metric"] == metric].groupby("codec", sort=False))
             if order:  # the sweep file's order of codecs
                 groups.sort(key=lambda kg: order.index(kg[0]) if kg[0] in order else len(order))
             for _, g in groups:
                 for question, _ in QUESTIONS:
-                    v = question_verdict(g, question, keep)
+                    v = question_verdict(g, question, keep, confidence)
                     if v is not None:
                         found.append(v)
-            best = best_codec(found, model, metric, keep)
+            best = best_codec(found, str(model), metric, keep, confidence)
             out += ([best] if best is not None else []) + found
     return out
 
@@ -248,6 +338,8 @@ def headline(found: list[Verdict]) -> list[Verdict]:
     """The verdicts of each model's headline metric (its first in :data:`HEADLINE_ORDER`, then by name)."""
     first: dict[str, str] = {}
     for v in found:
+        if v.question == "saturated":
+            continue
         best = first.get(v.model)
         if best is None or _metric_rank(v.metric) < _metric_rank(best):
             first[v.model] = v.metric
@@ -258,13 +350,47 @@ def _metric_rank(metric: str) -> tuple[int, str]:
     return (HEADLINE_ORDER.index(metric) if metric in HEADLINE_ORDER else len(HEADLINE_ORDER), metric)
 
 
+def decisions(found: list[Verdict]) -> list[str]:
+    """One sentence per model: the most demanding question measured (everything, then training data,
+    then test data; across codecs when there are several) for its headline metric."""
+    lines = []
+    for model in dict.fromkeys(v.model for v in found):
+        own = headline([v for v in found if v.model == model])
+        if not own:
+            continue
+        pick = next((v for q in ("codecs", "matched", "train", "test") for v in own if v.question == q), own[0])
+        if pick.question == "codecs":
+            lines.append(f"{model}: {pick.text}")
+            continue
+        lead = dict(QUESTIONS)[pick.question]
+        at = _codec(pick.codec).describe_level
+        if pick.outcome == "advised":
+            bound = f"lower bound {_pct(pick.rel_low)} of the baseline {pick.metric}"
+            lines.append(f"{model}: {lead.lower()} {at(pick.level)} (DCR {pick.dcr:.2f}): it keeps ≥ "
+                         f"{100 * pick.keep:g}% with {_conf(pick.confidence)} ({bound}).")
+        else:
+            why = {"keep originals": "even the least compressed level tried loses",
+                   "cannot tell": "the data cannot tell yet"}.get(pick.outcome, pick.outcome)
+            lines.append(f"{model}: no level to {lead.lower()} yet: {why} (details below).")
+    return lines
+
+
 def verdict_lines(found: list[Verdict]) -> list[str]:
-    """Plain-text lines: one heading per model/metric, one line per question."""
-    lines: list[str] = []
+    """Plain-text lines: the decisions first, then one heading per model/metric and one line per question."""
+    lines: list[str] = list(decisions(found))
     current = None
     for v in found:
+        if v.question == "saturated":
+            lines.append(f"{v.model} ({v.metric}): {v.text}")
+            current = None
+            continue
         if (v.model, v.metric) != current:
             current = (v.model, v.metric)
             lines.append(f"{v.model} ({v.metric}):")
         lines.append(f"  {v.text}")
     return lines
+
+
+def verdict_records(found: list[Verdict]) -> list[dict]:
+    """``verdict.json``: one object per model, metric and question."""
+    return [v.record() for v in found]

@@ -306,8 +306,9 @@ def plan(sweep: Any, manifest: pd.DataFrame, reader: Any | None = None) -> Grid:
     budgets = list(sweep.budgets) if sweep.budgets else [NO_BUDGET]
     grid = Grid([], [])
     for arm in sweep.arms:
-        for m, level, repeat, budget in itertools.product(sweep.models, arm.train_levels, range(sweep.repeats),
-                                                          budgets):
+        runs = [(m, level, repeat, budget) for m, level in itertools.product(sweep.models, arm.train_levels)
+                for repeat in range(sweep.repeats_at(level)) for budget in budgets]
+        for m, level, repeat, budget in runs:
             identity = trial_identity(sweep, m, arm, level, repeat, budget,
                                       digest(sweep.train_split, arm.name, float(level)), classes)
             trial = TrialSpec(m.name, float(level), repeat, int(budget), short_hash(identity), arm.name)

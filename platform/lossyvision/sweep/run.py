@@ -57,7 +57,9 @@ def sweep_params(sweep: Sweep, grid: Grid) -> dict[str, Any]:
         "models": ",".join(m.name for m in sweep.models),
         "train_levels": " ".join(f"{a.name}:" + ",".join(format_level(x) for x in a.train_levels) for a in sweep.arms),
         "test_levels": " ".join(f"{a.name}:" + ",".join(format_level(x) for x in a.test_levels) for a in sweep.arms),
-        "repeats": sweep.repeats, "seed": sweep.seed, "codec": ",".join(a.name for a in sweep.arms),
+        "repeats": sweep.repeats, "seed": sweep.seed,
+        "seed_spread": (f"{sweep.seed_spread.repeats}@" + ",".join(format_level(x) for x in sweep.seed_spread.levels)
+                        if sweep.seed_spread else None), "codec": ",".join(a.name for a in sweep.arms),
         "budgets": ",".join(str(b) for b in sweep.budgets) if sweep.budgets else None,
         "dataset": sweep.dataset.kind,
     }
