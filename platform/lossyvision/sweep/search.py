@@ -185,10 +185,11 @@ class _Replay:
 
     # --- exploration -------------------------------------------------------------------------------
     def explored_rel(self, i: int) -> float:
-        return 100.0 * self.obs[(i, 0)].value / self.obs[(0, 0)].value
+        base = self.obs[(0, 0)].value
+        return 100.0 * self.obs[(i, 0)].value / base if base > 0 else math.nan
 
     def passes(self, i: int) -> bool:
-        return (i, 0) in self.obs and self.explored_rel(i) >= self.c.threshold + self.c.margin - 1e-9
+        return (i, 0) in self.obs and self.explored_rel(i) >= self.c.threshold + self.c.margin - 1e-9  # NaN fails
 
     def explore(self) -> tuple[int, int, list[int]]:
         """k-section on repeat 0: ``(lo, hi, contradictions)``, lo the last passing index (0: none), hi the first failing."""

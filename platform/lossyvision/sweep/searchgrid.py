@@ -31,6 +31,8 @@ def check_search(sweep: Any) -> None:
     problems = []
     if sweep.budgets:
         problems.append("search: a search walks the ladder of levels; it cannot be combined with budgets")
+    if getattr(sweep, "seed_spread", None) is not None:
+        problems.append("search: the search measures the spread on its own fresh seeds; remove seed_spread")
     if s.question != "test" and sweep.repeats < 2:
         problems.append(f"search: question {s.question} confirms a level on fresh seeds at it and at the baseline: "
                         "set repeats >= 2 (the fresh seeds; 3 is typical)")
@@ -257,6 +259,11 @@ def describe_search(data: dict[str, Any]) -> list[str]:
         order = ", ".join(f"{t['level']:g}/r{t['repeat']}" for t in trained)
         lines.append(f"{s['model']} on {s['codec']}: {len(trained)} trainings (the full grid: "
                      f"{s.get('full_grid_trainings')}), in this order (level/repeat): {order or 'none'}.")
+        claim = s.get("claim") or {}
+        if s.get("advised") is not None and claim:
+            lines.append(f"  answer: level {s['advised']:g} keeps {claim['rel']:.1f}% [{claim['low']:.1f}%, "
+                         f"{claim['high']:.1f}%] of the baseline on {claim.get('repeats')} fresh seeds "
+                         f"({100 * float(claim.get('confidence', 0)):.4g}% interval; {claim.get('spread')})")
         for step in s.get("path", []):
             lines.append(f"  {step['phase']}: {step['finding']}")
         if s.get("done"):
