@@ -212,3 +212,15 @@ def test_search_json_round_trips_and_the_report_section_names_the_path(tmp_path)
 
     section = search_sections(str(tmp_path / "out"))[0]
     assert "Adaptive search" in section.title and "explore" in section.tables_html[0]
+
+
+def test_a_finished_trial_without_its_cell_is_never_trained_again(tmp_path):
+    sweep = parse_sweep(_data(tmp_path))
+    grid = search_grid(sweep, _grid(sweep))
+    arena = arenas(sweep, grid)[0]
+    base = arena.trials[(0, 0)].key
+    config = SearchConfig(keep=0.99, repeats=3, parallel=2)
+    empty = pd.DataFrame(columns=["cell_id", "metric", "value", "ci_low", "ci_high", "confidence"])
+    assert decide_arena(sweep, grid, arena, empty, config, set(), set()).train == [(0, 0)]
+    d = decide_arena(sweep, grid, arena, empty, config, set(), set(), finished={base})
+    assert d.done and d.outcome == "failed" and "(or its evaluation) failed" in d.reason

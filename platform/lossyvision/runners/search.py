@@ -77,8 +77,9 @@ def _make_searcher(sweep: Any, grid: Grid, output: str, evaluate: Evaluate, para
 
         def decide_all(self) -> dict[str, Any]:
             running = set(self.running.values())
+            finished = set(self.order)
             self.decisions = {a.name: decide_arena(self.sweep, self.grid, a, self.results, self.config, running,
-                                                   self.failed) for a in self.arenas}
+                                                   self.failed, finished) for a in self.arenas}
             return self.decisions
 
         def write(self) -> None:

@@ -121,7 +121,8 @@ def decide(n_levels: int, obs: Mapping[Training, Obs], config: SearchConfig, *,
         lost = [t for t in need.trainings if t in failed]
         if lost:
             return Decision(done=True, outcome="failed", path=path,
-                            reason=f"training {_name(lost[0])} failed: the search cannot go on without it")
+                            reason=f"training {_name(lost[0])} (or its evaluation) failed: the search cannot go on "
+                                   "without it; rerun `sweep run` to retry it")
         todo = [t for t in need.trainings if t not in obs and t not in running]
         used = len(set(obs) | running)
         if config.max_trainings is not None and used + len(todo) > config.max_trainings:

@@ -274,9 +274,12 @@ def describe_search(data: dict[str, Any]) -> list[str]:
 
 
 def decide_arena(sweep: Any, grid: Grid, arena: Arena, results: pd.DataFrame, config: SearchConfig,
-                 running: set[str], failed: set[str]) -> Any:
-    """The policy's decision for one search, from the results table and the trial keys running and failed."""
+                 running: set[str], failed: set[str], finished: set[str] = frozenset()) -> Any:
+    """The policy's decision for one search, from the results table and the trial keys running, failed and
+    finished (a finished trial without its question cell failed its evaluation: it counts as failed, never
+    as a training to run again)."""
     obs = observations(sweep, grid, arena, results)
     ids = {spec.key: t for t, spec in arena.trials.items()}
+    lost = set(failed) | {k for k in finished if k in ids and ids[k] not in obs}
     return decide(len(arena.levels), obs, config, running=[ids[k] for k in running if k in ids],
-                  failed=[ids[k] for k in failed if k in ids])
+                  failed=[ids[k] for k in lost if k in ids])
