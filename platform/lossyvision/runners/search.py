@@ -2,9 +2,11 @@
 
 Each suggestion is a planned trial of the grid (same key, same trainable as ``runners.tune``), so
 checkpoints, retries, MLflow and the report treat it as a grid trial. When a trial completes, the
-searcher has the cells its question reads evaluated at once through the sweep's evaluation path
-(``evaluate``: results rows, predictions, MLflow) and replays the policy
-(:func:`lossyvision.sweep.search.decide`) on the results table. The policy is a function of the
+searcher has the cells its question reads evaluated through the sweep's evaluation path
+(``evaluate``: results rows, predictions, MLflow) on one background thread: Tune's controller must go
+on (a finished trial's actor holds its CPU until the controller releases it, and the evaluation's
+Ray tasks need one), and the trials being evaluated count as running for the policy
+(:func:`lossyvision.sweep.search.decide`), replayed on the results table once they are in. The policy is a function of the
 results, so a killed driver resumes the search by reading OUTPUT: finished trials are never retrained,
 trials finished but not evaluated are evaluated first. ``save``/``restore`` write and read JSON only.
 """
@@ -14,7 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from lossyvision.sweep.plan import Grid, TrialSpec
@@ -56,6 +60,8 @@ def _make_searcher(sweep: Any, grid: Grid, output: str, evaluate: Evaluate, para
             self.order: list[str] = []            # trial keys in the order they finished
             self.decisions: dict[str, Any] = {}
             self.results = read_results(output)
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lv-search-eval")
+            self.evaluating: dict[str, Future] = {}  # trial key -> its evaluation
 
         def __reduce__(self):  # Tune pickles its search algorithm into tuner.pkl, never read back here
             return (Searcher, ())
@@ -75,8 +81,29 @@ def _make_searcher(sweep: Any, grid: Grid, output: str, evaluate: Evaluate, para
                 self.evaluate(missing)
                 self.results = read_results(self.output)
 
+        def collect(self) -> None:
+            """Take in the evaluations that ended: the results table, the finishing order, search.json."""
+            ended = [k for k, f in self.evaluating.items() if f.done()]
+            if not ended:
+                return
+            for key in ended:
+                error = self.evaluating.pop(key).exception()
+                if error is not None:
+                    self.echo(f"search: evaluating trial {key} failed ({type(error).__name__}: {error})")
+                self.order.append(key)
+            self.results = read_results(self.output)
+            self.decide_all()
+            self.write()
+
+        def drain(self) -> None:
+            """Wait for the evaluations still running (the end of the Tune run), then take them in."""
+            for f in list(self.evaluating.values()):
+                f.exception()
+            self.collect()
+            self.pool.shutdown(wait=True)
+
         def decide_all(self) -> dict[str, Any]:
-            running = set(self.running.values())
+            running = set(self.running.values()) | set(self.evaluating)
             finished = set(self.order)
             self.decisions = {a.name: decide_arena(self.sweep, self.grid, a, self.results, self.config, running,
                                                    self.failed, finished) for a in self.arenas}
@@ -88,6 +115,7 @@ def _make_searcher(sweep: Any, grid: Grid, output: str, evaluate: Evaluate, para
 
         # --- Tune's Searcher API --------------------------------------------------------------------------
         def suggest(self, trial_id: str) -> dict | None:
+            self.collect()
             decisions = self.decide_all()
             for a in self.arenas:
                 d = decisions[a.name]
@@ -100,7 +128,9 @@ def _make_searcher(sweep: Any, grid: Grid, output: str, evaluate: Evaluate, para
             if all(d.done for d in decisions.values()):
                 self.write()
                 return Searcher.FINISHED
-            return None  # waiting for running trials
+            if not self.running and self.evaluating:
+                time.sleep(0.2)  # nothing trains: Tune would spin on suggest() until the evaluation is in
+            return None  # waiting for running trials or evaluations
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             key = self.running.pop(trial_id, None)
@@ -110,11 +140,7 @@ def _make_searcher(sweep: Any, grid: Grid, output: str, evaluate: Evaluate, para
                 self.failed.add(key)
                 return
             trial = next(t for a in self.arenas for t in a.trials.values() if t.key == key)
-            self.evaluate([trial])
-            self.results = read_results(self.output)
-            self.order.append(key)
-            self.decide_all()
-            self.write()
+            self.evaluating[key] = self.pool.submit(self.evaluate, [trial])
 
         def save(self, checkpoint_path: str) -> None:
             with open(checkpoint_path, "w") as f:
@@ -174,7 +200,11 @@ def search_trials(sweep: Any, grid: Grid, output: str, manifest: Any, listener: 
                 verbose=0,
             ),
         )
-        for result in tuner.fit():
+        try:
+            grid_results = tuner.fit()
+        finally:
+            searcher.drain()
+        for result in grid_results:
             ran += 1
             if result.error is not None:
                 key = result.config["trial"]["key"]
@@ -186,3 +216,55 @@ def search_trials(sweep: Any, grid: Grid, output: str, manifest: Any, listener: 
     cells = [c for t in trials for c in grid.cells_of(t)]
     keys = {t.key for t in trials} | {c.key for c in cells}
     return Grid(trials, cells, {k: v for k, v in grid.identities.items() if k in keys}), failures, ran
+
+
+def run_search(sweep: Any, grid: Grid, manifest: Any, state: Any, tracker: Any, outcome: Any,
+               echo: Callable[[str], None]) -> tuple[Grid, list[TrialSpec]]:
+    """``sweep run``'s training step for a search: ``(the grid of what it trained, those trials)``.
+
+    Each finished trial's question cells go through the sweep's evaluation (``sweep.run.evaluate_grid``);
+    failures and counts land in ``outcome``.
+    """
+    from lossyvision.runners.evaluate import evaluate_cells
+    from lossyvision.sweep.plan import done_cell_keys
+    from lossyvision.sweep.run import DriverListener, SweepOutcome, evaluate_grid
+    from lossyvision.sweep.search import trainings_bounds
+
+    state, tracker = _Locked(state), _Locked(tracker)  # evaluations run on the searcher's thread, epochs on Tune's
+
+    def evaluate(trials: list[TrialSpec]) -> None:
+        done = done_cell_keys(read_results(sweep.output))
+        cells = [c for t in trials for c in grid.cells_of(t) if c.key not in done]
+        if cells:
+            now = SweepOutcome(sweep.output, 0, 0)
+            evaluate_grid(sweep, cells, manifest, state, tracker, now, echo, evaluate_cells)
+            outcome.cell_failures.update(now.cell_failures)
+            outcome.cells_run += now.cells_run
+
+    echo(f"search ({sweep.search.question}): training only the levels its answer needs, on Ray Tune")
+    worst = sum(trainings_bounds(len(a.train_levels), config_for(sweep, 1))[1] for a in sweep.arms) * len(sweep.models)
+    listener = DriverListener(sweep, grid, state, tracker, manifest, echo, worst)
+    searched, failures, ran = search_trials(sweep, grid, sweep.output, manifest, listener, evaluate, echo)
+    outcome.trial_failures.update(failures)
+    outcome.trials_run += ran
+    keys = {t.key for t in searched.trials}
+    return searched, [t for t in grid.trials if t.key in keys]
+
+
+class _Locked:
+    """An object whose method calls take one shared lock: the state file and MLflow, used from two threads."""
+
+    _lock = threading.RLock()
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._obj, name)
+        if not callable(attr):
+            return attr
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+        return locked
