@@ -113,7 +113,7 @@ def test_search_sweep_trains_grid_keys_reports_its_path_and_reruns_do_nothing(de
         s = check_search_output(out, grid_keys(sweep_file, 3))
         assert outcome.trials_run == len(s["trained"])
         html = (out / "report" / "index.html").read_text()
-        assert "Adaptive search: its path" in html and "stopped:" in html
+        assert "Adaptive search: the answer on fresh seeds" in html and "stopped:" in html
 
         before = (out / "search.json").read_text()
         again = run_sweep(sweep_file, build_report=False)

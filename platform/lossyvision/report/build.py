@@ -505,7 +505,7 @@ def build_report(output: str, *, keep_fraction: float | None = None, sample_leve
     verdict_sections, result_sections, analysis = _results_sections(output, writer, info, keep_fraction, warnings)
     from lossyvision.report.searchpath import search_sections
 
-    sections = verdict_sections + search_sections(output)  # a search's path follows its answer
+    sections = search_sections(output) + verdict_sections  # a search's answer (on fresh seeds) comes first
     sections += _codec_sections(output, analysis.rel, writer, info, warnings) + result_sections
     sections += _budget_sections(output, writer, warnings)
     sections += _store_sections(info, writer, warnings, sample_levels, n_samples)

@@ -15,8 +15,11 @@ def search_sections(output: str) -> list[Section]:
     if not data:
         return []
     lines = describe_search(data)
+    answers = [ln.strip() for ln in lines if ln.strip().startswith(("answer:", "stopped:"))]
     text = (f"{lines[0]} The search explored on one training run per level (repeat 0), then confirmed its candidate "
-            "on fresh seeds at the candidate and at the baseline; only the confirmation's interval supports the "
-            "advice (docs/reproducibility.md, 'Adaptive search'). Levels it did not train have no cells.")
-    return [Section("Adaptive search: its path", text=text,
+            "on fresh seeds at the candidate and at the baseline; only the confirmation's interval supports its "
+            "answer (docs/reproducibility.md, 'Adaptive search'). The verdict below reads every trained cell, the "
+            "exploration runs included, and levels the search did not train have no cells: for this question the "
+            "search's answer is the one to use.\n\n" + "\n\n".join(answers))
+    return [Section("Adaptive search: the answer on fresh seeds, and its path", text=text,
                     tables_html=[f"<pre>{html.escape(chr(10).join(lines[1:]))}</pre>"])]
