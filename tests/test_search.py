@@ -38,6 +38,7 @@ def test_search_field_parses_and_defaults(tmp_path):
     (lambda d: d["search"].update(max_trainings=4), "max_trainings: 4 cannot confirm a level: it needs at least 7"),
     (lambda d: d["search"].update(question="both"), "search.question"),
     (lambda d: d.update(budgets=["1MB"]), "cannot be combined with budgets"),
+    (lambda d: d.update(seed_spread={"levels": [0, 8], "repeats": 3}), "cannot be combined with seed_spread"),
 ])
 def test_a_search_the_sweep_cannot_run_is_refused_in_one_line(tmp_path, change, expected):
     data = _data(tmp_path)

@@ -662,10 +662,26 @@ class Sweep(_Strict):
 
     @model_validator(mode="after")
     def _search_fits(self) -> "Sweep":
-        if self.search is not None:
-            from lossyvision.sweep.searchgrid import check_search
-
-            check_search(self)
+        """A search walks one ladder per codec and confirms on fresh seeds (``lossyvision.sweep.search``)."""
+        s, problems = self.search, []
+        if s is None:
+            return self
+        if self.budgets or self.seed_spread is not None:
+            problems.append("search: it walks the ladder and measures the spread on its own fresh seeds; it cannot "
+                            "be combined with " + ("budgets" if self.budgets else "seed_spread"))
+        if s.question != "test" and self.repeats < 2:
+            problems.append(f"search: question {s.question} confirms a level on fresh seeds at it and at the "
+                            "baseline: set repeats >= 2 (the fresh seeds; 3 is typical)")
+        for arm in self.arms if s.question == "matched" else []:
+            if missing := sorted(set(arm.train_levels) - set(arm.test_levels)):
+                problems.append(f"search: question matched tests each level at itself, but {arm.name}'s test "
+                                f"levels lack {', '.join(f'{x:g}' for x in missing)}")
+        least = 1 + 2 * self.repeats if s.question != "test" else 1
+        if s.max_trainings is not None and s.max_trainings < least:
+            problems.append(f"search.max_trainings: {s.max_trainings} cannot confirm a level: it needs at least "
+                            f"{least} (the baseline, then {self.repeats} fresh seeds at a level and at the baseline)")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     # The codecs and the grid they make -----------------------------------------------------

@@ -25,31 +25,6 @@ SEARCH_FILE = "search.json"
 METRIC_ORDER = ("top1", "map50", "miou", "top5", "macc")
 
 
-def check_search(sweep: Any) -> None:
-    """Refuse (``ValueError``, one line each) a search the sweep cannot run."""
-    s = sweep.search
-    problems = []
-    if sweep.budgets:
-        problems.append("search: a search walks the ladder of levels; it cannot be combined with budgets")
-    if getattr(sweep, "seed_spread", None) is not None:
-        problems.append("search: the search measures the spread on its own fresh seeds; remove seed_spread")
-    if s.question != "test" and sweep.repeats < 2:
-        problems.append(f"search: question {s.question} confirms a level on fresh seeds at it and at the baseline: "
-                        "set repeats >= 2 (the fresh seeds; 3 is typical)")
-    for arm in sweep.arms:
-        if s.question == "matched":
-            missing = sorted(set(arm.train_levels) - set(arm.test_levels))
-            if missing:
-                problems.append(f"search: question matched tests each level at itself, but {arm.name}'s test levels "
-                                f"lack {', '.join(f'{x:g}' for x in missing)}")
-    minimum = 1 + 2 * sweep.repeats if s.question != "test" else 1
-    if s.max_trainings is not None and s.max_trainings < minimum:
-        problems.append(f"search.max_trainings: {s.max_trainings} cannot confirm a level: it needs at least "
-                        f"{minimum} (the baseline, then {sweep.repeats} fresh seeds at a level and at the baseline)")
-    if problems:
-        raise ValueError("\n".join(problems))
-
-
 def config_for(sweep: Any, parallel: int) -> SearchConfig:
     s = sweep.search
     return SearchConfig(question=s.question, keep=float(sweep.report.keep), confidence=float(sweep.report.confidence),
