@@ -218,40 +218,15 @@ def search_trials(sweep: Any, grid: Grid, output: str, manifest: Any, listener: 
     return Grid(trials, cells, {k: v for k, v in grid.identities.items() if k in keys}), failures, ran
 
 
-def run_search(sweep: Any, grid: Grid, manifest: Any, state: Any, tracker: Any, outcome: Any,
-               echo: Callable[[str], None]) -> tuple[Grid, list[TrialSpec]]:
-    """``sweep run``'s training step for a search: ``(the grid of what it trained, those trials)``.
-
-    Each finished trial's question cells go through the sweep's evaluation (``sweep.run.evaluate_grid``);
-    failures and counts land in ``outcome``.
-    """
-    from lossyvision.runners.evaluate import evaluate_cells
-    from lossyvision.sweep.plan import done_cell_keys
-    from lossyvision.sweep.run import DriverListener, SweepOutcome, evaluate_grid
+def worst_trainings(sweep: Any) -> int:
+    """The most trainings the sweep's searches can take, all (model, codec) together."""
     from lossyvision.sweep.search import trainings_bounds
 
-    state, tracker = _Locked(state), _Locked(tracker)  # evaluations run on the searcher's thread, epochs on Tune's
-
-    def evaluate(trials: list[TrialSpec]) -> None:
-        done = done_cell_keys(read_results(sweep.output))
-        cells = [c for t in trials for c in grid.cells_of(t) if c.key not in done]
-        if cells:
-            now = SweepOutcome(sweep.output, 0, 0)
-            evaluate_grid(sweep, cells, manifest, state, tracker, now, echo, evaluate_cells)
-            outcome.cell_failures.update(now.cell_failures)
-            outcome.cells_run += now.cells_run
-
-    echo(f"search ({sweep.search.question}): training only the levels its answer needs, on Ray Tune")
-    worst = sum(trainings_bounds(len(a.train_levels), config_for(sweep, 1))[1] for a in sweep.arms) * len(sweep.models)
-    listener = DriverListener(sweep, grid, state, tracker, manifest, echo, worst)
-    searched, failures, ran = search_trials(sweep, grid, sweep.output, manifest, listener, evaluate, echo)
-    outcome.trial_failures.update(failures)
-    outcome.trials_run += ran
-    keys = {t.key for t in searched.trials}
-    return searched, [t for t in grid.trials if t.key in keys]
+    return int(sum(trainings_bounds(len(a.train_levels), config_for(sweep, 1))[1] for a in sweep.arms)
+               * len(sweep.models))
 
 
-class _Locked:
+class Locked:
     """An object whose method calls take one shared lock: the state file and MLflow, used from two threads."""
 
     _lock = threading.RLock()

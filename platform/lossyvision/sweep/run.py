@@ -405,9 +405,7 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
     try:
         # Train what is missing (a search: what its answer needs; the grid becomes what it trained).
         if sweep.search is not None and trials_todo:
-            from lossyvision.runners.search import run_search
-
-            grid, trials_todo = run_search(sweep, grid, manifest, state, tracker, outcome, echo)
+            grid, trials_todo = _search(sweep, grid, manifest, state, tracker, outcome, echo)
             outdir.write_plan(output, grid)
         elif trials_todo:
             echo(f"training {len(trials_todo)} trial(s) on Ray Tune "
@@ -461,6 +459,32 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
     outcome.experiment_id = tracker._guard(tracker.experiment_id) if tracker.available else None
     outcome.seconds = time.time() - started
     return outcome
+
+
+def _search(sweep: Sweep, grid: Grid, manifest: pd.DataFrame, state: SweepState, tracker: Any,
+            outcome: SweepOutcome, echo: Echo) -> tuple[Grid, list[TrialSpec]]:
+    """The training step of a search (``runners.search``): ``(the grid of what it trained, those trials)``;
+    each finished trial's question cells are evaluated as it finishes, on the searcher's thread."""
+    from lossyvision.runners.evaluate import evaluate_cells
+    from lossyvision.runners.search import Locked, search_trials, worst_trainings
+
+    state, tracker = Locked(state), Locked(tracker)  # used from Tune's thread (epochs) and the searcher's
+
+    def evaluate(trials: list[TrialSpec]) -> None:
+        done = done_cell_keys(read_results(sweep.output))
+        cells = [c for t in trials for c in grid.cells_of(t) if c.key not in done]
+        if cells:
+            now = SweepOutcome(sweep.output, 0, 0)
+            evaluate_grid(sweep, cells, manifest, state, tracker, now, echo, evaluate_cells)
+            outcome.cell_failures.update(now.cell_failures)
+            outcome.cells_run += now.cells_run
+
+    echo(f"search ({sweep.search.question}): training only the levels its answer needs, on Ray Tune")
+    listener = DriverListener(sweep, grid, state, tracker, manifest, echo, worst_trainings(sweep))
+    searched, failures, ran = search_trials(sweep, grid, sweep.output, manifest, listener, evaluate, echo)
+    outcome.trial_failures.update(failures)
+    outcome.trials_run += ran
+    return searched, list(searched.trials)
 
 
 def log_verdicts(tracker: Any, verdicts: list[Any]) -> None:
