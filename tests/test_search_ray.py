@@ -126,7 +126,7 @@ def test_search_sweep_trains_grid_keys_reports_its_path_and_reruns_do_nothing(de
 def test_killed_search_driver_resumes_from_its_finished_trials(demo_root, store, tmp_path):
     """SIGKILL the driver once the baseline's exploration run has finished; the rerun goes on from there."""
     out = tmp_path / "killed"
-    sweep_file = write_sweep(tmp_path / "k.yaml", demo_root, store, out, epochs=6, limit_per_split=27,
+    sweep_file = write_sweep(tmp_path / "k.yaml", demo_root, store, out, epochs=4, limit_per_split=27,
                              resources={"trial": {"cpu": 2}, "eval": {"cpu": 1}})  # one training at a time
     cmd = [sys.executable, "-m", "lossyvision.cli", "sweep", "run", str(sweep_file), "--num-cpus", "2", "--no-report"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -134,7 +134,7 @@ def test_killed_search_driver_resumes_from_its_finished_trials(demo_root, store,
     log = (tmp_path / "driver.log").open("wb")
     driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.time() + 400
+        deadline = time.time() + 900  # a loaded 2-core machine: minutes per training and evaluation
         first = None
         while time.time() < deadline and driver.poll() is None:
             search = out / "search.json"

@@ -174,6 +174,7 @@ def search_trials(sweep: Any, grid: Grid, output: str, manifest: Any, listener: 
     searcher = _make_searcher(sweep, grid, output, evaluate, parallel, echo)
     searcher.catch_up()
     searcher.decide_all()
+    searcher.write()  # where the search stands, before anything trains
     failures: dict[str, str] = {}
     ran = 0
     if not all(d.done for d in searcher.decisions.values()):
