@@ -469,13 +469,18 @@ def _search(sweep: Sweep, grid: Grid, manifest: pd.DataFrame, state: SweepState,
     from lossyvision.runners.search import Locked, search_trials, worst_trainings
 
     state, tracker = Locked(state), Locked(tracker)  # used from Tune's thread (epochs) and the searcher's
+    # A finished trial's actor keeps its CPUs until Tune's controller stops it, and the controller waits
+    # in suggest() (up to 10 minutes) while the search waits for that evaluation: so the evaluation reserves
+    # no CPU (the actor is idle), only the GPUs it asks for.
+    eval_sweep = sweep.model_copy(update={"resources": sweep.resources.model_copy(
+        update={"eval": sweep.resources.eval.model_copy(update={"cpu": 0})})})
 
     def evaluate(trials: list[TrialSpec]) -> None:
         done = done_cell_keys(read_results(sweep.output))
         cells = [c for t in trials for c in grid.cells_of(t) if c.key not in done]
         if cells:
             now = SweepOutcome(sweep.output, 0, 0)
-            evaluate_grid(sweep, cells, manifest, state, tracker, now, echo, evaluate_cells)
+            evaluate_grid(eval_sweep, cells, manifest, state, tracker, now, echo, evaluate_cells)
             outcome.cell_failures.update(now.cell_failures)
             outcome.cells_run += now.cells_run
 
