@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_DATA := data/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv bench clean
+.PHONY: demo test test-fast lint venv bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,12 +25,27 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## The layer contracts (pyproject.toml's [tool.importlinter]), ruff's rules and docs/architecture.md's picture of the
+## layers (drawn from the contract); .ci/run runs them before the tests.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/python docs/architecture_figure.py --check
+
 ## Only the fast unit tests (no Ray, no slow end-to-end runs).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not ray and not slow" $(PYTEST_ARGS)
 
+## List the benchmarks (each is one script in benchmarks/, its results in docs/benchmarks.md); run one with
+## `make bench B=compress_vs_pool ARGS="--images 400"` (each script's --help gives its options). They take minutes
+## to hours each, so there is no "run them all".
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+ifdef B
+	$(BIN)/python benchmarks/$(B).py $(ARGS)
+else
+	@for f in benchmarks/[a-z]*.py; do printf '%-22s %s\n' "$$(basename $$f .py)" "$$(sed -n '1s/^"""//p' $$f | cut -c1-96)"; done
+	@echo 'run one: make bench B=NAME ARGS="..."  (GPU: bash benchmarks/gpu_check.sh, see docs/benchmarks.md)'
+endif
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

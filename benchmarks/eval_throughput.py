@@ -154,7 +154,7 @@ def pure_inference(sweep, grid, manifest, slots: int) -> dict:
     with mp.get_context("spawn").Pool(slots, _inference_worker_init, (sweep.output, threads)) as pool:
         results = pool.map(_inference_job, shards, chunksize=1)
     parts: dict[str, list] = {c.key: [] for c in grid.cells}
-    for shard, (_, _, got, _) in zip(shards, results):
+    for _shard, (_, _, got, _) in zip(shards, results):
         for key, part in got.items():
             parts[key].append(part)
     return {"inference_seconds": sum(r[0] for r in results), "decode_seconds": sum(r[1] for r in results),

@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_check.sh            on the GPU machine: everything below, results in $OUT (else runs/gpu-check)
 #   bash benchmarks/gpu_check.sh --cpu      here, small and on the CPU: tests the script itself (GPU tests skip)
 #   bash benchmarks/gpu_check.sh --stage    only keep the carried wheels (.whl/set*) in /tmp/lv-wheels for the next call
+#   bash benchmarks/gpu_check.sh --scale    on the GPU machine: steps 1, 2 and 6 only (its own call, limit 7 minutes)
 #
 # Steps, each timed, with its exit status in summary.txt:
 #   1. the machine: nvidia-smi, python, torch, CUDA;
@@ -13,16 +14,18 @@
 #   4. benchmarks/gpu_sweep.py: a CUDA sweep of a ViT-S/16 from random weights on 224 px crops of the shipped photos
 #      (AMP, 4 trials at once on quarters of the GPU, fractional-GPU streaming evaluation) with GPU use sampled,
 #      P5 (data loader vs training step images/s), and the cost of deterministic: true;
-#   5. P1 on all the machine's cores: benchmarks/compress_vs_pool.py (lossyvision compress vs a plain Pool).
-# What comes back from $OUT: gpu-check.log, summary.txt, gpu-sweep.json, p1-pool.json (at most 8 files).
+#   5. P1 on all the machine's cores: benchmarks/compress_vs_pool.py (lossyvision compress vs a plain Pool);
+#   6. issue 22: benchmarks/scale_check.py: one trial with cache: exact, one with resources.trial.workers: 2.
+# What comes back from $OUT: gpu-check.log, summary.txt, gpu-sweep.json, p1-pool.json, scale-check.json (at most 8).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=cuda
 case "${1:-}" in
   --cpu) MODE=cpu ;;
+  --scale) MODE=scale ;;
   --stage) mkdir -p "${GPU_CHECK_WHEELS:-/tmp/lv-wheels}" && cp -v .whl/set*/* "${GPU_CHECK_WHEELS:-/tmp/lv-wheels}/" && exit 0 ;;
   "") ;;
-  *) echo "usage: $0 [--cpu | --stage]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--cpu | --stage | --scale]" >&2; exit 2 ;;
 esac
 PY=${PYTHON:-python3}
 if [[ $MODE == cpu && -z ${PYTHON:-} && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
@@ -76,19 +79,27 @@ machine() {
 }
 
 step machine 60 machine
-if [[ $MODE == cuda ]]; then
+if [[ $MODE == scale ]]; then
+  step wheels 240 install_wheels || { echo "stopping: the project cannot import its packages" | tee -a "$SUMMARY"; exit 1; }
+  step scale-cache-workers 420 "$PY" benchmarks/scale_check.py --device cuda --work "$WORK/scale" \
+    --json "$RESULTS/scale-check.json"
+elif [[ $MODE == cuda ]]; then
   step wheels 240 install_wheels || { echo "stopping: the project cannot import its packages" | tee -a "$SUMMARY"; exit 1; }
   step gpu-tests 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider $(grep -l 'pytest.mark.gpu' tests/test_*.py)
   step sweep-p5-determinism 330 "$PY" benchmarks/gpu_sweep.py --device cuda --work "$WORK/sweep" \
     --json "$RESULTS/gpu-sweep.json"
   step p1-all-cores 150 "$PY" benchmarks/compress_vs_pool.py --images 400 --levels 1,5 --effort 7 --repeats 2 \
     --skip-no-png --cores "$(nproc)" --json "$RESULTS/p1-pool.json"
+  step scale-cache-workers 300 "$PY" benchmarks/scale_check.py --device cuda --work "$WORK/scale" \
+    --json "$RESULTS/scale-check.json"
 else
   step gpu-tests 300 "$PY" -m pytest -m gpu -q -p no:cacheprovider $(grep -l 'pytest.mark.gpu' tests/test_*.py)
   step sweep-p5-determinism 900 "$PY" benchmarks/gpu_sweep.py --device cpu --small --work "$WORK/sweep" \
     --json "$RESULTS/gpu-sweep.json"
   step p1-all-cores 600 "$PY" benchmarks/compress_vs_pool.py --images 16 --levels 1,5 --effort 3 --repeats 1 \
     --skip-no-png --png-sample 4 --cores "$(nproc)" --json "$RESULTS/p1-pool.json"
+  step scale-cache-workers 900 "$PY" benchmarks/scale_check.py --device cpu --small --work "$WORK/scale" \
+    --json "$RESULTS/scale-check.json"
 fi
 echo "total: $(( $(date +%s) - started ))s" | tee -a "$SUMMARY" "$LOG"
 cat "$SUMMARY"

@@ -70,7 +70,7 @@ def make_coco(root: str | Path, n_train: int = 4, n_val: int = 2, year: str = "2
     k, ann_id = 0, 1
     for split, count in (("train", n_train), ("val", n_val)):
         images, anns = [], []
-        for i in range(count):
+        for _i in range(count):
             width, height = COCO_SIZES[k % len(COCO_SIZES)]
             name = f"{k:012d}.jpg"
             write_image(root / f"{split}{year}" / name, photo_crop(PHOTOS[k % len(PHOTOS)], 70 + k, (width, height)))

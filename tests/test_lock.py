@@ -194,6 +194,7 @@ def test_s3_lease_of_a_killed_holder_on_this_host_is_taken_over(s3_server):
         assert lock.took_over is not None and lock.took_over.pid == proc.pid
 
 
+@pytest.mark.slow  # 6.5 s of sleeps: a lease must run out
 def test_s3_lease_of_another_host_expires_unless_renewed(s3_server, monkeypatch):
     monkeypatch.setenv("LOSSYVISION_LOCK_LEASE_SECONDS", "2")
     place = f"s3://{BUCKET}/locks/lease"

@@ -160,7 +160,7 @@ def coco_style_ap50(dets, gts, num_classes):
         rows.sort(key=lambda r: -r[0])
         taken = [np.zeros(len(g["boxes"]), bool) for g in gts]
         tp, fp = [], []
-        for s, i, b in rows:
+        for _s, i, b in rows:
             m = gts[i]["labels"] == c
             ious = np.where(m & ~taken[i], box_iou([b], gts[i]["boxes"])[0], -1)
             j = int(np.argmax(ious)) if len(ious) else -1

@@ -86,10 +86,11 @@ def test_advice_uses_the_interval_lower_bound_with_repeats():
     assert len(adv) == 1
     assert adv["train_level"].iloc[0] == 1.0 and adv["train_dcr"].iloc[0] == pytest.approx(0.25)
     assert adv["judged_on"].iloc[0] == "95% interval lower bound"
-    # with a single repeat the mean decides: level 2's 0.999 keeps 99%
+    # with a single repeat nothing measures the spread between training runs: no trained level is
+    # judged (level 2's 0.999 would keep 99% on its mean alone), only the baseline's own level
     one = pd.DataFrame([r for r in rows if r["repeat"] == 0])
     adv1 = advice_table(relative_cells(cell_table(one)), keep_fraction=0.99)
-    assert adv1["train_level"].iloc[0] == 2.0 and adv1["judged_on"].iloc[0] == "mean"
+    assert adv1["train_level"].iloc[0] == 0.0 and adv1["judged_on"].iloc[0] == "mean"
     # nothing keeps 100.5%: no advice, no crash
     assert np.isnan(advice_table(rel, keep_fraction=1.005)["train_level"].iloc[0])
 

@@ -179,7 +179,7 @@ def test_rerun_does_nothing_and_a_changed_image_redoes_its_shard_whole(tmp_path)
     assert not any((out / s).exists() for s in old)  # replaced shards are gone, the others untouched
     assert {p for p in tars(out) if p in stamps} == {p for p in stamps if str(p.relative_to(out)) not in old}
     assert m.loc[("train/cat/img0.jpg", 2.0)].width == 50
-    for k, row in m.iterrows():
+    for _k, row in m.iterrows():
         assert len(read_row(out, row.output_path)) == row.compressed_bytes
 
 

@@ -134,7 +134,6 @@ def test_ray_data_reads_the_shards_natively(local_ray, demo_local, tmp_path):
     """The shards are plain WebDataset tars: ``ray.data.read_webdataset`` reads every member."""
     import ray
 
-    from lossyvision.manifest import read_manifest
     from lossyvision.runners.compress import compress_job
 
     store_uri = f"s3://{BUCKET}/shard-stores/{tmp_path.name}"

@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from lossyvision.preflight import preflight
 from lossyvision.spec import SpecError, load_sweep, parse_sweep
 
 
@@ -24,7 +25,7 @@ def _base(tmp_path) -> dict:
 
 def _error(data, tmp_path) -> str:
     with pytest.raises(SpecError) as e:
-        parse_sweep(data, source="s.yaml")
+        preflight(parse_sweep(data, source="s.yaml"), source="s.yaml")  # the file, then the world it names
     return str(e.value)
 
 
@@ -109,7 +110,7 @@ def test_repo_sweeps_validate(repo_root, tmp_path, monkeypatch):
         data = substitute_env(yaml.safe_load(path.read_text()), env={})
         if "://" not in str(data["dataset"]["root"]):
             data["dataset"]["root"] = str(tmp_path / "data")
-        parse_sweep(data, source=str(path))
+        preflight(parse_sweep(data, source=str(path)), source=str(path))
 
 
 def test_yaml_text_round_trip(tmp_path):

@@ -164,6 +164,7 @@ def demo_sweep(tmp: Path, data: Path) -> Path:
     sweep["output"] = str(tmp / "out")
     sweep["codec"]["effort"] = 1
     sweep["train_levels"], sweep["test_levels"] = [0], [0, 8]
+    sweep.pop("seed_spread", None)  # one training: the job's plumbing is under test, not the verdict
     sweep["limit_per_split"] = 18
     for model in sweep["models"]:
         model["epochs"] = 1
@@ -277,6 +278,7 @@ def head_node_id(h) -> str:
         ray.shutdown()
 
 
+@pytest.mark.slow  # starts a Ray head (`ray start`) with token auth: not for the fast tier
 def test_token_auth_cluster_takes_the_token_from_ray_auth_token():
     from ray_head import start_head
 

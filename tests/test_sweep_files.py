@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from lossyvision.preflight import load_checked
 from lossyvision.spec import GRID_CAP, SpecError, check_grid, load_sweep
 
 PLATFORM = str(Path(__file__).resolve().parents[1] / "platform")
@@ -236,7 +237,7 @@ def test_malformed_sweep_file_is_refused_naming_the_field(tmp_path, monkeypatch,
     before = snapshot(tmp_path)
     start = time.monotonic()
     with pytest.raises(SpecError) as err:
-        load_sweep(path)
+        load_checked(path)  # the file, then the world it names (as sweep run, sweep plan, compress do)
     message = str(err.value)
     assert time.monotonic() - start < 10
     assert message.startswith(str(path)), message  # the file is named first
@@ -275,10 +276,10 @@ def test_an_earlier_output_and_store_are_accepted(tmp_path):
     (out / "store" / ".manifest-parts").mkdir(parents=True)  # left by `compress SWEEP_FILE`
     path = tmp_path / "s.yaml"
     path.write_text(text_of(base(tmp_path)))
-    assert load_sweep(path).output == str(out)
+    assert load_checked(path).output == str(out)
     (out / "sweep.yaml").write_text(text_of(base(tmp_path)))
     (out / "results.parquet").write_bytes(b"")  # not ours to judge: the lead's file
-    assert load_sweep(path).output == str(out)
+    assert load_checked(path).output == str(out)
 
 
 def test_grid_over_the_cap_needs_yes(tmp_path):

@@ -99,7 +99,7 @@ CLASSES = ["cat", "coffee", "rocket"]
 KEY = "r10__d2__r0__0123456789"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "server+s3"])
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("server+s3", marks=pytest.mark.slow)])
 def backend(request, tmp_path_factory):
     """(tracking URI, S3 or None): SQLite with local artifacts, or a real mlflow server with moto's S3."""
     if request.param == "sqlite":

@@ -41,6 +41,7 @@ def test_one_repeat_cannot_tell_about_trained_models_and_names_the_cheapest_fix(
         assert found[q].outcome == "cannot tell" and found[q].level is None
         assert "spread between training runs is not measured" in found[q].text
         assert "seed_spread: {levels: [0, 3], repeats: 3}" in found[q].text and "4 more trainings" in found[q].text
+        assert "not measured" in found[q].why
         assert all(x["status"] == "cannot tell" for x in found[q].levels)
     # the model trained at the baseline's level is one model: its test images decide
     assert found["test"].outcome == "advised" and found["test"].level == 3.0
@@ -90,7 +91,7 @@ def test_a_saturated_metric_gets_one_line_and_the_decision_comes_first():
     sat = [v for v in found if v.question == "saturated"]
     assert len(sat) == 1 and sat[0].metric == "top5" and "saturated" in sat[0].text
     lines = verdict_lines(found)
-    assert lines[0] == decisions(found)[0] and lines[0].startswith("m: no level to store everything at yet")
+    assert lines[0] == decisions(found)[0] and lines[0].startswith("m: no level to store everything at with 95% confidence: the spread")
     assert sum("top5" in ln for ln in lines) == 1
 
 
@@ -125,3 +126,16 @@ def test_report_keep_and_verdict_json_and_advise_json(tmp_path):
     printed = runner.invoke(app, ["advise", str(out), "--json"])
     assert printed.exit_code == 0, printed.output
     assert json.loads(printed.output) == records
+
+
+def test_a_metric_at_its_ceiling_that_every_level_keeps_is_one_line():
+    from lossyvision.report.verdict import saturated
+
+    top5 = relative_cells(cells({(0, 0): [0.999, 0.998, 0.999], (1, 1): [0.999], (8, 8): [0.998, 0.999, 0.997],
+                                 (1, 0): [0.999], (8, 0): [0.999, 0.999, 0.998], (0, 1): [0.999, 0.998, 0.999],
+                                 (0, 8): [0.998, 0.998, 0.999]}, half_width=0.001).assign(metric="top5"))
+    line = saturated(top5.assign(ci_high=top5["ci_high"].clip(upper=1.0).where(top5["train_level"] > 0, 1.0)),
+                     0.99, 0.95)
+    assert line and line.startswith("top5 is at its ceiling") and "every level of the three questions keeps ≥ 99% with 95% confidence" in line
+    # a cell that cannot be told, or a baseline below the ceiling: the full verdict, not one line
+    assert saturated(top5.assign(ci_high=0.9995), 0.99, 0.95) is None

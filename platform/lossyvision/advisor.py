@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from lossyvision import store
 from lossyvision.budget import bytes_per_image, images_available as count_images
+from lossyvision.output import OutputError, load_plan
 from lossyvision.scaling import (
     AdvicePolicy,
     AdviceRefused,
@@ -30,6 +31,8 @@ from lossyvision.scaling import (
     optimal_level,
     scaling_points,
 )
+from lossyvision.spec import load_sweep
+from lossyvision.sweep.results import ResultsError, current_rows, read_results
 from lossyvision.units import format_bytes
 
 RESULTS_NAME = "results.parquet"
@@ -93,11 +96,6 @@ def _read_parquet(uri: str) -> pd.DataFrame:
 
 def load_inputs(output: str, store_uri: str | None = None) -> tuple[pd.DataFrame, Any, pd.DataFrame]:
     """The results, the sweep and the manifest of a sweep output; ValueError says what is missing."""
-    from lossyvision.spec import load_sweep
-
-    from lossyvision.output import OutputError, load_plan
-    from lossyvision.sweep.results import ResultsError, current_rows, read_results
-
     results_uri = store.join(output, RESULTS_NAME)
     if not store.exists(results_uri):
         raise ValueError(f"{results_uri} does not exist: is {output} the output folder of a budget sweep?")
@@ -187,7 +185,7 @@ def format_report(report: AdviceReport) -> str:
     lines = []
     fit = report.fit
     if fit is not None:
-        lines.append(f"Scaling law  err = Err* + A*n^-alpha + B*L^-beta  (n images, L bytes/image)")
+        lines.append("Scaling law  err = Err* + A*n^-alpha + B*L^-beta  (n images, L bytes/image)")
         lines.append(f"  fitted to {fit.n_points} points: model {sel['model']}, error = 1 - {sel['metric']} "
                      f"on {where}")
         lines.append(f"  {'param':<9}{'value':>12}   {fit.confidence:.0%} bootstrap interval")

@@ -16,6 +16,12 @@ import typer
 from lossyvision import __version__
 from lossyvision.codecs import CODECS
 from lossyvision.datasets import DATASETS
+from lossyvision.datasets._files import require_dir
+from lossyvision.inspect import inspect_dataset, render
+from lossyvision.lock import LockHeld, writer_lock
+from lossyvision.places import check_output_files, check_place
+from lossyvision.store import DamagedFileError
+from lossyvision.units import parse_bytes
 
 app = typer.Typer(
     help="How far can you lossily compress your image data before your vision models notice?",
@@ -47,13 +53,11 @@ def os_error_line(exc: OSError) -> str:
 def clean_errors() -> Iterator[None]:
     """Turn the errors a user can meet into one line: bad files and options (2), busy places,
     damaged files and OS errors (1). Anything else is a bug and keeps its traceback."""
-    from lossyvision.compress import CompressError
-    from lossyvision.lock import LockHeld
-    from lossyvision.output import OutputError
-    from lossyvision.report.cells import ReportError
-    from lossyvision.spec import SpecError
-    from lossyvision.store import DamagedFileError
-    from lossyvision.sweep.results import ResultsError
+    from lossyvision.compress import CompressError  # lazy: loads pandas; --help stays fast
+    from lossyvision.output import OutputError  # lazy: loads pandas; --help stays fast
+    from lossyvision.report.cells import ReportError  # lazy: loads pandas; --help stays fast
+    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
+    from lossyvision.sweep.results import ResultsError  # lazy: loads pyarrow; --help stays fast
 
     try:
         yield
@@ -83,8 +87,6 @@ def main_options(
 
 def check_output(output: str) -> None:
     """Commands that read an output first check its small files read back (one line if not)."""
-    from lossyvision.places import check_output_files
-
     with clean_errors():
         check_output_files(output)
 
@@ -96,7 +98,7 @@ def demo_data(
     png: bool = typer.Option(False, "--png", help="Store originals as PNG (as Cityscapes) instead of JPEG."),
 ) -> None:
     """Build the small labelled demo dataset of real photos, offline and deterministically."""
-    from lossyvision.demo import build_demo_dataset
+    from lossyvision.demo import build_demo_dataset  # lazy: loads PIL; --help stays fast
 
     try:
         summary = build_demo_dataset(str(out), png=png)
@@ -171,17 +173,16 @@ def compress(
     """Compress a dataset at every level on Ray and write the manifest (resumable)."""
     from rich.console import Console
 
-    from lossyvision import compress as job
-    from lossyvision.lock import writer_lock
-    from lossyvision.places import check_place
-    from lossyvision.spec import check_grid, load_sweep
+    from lossyvision import compress as job  # lazy: loads pandas; --help stays fast
+    from lossyvision.preflight import load_checked  # lazy: loads torch
+    from lossyvision.spec import check_grid  # lazy: loads pydantic; --help stays fast
 
     with clean_errors():
         if sweep_file is not None:
             given = given_options(ctx, _SWEEP_FILE_SETS)
             if given:
                 fail(f"{', '.join(given)} cannot be combined with a sweep file (set them in the file)")
-            sweep = load_sweep(sweep_file)
+            sweep = load_checked(sweep_file)
             check_grid(sweep, yes, source=str(sweep_file))
             store_uri = sweep.store_uri
         else:
@@ -203,8 +204,6 @@ def compress(
                 fail(str(exc))
             if allow_outside_symlinks:
                 dataset_options["allow_outside_symlinks"] = True
-            from lossyvision.datasets._files import require_dir
-
             try:
                 check_place(out, "store")
             except ValueError as exc:
@@ -225,7 +224,7 @@ def compress(
                          "quality_metric": quality_metric, "quality_sample": quality_sample,
                          "animated": animated, "dataset_options": dataset_options,
                          "layout": layout, "shard_size": shard_bytes, "png_sample": png_count}]
-            from lossyvision.runners.compress import compress_job
+            from lossyvision.runners.compress import compress_job  # lazy: loads ray
 
             results = [compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
                        for args in jobs]
@@ -242,7 +241,7 @@ def compress(
         typer.echo(line)
     typer.echo(f"manifest: {store_uri}/manifest.parquet ({len(rows)} rows; {sum(r.done for r in results)} run now, "
                f"{sum(r.skipped for r in results)} already done); summary.csv beside it")
-    from lossyvision.manifest import STATUS_OK
+    from lossyvision.manifest import STATUS_OK  # lazy: loads pandas; --help stays fast
 
     if len(rows) and not (rows["status"] == STATUS_OK).any():
         fail("no image could be compressed (every row failed; reasons above)", code=1)
@@ -268,12 +267,13 @@ def sweep_run(
 
     Rerunning on an existing output does only what is missing (trials, cells, MLflow runs).
     A second run on the same output is refused while the first holds it."""
-    from lossyvision.spec import check_grid, load_sweep
-    from lossyvision.sweep.plan import PlanError
-    from lossyvision.sweep.run import run_sweep, summary_lines
+    from lossyvision.preflight import load_checked  # lazy: loads torch
+    from lossyvision.spec import check_grid  # lazy: loads pydantic; --help stays fast
+    from lossyvision.sweep.plan import PlanError  # lazy: loads pandas; --help stays fast
+    from lossyvision.sweep.run import run_sweep, summary_lines  # lazy: loads pandas; --help stays fast
 
     with clean_errors():
-        sweep = load_sweep(sweep_file)
+        sweep = load_checked(sweep_file)
         check_grid(sweep, yes, source=str(sweep_file))
         try:
             outcome = run_sweep(sweep, echo=typer.echo, ray_address=address, num_cpus=num_cpus,
@@ -294,24 +294,25 @@ def sweep_plan(
 ) -> None:
     """Check a sweep file and say what `sweep run` would do: the grid (done, stale, to run), the
     images to compress, the bytes and files it would write, and the compression time. Writes nothing."""
-    from lossyvision.spec import grid_counts, load_sweep
-    from lossyvision.sweep.preview import preview, render_preview
-    from lossyvision.sweep.run import resolve_paths
+    from lossyvision.preflight import load_checked  # lazy: loads torch
+    from lossyvision.spec import grid_counts  # lazy: loads pydantic; --help stays fast
+    from lossyvision.sweep.preview import preview, render_preview  # lazy: loads pandas; --help stays fast
+    from lossyvision.sweep.run import resolve_paths  # lazy: loads pandas; --help stays fast
 
     with clean_errors():
-        sweep = resolve_paths(load_sweep(sweep_file))
+        sweep = resolve_paths(load_checked(sweep_file))
         result = preview(sweep, sample=sample)
     for line in render_preview(result):
         typer.echo(line)
     if sweep.search is not None:
         import os
 
-        from lossyvision.sweep.searchgrid import plan_lines
+        from lossyvision.sweep.searchgrid import plan_lines  # lazy: loads pandas; --help stays fast
 
         cpu = sweep.resources.trial.cpu  # the levels explored at once: this machine's trial slots, unless set
         for line in plan_lines(sweep, max(1, int((os.cpu_count() or 1) // cpu) if cpu else 1)):
             typer.echo(line)
-    from lossyvision.spec import GRID_CAP
+    from lossyvision.spec import GRID_CAP  # lazy: loads pydantic; --help stays fast
 
     trials, evaluations = grid_counts(sweep)
     if trials > GRID_CAP["trials"] or evaluations > GRID_CAP["evaluations"]:
@@ -324,8 +325,8 @@ def sweep_status(output: str = typer.Argument(..., help="The sweep's output fold
     """Show the grid with done, running, failed and missing cells."""
     from rich.console import Console
 
-    from lossyvision.output import load_output_sweep, load_plan
-    from lossyvision.sweep.status import grid_status, render_status, stale_entries
+    from lossyvision.output import load_output_sweep, load_plan  # lazy: loads pandas; --help stays fast
+    from lossyvision.sweep.status import grid_status, render_status, stale_entries  # lazy: loads pandas; --help stays fast
 
     check_output(output)
     with clean_errors():
@@ -339,11 +340,10 @@ def sweep_status(output: str = typer.Argument(..., help="The sweep's output fold
 @sweep_app.command("sync", epilog="Example: lossyvision sweep sync runs/demo")
 def sweep_sync(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
     """Push results missing from MLflow (after an outage) to the tracking server."""
-    from lossyvision.output import OutputError
-    from lossyvision.spec import SpecError
-    from lossyvision.store import DamagedFileError
-    from lossyvision.sweep.results import ResultsError
-    from lossyvision.sweep.run import sync_output
+    from lossyvision.output import OutputError  # lazy: loads pandas; --help stays fast
+    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
+    from lossyvision.sweep.results import ResultsError  # lazy: loads pyarrow; --help stays fast
+    from lossyvision.sweep.run import sync_output  # lazy: loads pandas; --help stays fast
 
     check_output(output)
     try:
@@ -396,16 +396,16 @@ def inspect_command(
     """
     import json
 
-    from lossyvision import compress as job
-    from lossyvision.inspect import inspect_dataset, render
-    from lossyvision.spec import SpecError, load_sweep
+    from lossyvision import compress as job  # lazy: loads pandas; --help stays fast
+    from lossyvision.preflight import check_dataset  # lazy: loads torch
+    from lossyvision.spec import SpecError, load_sweep  # lazy: loads pydantic; --help stays fast
 
     try:
         options = parse_options(option)
         codec_options = {} if effort is None else {"effort": effort}
         ladder = job.parse_levels(levels)
         if sweep_file is not None:
-            sweep = load_sweep(sweep_file)
+            sweep = check_dataset(load_sweep(sweep_file), str(sweep_file))
             arm = sweep.arms[0]  # the first codec of the sweep (inspect estimates one codec's ladder)
             codec, codec_options, ladder = arm.name, arm.options, tuple(arm.levels)
             if dataset is None:
@@ -449,10 +449,10 @@ def report(
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the files to the sweep's MLflow run."),
 ) -> None:
     """Draw the study's figures and write OUTPUT/report/index.html; print the verdict."""
-    from lossyvision.report.build import build_report
-    from lossyvision.report.cells import ReportError
+    from lossyvision.report.build import build_report  # lazy: loads pandas; --help stays fast
+    from lossyvision.report.cells import ReportError  # lazy: loads pandas; --help stays fast
 
-    from lossyvision.spec import parse_keep
+    from lossyvision.spec import parse_keep  # lazy: loads pydantic; --help stays fast
 
     try:
         keep_fraction = None if keep is None else parse_keep(keep, "--keep")
@@ -475,9 +475,9 @@ def report(
 
 def _log_artifacts(output: str, paths: list[str], artifact_path: str) -> None:
     """Log files to the sweep's MLflow parent run when OUTPUT is a sweep's output; warn otherwise."""
-    from lossyvision.output import OutputError
-    from lossyvision.spec import SpecError
-    from lossyvision.sweep.tracking import log_report_artifacts
+    from lossyvision.output import OutputError  # lazy: loads pandas; --help stays fast
+    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
+    from lossyvision.sweep.tracking import log_report_artifacts  # lazy: loads pandas; --help stays fast
 
     try:
         ok = log_report_artifacts(output, paths, artifact_path=artifact_path)
@@ -506,10 +506,10 @@ def sensitivity(
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the files to the sweep's MLflow run."),
 ) -> None:
     """DCT-frequency sensitivity maps of a trained classifier."""
-    from lossyvision.output import OutputError
-    from lossyvision.sensitivity import SensitivityError, run_sweep_sensitivity
-    from lossyvision.spec import SpecError
-    from lossyvision.sweep.trials import TrialError
+    from lossyvision.output import OutputError  # lazy: loads pandas; --help stays fast
+    from lossyvision.sensitivity import SensitivityError, run_sweep_sensitivity  # lazy: loads torch
+    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
+    from lossyvision.sweep.trials import TrialError  # lazy: loads pandas; --help stays fast
 
     check_output(output)
     try:
@@ -547,10 +547,9 @@ def advise(
     95% bound, or why the data cannot tell). A budget sweep: exits with code 3, saying why, when the
     fit is too poor or the budget asks it to extrapolate.
     """
-    from lossyvision.advisor import advise_output, format_report, parse_count
-    from lossyvision.output import OutputError, raw_sweep
-    from lossyvision.spec import SpecError
-    from lossyvision.units import parse_bytes
+    from lossyvision.advisor import advise_output, format_report, parse_count  # lazy: loads pandas; --help stays fast
+    from lossyvision.output import OutputError, raw_sweep  # lazy: loads pandas; --help stays fast
+    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
 
     try:
         budgets = raw_sweep(output).get("budgets")
@@ -561,8 +560,8 @@ def advise(
                                 ("--test-level", test_level), ("--store", store_uri)) if v is not None]
         if given:
             fail(f"{', '.join(given)} only apply to a budget sweep; {output} has no budgets")
-        from lossyvision.report.build import analyse
-        from lossyvision.report.cells import ReportError
+        from lossyvision.report.build import analyse  # lazy: loads pandas; --help stays fast
+        from lossyvision.report.cells import ReportError  # lazy: loads pandas; --help stays fast
 
         try:
             result = analyse(output)
@@ -575,7 +574,7 @@ def advise(
         if as_json:
             import json
 
-            from lossyvision.report.verdict import verdict_records
+            from lossyvision.report.verdict import verdict_records  # lazy: loads pandas; --help stays fast
 
             typer.echo(json.dumps(verdict_records(found), indent=1))
             return
@@ -637,7 +636,7 @@ def submit(
     bearer token of clusters with token authentication. Each submission is named
     <sweep name>-<short id>.
     """
-    from lossyvision import submit as submission
+    from lossyvision import submit as submission  # lazy: loads pydantic; --help stays fast
 
     if sum(x is not None for x in (sweep_file, status, stop)) != 1:
         fail("give exactly one of SWEEP_FILE, --status JOB or --stop JOB")
@@ -656,7 +655,7 @@ def submit(
                    "pipe into `kubectl create -f -`", err=True)
         return
     try:
-        from lossyvision.runners import submit as runner
+        from lossyvision.runners import submit as runner  # lazy: loads ray
 
         if status is not None:
             info = runner.job_info(address, status)
@@ -674,7 +673,7 @@ def submit(
         fail(str(e))
     except KeyboardInterrupt:
         typer.echo("\ndetached: the job keeps running (lossyvision submit --status JOB / --stop JOB)", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     if no_wait:
         typer.echo(f"job {result.job_id}: {result.status}")
         return

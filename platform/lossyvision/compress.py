@@ -45,9 +45,16 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import pandas as pd
 
 from lossyvision import manifest, shards, store
+from lossyvision.codecs import create_codec
+from lossyvision.datasets import create_dataset
+from lossyvision.datasets._files import UNSUPPORTED, extension
 from lossyvision.datasets.base import DatasetReader, Record, file_versions
+from lossyvision.imageio import ANIMATED_POLICIES, BadImageError, load_rgb
+from lossyvision.lock import writer_lock
+from lossyvision.places import check_place, check_store_files
+from lossyvision.quality import check_available, measure
 from lossyvision.shards import DEFAULT_LAYOUT, DEFAULT_SHARD_SIZE, LAYOUTS
-from lossyvision.units import format_bytes
+from lossyvision.units import format_bytes, parse_bytes
 
 DEFAULT_LEVELS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
 ON_ERROR = ("skip", "fail")
@@ -82,8 +89,6 @@ class CompressOptions:
 # --- one image ---------------------------------------------------------------------------------
 @lru_cache(maxsize=8)
 def _codec(name: str, options_json: str):
-    from lossyvision.codecs import create_codec
-
     return create_codec(name, **json.loads(options_json))
 
 
@@ -103,8 +108,6 @@ def options_json(options: dict[str, Any]) -> str:
 @lru_cache(maxsize=4)
 def _reader(kind: str, root: str, options_json: str) -> DatasetReader:
     """The dataset reader a worker needs for sources that are not whole files (one per process)."""
-    from lossyvision.datasets import create_dataset
-
     return create_dataset(kind, root, **json.loads(options_json))
 
 
@@ -122,8 +125,6 @@ class _Source:
     """One source image read and decoded once for all its levels in a batch."""
 
     def __init__(self, item: dict, params: dict) -> None:
-        from lossyvision.imageio import BadImageError, load_rgb
-
         max_pixels = int(params["max_pixels"])
         animated = params.get("animated", "refuse")
         self.data: bytes | None = None
@@ -226,8 +227,6 @@ def _compress_level(item: dict, src: _Source, params: dict, write: Writer | None
                dcr_vs_raw=1.0 - n / raw, level0_method=method)
     metric = params.get("quality_metric")
     if metric and item.get("quality"):
-        from lossyvision.quality import measure
-
         row["quality_metric"] = metric  # null quality with a metric: tried and failed (see error)
         try:
             row["quality"] = measure(metric, img.rgb, codec.decode(data))
@@ -344,8 +343,6 @@ def parse_quality_sample(text: str | int) -> int:
 
 def parse_shard_size(text: str | int) -> int:
     """``"256MB"`` -> 256000000; :class:`CompressError` on anything that is not a positive size."""
-    from lossyvision.units import parse_bytes
-
     try:
         size = parse_bytes(text)
     except ValueError as exc:
@@ -539,8 +536,6 @@ SKIPPED_NAME = "skipped.csv"
 
 def describe_not_read(not_read: Sequence[Any], store_uri: str | None = None) -> list[str]:
     """Lines for the files a job did not read: counts per reason, unsupported types per extension."""
-    from lossyvision.datasets._files import UNSUPPORTED, extension
-
     if not not_read:
         return []
     kinds: dict[str, int] = {}
@@ -603,10 +598,6 @@ def write_not_read(store_uri: str, not_read: Sequence[Any]) -> None:
 
 def validate(options: CompressOptions) -> None:
     """Check options before any work; raise :class:`CompressError` naming the problem."""
-    from lossyvision.codecs import create_codec
-
-    from lossyvision.imageio import ANIMATED_POLICIES
-
     if options.layout not in LAYOUTS:
         raise CompressError(f"layout must be one of {LAYOUTS}, got {options.layout!r}")
     if isinstance(options.shard_size, bool) or int(options.shard_size) < 1:
@@ -631,8 +622,6 @@ def validate(options: CompressOptions) -> None:
         except ValueError as exc:
             raise CompressError(str(exc)) from None
     if options.quality_metric:
-        from lossyvision.quality import check_available
-
         try:
             check_available(options.quality_metric)
         except (KeyError, ValueError) as exc:
@@ -661,8 +650,6 @@ def run_job(records: Sequence[Record], source_root: str, store_uri: str, options
     ``progress`` (a :class:`lossyvision.progress.JobProgress`) hears the number of work items, then
     every batch of finished rows and its failures.
     """
-    from lossyvision.lock import writer_lock
-
     validate(options)
     if not records:
         raise CompressError(f"{source_root}: the dataset has no images")
@@ -679,8 +666,6 @@ def run_job(records: Sequence[Record], source_root: str, store_uri: str, options
 
 def check_store_place(store_uri: str) -> None:
     """A store is never a system folder nor someone else's folder, and its manifest reads back."""
-    from lossyvision.places import check_place, check_store_files
-
     try:
         check_place(store_uri, "store")
     except ValueError as exc:
@@ -830,8 +815,6 @@ def render_summary(table: pd.DataFrame, title: str | None = None):
     from rich import box
     from rich.table import Table
 
-    from lossyvision.units import format_bytes
-
     t = Table(title=title or "DCR per level (1 - compressed/source, 1 - compressed/raw)",
               box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for name in ("level", "ok", "failed", "src mean", "src med", "raw mean", "raw med", "bytes",
@@ -876,8 +859,6 @@ def sweep_job_args(sweep) -> list[dict[str, Any]]:
     ``limit_per_split`` is honoured, so exactly the sweep's images are done. The dataset is listed
     once for all the jobs.
     """
-    from lossyvision.datasets import create_dataset
-
     try:
         reader = create_dataset(sweep.dataset.kind, sweep.dataset.root, **sweep.dataset.options)
         records = reader.records()

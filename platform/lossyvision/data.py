@@ -7,14 +7,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from lossyvision.imageio import load_rgb
 from lossyvision.store import read_bytes
 from lossyvision.streaming import DATA_ORDERS, ShardOrderSampler, shard_groups
 
 
 def decode_any(data: bytes) -> np.ndarray:
     """Decode an original file (JPEG, PNG, ...) to uint8 RGB with the project's normalisation."""
-    from lossyvision.imageio import load_rgb
-
     return load_rgb(data).rgb
 
 

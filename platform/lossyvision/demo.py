@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from lossyvision.datasets._files import list_files
 from lossyvision.store import atomic_write_bytes, filesystem, join
 
 SEED = 20240611
@@ -260,8 +261,6 @@ def build_demo_dataset(out: str, png: bool = False, train_per_class: int = TRAIN
 
 def _check_target(out: str) -> set[str]:
     """The images of an earlier demo build in ``out`` (to replace); refuse any other non-empty folder."""
-    from lossyvision.datasets._files import list_files
-
     fs, path = filesystem(out)
     if not fs.exists(path):
         return set()

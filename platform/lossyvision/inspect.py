@@ -28,7 +28,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lossyvision.codecs import create_codec
+from lossyvision.datasets import create_dataset
 from lossyvision.datasets.base import DatasetReader, Record
+from lossyvision.imageio import BadImageError, load_rgb
+from lossyvision.store import format_level
+from lossyvision.units import format_bytes
 
 SIZE_EDGES = tuple(2 ** k for k in range(10, 31))  # 1 KiB .. 1 GiB
 SIDE_EDGES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -115,8 +120,6 @@ def _target_classes(reader: DatasetReader, record: Record) -> tuple[int, ...]:
 
 def read_facts(reader: DatasetReader, record: Record, max_pixels: int) -> ImageFacts:
     """Read and decode one source as the compress job would; never raises."""
-    from lossyvision.imageio import BadImageError, load_rgb
-
     facts = ImageFacts(relpath=record.relpath, split=record.split)
     try:
         data = reader.read_source(record)
@@ -216,9 +219,6 @@ def estimate_store(reader: DatasetReader, records: dict[str, Record], good: Sequ
                    codec_name: str, codec_options: dict[str, Any], levels: Sequence[float], sample: int,
                    max_pixels: int, cpus: int | None = None) -> Estimate:
     """Encode a sample at every level in memory, time it, and scale to the whole dataset."""
-    from lossyvision.codecs import create_codec
-    from lossyvision.imageio import load_rgb
-
     codec = create_codec(codec_name, **codec_options)
     chosen = sample_relpaths(good, sample)
     source = {lv: 0 for lv in levels}
@@ -267,8 +267,6 @@ def inspect_dataset(kind: str, root: str, options: dict[str, Any] | None = None,
                     levels: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0), sample: int = DEFAULT_SAMPLE,
                     limit: int | None = None, max_pixels: int = 100_000_000, workers: int | None = None) -> Inspection:
     """Inspect a dataset; raises ``ValueError`` (layout, options) or ``KeyError`` (unknown kind, codec)."""
-    from lossyvision.datasets import create_dataset
-
     started = time.perf_counter()
     options = dict(options or {})
     reader = create_dataset(kind, root, **options)
@@ -324,9 +322,6 @@ def _duration(seconds: float) -> str:
 
 def render(ins: Inspection) -> str:
     """The inspection as plain text (what the CLI prints without ``--json``)."""
-    from lossyvision.store import format_level
-    from lossyvision.units import format_bytes
-
     def size(n: float) -> str:
         return format_bytes(n)
 

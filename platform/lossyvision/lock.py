@@ -34,7 +34,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterator
 
 from lossyvision.places import LOCK_NAME
-from lossyvision.store import absolute, filesystem, is_remote, join, local_path
+from lossyvision.store import absolute, exists, filesystem, is_remote, join, local_path, read_bytes
 
 __all__ = ["LOCK_NAME", "Holder", "LockHeld", "WriterLock", "read_holder", "writer_lock"]
 #: Seconds a remote lease lasts without renewal (``LOSSYVISION_LOCK_LEASE_SECONDS`` overrides).
@@ -361,8 +361,6 @@ def _read_holder_fd(fd: int, wait: float = 0.0) -> Holder | None:
 
 def read_holder(place: str) -> Holder | None:
     """Who holds (or last held) ``place``'s lock, as recorded in the lock file; None if nobody."""
-    from lossyvision.store import exists, read_bytes
-
     uri = join(str(place), LOCK_NAME)
     if not exists(uri):
         return None

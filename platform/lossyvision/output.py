@@ -21,11 +21,13 @@ from typing import Any
 
 import yaml
 
-from lossyvision import store
+from lossyvision import __version__, store
+from lossyvision.metrics import outcomes_from_parquet, outcomes_to_parquet
+from lossyvision.places import MARKER_NAME, SWEEP_COPY
+from lossyvision.spec import SpecError, parse_sweep
+from lossyvision.sweep.plan import Grid
 
 FORMAT = 2
-MARKER_NAME = "lossyvision-output.json"
-SWEEP_COPY = "sweep.yaml"
 PLAN_NAME = "plan.json"
 PREDICTIONS_DIR = "predictions"
 CHECKPOINTS_DIR = "checkpoints"
@@ -71,8 +73,6 @@ def mark(output: str) -> None:
     """Write the marker (once): this folder is a sweep output of the current format."""
     marker = path(output, MARKER_NAME)
     if not store.exists(marker):
-        from lossyvision import __version__
-
         store.atomic_write_bytes(marker, json.dumps({"format": FORMAT, "created_by": f"lossyvision {__version__}"},
                                                     indent=1).encode())
 
@@ -90,8 +90,6 @@ def write_sweep(output: str, sweep: Any) -> str:
 
 def _read_sweep_copy(output: str) -> tuple[str, Any]:
     """``(URI, parsed YAML)`` of ``OUTPUT/sweep.yaml``; a missing or unreadable copy is a :class:`SpecError`."""
-    from lossyvision.spec import SpecError
-
     check_format(output)
     uri = path(output, SWEEP_COPY)
     if not store.exists(uri):
@@ -105,8 +103,6 @@ def _read_sweep_copy(output: str) -> tuple[str, Any]:
 
 def raw_sweep(output: str) -> dict[str, Any]:
     """``OUTPUT/sweep.yaml`` as plain data, unvalidated: readable where its dataset is not reachable."""
-    from lossyvision.spec import SpecError
-
     uri, data = _read_sweep_copy(output)
     if not isinstance(data, dict):
         raise SpecError(f"{uri} is damaged (not a mapping); rerun `lossyvision sweep run` to rewrite it")
@@ -115,8 +111,6 @@ def raw_sweep(output: str) -> dict[str, Any]:
 
 def load_output_sweep(output: str) -> Any:
     """The sweep a run left in OUTPUT (``OUTPUT/sweep.yaml``), its output set to OUTPUT."""
-    from lossyvision.spec import parse_sweep
-
     uri, data = _read_sweep_copy(output)
     if isinstance(data, dict):
         data["output"] = str(output) if store.is_remote(str(output)) else os.path.abspath(output)
@@ -132,8 +126,6 @@ def write_plan(output: str, grid: Any) -> None:
 
 def load_plan(output: str) -> Any:
     """The grid ``sweep run`` last planned for OUTPUT (a :class:`lossyvision.sweep.plan.Grid`)."""
-    from lossyvision.sweep.plan import Grid
-
     check_format(output)
     uri = path(output, PLAN_NAME)
     if not store.exists(uri):
@@ -151,16 +143,12 @@ def predictions_uri(output: str, cell_key: str) -> str:
 
 def write_predictions(output: str, cell_key: str, outcomes: Any) -> str:
     """One cell's per-sample outcomes, atomically (the file names the outcome kind)."""
-    from lossyvision.metrics import outcomes_to_parquet
-
     uri = predictions_uri(output, cell_key)
     store.atomic_write_bytes(uri, outcomes_to_parquet(outcomes))
     return uri
 
 
 def read_predictions(output: str, cell_key: str) -> Any:
-    from lossyvision.metrics import outcomes_from_parquet
-
     uri = predictions_uri(output, cell_key)
     return outcomes_from_parquet(store.read_bytes(uri), source=uri)
 

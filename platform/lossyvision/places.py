@@ -21,9 +21,11 @@ from __future__ import annotations
 import json
 import os
 
-from lossyvision.store import MANIFEST_NAME, SUMMARY_NAME, DamagedFileError, join, local_path
+from lossyvision.store import (
+    MANIFEST_NAME, SUMMARY_NAME, DamagedFileError, exists, filesystem, join, local_path, read_bytes)
 
 LOCK_NAME = ".lossyvision.lock"
+MARKER_NAME = "lossyvision-output.json"  # a sweep output's marker (its format: lossyvision.output)
 SWEEP_COPY = "sweep.yaml"
 STATE_NAME = "state.json"
 PARTS_DIR = ".manifest-parts"
@@ -71,8 +73,6 @@ def is_store_folder(path: str) -> bool:
 def is_output_folder(path: str) -> bool:
     """Whether an existing local folder is empty or a sweep output lossyvision made."""
     entries = _visible_entries(path)
-    from lossyvision.output import MARKER_NAME
-
     if not entries or {SWEEP_COPY, LOCK_NAME, MARKER_NAME} & set(entries):
         return True
     store = os.path.join(path, DEFAULT_STORE)
@@ -108,8 +108,6 @@ def _damaged(path: str, problem: str, way_back: str) -> DamagedFileError:
 
 
 def _read(path: str) -> bytes | None:
-    from lossyvision.store import exists, read_bytes
-
     if not exists(path):
         return None
     return read_bytes(path)
@@ -162,8 +160,6 @@ def check_store_files(store_uri: str) -> None:
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from lossyvision.store import exists, filesystem, read_bytes
 
     uri = join(str(store_uri), MANIFEST_NAME)
     if not exists(uri):

@@ -70,7 +70,8 @@ def import_submodules(package_name: str, package_path: list[str]) -> None:
     """Import every module of a package so that their ``@register`` decorators run.
 
     Called from a registry package's ``__init__``: dropping a new file into the folder is all it
-    takes to add an entry.
+    takes to add an entry. A lookup needs no import of its package: importing ``package.base``
+    (where the registry lives) runs the package's ``__init__`` first, which fills it.
     """
     for info in pkgutil.iter_modules(package_path):
         if not info.name.startswith("_") and info.name != "base":

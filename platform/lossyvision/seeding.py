@@ -40,6 +40,13 @@ def trial_seed(sweep_seed: int, repeat: int) -> int:
     return derive_seed("trial", int(sweep_seed), int(repeat))
 
 
+def worker_seed(seed: int, rank: int, world: int) -> int:
+    """The augmentation seed of data-parallel worker ``rank`` of ``world`` (``resources.trial.workers``):
+    the trial seed itself for a single worker (its trials unchanged), else one derived per rank, so that
+    workers draw different crops and flips. The data order stays the trial seed's on every rank."""
+    return int(seed) if int(world) <= 1 else derive_seed("worker", int(seed), int(rank))
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
     import numpy as np

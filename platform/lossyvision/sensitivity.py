@@ -33,7 +33,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lossyvision import dct
+from lossyvision import dct, store
+from lossyvision.manifest import CorruptRowError, output_uri
+from lossyvision.output import load_output_sweep, load_plan
+from lossyvision.sweep.trials import is_finished, load_trained, read_manifest
 
 ProbsFn = Callable[[torch.Tensor], torch.Tensor]
 MODES = ("gradient", "finite-difference")
@@ -335,10 +338,6 @@ def load_test_images(sweep, n_images: int, size: int, *, seed: int = 0,
     (bilinear, antialiased: the classifier's 'resize' view)."""
     import torch.nn.functional as F
 
-    from lossyvision import store
-    from lossyvision.manifest import CorruptRowError, output_uri
-    from lossyvision.sweep.trials import read_manifest
-
     arm = sweep.arm(codec) if codec else sweep.arms[0]
     m = read_manifest(sweep)
     rows = m[(m["split"] == sweep.test_split) & (m["status"] == "ok") & (m["codec"] == arm.name)]
@@ -371,10 +370,6 @@ def run_sweep_sensitivity(output: str, *, model: str | None = None, train_level:
     Images are measured at the model's ``image_size`` rounded down to a multiple of 8 (the task's
     ``probabilities`` resizes back when they differ, which both modes differentiate through).
     """
-    from lossyvision import store
-    from lossyvision.output import load_output_sweep, load_plan
-    from lossyvision.sweep.trials import is_finished, load_trained
-
     if mode not in MODES:
         raise SensitivityError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
     sweep = load_output_sweep(output)

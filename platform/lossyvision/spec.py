@@ -1,20 +1,22 @@
 """The sweep file: one YAML describes a whole experiment, validated by pydantic.
 
-Errors name the field and the problem (``dataset.root: /x does not exist``), never a traceback:
-:func:`load_sweep` raises :class:`SpecError` with one line per problem. Everything that can be
-checked is checked here, before anything is written and before Ray starts:
+Errors name the field and the problem (``repeats: Input should be less than or equal to 100``), never
+a traceback: :func:`load_sweep` raises :class:`SpecError` with one line per problem. Parsing reads
+nothing but the sweep file: what the file says about the world (the dataset root, each model's task and
+architecture, the output and store folders) is checked by :func:`lossyvision.preflight.preflight`,
+which ``sweep run``, ``sweep plan``, ``compress`` and ``submit`` call before anything is written and
+before Ray starts. Here:
 
 * the file: UTF-8 text (not binary), at most 1 MiB, valid YAML without repeated keys;
 * ``${VAR}`` / ``${VAR:-default}`` are substituted inside string values after parsing, never in
   the text, so a variable's value cannot add or change fields; an unset one names its field;
 * numbers are numbers (never ``true``/``false``), finite, and within the bounds below; levels are
   within the codec's own range (:meth:`lossyvision.codecs.base.Codec.check_level`);
-* the dataset root is a folder (or a URI); the tracking URI has a scheme MLflow 3 serves;
-* ``output`` and ``store`` are never a system folder or someone else's non-empty folder, and
-  their files from earlier runs read back (:mod:`lossyvision.places`).
+* the dataset kind and the codecs are registered ones; the tracking URI has a scheme MLflow 3 serves.
 
 Bounds (:data:`BOUNDS`): ``repeats`` 1..100, ``epochs`` 1..10000, ``batch_size`` 1..4096,
 ``image_size`` 8..8192, ``lr`` in (0, 10], ``weight_decay`` 0..10, ``shuffle_buffer`` 1..10000000,
+``cache: {max_side}`` 8..8192, ``resources.trial.workers`` 1..256,
 at most 64 levels per list and
 32 models, ``resources`` at most 1024 CPUs and 64 GPUs. A grid of more than :data:`GRID_CAP`
 trials or evaluations is refused unless the user says ``--yes`` (:func:`check_grid`).
@@ -36,8 +38,9 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from lossyvision.places import check_output_files, check_place, check_store_files
-from lossyvision.store import DamagedFileError, is_remote, join
+from lossyvision.codecs import CODECS, create_codec
+from lossyvision.datasets import DATASETS
+from lossyvision.store import is_remote, join, read_bytes
 from lossyvision.streaming import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_SHUFFLE_BUFFER
 from lossyvision.units import format_bytes, parse_bytes
 
@@ -50,7 +53,7 @@ BOUNDS = {
     "name": 100, "codecs": 16, "shard_size": (1000, 64 * 10**9), "png_sample": (0, 10**9),
     "shard_images": (1, 1_000_000), "shard_bytes": (1000, 1 << 40), "model_cache_bytes": (0, 1 << 40),
     "stage_bytes": (0, 1 << 44), "shuffle_buffer": (1, 10_000_000), "read_block_bytes": (1 << 16, 1 << 30),
-    "read_cache_bytes": (1 << 17, 1 << 40),
+    "read_cache_bytes": (1 << 17, 1 << 40), "cache_bytes": (0, 1 << 44), "max_side": (8, 8192), "workers": (1, 256),
 }
 #: A sweep with more trials or evaluations than this needs ``--yes`` (``sweep run``, ``compress``).
 GRID_CAP = {"trials": 200, "evaluations": 5000}
@@ -122,12 +125,6 @@ def _num(default: Any, bounds: tuple[float, float], *, low_open: bool = False, *
     return Field(default, le=high, **lower, **extra, **kw)
 
 
-def _check_local_exists(path: str) -> str:
-    if not is_remote(path) and not os.path.exists(path):
-        raise ValueError(f"{path} does not exist")
-    return path
-
-
 def _check_registered(registry: Any, name: str) -> str:
     """``name`` if the registry knows it, else the registry's own "unknown ..., known: ..." error."""
     if name not in registry:
@@ -152,24 +149,7 @@ class DatasetSpec(_Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        from lossyvision.datasets import DATASETS
-
         return _check_registered(DATASETS, v)
-
-    @field_validator("root")
-    @classmethod
-    def _root_exists(cls, v: str, info: ValidationInfo) -> str:
-        """A local root is a folder, or a file for the kinds whose root may be one (a CSV list, a tar shard)."""
-        from lossyvision.datasets import DATASETS
-
-        _check_local_exists(v)
-        kind = info.data.get("kind")
-        if kind in DATASETS and not is_remote(v) and not os.path.isdir(v):
-            if not DATASETS.get(kind).root_may_be_file:
-                raise ValueError(f"{v} is not a folder (a {kind} root is the folder holding the images)")
-            if not os.path.isfile(v):
-                raise ValueError(f"{v} is neither a folder nor a regular file")
-        return v
 
 
 class CodecSpec(BaseModel):
@@ -184,8 +164,6 @@ class CodecSpec(BaseModel):
 
     @model_validator(mode="after")
     def _codec_accepts_options(self) -> "CodecSpec":
-        from lossyvision.codecs import create_codec
-
         try:
             create_codec(self.name, **self.options)
         except (KeyError, ValueError, TypeError) as e:
@@ -233,13 +211,9 @@ class Arm:
     @property
     def codec(self) -> Any:
         """The codec class (registry entry): level meaning, fidelity order, lossless level."""
-        from lossyvision.codecs import CODECS
-
         return CODECS.get(self.name)
 
     def create(self) -> Any:
-        from lossyvision.codecs import create_codec
-
         return create_codec(self.name, **self.options)
 
 
@@ -315,6 +289,12 @@ class CompressSpec(_Strict):
         return int(v)
 
 
+class CacheSize(_Strict):
+    """``cache: {max_side: N}``: the cache stores each image shrunk so that its longer side is at most N."""
+
+    max_side: Int = _num(..., BOUNDS["max_side"], description="longest side of a cached image, in pixels")
+
+
 class ModelSpec(_Strict):
     """One model set-up. Task-specific knobs go in ``options``."""
 
@@ -334,7 +314,19 @@ class ModelSpec(_Strict):
                               "shuffle buffer (a sharded store too large to stage; lossyvision.streaming)")
     shuffle_buffer: Int = _num(DEFAULT_SHUFFLE_BUFFER, BOUNDS["shuffle_buffer"],
                                description="data_order shards: images mixed at once")
+    cache: Literal["exact"] | CacheSize | None = Field(
+        None, description="decoded training images on the trial's local disk: exact (same pixels, same key) or "
+                          "{max_side: N} (shrunk; enters the key); docs/scale.md")
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_shrinks_images_only(cls, v: Any, info: ValidationInfo) -> Any:
+        """Shrinking moves boxes and masks off their pixels: only a classifier's targets survive it."""
+        if isinstance(v, CacheSize) and info.data.get("task", "classification") != "classification":
+            raise ValueError(f"max_side shrinks the images but not a {info.data.get('task')} task's targets; "
+                             "use cache: exact")
+        return v
 
     @field_validator("shuffle_buffer")
     @classmethod
@@ -349,28 +341,6 @@ class ModelSpec(_Strict):
     @classmethod
     def _slug(cls, v: str) -> str:
         return _check_slug(v)
-
-    @field_validator("task")
-    @classmethod
-    def _known_task(cls, v: str) -> str:
-        from lossyvision.tasks import TASKS
-
-        return _check_registered(TASKS, v)
-
-
-    @model_validator(mode="after")
-    def _task_accepts_options(self) -> "ModelSpec":
-        """Typos in ``options`` fail when the file is read, not hours later inside a trial."""
-        from lossyvision.tasks import TASKS
-        from lossyvision.tasks.entrypoint import check_arch
-
-        if self.task in TASKS:
-            try:
-                TASKS.get(self.task)(self, ["class-0", "class-1"])
-                check_arch(self, ["class-0", "class-1"])  # arch exists for the task (offline; entry points run once)
-            except ValueError as e:
-                raise ValueError(str(e)) from None
-        return self
 
 
 class Resource(_Strict):
@@ -390,8 +360,12 @@ class TrialResource(Resource):
     read_cache_bytes: Int = Field(
         DEFAULT_CACHE_BYTES, description="data_order shards: memory of fetched blocks per data loader process, "
                                          "e.g. 256MiB (at least two blocks)")
+    cache_bytes: Int = Field(64_000_000_000, description="local disk one training process's decoded cache may "
+                                                         "fill (a model's cache:), e.g. 64GB")
+    workers: Int = _num(1, BOUNDS["workers"], description="data-parallel training processes per trial (Ray Train, "
+                                                          "DDP); cpu and gpu are then per worker")
 
-    @field_validator("stage_bytes", "read_block_bytes", "read_cache_bytes", mode="before")
+    @field_validator("stage_bytes", "read_block_bytes", "read_cache_bytes", "cache_bytes", mode="before")
     @classmethod
     def _sizes(cls, v: Any, info: ValidationInfo) -> int:
         return byte_size(v, info.field_name)
@@ -638,10 +612,21 @@ class Sweep(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _workers_split_the_batch(self) -> "Sweep":
+        """Data-parallel trials (docs/scale.md): each worker takes batch_size / workers of a global batch."""
+        workers = self.resources.trial.workers
+        problems = [f"models.{i}.batch_size: {m.batch_size} does not split over resources.trial.workers: {workers}"
+                    for i, m in enumerate(self.models) if workers > 1 and m.batch_size % workers]
+        problems += [f"models.{i}.task: resources.trial.workers above 1 trains classification models only "
+                     f"(this one is {m.task})" for i, m in enumerate(self.models)
+                     if workers > 1 and m.task != "classification"]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _levels_in_codec_range(self) -> "Sweep":
         """Levels a codec cannot encode fail now, not after compression started."""
-        from lossyvision.codecs import CODECS
-
         ladders = ([(c.name, f"codecs.{i}.{f}", getattr(c, f)) for i, c in enumerate(self.codecs)
                     for f in ("levels", "train_levels", "test_levels") if getattr(c, f) is not None]
                    if self.codecs is not None else
@@ -719,31 +704,6 @@ class Sweep(_Strict):
         if budget < 0 and (self.cross_codec or on_originals):
             points += [(a.name, float(lv)) for a in self.arms if a.name != codec for lv in a.test_levels]
         return points
-
-    @model_validator(mode="after")
-    def _places(self) -> "Sweep":
-        """``output`` and ``store``: no system folder, no foreign folder, no damaged file."""
-        problems = []
-        places = [("output", self.output, "output")]
-        if self.store:
-            places.append(("store", self.store, "store"))
-        for field, uri, kind in places:
-            try:
-                check_place(uri, kind)
-            except ValueError as e:
-                problems.append(f"{field}: {e}")
-        if not problems and not is_remote(self.output):
-            try:
-                check_output_files(self.output)
-                if self.store and not is_remote(self.store):
-                    check_store_files(self.store)
-            except DamagedFileError as e:
-                problems.append(f"{'store' if self.store and str(self.store) in str(e) else 'output'}: {e}")
-            except OSError as e:
-                problems.append(f"output: cannot read {e.filename or self.output}: {e.strerror or e}")
-        if problems:
-            raise ValueError("\n".join(problems))
-        return self
 
     # Derived locations -------------------------------------------------------------------
     @property
@@ -916,8 +876,6 @@ def parse_yaml_text(data: bytes, source: str) -> Any:
 
 def read_sweep_file(path: str | os.PathLike[str]) -> bytes:
     """The bytes of a local sweep file: it must exist and be a regular file (a FIFO would block)."""
-    from lossyvision.store import read_bytes
-
     path = str(path)
     if not os.path.exists(path):
         raise SpecError(f"{path}: sweep file does not exist")
@@ -949,8 +907,6 @@ def grid_counts(sweep: Sweep) -> tuple[int, int]:
 
 
 def _codec_names() -> list[str]:
-    from lossyvision.codecs import CODECS
-
     return CODECS.names()
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+import lossyvision
+from lossyvision.preflight import preflight
 from lossyvision.spec import SpecError, check_grid, parse_sweep, parse_yaml_text, read_sweep_file, substitute_env
 
 #: Job states after which nothing changes.
@@ -101,7 +103,7 @@ def check_sweep_file(path: str | os.PathLike[str], yes: bool = False) -> str:
     except SpecError as e:
         raise SubmitError(str(e)) from None
     try:
-        sweep = parse_sweep(data, source=path)
+        sweep = preflight(parse_sweep(data, source=path), source=path)
         check_grid(sweep, yes, source=path)
         return sweep.name
     except SpecError as e:
@@ -241,8 +243,6 @@ def build_runtime_env(working_dir: str, *, env_vars: Mapping[str, str] | None = 
     if env_vars:
         runtime_env["env_vars"] = {str(k): str(v) for k, v in env_vars.items()}
     if ship_code:
-        import lossyvision
-
         runtime_env["py_modules"] = [os.path.dirname(os.path.abspath(lossyvision.__file__))]
     return runtime_env
 

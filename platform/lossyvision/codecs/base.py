@@ -124,6 +124,4 @@ CODECS: Registry[type[Codec]] = Registry("codec")
 
 def create_codec(name: str, **options: Any) -> Codec:
     """Build a registered codec by name with its options (``create_codec('jpegxl', effort=7)``)."""
-    import lossyvision.codecs  # noqa: F401  (fills the registry)
-
     return CODECS.get(name)(**options)

@@ -133,8 +133,6 @@ def create_dataset(kind: str, root: str, **options: Any) -> DatasetReader:
     ``allow_outside_symlinks`` (bool, any layout) follows symlinks whose target lies outside the
     root; by default they are refused and recorded in ``reader.skipped``.
     """
-    import lossyvision.datasets  # noqa: F401  (fills the registry)
-
     allow = options.pop("allow_outside_symlinks", False)
     if not isinstance(allow, bool):
         raise ValueError(f"{kind}: option allow_outside_symlinks must be true or false, got {allow!r}")

@@ -101,7 +101,6 @@ def outcomes_from_parquet(data: bytes, source: str = "predictions") -> Outcomes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import lossyvision.metrics  # noqa: F401  (fills the registry)
 
     try:
         table = pq.read_table(io.BytesIO(data))

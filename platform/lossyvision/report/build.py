@@ -21,12 +21,22 @@ from typing import Any
 import pandas as pd
 
 from lossyvision import store
+from lossyvision.advisor import advise_output, format_report
+from lossyvision.codecs import create_codec
+from lossyvision.output import OutputError, is_sweep_output, load_plan
 from lossyvision.report.advice import advice_html, advice_table, cells_html
+from lossyvision.report.budget import budget_figure_pngs
 from lossyvision.report.cells import PredictionsCache, ReportError, cell_table, relative_cells
 from lossyvision.report.curves import dcr_by_level, plot_dcr_curve
 from lossyvision.report.heatmap import heatmap_groups, plot_relative_heatmap
 from lossyvision.report.html import Figure, Section, render_html
+from lossyvision.report.rate import bd_table, describe_bd, plot_rate_accuracy, rate_points
 from lossyvision.report.samples import plot_samples
+from lossyvision.report.verdict import decisions, verdict_lines, verdict_records, verdicts
+from lossyvision.seeding import derive_seed
+from lossyvision.spec import arms_from, originals_of
+from lossyvision.sweep.plan import bits_per_pixel, ok_rows
+from lossyvision.sweep.results import ResultsError, current_rows, read_results
 
 REPORT_DIR = "report"
 INDEX_NAME = "index.html"
@@ -90,8 +100,6 @@ def read_sweep_info(output: str) -> SweepInfo:
     dataset need not be reachable, so the file is not validated again."""
     import yaml
 
-    from lossyvision.spec import arms_from, originals_of
-
     uri = store.join(output, SWEEP_COPY_NAME)
     default_store = store.join(output, "store")
     if not store.exists(uri):
@@ -142,9 +150,6 @@ class _Writer:
 
 def current_results(output: str) -> tuple[pd.DataFrame, int]:
     """The results rows of the configuration in ``plan.json`` and how many stale rows were left out."""
-    from lossyvision.output import OutputError, load_plan
-    from lossyvision.sweep.results import ResultsError, current_rows, read_results
-
     try:
         results = read_results(output)
         grid = load_plan(output)
@@ -165,16 +170,11 @@ class Analysis:
 
     @property
     def lines(self) -> list[str]:
-        from lossyvision.report.verdict import verdict_lines
-
         return verdict_lines(self.verdicts)
 
 
 def analyse(output: str, keep_fraction: float | None = None, info: SweepInfo | None = None) -> Analysis:
     """Cells, paired relative values and verdicts of the current configuration's results; writes nothing."""
-    from lossyvision.report.verdict import verdicts
-    from lossyvision.seeding import derive_seed
-
     output = str(output)
     info = info or read_sweep_info(output)
     keep = info.keep if keep_fraction is None else keep_fraction
@@ -270,9 +270,6 @@ def _codec_sections(output: str, rel: pd.DataFrame, writer: _Writer, info: Sweep
     """Several codecs: accuracy against bits per pixel, and the bytes each saves at equal accuracy."""
     if len(info.codecs) < 2:
         return []
-    from lossyvision.report.rate import bd_table, describe_bd, plot_rate_accuracy, rate_points
-    from lossyvision.seeding import derive_seed
-
     points = rate_points(rel, info.originals)
     if points.empty:
         return [Section("Codecs: accuracy against bits per pixel", text="No cells with bits per pixel yet.")]
@@ -295,8 +292,6 @@ def _codec_sections(output: str, rel: pd.DataFrame, writer: _Writer, info: Sweep
     if manifest is None:
         warnings.append("bytes at equal accuracy: no store manifest to read the images' bits per pixel from")
         return [section]
-    from lossyvision.sweep.plan import bits_per_pixel, ok_rows
-
     def bpp_of(codec: str, level: float) -> dict[str, float]:
         rows = ok_rows(manifest, info.test_split, level, codec)
         return dict(zip(rows["relpath"].astype(str), bits_per_pixel(rows).astype(float)))
@@ -333,8 +328,6 @@ def write_verdict_json(output: str, found: list) -> str:
     """``OUTPUT/verdict.json`` (atomically): what ``lossyvision advise OUTPUT --json`` prints."""
     import json
 
-    from lossyvision.report.verdict import verdict_records
-
     uri = store.join(output, VERDICT_JSON)
     store.atomic_write_bytes(uri, (json.dumps(verdict_records(found), indent=1) + "\n").encode("utf-8"))
     return uri
@@ -343,8 +336,6 @@ def write_verdict_json(output: str, found: list) -> str:
 def decisions_html(found: list) -> str:
     """One decision per model, above the table of questions."""
     from html import escape
-
-    from lossyvision.report.verdict import decisions
 
     return "".join(f'<p class="decision"><strong>{escape(line)}</strong></p>' for line in decisions(found))
 
@@ -386,8 +377,6 @@ def _store_sections(info: SweepInfo, writer: _Writer, warnings: list[str], sampl
     sections.append(curve)
     samples = Section("Visual samples", text="The same centre crop of each image at several levels.")
     try:
-        from lossyvision.codecs import create_codec
-
         codec = create_codec(info.codec)
         png = plot_samples(manifest, info.store_uri, codec.decode, levels=sample_levels, n_images=n_samples,
                            split=info.test_split, codec=info.codec)
@@ -424,8 +413,6 @@ def _budget_sections(output: str, writer: _Writer, warnings: list[str]) -> list[
     results, _ = current_results(output)
     if "budget" not in results.columns or not (results["budget"] >= 0).any():
         return []
-    from lossyvision.report.budget import budget_figure_pngs
-
     section = Section("Storage budgets", text=(
         "Each trial trained on the largest class-balanced subset whose compressed bytes fit its budget. "
         "The fit is Err(n, L) = Err* + A·n^-α + B·L^-β (n images, L bytes per image) with 95% bootstrap "
@@ -436,8 +423,6 @@ def _budget_sections(output: str, writer: _Writer, warnings: list[str]) -> list[
     except Exception as e:  # noqa: BLE001 - a failed fit must not sink the report
         warnings.append(f"budget figures: {type(e).__name__}: {e}")
     try:
-        from lossyvision.advisor import advise_output, format_report
-
         advice = advise_output(output, write=True)
         section.tables_html.append(f"<pre>{_escape(format_report(advice))}</pre>")
         writer.tables.append(store.join(output, "scaling_fit.json"))
@@ -453,7 +438,7 @@ def _escape(text: str) -> str:
 
 
 def _sensitivity_sections(output: str, writer: _Writer, warnings: list[str]) -> list[Section]:
-    from lossyvision.sensitivity import SensitivityResult, plot_sensitivity_maps
+    from lossyvision.sensitivity import SensitivityResult, plot_sensitivity_maps  # lazy: loads torch
 
     folder = store.join(output, SENSITIVITY_DIR)
     if not store.exists(folder):
@@ -491,8 +476,6 @@ def build_report(output: str, *, keep_fraction: float | None = None, sample_leve
     output = str(output)
     if not store.exists(output):
         raise ReportError(f"{output} does not exist")
-    from lossyvision.output import is_sweep_output
-
     if not is_sweep_output(output):  # a dataset folder, a typo: write nothing into it
         raise ReportError(f"{output} is not the output folder of a sweep (no sweep.yaml); give the folder "
                           "`lossyvision sweep run` wrote")

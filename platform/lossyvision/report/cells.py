@@ -23,7 +23,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from lossyvision.codecs import CODECS
 from lossyvision.intervals import metric_interval, relative_interval
+from lossyvision.output import read_predictions
 from lossyvision.seedspread import pooled_spread, trained_interval
 
 GROUP = ("model", "metric", "budget", "codec")
@@ -61,13 +63,11 @@ class PredictionsCache:
 
     def __call__(self, cell_id: str) -> Any:
         if cell_id not in self._cache:
-            from lossyvision.output import read_predictions
-
             self._cache[cell_id] = read_predictions(self.output, cell_id)
         return self._cache[cell_id]
 
 
-def _outcomes(source: OutcomeSource | None, cell_ids: list[str]) -> list[Any] | None:
+def cell_outcomes(source: OutcomeSource | None, cell_ids: list[str]) -> list[Any] | None:
     if source is None:
         return None
     try:
@@ -81,7 +81,6 @@ def cell_table(results: pd.DataFrame, outcomes: OutcomeSource | None = None, *, 
                missing: list[str] | None = None) -> pd.DataFrame:
     """One row per cell: n (repeats), mean, std, ci_low, ci_high, n_images, the mean train/test DCRs,
     ``cell_ids`` and ``values`` (one per repeat, in repeat order) and ``interval`` (how it was computed)."""
-
     needed = (set(CELL) - {"codec", "test_codec"}) | {"value", "repeat"}
     absent = sorted(needed - set(results.columns))
     if absent:
@@ -105,7 +104,7 @@ def cell_table(results: pd.DataFrame, outcomes: OutcomeSource | None = None, *, 
         g = g.sort_values("repeat")
         v = g["value"].to_numpy(dtype=float)
         ids = [str(c) for c in g["cell_id"]]
-        found = _outcomes(outcomes, ids) if g["cell_id"].notna().all() else None
+        found = cell_outcomes(outcomes, ids) if g["cell_id"].notna().all() else None
         if found is not None:
             ci = metric_interval(found, str(key[1]), confidence=confidence, n_resamples=resamples,
                                  seed=seed_of(str(key[0])))
@@ -147,8 +146,6 @@ def with_codecs(results: pd.DataFrame) -> pd.DataFrame:
 
 def most_faithful(codec: str, levels: Any) -> float:
     """The level of ``codec`` that loses least (JPEG XL: the smallest distance; JPEG: the highest quality)."""
-    from lossyvision.codecs import CODECS
-
     levels = [float(x) for x in levels]
     if codec in CODECS:
         return CODECS.get(codec).by_fidelity(levels)[0]
@@ -206,10 +203,10 @@ def relative_cells(cells: pd.DataFrame, skipped: list[str] | None = None, outcom
             g[dst] = 100.0 * g[src] / base
         g["rel_interval"] = "rescaled"
         base_ids = list(base_row["cell_ids"]) if "cell_ids" in g.columns else []
-        base_out = _outcomes(outcomes, base_ids) if base_ids else None
+        base_out = cell_outcomes(outcomes, base_ids) if base_ids else None
         if base_out is not None:
             for idx, row in g.iterrows():
-                cell_out = _outcomes(outcomes, list(row["cell_ids"]))
+                cell_out = cell_outcomes(outcomes, list(row["cell_ids"]))
                 at_base = float(row["train_level"]) == train
                 if cell_out is None or (at_base and len(cell_out) != len(base_out)):
                     continue
@@ -243,53 +240,3 @@ def _with_seed_spread(g: pd.DataFrame, base_train: float, base: float, n_base: i
             how = "images+seeds" if spread.measured else "seeds not measured"
             g.loc[idx, ["rel_low", "rel_high", "rel_interval"]] = [low, high, how]
     return g
-
-
-def fill_relative(output: str, sweep: Any, grid: Any) -> int:
-    """Fill the ``rel`` columns of ``results.parquet`` for current rows that lack them; returns how many.
-
-    Per repeat: each row against the baseline cell of the same model, budget and repeat, paired on
-    the test images (:func:`lossyvision.intervals.relative_interval`). Rows whose baseline is not
-    evaluated yet stay empty until a later run fills them.
-    """
-    from lossyvision.seeding import derive_seed
-    from lossyvision.sweep.results import read_results, write_results
-
-    results = read_results(output)
-    if results.empty:
-        return 0
-    planned = {c.key: c for c in grid.cells}
-    baselines: dict[tuple[str, int, str], dict[int, str]] = {}
-    for (model, budget, codec), cells in _by_trial_group(grid.cells).items():
-        own = [c for c in cells if c.test_codec == codec]
-        train = most_faithful(codec, [c.trial.train_level for c in own])
-        test = most_faithful(codec, [c.test_level for c in own if c.trial.train_level == train])
-        baselines[(model, budget, codec)] = {c.trial.repeat: c.key for c in own
-                                             if c.trial.train_level == train and c.test_level == test}
-    source = PredictionsCache(output)
-    todo = results.index[results["cell_id"].isin(planned.keys()) & results["rel"].isna()]
-    filled = 0
-    for idx in todo:
-        row = results.loc[idx]
-        cell = planned[row["cell_id"]]
-        # the baseline run of the same repeat (same seed); repeat 0's where only some levels have more
-        by_repeat = baselines[(cell.trial.model, cell.trial.budget, cell.trial.codec)]
-        base_key = by_repeat.get(cell.trial.repeat, by_repeat[min(by_repeat)])
-        found = _outcomes(source, [row["cell_id"], base_key])
-        if found is None:
-            continue
-        ci = relative_interval([found[0]], [found[1]], str(row["metric"]), confidence=sweep.report.confidence,
-                               n_resamples=sweep.report.resamples,
-                               seed=derive_seed("bootstrap", sweep.seed, cell.trial.model))
-        results.loc[idx, ["rel", "rel_low", "rel_high", "baseline_cell"]] = [ci.estimate, ci.low, ci.high, base_key]
-        filled += 1
-    if filled:
-        write_results(output, results)
-    return filled
-
-
-def _by_trial_group(cells: list[Any]) -> dict[tuple[str, int, str], list[Any]]:
-    groups: dict[tuple[str, int, str], list[Any]] = {}
-    for c in cells:
-        groups.setdefault((c.trial.model, c.trial.budget, c.trial.codec), []).append(c)
-    return groups

@@ -14,6 +14,8 @@ import io
 import numpy as np
 import pandas as pd
 
+from lossyvision.codecs import CODECS
+
 
 def interpolate(x: np.ndarray, y: np.ndarray, values: np.ndarray, xi: np.ndarray, yi: np.ndarray) -> np.ndarray:
     """Linear interpolation of scattered ``values`` at ``(xi, yi)`` (NaN outside the convex hull).
@@ -94,8 +96,6 @@ def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget:
         cells = cells[(cells["codec"] == codec) & (cells["test_codec"] == codec)]
     if cells.empty:
         raise ValueError(f"no cells for model {model!r}, metric {metric!r}, budget {budget}")
-    from lossyvision.codecs import CODECS
-
     noun = CODECS.get(codec).level_noun if codec in CODECS else "level"
     x, xlabel, _ = _axis(cells, "train", axis)
     y, ylabel, _ = _axis(cells, "test", axis)

@@ -22,6 +22,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from lossyvision.bdrate import CodecCurve, bd_rate_interval
+from lossyvision.report.verdict import _codec
+
 CURVES = ("matched", "originals")
 
 
@@ -48,8 +51,6 @@ def plot_rate_accuracy(points: pd.DataFrame, model: str, metric: str) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from lossyvision.report.verdict import _codec
 
     sel = points[(points["model"] == model) & (points["metric"] == metric)]
     curves = [c for c in CURVES if (sel["curve"] == c).any()]
@@ -85,8 +86,6 @@ def bd_table(points: pd.DataFrame, outcomes: Callable[[str], Any], bpp_of: Calla
     ``outcomes(cell_id)`` reads a cell's predictions; ``bpp_of(codec, level)`` maps test image ids to
     their bits per pixel at that level.
     """
-    from lossyvision.bdrate import CodecCurve, bd_rate_interval
-
     rows = []
     for (model, metric, curve), g in points.groupby(["model", "metric", "curve"], sort=False):
         codecs = list(dict.fromkeys(g["codec"]))
@@ -96,7 +95,7 @@ def bd_table(points: pd.DataFrame, outcomes: Callable[[str], Any], bpp_of: Calla
             continue
 
         def curve_of(codec: str) -> CodecCurve:
-            c = g[g["codec"] == codec].sort_values("level")
+            c = g[g["codec"] == codec].sort_values("level")  # noqa: B023  (called within this iteration)
             return CodecCurve(codec, list(c["level"]), [outcomes(ids[0]) for ids in c["cell_ids"]],
                               [bpp_of(codec, lv) for lv in c["level"]])
 

@@ -34,6 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lossyvision.codecs import CODECS
+from lossyvision.seedspread import extra_trainings
+
 KEEPS, LOSES, UNSURE = "keeps", "loses", "cannot tell"
 #: Metrics read first, as the study reports them; any other metric follows in name order.
 HEADLINE_ORDER = ("top1", "map50", "miou", "top5", "macc")
@@ -65,6 +68,7 @@ class Verdict:
     keep: float = 0.99        # the threshold, a fraction of the baseline
     confidence: float = 0.95
     levels: tuple = ()        # per level tried, in order: {level, status, rel, rel_low, rel_high}
+    why: str = ""             # no level advised: the reason, in a few words
 
     def record(self) -> dict:
         """The verdict as ``verdict.json`` holds it."""
@@ -100,8 +104,6 @@ def _dcr_text(dcr: float) -> str:
 
 
 def _codec(name: str):
-    from lossyvision.codecs import CODECS
-
     if name in CODECS:
         return CODECS.get(name)
 
@@ -132,14 +134,17 @@ def _candidates(g: pd.DataFrame, question: str, base_train: float, base_test: fl
     return c.assign(_order=c[col].map(order)).sort_values("_order").drop(columns="_order")
 
 
-def _describe_size(row: pd.Series) -> str:
+def _describe_size(row: pd.Series, question: str = "test") -> str:
     n_images = int(row.get("n_images", -1)) if pd.notna(row.get("n_images", -1)) else -1
     repeats = int(row.get("n", 1))
     parts = []
     if n_images > 0:
         parts.append(f"{n_images:,} test images")
     parts.append(f"{repeats} repeat{'s' if repeats != 1 else ''}")
-    return " and ".join(parts)
+    sd, df = _float(row.get("spread_sd")), int(row.get("spread_df", 0) or 0)
+    if question in TRAINED_QUESTIONS and sd is not None and df > 0:
+        parts.append(f"a between-run sd of {sd:.2f} points ({df} degrees of freedom)")
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def _interval(row: pd.Series) -> str:
@@ -155,8 +160,8 @@ def _what_settles(row: pd.Series) -> str:
     test_half = (float(row.get("rel_test_high", math.nan)) - float(row.get("rel_test_low", math.nan))) / 2
     half = (float(row["rel_high"]) - float(row["rel_low"])) / 2
     if math.isfinite(test_half) and math.isfinite(half) and half > 0 and test_half ** 2 < 0.5 * half ** 2:
-        return "repeats at that level (the spread between training runs is most of its interval's width)"
-    return "more test images (they are most of its interval's width), or repeats at that level"
+        return "add repeats at that level (the spread between training runs is most of the interval's width)"
+    return "add test images (they are most of the interval's width), or repeats"
 
 
 def _level_records(cands: pd.DataFrame, level_col: str, threshold: float, unmeasured: bool) -> tuple:
@@ -213,21 +218,21 @@ def question_verdict(g: pd.DataFrame, question: str, keep: float, confidence: fl
         text = (f"{lead}{on} no {kind.level_noun} tried: even {nxt} ({_dcr_text(float(row[dcr_col]))}) keeps only "
                 f"{_interval(row)} of the baseline {metric}, below {threshold:g}%. Keep the originals, or try more "
                 "faithful levels.")
-        outcome = "keep originals"
+        outcome, why = "keep originals", f"even {nxt} loses ({_interval(row)})"
     else:
         half = (float(row["rel_high"]) - float(row["rel_low"])) / 2
         if math.isfinite(half):
-            text = (f"{lead}{on} {nxt}? This sweep cannot tell. With {_describe_size(row)}, a drop "
+            text = (f"{lead}{on} {nxt}? This sweep cannot tell. With {_describe_size(row, question)}, a drop "
                     f"smaller than {half:.1f} points of the baseline {metric} is undetectable ({nxt}: "
                     f"{_interval(row)}); telling {threshold:g}% needs an interval narrower than "
-                    f"{max(100.0 - threshold, 0.0):.1f} points. Add repeats or test images.")
+                    f"{max(100.0 - threshold, 0.0):.1f} points: {_what_settles(row)}.")
         else:
             text = (f"{lead}{on} {nxt}? This sweep cannot tell: it has no interval "
                     f"(too few test images). Add repeats or test images.")
         text += _later_keeps(cands, statuses, 0, level_col, at)
-        outcome = "cannot tell"
+        outcome, why = "cannot tell", f"{nxt} cannot be told ({_interval(row)})"
     return Verdict(model, metric, question, None, None, float(row["rel"]), float(row["rel_low"]),
-                   float(row["rel_high"]), outcome, text, **common)
+                   float(row["rel_high"]), outcome, text, why=why, **common)
 
 
 def _after_the_run(row: pd.Series, status: str, nxt: str, cands: pd.DataFrame, statuses: list[str], run: int,
@@ -245,20 +250,19 @@ def _later_keeps(cands: pd.DataFrame, statuses: list[str], gap: int, level_col: 
     row = cands.iloc[gap]
     shown = ", ".join(at(float(cands.iloc[i][level_col])) for i in later)
     return (f" {shown[0].upper() + shown[1:]} keep{'s' if len(later) == 1 else ''}, but is not advised past "
-            f"{at(float(row[level_col]))}, which cannot be told; settling it needs {_what_settles(row)}.")
+            f"{at(float(row[level_col]))}, which cannot be told; to settle it, {_what_settles(row)}.")
 
 
 def _unmeasured_verdict(g: pd.DataFrame, cands: pd.DataFrame, model: str, metric: str, question: str, lead: str,
                         base_train: float, kind, common: dict) -> Verdict:
-    from lossyvision.seedspread import extra_trainings
-
     trained = kind.by_fidelity(g["train_level"].unique())
     n, setting = extra_trainings(trained)
     text = (f"{lead} a level? Cannot tell about models trained at a level: the spread between training runs is "
-            f"not measured (one repeat per level), and a new seed can move a cell by more than its test images' "
-            f"interval. Measure it with `{setting}` in the sweep file ({n} more trainings), or `repeats: 2` or more.")
+            f"not measured (one run per level). Measure it with `{setting}` ({n} more trainings) or `repeats: 2`.")
     row = cands.iloc[0]
-    return Verdict(model, metric, question, None, None, _float(row["rel"]), None, None, "cannot tell", text, **common)
+    return Verdict(model, metric, question, None, None, _float(row["rel"]), None, None, "cannot tell", text,
+                   why=f"the spread between training runs is not measured ({n} more trainings would measure it)",
+                   **common)
 
 
 def _float(x) -> float | None:
@@ -293,13 +297,31 @@ def best_codec(found: list[Verdict], model: str, metric: str, keep: float, confi
                    text, best.codec, best.bpp, keep=keep, confidence=confidence, levels=best.levels)
 
 
-def saturated(g: pd.DataFrame, tolerance: float = 0.05) -> bool:
-    """No level moves the metric: every cell is the baseline's value with a degenerate interval
-    (within ``tolerance`` points of 100 %), as top-5 is on an easy set where every image is right."""
+def saturated(g: pd.DataFrame, keep: float, confidence: float, tolerance: float = 0.05) -> str | None:
+    """One line for a metric no level moves, or None. Either every cell is the baseline's value with
+    a degenerate interval (within ``tolerance`` points of 100 %: every image right at every level), or
+    the baseline's interval reaches the metric's ceiling (1.0) and every cell the three questions
+    read keeps ``keep``: top-5 on an easy set, where every sentence would only repeat "keeps"."""
+    metric = str(g["metric"].iloc[0])
     low = g["rel_test_low"] if "rel_test_low" in g.columns else g["rel_low"]
     high = g["rel_test_high"] if "rel_test_high" in g.columns else g["rel_high"]
     values = np.concatenate([g["rel"].to_numpy(dtype=float), low.to_numpy(dtype=float), high.to_numpy(dtype=float)])
-    return len(g) > 1 and bool(np.all(np.isfinite(values) & (np.abs(values - 100.0) <= tolerance)))
+    if len(g) > 1 and bool(np.all(np.isfinite(values) & (np.abs(values - 100.0) <= tolerance))):
+        return (f"{metric} is saturated: every cell equals the baseline (100.0%, with an interval narrower than "
+                "0.1 points), so it cannot tell levels apart.")
+    base = g[(g["train_level"] == g["baseline_train_level"]) & (g["test_level"] == g["baseline_test_level"])]
+    on_questions = ((g["train_level"] == g["test_level"]) | (g["test_level"] == g["baseline_test_level"])
+                    | (g["train_level"] == g["baseline_train_level"]))
+    others = g[on_questions].drop(base.index)
+    if base.empty or others.empty or "ci_high" not in g.columns:
+        return None
+    lows = others["rel_low"].to_numpy(dtype=float)
+    at_ceiling = float(base["ci_high"].iloc[0]) >= 1.0 - 1e-9
+    if at_ceiling and bool(np.all(np.isfinite(lows) & (lows >= 100.0 * keep - 1e-9))):
+        return (f"{metric} is at its ceiling (baseline {float(base['mean'].iloc[0]):.3f}, its interval reaching 1): "
+                f"every level of the three questions keeps ≥ {100 * keep:g}% with {_conf(confidence)} (lowest lower bound "
+                f"{_pct(float(lows.min()))}), so it does not tell levels apart.")
+    return None
 
 
 def verdicts(rel: pd.DataFrame, keep: float = 0.99, headline_only: bool = True,
@@ -316,10 +338,10 @@ def verdicts(rel: pd.DataFrame, keep: float = 0.99, headline_only: bool = True,
         metrics = sorted(set(mg["metric"]), key=_metric_rank)
         for metric in metrics[:1] if headline_only else metrics:
             found: list[Verdict] = []
-            if saturated(mg[mg["metric"] == metric]):
-                out.append(Verdict(str(model), metric, "saturated", None, None, 100.0, None, None, "saturated",
-                                   f"{metric} is saturated: every cell equals the baseline (100.0%, with an "
-                                   "interval narrower than 0.1 points), so it cannot tell levels apart.", keep=keep, confidence=confidence))
+            line = saturated(mg[mg["metric"] == metric], keep, confidence)
+            if line:
+                out.append(Verdict(str(model), metric, "saturated", None, None, None, None, None, "saturated", line,
+                                   keep=keep, confidence=confidence))
                 continue
             groups = list(mg[mg["metric"] == metric].groupby("codec", sort=False))
             if order:  # the sweep file's order of codecs
@@ -369,9 +391,8 @@ def decisions(found: list[Verdict]) -> list[str]:
             lines.append(f"{model}: {lead.lower()} {at(pick.level)} (DCR {pick.dcr:.2f}): it keeps ≥ "
                          f"{100 * pick.keep:g}% with {_conf(pick.confidence)} ({bound}).")
         else:
-            why = {"keep originals": "even the least compressed level tried loses",
-                   "cannot tell": "the data cannot tell yet"}.get(pick.outcome, pick.outcome)
-            lines.append(f"{model}: no level to {lead.lower()} yet: {why} (details below).")
+            lines.append(f"{model}: no level to {lead.lower()} with {_conf(pick.confidence)}: "
+                         f"{pick.why or pick.outcome}.")
     return lines
 
 

@@ -21,9 +21,12 @@ import pyarrow as pa
 import ray
 
 from lossyvision import compress, manifest
+from lossyvision.datasets import create_dataset
 from lossyvision.datasets.base import Record
 from lossyvision.lock import writer_lock
+from lossyvision.progress import job_progress
 from lossyvision.runners.cluster import init_ray, shutdown_ray
+from lossyvision.store import absolute
 
 
 def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
@@ -152,9 +155,6 @@ def compress_job(
     ``layout``: ``files`` (one file per image and level) or ``shards`` (tar shards of about
     ``shard_size`` source bytes per level, :mod:`lossyvision.shards`).
     """
-    from lossyvision.datasets import create_dataset
-    from lossyvision.store import absolute
-
     # Workers of a joined cluster run elsewhere: the paths they are given must not depend on our folder.
     source, store_uri = absolute(source), absolute(store_uri)
     options = compress.CompressOptions(
@@ -180,8 +180,6 @@ def compress_job(
             yield from execute_with_ray(items, params)
 
         if progress is None:
-            from lossyvision.progress import job_progress
-
             progress = job_progress("compress", log)
         try:
             return compress.run_job(records, source, store_uri, options, execute, log=log, reader=reader,

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from lossyvision.sweep.evaluate import TestShard, TrainedModels, describe_error, plan_shards, score_shard
 from lossyvision.sweep.plan import CellSpec, reader_of
+from lossyvision.sweep.trials import device_for
 
 #: ``on_cell(cell, outcomes, error)``: the per-image outcomes on success, else an error message.
 CellCallback = Callable[[CellSpec, Any, "str | None"], None]
@@ -32,8 +33,6 @@ _MODELS: TrainedModels | None = None  # per worker process: the models kept betw
 def _score(sweep: Any, cells: list[CellSpec], shard: TestShard, output: str, scope: str) -> tuple[str, dict[str, Any]]:
     """``(node id, {cell key: outcomes or an error line})`` of one shard."""
     import ray
-
-    from lossyvision.sweep.trials import device_for
 
     global _MODELS
     _limit_threads(sweep.resources.eval.cpu)

@@ -13,8 +13,15 @@ import os
 import time
 from typing import Any, Protocol
 
+from lossyvision.store import absolute, join
 from lossyvision.sweep.plan import TrialSpec
-from lossyvision.sweep.trials import TUNE_DIR, latest_progress_dir, run_trial
+from lossyvision.runners.train_ddp import run_ddp_trial
+from lossyvision.sweep.trials import TUNE_DIR, device_for, latest_progress_dir, read_meta, run_trial
+
+
+#: What the Tune trial of a data-parallel trial holds itself: nothing to speak of (its Ray Train workers ask for
+#: cpu/gpu each, runners.train_ddp). Tune refuses an all-zero request, hence one byte of memory.
+DRIVER_RESOURCES = {"cpu": 0, "memory": 1}
 
 
 class TrialListener(Protocol):
@@ -33,10 +40,12 @@ def _trainable(config: dict[str, Any], sweep: Any = None, manifest: Any = None) 
     import ray
     from ray import tune
 
-    from lossyvision.sweep.trials import device_for
-
     trial = TrialSpec.from_dict(config["trial"])
     output = config["output"]
+    if sweep.resources.trial.workers > 1:  # data-parallel: a Ray Train TorchTrainer inside this trial
+        run_ddp_trial(sweep, trial, output, manifest)
+        tune.report({"epoch": len(read_meta(output, trial.key)["history"]), "trial_done": 1})
+        return
     _limit_threads(sweep.resources.trial.cpu)
 
     def report(epoch: int, metrics: dict[str, float], directory: str, epochs: int) -> None:
@@ -74,8 +83,6 @@ def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any
 
     if not trials:
         return {}
-    from lossyvision.store import absolute, join
-
     output = absolute(output)  # trials run elsewhere
     # Quiet: our listener prints one line per event; Tune's tables and snapshot warnings are noise.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter prints nothing at verbose=0
@@ -84,7 +91,8 @@ def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # ...so no "no metrics"
     res = sweep.resources.trial
     trainable = tune.with_resources(tune.with_parameters(_trainable, sweep=sweep, manifest=manifest),
-                                    {**res.custom, "cpu": res.cpu, "gpu": res.gpu})
+                                    {**res.custom, "cpu": res.cpu, "gpu": res.gpu} if res.workers <= 1 else
+                                    DRIVER_RESOURCES)
     space = {"output": output,
              "trial": tune.grid_search([{**t.as_dict(), "key": t.key} for t in trials])}
     tuner = tune.Tuner(

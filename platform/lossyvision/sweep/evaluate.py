@@ -20,7 +20,10 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from lossyvision.datasets.base import Record
+from lossyvision.intervals import metric_interval
+from lossyvision.seeding import derive_seed
 from lossyvision.spec import Sweep
+from lossyvision.store import read_bytes
 from lossyvision.sweep.plan import CellSpec, TrialSpec, level_dcr, reader_of
 from lossyvision.sweep.trials import TrialError, load_trained, split_images, store_uri, utc_now
 
@@ -135,8 +138,6 @@ def plan_shards(sweep: Sweep, manifest: pd.DataFrame, level: float, codec: str =
 
 def decode_shard(sweep: Sweep, shard: TestShard, reader: Any | None = None) -> DecodedSamples:
     """Read and decode the shard's images from the store, and load their targets."""
-    from lossyvision.store import read_bytes
-
     reader = reader or reader_of(sweep)
     codec = sweep.arm(shard.codec).create()
     targets = [reader.load_target(r) for r in shard.records]
@@ -240,12 +241,9 @@ def cell_rows(sweep: Sweep, cell: CellSpec, outcomes: Any, trial_meta: dict[str,
               manifest: pd.DataFrame) -> list[dict[str, Any]]:
     """The results rows of one cell: one per metric, with its image-bootstrap interval and the store's DCRs.
 
-    The relative columns are filled later (:func:`lossyvision.sweep.summary.fill_relative`): the
+    The relative columns are filled later (:func:`lossyvision.sweep.relative.fill_relative`): the
     baseline cell may not be evaluated yet.
     """
-    from lossyvision.intervals import metric_interval
-    from lossyvision.seeding import derive_seed
-
     test = level_dcr(manifest, sweep.test_split, cell.test_level, cell.test_codec)
     train = level_dcr(manifest, sweep.train_split, cell.trial.train_level, cell.trial.codec)
     finished = utc_now()

@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lossyvision.sweep.plan import TrialSpec
+import lossyvision
+from lossyvision.store import read_bytes
+from lossyvision.sweep.plan import TrialSpec, ok_rows
+from lossyvision.sweep.trials import load_trained, read_manifest, store_uri
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,6 @@ class LoggableModel:
 
 def loggable_model(sweep: Any, trial: TrialSpec, output: str, manifest: pd.DataFrame | None = None) -> LoggableModel | None:
     """The trial's model ready for ``mlflow.pytorch.log_model``, or None when its task serves none."""
-    from lossyvision.sweep.trials import load_trained
-
     task, model = load_trained(sweep, trial, output, device="cpu")
     serving = task.serving(model)
     if serving is None:
@@ -49,8 +50,6 @@ def loggable_model(sweep: Any, trial: TrialSpec, output: str, manifest: pd.DataF
                 "output": serving.output, "train_level": trial.train_level, "codec": trial.codec}
     code_paths = []
     if serving.serialization == "pickle":  # the pickled wrapper's class is lossyvision's: ship its code
-        import lossyvision
-
         code_paths = [lossyvision.__path__[0]]
     return LoggableModel(serving.module, example, serving.serialization, metadata, requirements(spec.task),
                          code_paths)
@@ -89,10 +88,6 @@ def example_images(sweep: Any, manifest: pd.DataFrame | None, size: int) -> np.n
 
 
 def _store_images(sweep: Any, manifest: pd.DataFrame | None) -> list[np.ndarray]:
-    from lossyvision.store import read_bytes
-    from lossyvision.sweep.plan import ok_rows
-    from lossyvision.sweep.trials import read_manifest, store_uri
-
     manifest = read_manifest(sweep) if manifest is None else manifest
     arm = sweep.arms[0]
     rows = ok_rows(manifest, sweep.test_split, arm.codec.by_fidelity(arm.test_levels)[0], arm.name).head(EXAMPLE_IMAGES)

@@ -6,7 +6,9 @@ its result (:func:`trial_identity`): the model entry, the codec and level, budge
 the dataset's kind, options, split and limit, and a digest of the manifest rows it trains on. A
 cell adds the test level and a digest of its test rows. The model's ``data_order`` (with its
 ``shuffle_buffer``) enters only when it is not the default ``random``: trials that do not use it keep
-the keys they had before the field existed. So an edited sweep gets new keys for
+the keys they had before the field existed; likewise a decoded cache that shrinks images (``cache: {max_side:
+N}``; ``cache: exact`` changes no pixel and never enters) and data-parallel workers above one
+(``resources.trial.workers``, :func:`scale_identity`). So an edited sweep gets new keys for
 exactly the trials and cells whose configuration changed, and resuming is still "drop the keys
 already done", nothing more. Results of keys no longer planned are *stale*: kept, never mixed in.
 
@@ -26,6 +28,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from lossyvision.datasets import create_dataset
 from lossyvision.store import format_level
 from lossyvision.sweep.results import NO_BUDGET
 
@@ -36,6 +39,9 @@ HASH_CHARS = 10
 #: Model fields that enter a trial's identity only when not the default (:func:`trial_identity`): fields
 #: added after keys were first handed out, so that the trials that do not use them keep their keys.
 DATA_ORDER_FIELDS = ("data_order", "shuffle_buffer")
+#: Likewise for the decoded cache (``cache: exact`` changes no pixel: never in the key; ``max_side`` does)
+#: and data-parallel workers (in the key when more than one: DDP changes the batches' composition).
+SCALE_FIELDS = ("cache",)
 #: Manifest columns that determine what a model sees: the image (its source's hash, codec, level
 #: and compressed size) and its label or annotation file.
 ROW_COLUMNS = ("relpath", "split", "label", "target", "codec", "codec_options", "level", "source_sha256",
@@ -197,8 +203,6 @@ def level_rows(manifest: pd.DataFrame, split: str, level: float, codec: str | No
 
 
 def reader_of(sweep: Any) -> Any:
-    from lossyvision.datasets import create_dataset
-
     return create_dataset(sweep.dataset.kind, sweep.dataset.root, **sweep.dataset.options)
 
 
@@ -259,7 +263,7 @@ def trial_identity(sweep: Any, model: Any, arm: Any, train_level: float, repeat:
     """Everything that determines a trial's result (its hash is the trial's ``config``)."""
     identity: dict[str, Any] = {
         "version": IDENTITY_VERSION,
-        "model": model.model_dump(mode="json", exclude=set(DATA_ORDER_FIELDS)),
+        "model": model.model_dump(mode="json", exclude=set(DATA_ORDER_FIELDS) | set(SCALE_FIELDS)),
         "codec": {"name": arm.name, "options": arm.options},
         "train_level": float(train_level),
         "repeat": int(repeat),
@@ -273,7 +277,21 @@ def trial_identity(sweep: Any, model: Any, arm: Any, train_level: float, repeat:
         identity["budget"] = {"bytes": int(budget), "resample": bool(sweep.resample)}
     if getattr(model, "data_order", "random") != "random":
         identity["data_order"] = {"order": model.data_order, "shuffle_buffer": int(model.shuffle_buffer)}
+    identity.update(scale_identity(sweep, model))
     return identity
+
+
+def scale_identity(sweep: Any, model: Any) -> dict[str, Any]:
+    """What the cache and data-parallel workers add to a trial's identity: ``cache: {max_side: N}`` (the
+    model sees shrunk images) and ``workers`` above 1; nothing otherwise, so existing keys stay."""
+    out: dict[str, Any] = {}
+    max_side = getattr(getattr(model, "cache", None), "max_side", None)
+    if max_side:
+        out["cache"] = {"max_side": int(max_side)}
+    workers = int(getattr(getattr(getattr(sweep, "resources", None), "trial", None), "workers", 1) or 1)
+    if workers > 1:
+        out["workers"] = workers
+    return out
 
 
 def cell_identity(sweep: Any, trial: TrialSpec, arm: Any, test_level: float, test_rows: str) -> dict[str, Any]:

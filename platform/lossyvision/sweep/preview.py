@@ -22,7 +22,15 @@ from typing import Any
 import pandas as pd
 
 from lossyvision import store
-from lossyvision.sweep.plan import Grid, done_cell_keys, plan
+from lossyvision.cache import cache_mode, cache_needs, describe
+from lossyvision.compress import limit_per_split
+from lossyvision.inspect import estimate_store, read_facts
+from lossyvision.output import check_format
+from lossyvision.spec import grid_counts
+from lossyvision.sweep.plan import Grid, done_cell_keys, plan, reader_of
+from lossyvision.sweep.results import read_results
+from lossyvision.sweep.status import stale_entries
+from lossyvision.sweep.trials import finished_keys, read_manifest
 from lossyvision.units import format_bytes
 
 
@@ -52,6 +60,7 @@ class Preview:
     codecs: list[CodecWork] = field(default_factory=list)
     checkpoint_bytes: int = 0          # per trial: the model's weights (float32)
     notes: list[str] = field(default_factory=list)
+    scale: list[str] = field(default_factory=list)  # the decoded cache and data-parallel workers (docs/scale.md)
 
     @property
     def trials_todo(self) -> int:
@@ -90,8 +99,6 @@ def estimate_codec(reader: Any, records: list[Any], arm: Any, pending: dict[floa
     ``objects`` is None in the per-file layout (one per image and level); with ``shard_size`` it is
     the shards: per level, the pending images' estimated source bytes over ``shard_size``.
     """
-    from lossyvision.inspect import estimate_store, read_facts
-
     chosen = _sample(records, sample)
     facts = [read_facts(reader, r, max_pixels) for r in chosen]
     good = [f for f in facts if f.error is None]
@@ -114,7 +121,7 @@ def checkpoint_bytes(sweep: Any) -> int:
     """The largest model's float32 weights: what one trial's ``model.pt`` holds."""
     import torch
 
-    from lossyvision.tasks import create_task
+    from lossyvision.tasks import create_task  # lazy: loads torch
 
     sizes = []
     for m in sweep.models:
@@ -130,14 +137,6 @@ def checkpoint_bytes(sweep: Any) -> int:
 
 def preview(sweep: Any, *, sample: int = 16) -> Preview:
     """Everything ``sweep run`` would do for ``sweep`` (resolved paths), read-only."""
-    from lossyvision.output import check_format
-    from lossyvision.sweep.plan import reader_of
-    from lossyvision.sweep.results import read_results
-    from lossyvision.sweep.status import stale_entries
-    from lossyvision.sweep.trials import finished_keys, read_manifest
-    from lossyvision.compress import limit_per_split
-    from lossyvision.spec import grid_counts
-
     check_format(sweep.output)
     reader = reader_of(sweep)
     records = limit_per_split(reader.records(), sweep.limit_per_split)
@@ -170,7 +169,30 @@ def preview(sweep: Any, *, sample: int = 16) -> Preview:
         out.notes.append("some levels are not compressed yet: a trial's key hashes the images it trains on, so "
                          "which earlier results can be reused is known only after compression")
     out.checkpoint_bytes = checkpoint_bytes(sweep)
+    out.scale = scale_lines(sweep, manifest if compressed_everywhere else None)
     return out
+
+
+def scale_lines(sweep: Any, manifest: pd.DataFrame | None) -> list[str]:
+    """What each cached model's trials put on local disk, and the trials' data-parallel workers."""
+
+    res = sweep.resources.trial
+    lines = []
+    needs: dict[str, int] = {}
+    if manifest is not None:
+        for model, _, _, need in cache_needs(sweep, manifest):
+            needs[model] = max(need, needs.get(model, 0))
+    for m in sweep.models:
+        mode = cache_mode(getattr(m, "cache", None))
+        if mode is None:
+            continue
+        size = f"up to {_size(needs[m.name])}" if m.name in needs else "size known after compression"
+        lines.append(f"cache: {m.name}: {describe(mode)}, {size} of local disk per training process "
+                     f"(resources.trial.cache_bytes: {_size(res.cache_bytes)})")
+    if getattr(res, "workers", 1) > 1:
+        lines.append(f"workers: each trial trains on {res.workers} data-parallel workers (Ray Train, DDP), "
+                     f"{res.cpu:g} CPU and {res.gpu:g} GPU each; the global batch stays batch_size")
+    return lines
 
 
 def _size(n: float) -> str:
@@ -207,6 +229,7 @@ def render_preview(p: Preview) -> list[str]:
     lines.append(f"writes: about {_size(p.bytes_to_write())} in {p.files_to_write():,} files "
                  f"(compressed images, {p.trials_todo} checkpoints of {_size(p.checkpoint_bytes)}, "
                  f"{p.cells_todo} predictions files, the results and the report)")
+    lines += p.scale
     lines += [f"note: {n}" for n in p.notes]
     return lines
 

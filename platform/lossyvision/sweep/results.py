@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from lossyvision.store import atomic_write_bytes, exists, join, read_bytes
+
 #: Columns that identify a row.
 KEY = ("cell_id", "metric")
 FORMAT_KEY = b"lossyvision.results_format"
@@ -73,8 +75,6 @@ class ResultsError(ValueError):
 
 
 def results_path(output: str) -> str:
-    from lossyvision.store import join
-
     return join(str(output), RESULTS_NAME)
 
 
@@ -88,8 +88,6 @@ def read_results(output: str):
     import io
 
     import pyarrow.parquet as pq
-
-    from lossyvision.store import exists, read_bytes
 
     path = results_path(output)
     if not exists(path):
@@ -128,8 +126,6 @@ def write_results(output: str, table) -> None:
     import io
 
     import pyarrow.parquet as pq
-
-    from lossyvision.store import atomic_write_bytes, join
 
     arrow = pa.Table.from_pandas(normalise(table), schema=SCHEMA, preserve_index=False)
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), FORMAT_KEY: FORMAT})

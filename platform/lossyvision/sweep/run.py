@@ -20,14 +20,27 @@ from typing import Any, Callable
 import pandas as pd
 
 from lossyvision import output as outdir
+from lossyvision.cache import cache_problems
+from lossyvision.compress import describe_failures, sweep_job_args
+from lossyvision.lock import writer_lock
+from lossyvision.preflight import preflight
 from lossyvision.progress import SweepProgress, epoch_line
+from lossyvision.report import build_report
+from lossyvision.report.build import REPORT_DIR, analyse
+from lossyvision.report.verdict import headline, verdict_lines
+from lossyvision.runners.cluster import init_ray, node_shapes
+from lossyvision.runners.tune import train_trials
 from lossyvision.spec import SpecError, Sweep, load_sweep
-from lossyvision.store import absolute, is_remote
+from lossyvision.store import absolute, exists, filesystem, format_level, is_remote, join, level_dir
+from lossyvision.sweep.models import loggable_model
 from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec, done_cell_keys, grid_size, level_dcr, pending, plan
-from lossyvision.sweep.results import append_results, read_results
+from lossyvision.sweep.relative import fill_relative
+from lossyvision.sweep.results import NO_BUDGET, append_results, current_rows, read_results
 from lossyvision.sweep.status import DONE, FAILED, RUNNING, SweepState, stale_entries
-from lossyvision.sweep.tracking import absolute_tracking_uri
-from lossyvision.sweep.trials import drop_progress, finished_keys, read_meta
+from lossyvision.sweep.tracking import (
+    DatasetRef, absolute_tracking_uri, cells_table_of, eval_metric_name, eval_metrics_of, eval_series_of,
+    ladder_text, log_report_artifacts, tracker_for, trial_params, ui_command)
+from lossyvision.sweep.trials import drop_progress, finished_keys, read_manifest, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +63,6 @@ def resolve_paths(sweep: Sweep) -> Sweep:
 
 # --- tracking glue ---------------------------------------------------------------------------------
 def sweep_params(sweep: Sweep, grid: Grid) -> dict[str, Any]:
-    from lossyvision.store import format_level
-
     return {
         "n_trials": len(grid.trials), "n_evaluations": len(grid.cells), "plan": grid.digest,
         "models": ",".join(m.name for m in sweep.models),
@@ -72,9 +83,6 @@ def push_trials(tracker: Any, sweep: Sweep, grid: Grid, manifest: pd.DataFrame |
     Params, epoch history, dataset inputs, test metrics per level and as series, the ``cells`` table
     and the run's status. Models go separately (:func:`push_models`).
     """
-    from lossyvision.sweep.results import current_rows
-    from lossyvision.sweep.tracking import cells_table_of, eval_metrics_of, eval_series_of, ladder_text, trial_params
-
     failures = failures or {}
     results = current_rows(results, [c.key for c in grid.cells])
     n = 0
@@ -107,9 +115,6 @@ def dataset_refs(sweep: Sweep, grid: Grid, trial: TrialSpec) -> list[Any]:
     cells' configuration hashes were made of (``plan.json`` identities), so an input changes
     exactly when the data does.
     """
-    from lossyvision.store import join, level_dir
-    from lossyvision.sweep.tracking import DatasetRef
-
     def ref(split: str, codec: str, level: float, digest: str | None, context: str) -> list[DatasetRef]:
         if not digest:
             return []
@@ -126,8 +131,6 @@ def dataset_refs(sweep: Sweep, grid: Grid, trial: TrialSpec) -> list[Any]:
 
 def push_models(tracker: Any, sweep: Sweep, grid: Grid, manifest: pd.DataFrame | None, echo: Echo) -> int:
     """Log the model of every finished trial whose run has none yet (read from its checkpoint); returns how many."""
-    from lossyvision.sweep.models import loggable_model
-
     done = finished_keys(sweep.output, [t.key for t in grid.trials])
     n = 0
     for trial in grid.trials:
@@ -172,8 +175,6 @@ class DriverListener:
         self.state.set_trial(key, RUNNING)
         trial = self.trials.get(key)
         if trial is not None:
-            from lossyvision.sweep.tracking import trial_params
-
             dcr = level_dcr(self.manifest, self.sweep.train_split, trial.train_level, trial.codec)
             self.tracker.log_trial(key, trial_params(self.sweep, trial, None, dcr.vs_source))
         self.echo(f"trial {key}: started")
@@ -253,7 +254,7 @@ def check_local_resources(sweep: Sweep, resources: dict[str, float]) -> None:
                         "started with them; run on a cluster (RAY_ADDRESS or --address)")
     for what, res in (("trial", sweep.resources.trial), ("eval", sweep.resources.eval)):
         for kind in ("cpu", "gpu"):
-            want = getattr(res, kind)
+            want = getattr(res, kind) * getattr(res, "workers", 1)  # data-parallel: per worker
             if want > have[kind]:
                 raise SpecError(f"resources.{what}.{kind}: asks for {want:g} but the local Ray has "
                                 f"{have[kind]:g}; lower it or run on a cluster (RAY_ADDRESS)")
@@ -304,14 +305,31 @@ def _describe_shapes(shapes: list[dict[str, float]]) -> str:
     return "; ".join(kinds[:6]) + ("; ..." if len(kinds) > 6 else "") if kinds else "none"
 
 
+def check_cache_disk(sweep: Sweep, manifest: pd.DataFrame | None = None) -> None:
+    """Refuse a model's ``cache:`` whose decoded images exceed ``resources.trial.cache_bytes``
+    (:mod:`lossyvision.cache`); without ``manifest``, the store's when it exists (else checked after
+    compression, still before any trial)."""
+
+    if not any(getattr(m, "cache", None) for m in sweep.models):
+        return
+    if manifest is None:
+    
+        try:
+            manifest = read_manifest(sweep)
+        except Exception:  # noqa: BLE001 - no store yet
+            return
+    problems = cache_problems(sweep, manifest)
+    if problems:
+        raise SpecError.of("sweep", problems)
+
+
 def compress_for(sweep: Sweep, echo: Echo, ray_address: str | None = None,
                  num_cpus: int | None = None) -> pd.DataFrame:
     """Compress (or reuse) the store at every level the sweep needs, codec by codec; returns the manifest rows.
 
     Ray starts only when something is left to compress, and stays up for training.
     """
-    from lossyvision.compress import describe_failures, sweep_job_args
-    from lossyvision.runners.compress import compress_dataset
+    from lossyvision.runners.compress import compress_dataset  # lazy: loads ray
 
     jobs = sweep_job_args(sweep)
     prefix = "compress: " if len(jobs) == 1 else "compress {codec}: "
@@ -338,20 +356,18 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
     first). ``register``: a registered-model name; the model of the level the verdict advises is
     registered under it (:func:`register_recommended`).
     """
-    from lossyvision.lock import writer_lock
-
-    sweep = resolve_paths(sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file))
+    sweep = resolve_paths(preflight(sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file),
+                                    source="sweep" if isinstance(sweep_file, Sweep) else str(sweep_file)))
     if not (ray_address or os.environ.get("RAY_ADDRESS")):
         check_local_resources(sweep, local_resources(num_cpus))
     else:
-        from lossyvision.runners.cluster import init_ray, node_shapes
-
         init_ray(ray_address)
         shapes, groups_known = node_shapes()
         for line in check_cluster_resources(sweep, shapes, groups_known=groups_known, wait_for_nodes=wait_for_nodes):
             echo(line)
     outdir.check_format(sweep.output)
     read_results(sweep.output)  # a damaged results table is reported now, not after training
+    check_cache_disk(sweep)  # a store compressed earlier: the decoded caches' disk, before anything runs
     with writer_lock(sweep.output, "lossyvision sweep run", log=echo):
         return _run_sweep(sweep, echo=echo, ray_address=ray_address, num_cpus=num_cpus, build_report=build_report,
                           register=register)
@@ -360,9 +376,7 @@ def run_sweep(sweep_file: str | os.PathLike[str] | Sweep, *, echo: Echo = print,
 def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: int | None,
                build_report: bool, register: str | None = None) -> SweepOutcome:
     """The body of :func:`run_sweep`, run while it holds OUTPUT's writer lock."""
-    from lossyvision.runners.cluster import init_ray
-    from lossyvision.runners.evaluate import evaluate_cells
-    from lossyvision.runners.tune import train_trials
+    from lossyvision.runners.evaluate import evaluate_cells  # lazy: loads torch
 
     started = time.time()
     output = sweep.output
@@ -375,6 +389,7 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
     clock = _Clock(outcome.phases)
     with clock("compress"):
         manifest = compress_for(sweep, echo, ray_address, num_cpus)
+    check_cache_disk(sweep, manifest)  # before any trial
     grid = plan(sweep, manifest)
     if sweep.search is not None:  # its candidates: the grid's keys (one more repeat: 0 explores), the cells it reads
         from lossyvision.sweep.searchgrid import search_grid
@@ -392,8 +407,6 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
             init_ray(ray_address, num_cpus=num_cpus)
     else:
         echo("nothing to run: every trial and cell of this configuration is done")
-
-    from lossyvision.sweep.tracking import tracker_for
 
     tracker = tracker_for(sweep, plan_digest=grid.digest)
     tracker.start_sweep(sweep_params(sweep, grid),
@@ -436,8 +449,6 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
                 evaluate_grid(sweep, cells_todo, manifest, state, tracker, outcome, echo, evaluate_cells, progress)
 
         with clock("intervals"):
-            from lossyvision.report.cells import fill_relative
-
             fill_relative(output, sweep, grid)
         # MLflow: make sure every trial's run has everything (statuses, params, missed epochs).
         push_trials(tracker, sweep, grid, manifest, read_results(output), outcome.trial_failures)
@@ -494,14 +505,10 @@ def _search(sweep: Sweep, grid: Grid, manifest: pd.DataFrame, state: SweepState,
 
 def log_verdicts(tracker: Any, verdicts: list[Any]) -> None:
     """The report's verdicts onto the sweep's parent run (metrics, tags, its description)."""
-    from lossyvision.report.verdict import headline, verdict_lines
-
     tracker.log_verdicts(verdicts, verdict_lines(headline(verdicts)), headline(verdicts))
 
 
 def _analyse_quietly(output: str, echo: Echo) -> list[Any] | None:
-    from lossyvision.report.build import analyse
-
     try:
         return list(analyse(output).verdicts)
     except Exception as e:  # noqa: BLE001 - the sweep's results are safe; say why there is no verdict
@@ -517,10 +524,6 @@ def register_recommended(tracker: Any, grid: Grid, verdicts: list[Any], name: st
     No advised level (the data keep the originals, or cannot tell) registers nothing. With several
     models, each gets its own registered model, ``<name>-<model>``.
     """
-    from lossyvision.report.verdict import headline
-    from lossyvision.store import format_level
-    from lossyvision.sweep.results import NO_BUDGET
-
     matched = [v for v in headline(verdicts) if v.question == "matched"]
     models = sorted({t.model for t in grid.trials})
     lines = []
@@ -557,8 +560,7 @@ def evaluate_grid(sweep: Sweep, cells_todo: list[CellSpec], manifest: pd.DataFra
                   tracker: Any, outcome: SweepOutcome, echo: Echo, evaluate_cells: Callable[..., dict[str, str]],
                   progress: SweepProgress | None = None) -> None:
     """Score ``cells_todo``; each finished cell leaves its predictions, results rows and MLflow metrics."""
-    from lossyvision.sweep.evaluate import cell_rows
-    from lossyvision.sweep.tracking import eval_metric_name, eval_series_of, ladder_text
+    from lossyvision.sweep.evaluate import cell_rows  # lazy: loads torch
 
     output = sweep.output
     echo(f"evaluating {len(cells_todo)} cell(s) on {len({(c.test_codec, c.test_level) for c in cells_todo})} "
@@ -610,15 +612,11 @@ class _Clock:
 def _maybe_report(output: str, echo: Echo, outcome: SweepOutcome) -> list[Any] | None:
     """Build the report; its failure never fails the sweep. The verdict lines go into ``outcome``;
     returns the verdicts (None when the report failed)."""
-    from lossyvision.report import build_report
-
     try:
         result = build_report(output)
     except Exception as e:  # the sweep's results are safe; say what went wrong and go on
         echo(f"warning: the report failed ({type(e).__name__}: {e}); run `lossyvision report {output}`")
         return None
-    from lossyvision.sweep.tracking import log_report_artifacts
-
     log_report_artifacts(output, result.paths)  # warns and goes on when MLflow is down
     outcome.report = str(result)
     outcome.verdict = list(result.verdict)
@@ -631,9 +629,6 @@ def sync_output(output: str, echo: Echo = print) -> int:
     Idempotent: runs are found by tags and only missing params/metrics are sent. Raises if the
     tracking server is still unreachable.
     """
-    from lossyvision.sweep.tracking import tracker_for
-    from lossyvision.sweep.trials import read_manifest
-
     sweep = outdir.load_output_sweep(output)
     grid = outdir.load_plan(output)
     tracker = tracker_for(sweep, plan_digest=grid.digest, strict=True)
@@ -661,10 +656,6 @@ def sync_output(output: str, echo: Echo = print) -> int:
 
 def _sync_report_files(output: str) -> None:
     """The report's files in OUTPUT/report, if a report was built, onto the parent run."""
-    from lossyvision.report.build import REPORT_DIR
-    from lossyvision.store import exists, filesystem, join
-    from lossyvision.sweep.tracking import log_report_artifacts
-
     folder = join(output, REPORT_DIR)
     if not exists(folder):
         return
@@ -675,9 +666,6 @@ def _sync_report_files(output: str) -> None:
 
 def summary_lines(outcome: SweepOutcome) -> list[str]:
     """What to tell the user at the end: the answer first, then where the results are."""
-    from lossyvision.store import join
-    from lossyvision.sweep.tracking import ui_command
-
     lines = list(outcome.verdict) + list(outcome.registered)
     if lines:
         lines.append("")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from lossyvision.codecs import CODECS
 from lossyvision.store import DamagedFileError, atomic_write_bytes, exists, filesystem, format_level, join, read_bytes
 from lossyvision.sweep.plan import done_cell_keys
 from lossyvision.sweep.results import read_results
@@ -104,8 +105,6 @@ class CellStatus:
 
 def level_label(codec: str, level: float, own: str | None = None) -> str:
     """``d3`` (a JPEG XL distance), ``q70`` (a quality); ``avif q70`` outside the grid's own codec ``own``."""
-    from lossyvision.codecs import CODECS
-
     letter = "d" if codec in CODECS and not CODECS.get(codec).higher_level_is_better else "q"
     label = f"{letter}{format_level(level)}"
     return label if own is None or codec == own else f"{codec} {label}"
@@ -189,7 +188,7 @@ def render_status(sweep: Any, table: pd.DataFrame, stale: Stale | None = None):
         points.sort(key=lambda p: (p[0] != codec, p[0], p[1]))  # its own codec first
         for c, level in points:
             grid.add_column(level_label(c, level, codec), justify="center")
-        for trial, trows in rows.groupby("trial", sort=False):
+        for _trial, trows in rows.groupby("trial", sort=False):
             first = trows.iloc[0]  # a Series: first.repeat would be the Series.repeat method
             label = level_label(codec, first["train_level"])
             if _has_axes(rows):

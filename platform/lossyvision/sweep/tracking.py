@@ -42,7 +42,11 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from lossyvision.store import format_level, is_remote
+import lossyvision
+from lossyvision.cache import cache_mode, describe
+from lossyvision.codecs import CODECS
+from lossyvision.output import load_output_sweep, load_plan
+from lossyvision.store import format_level, is_remote, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +88,6 @@ def eval_metric_name(metric: str, test_level: float, codec: str = "jpegxl") -> s
     (MLflow names allow letters, digits, ``_-. :/`` only, so not ``@``; the slash groups the
     levels of one metric in the UI.)
     """
-    from lossyvision.codecs import CODECS
-
     letter = "d" if codec in CODECS and not CODECS.get(codec).higher_level_is_better else "q"
     prefix = "" if codec == "jpegxl" else f"{codec}-"
     return f"test/{metric}/{prefix}{letter}{format_level(test_level)}"
@@ -130,6 +132,11 @@ def trial_params(sweep: Any, trial: Any, meta: dict[str, Any] | None, train_dcr:
     }
     if spec.data_order != "random":
         params["shuffle_buffer"] = spec.shuffle_buffer
+    if getattr(spec, "cache", None) is not None:  # docs/scale.md
+
+        params["cache"] = describe(cache_mode(spec.cache))
+    if getattr(sweep.resources.trial, "workers", 1) > 1:
+        params["workers"] = sweep.resources.trial.workers
     if train_dcr is not None and train_dcr == train_dcr:
         params["train_dcr"] = round(float(train_dcr), 6)
     if meta:
@@ -149,8 +156,6 @@ def source_tags() -> dict[str, str]:
     """
     from mlflow.utils import mlflow_tags
     from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
-
-    import lossyvision
 
     path = str(Path(lossyvision.__file__).parent)
     tags = {mlflow_tags.MLFLOW_SOURCE_NAME: "lossyvision", mlflow_tags.MLFLOW_SOURCE_TYPE: "LOCAL",
@@ -473,7 +478,7 @@ class Tracker:
         if existing:
             return existing
         mlflow = self._fluent()
-        import mlflow.pytorch
+        import mlflow.pytorch  # noqa: F811  (loads the submodule into the module _fluent returned)
         from mlflow.models import infer_signature
 
         with torch.no_grad():
@@ -718,9 +723,6 @@ def log_report_artifacts(output: str, paths: Iterable[str], *, artifact_path: st
     """
     import shutil
     import tempfile
-
-    from lossyvision.output import load_output_sweep, load_plan
-    from lossyvision.store import read_bytes
 
     tracker = tracker_for(load_output_sweep(output), plan_digest=load_plan(output).digest)
     paths = [str(p) for p in paths]

@@ -25,8 +25,14 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from lossyvision.budget import select_subset
+from lossyvision.cache import cache_mode, cached_samples
+from lossyvision.manifest import CorruptRowError, output_uri
+from lossyvision.seeding import seed_everything, set_deterministic, trial_seed
 from lossyvision.spec import Sweep
-from lossyvision.store import atomic_write_bytes, exists, is_remote, join, read_bytes
+from lossyvision.staging import stage_shards
+from lossyvision.store import MANIFEST_NAME, atomic_write_bytes, exists, filesystem, is_remote, join, read_bytes
+from lossyvision.streaming import BlockReader, blocks_spanned, late_fraction
 from lossyvision.sweep.plan import TrialSpec, level_dcr, reader_of, split_rows
 from lossyvision.sweep.results import NO_BUDGET
 from lossyvision.units import format_bytes
@@ -72,8 +78,6 @@ def device_for(gpu: float) -> str:
 
 
 def manifest_path(sweep: Sweep) -> str:
-    from lossyvision.store import MANIFEST_NAME
-
     return join(sweep.store_uri, MANIFEST_NAME)
 
 
@@ -118,14 +122,13 @@ def images_of(sweep: Sweep, rows: pd.DataFrame, reader: Any, split: str) -> Spli
         targets=[reader.load_target(records[p]) for p in rows["relpath"]],
         relpaths=list(rows["relpath"]),
         compressed_bytes=int(rows["compressed_bytes"].sum()),
+        extra={k: list(rows[k]) for k in ("height", "width") if k in rows.columns},  # the cache's slots
     )
 
 
 def store_uri(sweep: Sweep, output_path: str) -> str:
     """Manifest paths are relative to the store; one that leaves it (absolute, a URI, ``..``) is a
     corrupt row, never followed."""
-    from lossyvision.manifest import CorruptRowError, output_uri
-
     try:
         return output_uri(sweep.store_uri, output_path)
     except CorruptRowError as e:
@@ -140,8 +143,6 @@ def train_images(sweep: Sweep, trial: TrialSpec, manifest: pd.DataFrame, reader:
                          f"at level {trial.train_level:g}")
     exhausted = False
     if trial.budget != NO_BUDGET:
-        from lossyvision.budget import select_subset
-
         seed = sweep.seed + (trial.repeat if sweep.resample else 0)
         subset = select_subset(rows[["relpath", "label", "compressed_bytes"]].reset_index(drop=True),
                                int(trial.budget), seed)
@@ -216,8 +217,6 @@ def latest_progress_dir(output: str, key: str, local_dir: str | None = None) -> 
 
 
 def _latest_remote_progress(output: str, key: str, local_dir: str | None) -> str | None:
-    from lossyvision.store import filesystem
-
     fs, base = filesystem(join(output, TUNE_DIR))
     best, best_epoch = None, -1
     for meta in fs.glob(f"{base}/*/{key}/checkpoint_*/{RESUME_META_FILE}"):
@@ -243,8 +242,6 @@ def drop_progress(output: str, key: str) -> None:
     import shutil
 
     if is_remote(str(output)):
-        from lossyvision.store import filesystem
-
         fs, base = filesystem(join(str(output), TUNE_DIR))
         for d in fs.glob(f"{base}/*/{key}/checkpoint_*"):
             fs.rm(d, recursive=True)
@@ -261,21 +258,21 @@ def model_spec_for_loading(spec: Any) -> Any:
 
 def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter | None = None,
               resume_dir: str | None = None, device: str | None = None,
-              manifest: pd.DataFrame | None = None, node: str | None = None) -> dict[str, Any]:
+              manifest: pd.DataFrame | None = None, node: str | None = None, write: bool = True,
+              extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``trial`` and save its final checkpoint; returns the trial's metadata (``trial.json``).
 
     ``resume_dir`` is a folder written by :func:`save_progress` (a Tune checkpoint): training
     continues after its epoch. ``report`` gets every epoch's metrics and a progress folder.
     ``node``: the Ray node this runs on (the runner knows it), recorded with the nodes of earlier
-    attempts.
+    attempts. ``write``: save the final checkpoint (the one writer of a data-parallel trial is its rank 0,
+    :mod:`lossyvision.runners.train_ddp`); ``extra_meta`` goes into ``trial.json``.
     """
     import tempfile
 
     import torch
 
-    from lossyvision.seeding import seed_everything, set_deterministic, trial_seed
-    from lossyvision.staging import stage_shards
-    from lossyvision.tasks import create_task
+    from lossyvision.tasks import create_task  # lazy: loads torch
 
     started = time.time()
     spec = sweep.model(trial.model)
@@ -293,9 +290,8 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
         if staged.reason:
             logging.getLogger(__name__).info("trial %s: %s", trial.key, staged.reason)
         train, read_blocks = training_samples(spec, sweep.resources.trial, staged.uris, images.targets, codec.decode)
+        train = with_cache(spec, train, images, os.path.join(stage_dir, "cache"))
         if read_blocks:
-            from lossyvision.streaming import late_fraction
-
             res = sweep.resources.trial
             late = late_fraction(staged.uris, spec.shuffle_buffer, res.read_block_bytes, res.read_cache_bytes)
             logging.getLogger(__name__).info(
@@ -329,6 +325,7 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
                     report(epoch, row, tmp, epochs)
 
         task.fit(model, train, on_epoch=on_epoch, state=state)
+        scale = scale_meta(spec, sweep, train)  # before the scratch folder (and its cache) goes
     finally:
         shutil.rmtree(stage_dir, ignore_errors=True)
 
@@ -343,10 +340,13 @@ def run_trial(sweep: Sweep, trial: TrialSpec, output: str, *, report: Reporter |
         "history": history, "resumed_from": resumed_from, "seconds": round(time.time() - started, 3),
         "finished_at": utc_now(), "node": node, "nodes": nodes, "host": socket.gethostname(),
         "train_shards": staged.shards, "train_shards_staged": staged.staged,
-        "data_order": spec.data_order,
+        "data_order": spec.data_order, **scale,
     }
     if spec.data_order == "shards":
         meta.update(shuffle_buffer=int(spec.shuffle_buffer), train_read_blocks=read_blocks)
+    meta.update(extra_meta or {})
+    if not write:
+        return meta
     directory = checkpoint_dir(output, trial.key)
     buf = io.BytesIO()
     torch.save(_cpu_state_dict(model), buf)
@@ -363,8 +363,7 @@ def training_samples(spec: Any, resources: Any, uris: list[str], targets: list[A
     Shard order reads remote shards through a :class:`lossyvision.streaming.BlockReader`; staged
     (local) copies are read as they are, in the same order.
     """
-    from lossyvision.data import ImageSamples
-    from lossyvision.streaming import BlockReader, blocks_spanned
+    from lossyvision.data import ImageSamples  # lazy: loads torch
 
     if spec.data_order != "shards":
         return ImageSamples(uris, targets, decode=decode), 0
@@ -377,11 +376,31 @@ def training_samples(spec: Any, resources: Any, uris: list[str], targets: list[A
     return samples, blocks_spanned(uris, reader.block_bytes)
 
 
+def with_cache(spec: Any, samples: Any, images: SplitImages, directory: str) -> Any:
+    """``samples`` behind the model's decoded cache (``cache:``) in ``directory``, or as they are."""
+    mode = cache_mode(getattr(spec, "cache", None))
+    if mode is None:
+        return samples
+    n = len(images)
+    return cached_samples(samples, mode, images.extra.get("height") or [None] * n,
+                          images.extra.get("width") or [None] * n, directory)
+
+
+def scale_meta(spec: Any, sweep: Sweep, train: Any) -> dict[str, Any]:
+    """trial.json's record of the cache (mode, images it held at the end) and the data-parallel workers."""
+    meta: dict[str, Any] = {"cache": cache_mode(getattr(spec, "cache", None)),
+                            "workers": int(getattr(sweep.resources.trial, "workers", 1))}
+    cache = getattr(train, "cache", None)
+    if cache is not None:
+        meta["cache_images"] = cache.filled()
+    return meta
+
+
 def load_trained(sweep: Sweep, trial: TrialSpec, output: str, device: str = "cpu") -> tuple[Any, Any]:
     """``(task, model)`` of a finished trial, weights from its final checkpoint, in eval mode."""
     import torch
 
-    from lossyvision.tasks import create_task
+    from lossyvision.tasks import create_task  # lazy: loads torch
 
     spec = sweep.model(trial.model)
     task = create_task(spec.task, model_spec_for_loading(spec), _classes(sweep), device=device)

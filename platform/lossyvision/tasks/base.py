@@ -9,11 +9,14 @@ Each task applies its own transforms.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from lossyvision.registry import Registry
+from lossyvision.tasks.entrypoint import check_entry_point, is_entry_point
+from lossyvision.tasks.training import load_model_state
 
 #: ``on_epoch(epoch, metrics, state)``: called after each epoch (1-based) with training metrics
 #: (``loss``, ...) and a resumable ``state`` dict (model, optimizer, scheduler, epoch).
@@ -63,12 +66,10 @@ class Task(ABC):
         An entry point (``package.module:factory``) is built with ``pretrained: false`` and run once
         on a tiny batch (:meth:`dry_run`); tasks extend this with their own registries.
         """
-        from lossyvision.tasks.entrypoint import check_entry_point, is_entry_point
-
         if is_entry_point(self.spec.arch):
             check_entry_point(self)
 
-    def dry_run(self, model: Any) -> None:
+    def dry_run(self, model: Any) -> None:  # noqa: B027  (an optional hook)
         """One forward pass of ``model`` (eval mode, no gradients) on a tiny batch; a ``ValueError``
         says how its output breaks the task's interface."""
 
@@ -102,8 +103,6 @@ class Task(ABC):
 
     def load_state(self, model: Any, state: dict[str, Any]) -> Any:
         """Put the weights of a ``state`` given to ``on_epoch`` into ``model`` (e.g. to evaluate it)."""
-        from lossyvision.tasks.training import load_model_state
-
         return load_model_state(model, state)
 
 
@@ -111,9 +110,20 @@ TASKS: Registry[type[Task]] = Registry("task")
 
 
 def create_task(name: str, spec: Any, classes: list[str], device: str = "cpu", seed: int = 0) -> Task:
-    import lossyvision.tasks  # noqa: F401  (fills the registry)
-
     return TASKS.get(name)(spec, classes, device=device, seed=seed)
+
+
+#: Specs already checked in this process (a sweep file is read several times per command).
+_CHECKED: set[str] = set()
+
+
+def check_arch(spec: Any, classes: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless ``spec.arch`` can be built for ``spec.task``; offline, once per process."""
+    key = json.dumps([spec.model_dump(mode="json"), list(classes)], sort_keys=True, default=str)
+    if key in _CHECKED:
+        return
+    create_task(spec.task, spec, list(classes)).check_arch()
+    _CHECKED.add(key)
 
 
 def sample_ids(samples: Any) -> list[str]:

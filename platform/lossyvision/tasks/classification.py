@@ -40,6 +40,7 @@ from lossyvision.tasks.training import (
     check_options,
     is_url,
     load_backbone_weights,
+    data_parallel,
     make_loader,
     make_scheduler,
     option,
@@ -268,12 +269,13 @@ class ClassificationTask(Task):
         scheduler = make_scheduler(optimizer, self.spec, self.spec.epochs, iters, schedule="cosine",
                                    lr_steps=option(self.spec, "lr_steps", ()))
         amp = bool(option(self.spec, "amp", False))
+        net = data_parallel(model, self.device)  # DDP in a data-parallel trial (resources.trial.workers)
 
         def step(batch):
             x, y = batch
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(self.device, amp):
-                logits = self._logits(model, x)
+                logits = self._logits(net, x)
             loss = F.cross_entropy(logits.float(), y)
             correct = (logits.argmax(1) == y).sum().item()
             return loss, len(y), {"train_acc": correct}

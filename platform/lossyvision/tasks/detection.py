@@ -41,6 +41,7 @@ from lossyvision.metrics.voc import DetectionOutcomes
 from lossyvision.tasks.base import TASKS, EpochCallback, Serving, Task, sample_ids
 from lossyvision.tasks.classification import uint8_chw
 from lossyvision.tasks.entrypoint import build_entry_point, is_entry_point
+from lossyvision.tasks.mmdet_backend import MMDetBackend
 from lossyvision.tasks.training import (
     COMMON_OPTIONS,
     autocast,
@@ -155,8 +156,6 @@ class DetectionTask(Task):
             raise ValueError(f"unknown detection backend {self.backend!r}; known: {', '.join(BACKENDS)}")
         self._mmdet = None
         if self.backend == "mmdet":
-            from lossyvision.tasks.mmdet_backend import MMDetBackend
-
             self._mmdet = MMDetBackend(self)
 
     # ------------------------------------------------------------------ recipe

@@ -14,7 +14,8 @@ It returns a ``torch.nn.Module`` that meets the task's interface (``docs/tasks.m
 example per task). The module must be importable wherever the sweep runs: installed, or on
 ``PYTHONPATH`` (a Ray cluster's workers too).
 
-:func:`check_arch` is what the sweep file's validation calls: for an entry point it imports the
+:func:`check_entry_point` is what the sweep file's validation calls (through
+:func:`lossyvision.tasks.base.check_arch`): it imports the
 module, finds the factory, builds the model with ``pretrained: false`` and runs one forward pass on
 a tiny batch (the task's ``dry_run``), so a wrong output shape fails when the file is read, not
 in a trial. For named architectures each task checks its own registries (timm, torchvision, the
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import re
 from typing import Any, Callable, Sequence
 
@@ -142,17 +142,3 @@ def check_entry_point(task: Any) -> None:
     finally:
         torch.random.set_rng_state(state)
 
-
-#: Specs already checked in this process (a sweep file is read several times per command).
-_CHECKED: set[str] = set()
-
-
-def check_arch(spec: Any, classes: Sequence[str]) -> None:
-    """Raise ``ValueError`` unless ``spec.arch`` can be built for ``spec.task``; offline, once per process."""
-    from lossyvision.tasks import create_task
-
-    key = json.dumps([spec.model_dump(mode="json"), list(classes)], sort_keys=True, default=str)
-    if key in _CHECKED:
-        return
-    create_task(spec.task, spec, list(classes)).check_arch()
-    _CHECKED.add(key)

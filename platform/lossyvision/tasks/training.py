@@ -17,6 +17,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from lossyvision.seeding import seed_worker, worker_seed
+from lossyvision.store import is_remote, read_bytes
+
 # --------------------------------------------------------------------------- options
 def option(spec: Any, key: str, default: Any = None) -> Any:
     """``spec.options[key]`` or ``default``."""
@@ -56,15 +59,68 @@ def make_loader(dataset: Any, batch_size: int, collate_fn: Callable, *, shuffle:
     :class:`lossyvision.data.ImageSamples` with ``order: shards``), else a seeded permutation. Every
     task builds its training loader here, so every task gets the sweep file's ``data_order``.
     """
-    from lossyvision.seeding import seed_worker
-
     generator = torch.Generator()
     generator.manual_seed(seed)
     sampler = dataset.train_sampler(seed) if shuffle and hasattr(dataset, "train_sampler") else None
+    rank, size = world()
+    if shuffle and size > 1:  # a data-parallel trial: this rank's share of every global batch
+        order = list(sampler) if sampler is not None else torch.randperm(len(dataset), generator=generator).tolist()
+        batch_size = max(1, batch_size // size)
+        sampler = RankShare(order, rank, size, batch_size)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       collate_fn=collate_fn, num_workers=num_workers, generator=generator, drop_last=drop_last,
                       worker_init_fn=seed_worker,
                       pin_memory=str(device).startswith("cuda"), persistent_workers=False)
+
+
+class RankShare:
+    """Rank ``rank``'s share of one epoch's global ``order``: positions ``rank, rank + world, ...`` of it,
+    the tail cut so that every rank takes the same number of steps. With a per-rank batch of
+    ``batch_size / world``, global batch ``k`` holds the images of the single-worker batch ``k``.
+    A last per-rank batch of one image is dropped too (BatchNorm cannot train on one)."""
+
+    def __init__(self, order: Sequence[int], rank: int, world: int, batch_size: int = 1) -> None:
+        per_rank = len(order) // world
+        if batch_size > 1 and per_rank > 1 and per_rank % batch_size == 1:
+            per_rank -= 1
+        self.indices = list(order)[: per_rank * world][rank::world]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world size)`` of a data-parallel trial (torch.distributed, set up by Ray Train), else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def data_parallel(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel`` in a data-parallel trial (gradients averaged over the
+    workers; the parameters are broadcast from rank 0 on wrapping), else ``model`` itself."""
+    if world()[1] <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    dev = torch.device(device)
+    return DistributedDataParallel(model, device_ids=[dev.index or 0] if dev.type == "cuda" else None)
+
+
+def _sum_over_workers(values: list[float]) -> list[float]:
+    """Per-epoch sums added over a data-parallel trial's workers (one all-reduce), else as they are."""
+    if world()[1] <= 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 def autocast(device: str, enabled: bool):
@@ -202,10 +258,12 @@ def train_epochs(model: torch.nn.Module, loader_for_epoch: Callable[[int], Itera
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
         start = int(state["epoch"])
+
     params = [p for g in optimizer.param_groups for p in g["params"]]
     epoch = start
+    aug_seed = worker_seed(seed, *world())
     for epoch in range(start + 1, epochs + 1):
-        torch.manual_seed(seed * 100_003 + epoch)
+        torch.manual_seed(aug_seed * 100_003 + epoch)
         (set_train_mode or model.train)()
         total_loss, seen, sums = 0.0, 0, {}
         began, waited = time.perf_counter(), 0.0
@@ -231,6 +289,9 @@ def train_epochs(model: torch.nn.Module, loader_for_epoch: Callable[[int], Itera
             seen += n
             for k, v in batch_sums.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
+        names = sorted(sums)
+        total_loss, seen, *summed = _sum_over_workers([total_loss, seen, *(sums[k] for k in names)])
+        sums = dict(zip(names, summed))
         if seen == 0:
             raise ValueError("no training samples: the train split is empty")
         took = max(time.perf_counter() - began, 1e-9)
@@ -257,8 +318,6 @@ def load_weights_file(source: str) -> dict[str, Any]:
         if is_url(source):
             obj = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True)
         else:
-            from lossyvision.store import is_remote, read_bytes
-
             if is_remote(source):
                 obj = torch.load(io.BytesIO(read_bytes(source)), map_location="cpu", weights_only=True)
             else:
