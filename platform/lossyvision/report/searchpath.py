@@ -5,12 +5,11 @@ from __future__ import annotations
 import html
 
 from lossyvision.report.html import Section
+from lossyvision.sweep.searchgrid import describe_search, read_search
 
 
 def search_sections(output: str) -> list[Section]:
     """One section when OUTPUT holds ``search.json`` (``lossyvision.sweep.searchgrid``), none otherwise."""
-    from lossyvision.sweep.searchgrid import describe_search, read_search
-
     data = read_search(output)
     if not data:
         return []

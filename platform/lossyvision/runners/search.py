@@ -21,8 +21,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
+from lossyvision.runners.tune import _ListenerCallback, _trainable
+from lossyvision.store import absolute, join
 from lossyvision.sweep.plan import Grid, TrialSpec
 from lossyvision.sweep.results import read_results
+from lossyvision.sweep.search import trainings_bounds
 from lossyvision.sweep.searchgrid import (Arena, arenas, config_for, decide_arena, read_search, search_payload,
                                           write_search)
 from lossyvision.sweep.trials import TUNE_DIR, finished_keys, read_meta
@@ -165,9 +168,6 @@ def search_trials(sweep: Any, grid: Grid, output: str, manifest: Any, listener: 
     """Run the search on Tune; returns the grid of what it trained (its needed cells), failures, trainings run now."""
     from ray import tune
 
-    from lossyvision.runners.tune import _ListenerCallback, _trainable
-    from lossyvision.store import absolute, join
-
     output = absolute(output)
     previous = read_search(output) or {}
     parallel = int(previous.get("parallel") or sweep.search.parallel or cluster_slots(sweep))  # fixed for the replay
@@ -221,8 +221,6 @@ def search_trials(sweep: Any, grid: Grid, output: str, manifest: Any, listener: 
 
 def worst_trainings(sweep: Any) -> int:
     """The most trainings the sweep's searches can take, all (model, codec) together."""
-    from lossyvision.sweep.search import trainings_bounds
-
     return int(sum(trainings_bounds(len(a.train_levels), config_for(sweep, 1))[1] for a in sweep.arms)
                * len(sweep.models))
 

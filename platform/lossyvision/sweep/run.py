@@ -29,6 +29,7 @@ from lossyvision.report import build_report
 from lossyvision.report.build import REPORT_DIR, analyse
 from lossyvision.report.verdict import headline, verdict_lines
 from lossyvision.runners.cluster import init_ray, node_shapes
+from lossyvision.runners.search import Locked, search_trials, worst_trainings
 from lossyvision.runners.tune import train_trials
 from lossyvision.spec import SpecError, Sweep, load_sweep
 from lossyvision.store import absolute, exists, filesystem, format_level, is_remote, join, level_dir
@@ -36,6 +37,7 @@ from lossyvision.sweep.models import loggable_model
 from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec, done_cell_keys, grid_size, level_dcr, pending, plan
 from lossyvision.sweep.relative import fill_relative
 from lossyvision.sweep.results import NO_BUDGET, append_results, current_rows, read_results
+from lossyvision.sweep.searchgrid import search_grid
 from lossyvision.sweep.status import DONE, FAILED, RUNNING, SweepState, stale_entries
 from lossyvision.sweep.tracking import (
     DatasetRef, absolute_tracking_uri, cells_table_of, eval_metric_name, eval_metrics_of, eval_series_of,
@@ -392,8 +394,6 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
     check_cache_disk(sweep, manifest)  # before any trial
     grid = plan(sweep, manifest)
     if sweep.search is not None:  # its candidates: the grid's keys (one more repeat: 0 explores), the cells it reads
-        from lossyvision.sweep.searchgrid import search_grid
-
         grid = search_grid(sweep, plan(sweep.model_copy(update={"repeats": sweep.repeats + 1}), manifest))
     outdir.write_plan(output, grid)
     outcome.trials, outcome.cells = len(grid.trials), len(grid.cells)
@@ -476,8 +476,7 @@ def _search(sweep: Sweep, grid: Grid, manifest: pd.DataFrame, state: SweepState,
             outcome: SweepOutcome, echo: Echo) -> tuple[Grid, list[TrialSpec]]:
     """The training step of a search (``runners.search``): ``(the grid of what it trained, those trials)``;
     each finished trial's question cells are evaluated as it finishes, on the searcher's thread."""
-    from lossyvision.runners.evaluate import evaluate_cells
-    from lossyvision.runners.search import Locked, search_trials, worst_trainings
+    from lossyvision.runners.evaluate import evaluate_cells  # lazy: loads torch
 
     state, tracker = Locked(state), Locked(tracker)  # used from Tune's thread (epochs) and the searcher's
     # A finished trial's actor keeps its CPUs until Tune's controller stops it, and the controller waits

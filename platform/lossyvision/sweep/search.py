@@ -34,6 +34,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Mapping
 
+from lossyvision.seedspread import pooled_spread, trained_interval
+
 Training = tuple[int, int]  # (ladder index, repeat)
 QUESTIONS = ("matched", "train", "test")
 EXPLORE, CONFIRM = "explore", "confirm"
@@ -224,8 +226,6 @@ class _Replay:
     # --- confirmation ------------------------------------------------------------------------------
     def confirm(self, level: int, fresh: range, confidence: float, spread_data: dict[int, list[float]]) -> dict:
         from scipy.stats import norm
-
-        from lossyvision.seedspread import pooled_spread, trained_interval
 
         c = self.c
         base = [self.obs[(0, r)] for r in fresh]

@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from lossyvision import output as outdir
+from lossyvision.store import atomic_write_bytes, exists, read_bytes
 from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec
 from lossyvision.sweep.search import Obs, SearchConfig, Training, decide, trainings_bounds
 
@@ -198,16 +200,10 @@ def _levels_named(text: str, levels: list[float]) -> str:
 
 
 def write_search(output: str, payload: dict[str, Any]) -> None:
-    from lossyvision import output as outdir
-    from lossyvision.store import atomic_write_bytes
-
     atomic_write_bytes(outdir.path(output, SEARCH_FILE), json.dumps(payload, indent=1, default=_plain).encode())
 
 
 def read_search(output: str) -> dict[str, Any] | None:
-    from lossyvision import output as outdir
-    from lossyvision.store import exists, read_bytes
-
     uri = outdir.path(output, SEARCH_FILE)
     if not exists(uri):
         return None
