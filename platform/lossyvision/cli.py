@@ -361,6 +361,14 @@ def sweep_plan(
         result = preview(sweep, sample=sample)
     for line in render_preview(result):
         typer.echo(line)
+    if sweep.search is not None:
+        import os
+
+        from lossyvision.sweep.searchgrid import plan_lines  # lazy: loads pandas; --help stays fast
+
+        cpu = sweep.resources.trial.cpu  # the levels explored at once: this machine's trial slots, unless set
+        for line in plan_lines(sweep, max(1, int((os.cpu_count() or 1) // cpu) if cpu else 1)):
+            typer.echo(line)
     from lossyvision.spec import GRID_CAP  # lazy: loads pydantic; --help stays fast
 
     trials, evaluations = grid_counts(sweep)

@@ -436,6 +436,16 @@ class SeedSpreadSpec(_Strict):
     repeats: Int = _num(3, (2, BOUNDS["repeats"][1]), description="training runs at each of those levels")
 
 
+class SearchSpec(_Strict):
+    """Adaptive search (``lossyvision.sweep.search``): train only the levels one question's answer needs."""
+
+    question: Literal["matched", "train", "test"]
+    max_trainings: Int | None = Field(None, ge=1, le=10_000, description="budget of trainings per model and codec")
+    margin: Float = Field(1.0, ge=0, le=50, allow_inf_nan=False, description="points above keep to pass exploration")
+    fallbacks: Int = Field(0, ge=0, le=10, description="less compressed levels confirmed after a failed candidate")
+    parallel: Int | None = Field(None, ge=1, le=64, description="levels explored at once; default: the cluster's slots")
+
+
 class EvaluationSpec(_Strict):
     """How test levels stream through evaluation (memory and speed only: never part of a key).
 
@@ -507,6 +517,7 @@ class Sweep(_Strict):
     report: ReportSpec = Field(default_factory=ReportSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     max_failures: Int = _num(2, BOUNDS["max_failures"], description="retries of a failed trial")
+    search: SearchSpec | None = Field(None, description="adaptive search instead of the whole grid")
 
     @field_validator("name")
     @classmethod
@@ -630,6 +641,30 @@ class Sweep(_Strict):
                 except ValueError as e:
                     problems.append(f"{field}: {e}")
                     break
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _search_fits(self) -> "Sweep":
+        """A search walks one ladder per codec and confirms on fresh seeds (``lossyvision.sweep.search``)."""
+        s, problems = self.search, []
+        if s is None:
+            return self
+        if self.budgets or self.seed_spread is not None:
+            problems.append("search: it walks the ladder and measures the spread on its own fresh seeds; it cannot "
+                            "be combined with " + ("budgets" if self.budgets else "seed_spread"))
+        if s.question != "test" and self.repeats < 2:
+            problems.append(f"search: question {s.question} confirms a level on fresh seeds at it and at the "
+                            "baseline: set repeats >= 2 (the fresh seeds; 3 is typical)")
+        for arm in self.arms if s.question == "matched" else []:
+            if missing := sorted(set(arm.train_levels) - set(arm.test_levels)):
+                problems.append(f"search: question matched tests each level at itself, but {arm.name}'s test "
+                                f"levels lack {', '.join(f'{x:g}' for x in missing)}")
+        least = 1 + 2 * self.repeats if s.question != "test" else 1
+        if s.max_trainings is not None and s.max_trainings < least:
+            problems.append(f"search.max_trainings: {s.max_trainings} cannot confirm a level: it needs at least "
+                            f"{least} (the baseline, then {self.repeats} fresh seeds at a level and at the baseline)")
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -28,6 +28,7 @@ from lossyvision.report.advice import advice_html, advice_table, cells_html
 from lossyvision.report.budget import budget_figure_pngs
 from lossyvision.report.cells import PredictionsCache, ReportError, cell_table, relative_cells
 from lossyvision.report.curves import dcr_by_level, plot_dcr_curve
+from lossyvision.report.searchpath import search_sections
 from lossyvision.report.heatmap import heatmap_groups, plot_relative_heatmap
 from lossyvision.report.html import Figure, Section, render_html
 from lossyvision.report.rate import bd_table, describe_bd, plot_rate_accuracy, rate_points
@@ -490,7 +491,8 @@ def build_report(output: str, *, keep_fraction: float | None = None, sample_leve
     writer = _Writer(output)
     warnings: list[str] = []
     verdict_sections, result_sections, analysis = _results_sections(output, writer, info, keep_fraction, warnings)
-    sections = verdict_sections + _codec_sections(output, analysis.rel, writer, info, warnings) + result_sections
+    sections = search_sections(output) + verdict_sections  # a search's answer (on fresh seeds) comes first
+    sections += _codec_sections(output, analysis.rel, writer, info, warnings) + result_sections
     sections += _budget_sections(output, writer, warnings)
     sections += _store_sections(info, writer, warnings, sample_levels, n_samples)
     sections += _sensitivity_sections(output, writer, warnings)

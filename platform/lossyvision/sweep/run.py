@@ -29,6 +29,7 @@ from lossyvision.report import build_report
 from lossyvision.report.build import REPORT_DIR, analyse
 from lossyvision.report.verdict import headline, verdict_lines
 from lossyvision.runners.cluster import init_ray, node_shapes
+from lossyvision.runners.search import Locked, search_trials, worst_trainings
 from lossyvision.runners.tune import train_trials
 from lossyvision.spec import SpecError, Sweep, load_sweep
 from lossyvision.store import absolute, exists, filesystem, format_level, is_remote, join, level_dir
@@ -36,6 +37,7 @@ from lossyvision.sweep.models import loggable_model
 from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec, done_cell_keys, grid_size, level_dcr, pending, plan
 from lossyvision.sweep.relative import fill_relative
 from lossyvision.sweep.results import NO_BUDGET, append_results, current_rows, read_results
+from lossyvision.sweep.searchgrid import search_grid
 from lossyvision.sweep.status import DONE, FAILED, RUNNING, SweepState, stale_entries
 from lossyvision.sweep.tracking import (
     DatasetRef, absolute_tracking_uri, cells_table_of, eval_metric_name, eval_metrics_of, eval_series_of,
@@ -391,6 +393,8 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
         manifest = compress_for(sweep, echo, ray_address, num_cpus)
     check_cache_disk(sweep, manifest)  # before any trial
     grid = plan(sweep, manifest)
+    if sweep.search is not None:  # its candidates: the grid's keys (one more repeat: 0 explores), the cells it reads
+        grid = search_grid(sweep, plan(sweep.model_copy(update={"repeats": sweep.repeats + 1}), manifest))
     outdir.write_plan(output, grid)
     outcome.trials, outcome.cells = len(grid.trials), len(grid.cells)
     results = read_results(output)
@@ -412,8 +416,11 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
     progress = SweepProgress(len(grid.trials), len(grid.cells), len(grid.trials) - len(trials_todo),
                              len(grid.cells) - len(cells_todo))
     try:
-        # Train what is missing.
-        if trials_todo:
+        # Train what is missing (a search: what its answer needs; the grid becomes what it trained).
+        if sweep.search is not None and trials_todo:
+            grid, trials_todo = _search(sweep, grid, manifest, state, tracker, outcome, echo)
+            outdir.write_plan(output, grid)
+        elif trials_todo:
             echo(f"training {len(trials_todo)} trial(s) on Ray Tune "
                  f"({sweep.resources.trial.cpu:g} CPU, {sweep.resources.trial.gpu:g} GPU each)")
             progress.phase("training", len(trials_todo))
@@ -463,6 +470,36 @@ def _run_sweep(sweep: Sweep, *, echo: Echo, ray_address: str | None, num_cpus: i
     outcome.experiment_id = tracker._guard(tracker.experiment_id) if tracker.available else None
     outcome.seconds = time.time() - started
     return outcome
+
+
+def _search(sweep: Sweep, grid: Grid, manifest: pd.DataFrame, state: SweepState, tracker: Any,
+            outcome: SweepOutcome, echo: Echo) -> tuple[Grid, list[TrialSpec]]:
+    """The training step of a search (``runners.search``): ``(the grid of what it trained, those trials)``;
+    each finished trial's question cells are evaluated as it finishes, on the searcher's thread."""
+    from lossyvision.runners.evaluate import evaluate_cells  # lazy: loads torch
+
+    state, tracker = Locked(state), Locked(tracker)  # used from Tune's thread (epochs) and the searcher's
+    # A finished trial's actor keeps its CPUs until Tune's controller stops it, and the controller waits
+    # in suggest() (up to 10 minutes) while the search waits for that evaluation: so the evaluation reserves
+    # no CPU (the actor is idle), only the GPUs it asks for.
+    eval_sweep = sweep.model_copy(update={"resources": sweep.resources.model_copy(
+        update={"eval": sweep.resources.eval.model_copy(update={"cpu": 0})})})
+
+    def evaluate(trials: list[TrialSpec]) -> None:
+        done = done_cell_keys(read_results(sweep.output))
+        cells = [c for t in trials for c in grid.cells_of(t) if c.key not in done]
+        if cells:
+            now = SweepOutcome(sweep.output, 0, 0)
+            evaluate_grid(eval_sweep, cells, manifest, state, tracker, now, echo, evaluate_cells)
+            outcome.cell_failures.update(now.cell_failures)
+            outcome.cells_run += now.cells_run
+
+    echo(f"search ({sweep.search.question}): training only the levels its answer needs, on Ray Tune")
+    listener = DriverListener(sweep, grid, state, tracker, manifest, echo, worst_trainings(sweep))
+    searched, failures, ran = search_trials(sweep, grid, sweep.output, manifest, listener, evaluate, echo)
+    outcome.trial_failures.update(failures)
+    outcome.trials_run += ran
+    return searched, list(searched.trials)
 
 
 def log_verdicts(tracker: Any, verdicts: list[Any]) -> None:
