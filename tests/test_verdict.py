@@ -139,3 +139,21 @@ def test_a_metric_at_its_ceiling_that_every_level_keeps_is_one_line():
     assert line and line.startswith("top5 is at its ceiling") and "every level of the three questions keeps ≥ 99% with 95% confidence" in line
     # a cell that cannot be told, or a baseline below the ceiling: the full verdict, not one line
     assert saturated(top5.assign(ci_high=0.9995), 0.99, 0.95) is None
+
+
+def test_a_search_s_answer_replaces_the_grid_s_verdict_of_its_question():
+    from lossyvision.report.verdict import with_search
+
+    found = verdicts(relative_cells(one_run_each()), keep=0.99)
+    search = {"question": "matched", "repeats": 3, "searches": [
+        {"model": "m", "codec": "jpegxl", "done": True, "advised": 3.0,
+         "claim": {"rel": 100.2, "low": 99.3, "high": 101.1, "repeats": 3}}]}
+    matched = next(v for v in with_search(found, search) if v.question == "matched")
+    assert matched.outcome == "advised" and matched.level == 3.0 and matched.rel_low == 99.3
+    assert "adaptive search, confirmed on 3 fresh seeds" in matched.text
+    assert [v.text for v in with_search(found, search) if v.question != "matched"] == \
+        [v.text for v in found if v.question != "matched"]  # the other questions stay the grid's
+    none = {**search, "searches": [{**search["searches"][0], "advised": None, "reason": "level 3 did not keep"}]}
+    v = next(v for v in with_search(found, none) if v.question == "matched")
+    assert v.outcome == "cannot tell" and "advises none: level 3 did not keep" in v.text
+    assert with_search(found, None) == found

@@ -33,9 +33,10 @@ from lossyvision.report.heatmap import heatmap_groups, plot_relative_heatmap
 from lossyvision.report.html import Figure, Section, render_html
 from lossyvision.report.rate import bd_table, describe_bd, plot_rate_accuracy, rate_points
 from lossyvision.report.samples import plot_samples
-from lossyvision.report.verdict import decisions, verdict_lines, verdict_records, verdicts
+from lossyvision.report.verdict import decisions, verdict_lines, verdict_records, verdicts, with_search
 from lossyvision.seeding import derive_seed
 from lossyvision.store import DamagedFileError
+from lossyvision.sweep.searchgrid import read_search
 from lossyvision.spec import arms_from, originals_of
 from lossyvision.sweep.plan import bits_per_pixel, ok_rows
 from lossyvision.sweep.results import ResultsError, current_rows, read_results
@@ -209,8 +210,8 @@ def analyse(output: str, keep_fraction: float | None = None, info: SweepInfo | N
     if rel.empty:
         notes.append("No group has a non-zero baseline value.")
         return empty
-    return Analysis(rel, verdicts(rel, keep, headline_only=False, order=info.codecs, confidence=info.confidence),
-                    keep, notes)
+    found = verdicts(rel, keep, headline_only=False, order=info.codecs, confidence=info.confidence)
+    return Analysis(rel, with_search(found, read_search(output)), keep, notes)
 
 
 def _results_sections(output: str, writer: _Writer, info: SweepInfo, keep_fraction: float,

@@ -17,8 +17,7 @@ def search_sections(output: str) -> list[Section]:
     answers = [ln.strip() for ln in lines if ln.strip().startswith(("answer:", "stopped:"))]
     text = (f"{lines[0]} The search explored on one training run per level (repeat 0), then confirmed its candidate "
             "on fresh seeds at the candidate and at the baseline; only the confirmation's interval supports its "
-            "answer (docs/reproducibility.md, 'Adaptive search'). The verdict below reads every trained cell, the "
-            "exploration runs included, and levels the search did not train have no cells: for this question the "
-            "search's answer is the one to use.\n\n" + "\n\n".join(answers))
+            "answer (docs/reproducibility.md, 'Adaptive search'). The verdict below states the search's answer for this "
+            "question; its other questions read the trained cells (the exploration runs included).\n\n" + "\n\n".join(answers))
     return [Section("Adaptive search: the answer on fresh seeds, and its path", text=text,
                     tables_html=[f"<pre>{html.escape(chr(10).join(lines[1:]))}</pre>"])]

@@ -415,3 +415,43 @@ def verdict_lines(found: list[Verdict]) -> list[str]:
 def verdict_records(found: list[Verdict]) -> list[dict]:
     """``verdict.json``: one object per model, metric and question."""
     return [v.record() for v in found]
+
+
+def with_search(found: list[Verdict], search: dict | None) -> list[Verdict]:
+    """An adaptive search's answer (``OUTPUT/search.json``) in place of the grid's verdict of its question.
+
+    The grid's verdict would read the search's one-run exploration cells (and has no cells at levels
+    the search skipped); the search's claim rests on its fresh seeds alone, so it is the answer.
+    """
+    if not search:
+        return found
+    question = str(search.get("question", ""))
+    lead = dict(QUESTIONS).get(question)
+    if lead is None:
+        return found
+    first = {v.model: v.metric for v in headline(found)}
+    out = list(found)
+    for s in search.get("searches", []):
+        model, codec = str(s.get("model")), str(s.get("codec", "jpegxl"))
+        idx = next((i for i, v in enumerate(out) if v.model == model and v.codec == codec
+                    and v.question == question and v.metric == first.get(model)), None)
+        if idx is None or not s.get("done"):
+            continue
+        old, claim = out[idx], s.get("claim") or {}
+        at = _codec(codec).describe_level
+        seeds = f"{claim.get('repeats', search.get('repeats'))} fresh seeds"
+        if s.get("advised") is not None and claim:
+            level = float(s["advised"])
+            text = (f"{lead} {at(level)} (adaptive search, confirmed on {seeds}): models trained there keep ≥ "
+                    f"{100 * old.keep:g}% of the baseline {old.metric} with {_conf(old.confidence)} "
+                    f"(lower bound {_pct(float(claim['low']))}).")
+            out[idx] = Verdict(model, old.metric, question, level, old.dcr if old.level == level else None, float(claim["rel"]), float(claim["low"]),
+                               float(claim["high"]), "advised", text, codec, keep=old.keep,
+                               confidence=old.confidence, levels=old.levels)
+        else:
+            reason = str(s.get("reason") or s.get("outcome") or "no level confirmed")
+            text = f"{lead} a level? The adaptive search advises none: {reason}."
+            out[idx] = Verdict(model, old.metric, question, None, None, None, None, None, "cannot tell", text, codec,
+                               keep=old.keep, confidence=old.confidence, levels=old.levels,
+                               why=f"the adaptive search advises none ({reason})")
+    return out
