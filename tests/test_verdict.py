@@ -157,3 +157,12 @@ def test_a_search_s_answer_replaces_the_grid_s_verdict_of_its_question():
     v = next(v for v in with_search(found, none) if v.question == "matched")
     assert v.outcome == "cannot tell" and "advises none: level 3 did not keep" in v.text
     assert with_search(found, None) == found
+
+
+def test_the_heatmap_draws_cells_without_an_interval_apart():
+    from lossyvision.report.heatmap import indistinguishable, plot_relative_heatmap
+
+    rel = relative_cells(one_run_each().assign(n_images=900))
+    unknown = rel["rel_low"].isna()
+    assert unknown.sum() == 4 and not indistinguishable(rel)[unknown.to_numpy()].any()
+    assert plot_relative_heatmap(rel, model="m", metric="top1")[:4] == b"\x89PNG"

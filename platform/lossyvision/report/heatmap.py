@@ -129,6 +129,9 @@ def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget:
     norm = Normalize(vmin=lo, vmax=hi)
     cmap = "RdBu"
     same = indistinguishable(cells)
+    lows, highs = cells["rel_low"].to_numpy(float), cells["rel_high"].to_numpy(float)
+    unknown = ~(np.isfinite(lows) & np.isfinite(highs))  # e.g. trained once, the seeds' spread not measured
+    solid = ~same & ~unknown
 
     fig, ax = plt.subplots(figsize=(9.0, 7.6), constrained_layout=True)
     pad_x = 0.12 * (np.ptp(x) or 1.0)
@@ -139,15 +142,16 @@ def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget:
     if faded:  # faded: it is a guess between measured cells, never a measurement
         ax.pcolormesh(gx, gy, np.ma.masked_invalid(background), cmap=cmap, norm=norm, shading="auto", alpha=0.3,
                       linewidth=0, rasterized=True)
-    ax.scatter(x[~same], y[~same], c=v[~same], cmap=cmap, norm=norm, s=340, edgecolors="black",
+    ax.scatter(x[solid], y[solid], c=v[solid], cmap=cmap, norm=norm, s=340, edgecolors="black",
                linewidths=1.2, zorder=3)
+    ax.scatter(x[unknown], y[unknown], c=v[unknown], cmap=cmap, norm=norm, s=340, edgecolors="black",
+               linewidths=1.2, linestyles=":", alpha=0.55, zorder=3)
     ax.scatter(x[same], y[same], c=v[same], cmap=cmap, norm=norm, s=340, edgecolors="black", linewidths=1.2,
                linestyles="--", alpha=0.55, zorder=3)
-    lows, highs = cells["rel_low"].to_numpy(float), cells["rel_high"].to_numpy(float)
     if len(cells) <= 49:
         middle = (y.min() + y.max()) / 2
         for xx, yy, vv, l, h in zip(x, y, v, lows, highs):
-            label = f"{vv:.1f}" + (f"\n[{l:.1f}, {h:.1f}]" if np.isfinite(l) and np.isfinite(h) else "")
+            label = f"{vv:.1f}" + (f"\n[{l:.1f}, {h:.1f}]" if np.isfinite(l) and np.isfinite(h) else "\n[no interval]")
             above = yy <= middle or np.ptp(y) == 0  # top-row labels go below: off the level ticks
             ax.annotate(label, (xx, yy), textcoords="offset points", xytext=(0, 13 if above else -13),
                         ha="center", va="bottom" if above else "top", fontsize=9, zorder=4, linespacing=1.0,
@@ -175,6 +179,10 @@ def plot_relative_heatmap(rel: pd.DataFrame, *, model: str, metric: str, budget:
                       label="measured cell: % of baseline [95 % interval]"),
                Line2D([], [], marker="o", ls="", ms=13, mfc=grey, mec="black", mew=1.2, alpha=0.55,
                       label="measured, interval contains 100 %: not distinguishable from the baseline")]
+    if unknown.any():
+        handles.append(Line2D([], [], marker="o", ls="", ms=13, mfc=grey, mec="black", mew=1.2, alpha=0.55,
+                              label="measured, no interval: the spread between training runs is not measured "
+                                    "(one run per level; seed_spread measures it)"))
     if faded:
         handles.append(Patch(facecolor=grey, alpha=0.3, label="faded background: interpolated between "
                                                                "measured cells, not measured"))
