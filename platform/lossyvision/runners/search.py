@@ -21,14 +21,14 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from lossyvision.runners.tune import _ListenerCallback, _trainable
-from lossyvision.store import absolute, join
+from lossyvision.runners.tune import run_config, trial_trainable
+from lossyvision.store import absolute
 from lossyvision.sweep.plan import Grid, TrialSpec
 from lossyvision.sweep.results import read_results
 from lossyvision.sweep.search import trainings_bounds
 from lossyvision.sweep.searchgrid import (Arena, arenas, config_for, decide_arena, read_search, search_payload,
                                           write_search)
-from lossyvision.sweep.trials import TUNE_DIR, finished_keys, read_meta
+from lossyvision.sweep.trials import finished_keys, read_meta
 
 log = logging.getLogger(__name__)
 Evaluate = Callable[[list[TrialSpec]], None]
@@ -181,9 +181,7 @@ def search_trials(sweep: Any, grid: Grid, output: str, manifest: Any, listener: 
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        res = sweep.resources.trial
-        trainable = tune.with_resources(tune.with_parameters(_trainable, sweep=sweep, manifest=manifest),
-                                        {**res.custom, "cpu": res.cpu, "gpu": res.gpu})
+        trainable = trial_trainable(sweep, manifest)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -192,14 +190,7 @@ def search_trials(sweep: Any, grid: Grid, output: str, manifest: Any, listener: 
                 trial_name_creator=lambda t: t.config["trial"]["key"],
                 trial_dirname_creator=lambda t: t.config["trial"]["key"],
             ),
-            run_config=tune.RunConfig(
-                name=time.strftime("search-%Y%m%d-%H%M%S"),
-                storage_path=join(output, TUNE_DIR),
-                failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[_ListenerCallback(listener)] if listener else [],
-                verbose=0,
-            ),
+            run_config=run_config(sweep, output, listener, "search"),
         )
         try:
             grid_results = tuner.fit()

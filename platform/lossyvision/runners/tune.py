@@ -76,6 +76,30 @@ def _limit_threads(cpus: float) -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
+def trial_trainable(sweep: Any, manifest: Any) -> Any:
+    """The Tune trainable with a trial's resources (a data-parallel trial's driver takes none of its own)."""
+    from ray import tune
+
+    res = sweep.resources.trial
+    return tune.with_resources(tune.with_parameters(_trainable, sweep=sweep, manifest=manifest),
+                               {**res.custom, "cpu": res.cpu, "gpu": res.gpu} if res.workers <= 1 else
+                               DRIVER_RESOURCES)
+
+
+def run_config(sweep: Any, output: str, listener: Any, prefix: str) -> Any:
+    """Tune's run config for a sweep's trials: under OUTPUT, retried, one checkpoint kept, quiet."""
+    from ray import tune
+
+    return tune.RunConfig(
+        name=time.strftime(f"{prefix}-%Y%m%d-%H%M%S"),
+        storage_path=join(output, TUNE_DIR),
+        failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=[_ListenerCallback(listener)] if listener else [],
+        verbose=0,
+    )
+
+
 def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any,
                  listener: TrialListener | None = None) -> dict[str, str]:
     """Run ``trials`` on Tune with the sweep's trial resources; returns ``{key: error}`` of failures."""
@@ -89,10 +113,7 @@ def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no result.json/progress.csv/TB:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # ...so no "no metrics"
-    res = sweep.resources.trial
-    trainable = tune.with_resources(tune.with_parameters(_trainable, sweep=sweep, manifest=manifest),
-                                    {**res.custom, "cpu": res.cpu, "gpu": res.gpu} if res.workers <= 1 else
-                                    DRIVER_RESOURCES)
+    trainable = trial_trainable(sweep, manifest)
     space = {"output": output,
              "trial": tune.grid_search([{**t.as_dict(), "key": t.key} for t in trials])}
     tuner = tune.Tuner(
@@ -102,14 +123,7 @@ def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any
             trial_name_creator=lambda t: t.config["trial"]["key"],
             trial_dirname_creator=lambda t: t.config["trial"]["key"],
         ),
-        run_config=tune.RunConfig(
-            name=time.strftime("run-%Y%m%d-%H%M%S"),
-            storage_path=join(output, TUNE_DIR),
-            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[_ListenerCallback(listener)] if listener else [],
-            verbose=0,
-        ),
+        run_config=run_config(sweep, output, listener, "run"),
     )
     grid = tuner.fit()
     failures: dict[str, str] = {}
