@@ -148,9 +148,16 @@ def test_a_search_s_answer_replaces_the_grid_s_verdict_of_its_question():
     search = {"question": "matched", "repeats": 3, "searches": [
         {"model": "m", "codec": "jpegxl", "done": True, "advised": 3.0,
          "claim": {"rel": 100.2, "low": 99.3, "high": 101.1, "repeats": 3}}]}
-    matched = next(v for v in with_search(found, search) if v.question == "matched")
+    rel = relative_cells(one_run_each())
+    matched = next(v for v in with_search(found, search, rel) if v.question == "matched")
     assert matched.outcome == "advised" and matched.level == 3.0 and matched.rel_low == 99.3
     assert "adaptive search, confirmed on 3 fresh seeds" in matched.text
+    assert matched.dcr == pytest.approx(rel.loc[rel["train_level"] == 3.0, "train_dcr"].mean())
+    # the decision line reads the search's answer, with its DCR, or without one when no cell has it
+    [line] = decisions(with_search(found, search, rel))
+    assert f"store everything at distance 3 (DCR {matched.dcr:.2f}): it keeps" in line, line
+    [line] = decisions(with_search(found, search))
+    assert "store everything at distance 3: it keeps" in line, line
     assert [v.text for v in with_search(found, search) if v.question != "matched"] == \
         [v.text for v in found if v.question != "matched"]  # the other questions stay the grid's
     none = {**search, "searches": [{**search["searches"][0], "advised": None, "reason": "level 3 did not keep"}]}

@@ -211,7 +211,7 @@ def analyse(output: str, keep_fraction: float | None = None, info: SweepInfo | N
         notes.append("No group has a non-zero baseline value.")
         return empty
     found = verdicts(rel, keep, headline_only=False, order=info.codecs, confidence=info.confidence)
-    return Analysis(rel, with_search(found, read_search(output)), keep, notes)
+    return Analysis(rel, with_search(found, read_search(output), rel), keep, notes)
 
 
 def _results_sections(output: str, writer: _Writer, info: SweepInfo, keep_fraction: float,

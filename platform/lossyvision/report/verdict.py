@@ -388,7 +388,8 @@ def decisions(found: list[Verdict]) -> list[str]:
         at = _codec(pick.codec).describe_level
         if pick.outcome == "advised":
             bound = f"lower bound {_pct(pick.rel_low)} of the baseline {pick.metric}"
-            lines.append(f"{model}: {lead.lower()} {at(pick.level)} (DCR {pick.dcr:.2f}): it keeps ≥ "
+            dcr = "" if pick.dcr is None else f" (DCR {pick.dcr:.2f})"
+            lines.append(f"{model}: {lead.lower()} {at(pick.level)}{dcr}: it keeps ≥ "
                          f"{100 * pick.keep:g}% with {_conf(pick.confidence)} ({bound}).")
         else:
             lines.append(f"{model}: no level to {lead.lower()} with {_conf(pick.confidence)}: "
@@ -417,11 +418,12 @@ def verdict_records(found: list[Verdict]) -> list[dict]:
     return [v.record() for v in found]
 
 
-def with_search(found: list[Verdict], search: dict | None) -> list[Verdict]:
+def with_search(found: list[Verdict], search: dict | None, rel: pd.DataFrame | None = None) -> list[Verdict]:
     """An adaptive search's answer (``OUTPUT/search.json``) in place of the grid's verdict of its question.
 
     The grid's verdict would read the search's one-run exploration cells (and has no cells at levels
-    the search skipped); the search's claim rests on its fresh seeds alone, so it is the answer.
+    the search skipped); the search's claim rests on its fresh seeds alone, so it is the answer. Its
+    DCR is the mean of ``rel``'s cells trained at the advised level (None without them).
     """
     if not search:
         return found
@@ -445,7 +447,8 @@ def with_search(found: list[Verdict], search: dict | None) -> list[Verdict]:
             text = (f"{lead} {at(level)} (adaptive search, confirmed on {seeds}): models trained there keep ≥ "
                     f"{100 * old.keep:g}% of the baseline {old.metric} with {_conf(old.confidence)} "
                     f"(lower bound {_pct(float(claim['low']))}).")
-            out[idx] = Verdict(model, old.metric, question, level, old.dcr if old.level == level else None, float(claim["rel"]), float(claim["low"]),
+            out[idx] = Verdict(model, old.metric, question, level, _train_dcr(rel, model, codec, level),
+                               float(claim["rel"]), float(claim["low"]),
                                float(claim["high"]), "advised", text, codec, keep=old.keep,
                                confidence=old.confidence, levels=old.levels)
         else:
@@ -455,3 +458,14 @@ def with_search(found: list[Verdict], search: dict | None) -> list[Verdict]:
                                keep=old.keep, confidence=old.confidence, levels=old.levels,
                                why=f"the adaptive search advises none ({reason})")
     return out
+
+
+def _train_dcr(rel: pd.DataFrame | None, model: str, codec: str, level: float) -> float | None:
+    """The mean training DCR of ``rel``'s cells of ``model`` trained at ``level`` of ``codec``."""
+    if rel is None or rel.empty or "train_dcr" not in rel:
+        return None
+    rows = rel[(rel["model"] == model) & (rel["train_level"] == level)]
+    if "codec" in rows:
+        rows = rows[rows["codec"] == codec]
+    dcr = pd.to_numeric(rows["train_dcr"], errors="coerce").dropna()
+    return float(dcr.mean()) if len(dcr) else None
