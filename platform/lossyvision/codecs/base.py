@@ -119,6 +119,9 @@ class Codec(ABC):
         """Decode to uint8 HxWx3 RGB."""
 
 
+#: The codec a sweep file, a command or a table means when it names none: the study's, JPEG XL.
+DEFAULT_CODEC = "jpegxl"
+
 CODECS: Registry[type[Codec]] = Registry("codec")
 
 
