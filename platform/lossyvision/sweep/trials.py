@@ -28,6 +28,7 @@ import pandas as pd
 from lossyvision.budget import select_subset
 from lossyvision.cache import cache_mode, cached_samples
 from lossyvision.manifest import CorruptRowError, output_uri
+from lossyvision.output import CHECKPOINTS_DIR
 from lossyvision.seeding import seed_everything, set_deterministic, trial_seed
 from lossyvision.spec import Sweep
 from lossyvision.staging import stage_shards
@@ -37,7 +38,6 @@ from lossyvision.sweep.plan import TrialSpec, level_dcr, reader_of, split_rows
 from lossyvision.sweep.results import NO_BUDGET
 from lossyvision.units import format_bytes
 
-CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.pt"
 META_FILE = "trial.json"
 RESUME_STATE_FILE = "state.pt"
@@ -56,7 +56,7 @@ class TrialError(RuntimeError):
 
 # --- where things are ----------------------------------------------------------------------------
 def checkpoint_dir(output: str, key: str) -> str:
-    return join(str(output), CHECKPOINTS, key)
+    return join(str(output), CHECKPOINTS_DIR, key)
 
 
 def is_finished(output: str, key: str) -> bool:
