@@ -21,6 +21,7 @@ import pyarrow as pa
 import ray
 
 from lossyvision import compress, manifest
+from lossyvision.codecs import DEFAULT_CODEC
 from lossyvision.datasets import create_dataset
 from lossyvision.datasets.base import Record
 from lossyvision.lock import writer_lock
@@ -120,7 +121,7 @@ def compress_job(
     *,
     dataset: str = "imagefolder",
     dataset_options: dict[str, Any] | None = None,
-    codec: str = "jpegxl",
+    codec: str = DEFAULT_CODEC,
     codec_options: dict[str, Any] | None = None,
     levels: Sequence[float] = compress.DEFAULT_LEVELS,
     on_error: str = "skip",
