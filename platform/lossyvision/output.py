@@ -31,7 +31,7 @@ import yaml
 
 from lossyvision import __version__, store
 from lossyvision.metrics import outcomes_from_parquet, outcomes_to_parquet
-from lossyvision.places import DEFAULT_STORE, LOCK_NAME, MARKER_NAME, STATE_NAME, SWEEP_COPY
+from lossyvision.places import DEFAULT_STORE, LOCK_NAME, MARKER_NAME, STATE_NAME, SWEEP_COPY, read_state
 from lossyvision.spec import SpecError, Sweep, parse_sweep
 from lossyvision.sweep.plan import Grid
 from lossyvision.sweep.results import RESULTS_CSV_NAME, RESULTS_NAME, current_rows, read_results
@@ -215,6 +215,14 @@ class OutputFolder:
         except (ValueError, KeyError, TypeError) as e:
             raise OutputError(f"{uri} is damaged ({type(e).__name__}); rerun `lossyvision sweep run` to rewrite "
                               "it") from None
+
+    # --- state ---------------------------------------------------------------------------------
+    def read_state(self) -> dict[str, Any] | None:
+        """``state.json`` (None if absent); a damaged one is a one-line ``DamagedFileError``."""
+        return read_state(self.uri)
+
+    def write_state(self, data: dict[str, Any]) -> None:
+        store.atomic_write_bytes(self.state, json.dumps(data, indent=1, sort_keys=True).encode())
 
     # --- results --------------------------------------------------------------------------------
     def has_results(self) -> bool:

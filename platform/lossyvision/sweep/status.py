@@ -10,7 +10,6 @@ configuration's, kept on disk and listed, never used.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import pandas as pd
 
 from lossyvision.codecs import CODECS, DEFAULT_CODEC
 from lossyvision.output import OutputFolder
-from lossyvision.store import DamagedFileError, atomic_write_bytes, exists, filesystem, format_level, read_bytes
+from lossyvision.store import exists, filesystem, format_level
 from lossyvision.sweep.plan import done_cell_keys
 from lossyvision.sweep.trials import META_FILE, finished_keys
 
@@ -33,18 +32,10 @@ class SweepState:
     """``OUTPUT/state.json``: trial and cell states the driver records as they change."""
 
     def __init__(self, output: str) -> None:
-        self.path = OutputFolder(output).state
+        self.folder = OutputFolder(output)
+        self.path = self.folder.state
         self.data: dict[str, Any] = {"driver": None, "trials": {}, "cells": {}}
-        if exists(self.path):
-            try:
-                data = json.loads(read_bytes(self.path))
-            except ValueError as exc:  # never overwrite it silently: say which file and the way back
-                raise DamagedFileError(f"{self.path} is damaged (not valid JSON: {' '.join(str(exc).split())}); "
-                                       "it only marks which trials and cells are running or failed: delete it "
-                                       "and rerun (finished trials and cells are kept elsewhere)") from None
-            if not isinstance(data, dict):
-                raise DamagedFileError(f"{self.path} is damaged (not a JSON object); delete it and rerun")
-            self.data.update(data)
+        self.data.update(self.folder.read_state() or {})  # a damaged one is never overwritten silently
 
     def driver_started(self) -> None:
         self.data["driver"] = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -68,7 +59,7 @@ class SweepState:
         self.save()
 
     def save(self) -> None:
-        atomic_write_bytes(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())
+        self.folder.write_state(self.data)
 
     def driver_alive(self) -> bool:
         d = self.data.get("driver")
