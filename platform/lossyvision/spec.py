@@ -42,7 +42,9 @@ from lossyvision.codecs import CODECS, create_codec
 from lossyvision.compress_options import BOUNDS as COMPRESS_BOUNDS, check_option
 from lossyvision.datasets import DATASETS
 from lossyvision.store import is_remote, join, read_bytes
+from lossyvision.places import DEFAULT_STORE
 from lossyvision.streaming import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_SHUFFLE_BUFFER
+from lossyvision.sweep.layout import grid_counts  # the planner's layout, counted (cli and preview import it here)
 from lossyvision.units import format_bytes, parse_bytes
 
 #: Sane bounds of the numbers in a sweep file (documented in the module docstring and README).
@@ -709,7 +711,7 @@ class Sweep(_Strict):
     # Derived locations -------------------------------------------------------------------
     @property
     def store_uri(self) -> str:
-        return self.store or join(self.output, "store")
+        return self.store or join(self.output, DEFAULT_STORE)
 
     @property
     def tracking_uri(self) -> str:
@@ -918,19 +920,6 @@ def load_sweep(path: str | os.PathLike[str], env: dict[str, str] | None = None) 
     path = str(path)
     data = parse_yaml_text(read_sweep_file(path), path)
     return parse_sweep(substitute_env(data, env, source=path), source=path)
-
-
-def grid_counts(sweep: Sweep) -> tuple[int, int]:
-    """(trials, evaluations) of a sweep, as :mod:`lossyvision.sweep.plan` lays the grid out."""
-    budgets = sweep.budgets or [-1]
-    trials = evaluations = 0
-    for arm in sweep.arms:
-        for level in arm.train_levels:
-            for budget in budgets:
-                trials += len(sweep.models) * sweep.repeats_at(level)
-                evaluations += (len(sweep.models) * sweep.repeats_at(level)
-                                * len(sweep.test_points(arm.name, level, budget)))
-    return trials, evaluations
 
 
 def _codec_names() -> list[str]:

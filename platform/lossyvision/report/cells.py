@@ -23,14 +23,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from lossyvision.codecs import CODECS
+from lossyvision.codecs import CODECS, DEFAULT_CODEC
 from lossyvision.intervals import metric_interval, relative_interval
 from lossyvision.output import read_predictions
 from lossyvision.seedspread import pooled_spread, trained_interval
 
 GROUP = ("model", "metric", "budget", "codec")
 CELL = GROUP + ("train_level", "test_codec", "test_level")
-DEFAULT_CODEC = "jpegxl"
 
 #: ``source(cell_id) -> Outcomes`` (raises ``KeyError``/``OSError``/``ValueError`` when missing).
 OutcomeSource = Callable[[str], Any]

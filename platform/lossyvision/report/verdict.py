@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lossyvision.codecs import CODECS
+from lossyvision.codecs import CODECS, DEFAULT_CODEC
 from lossyvision.seedspread import extra_trainings
 
 KEEPS, LOSES, UNSURE = "keeps", "loses", "cannot tell"
@@ -63,7 +63,7 @@ class Verdict:
     rel_high: float | None
     outcome: str              # "advised", "keep originals", "cannot tell", "saturated"
     text: str
-    codec: str = "jpegxl"
+    codec: str = DEFAULT_CODEC
     bpp: float | None = None  # its mean bits per pixel
     keep: float = 0.99        # the threshold, a fraction of the baseline
     confidence: float = 0.95
@@ -177,7 +177,7 @@ def question_verdict(g: pd.DataFrame, question: str, keep: float, confidence: fl
     """The verdict of one question for one (model, metric, codec) group of relative cells (budget -1)."""
     first = g.iloc[0]
     model, metric = str(first["model"]), str(first["metric"])
-    codec = str(first["codec"]) if "codec" in g.columns else "jpegxl"
+    codec = str(first["codec"]) if "codec" in g.columns else DEFAULT_CODEC
     kind = _codec(codec)
     at = kind.describe_level
     base_train, base_test = float(first["baseline_train_level"]), float(first["baseline_test_level"])
@@ -189,7 +189,7 @@ def question_verdict(g: pd.DataFrame, question: str, keep: float, confidence: fl
     if cands.empty:
         return None
     threshold = 100.0 * keep
-    on = "" if codec == "jpegxl" else f" {codec}"
+    on = "" if codec == DEFAULT_CODEC else f" {codec}"
     unmeasured = question in TRAINED_QUESTIONS and _seeds_unmeasured(cands)
     levels = _level_records(cands, level_col, threshold, unmeasured)
     common = dict(codec=codec, keep=keep, confidence=confidence, levels=levels)
@@ -332,7 +332,7 @@ def verdicts(rel: pd.DataFrame, keep: float = 0.99, headline_only: bool = True,
         return []
     rows = rel[rel["budget"] < 0] if "budget" in rel.columns else rel
     if "codec" not in rows.columns:
-        rows = rows.assign(codec="jpegxl")
+        rows = rows.assign(codec=DEFAULT_CODEC)
     out: list[Verdict] = []
     for model, mg in rows.groupby("model", sort=False):
         metrics = sorted(set(mg["metric"]), key=_metric_rank)
@@ -434,7 +434,7 @@ def with_search(found: list[Verdict], search: dict | None, rel: pd.DataFrame | N
     first = {v.model: v.metric for v in headline(found)}
     out = list(found)
     for s in search.get("searches", []):
-        model, codec = str(s.get("model")), str(s.get("codec", "jpegxl"))
+        model, codec = str(s.get("model")), str(s.get("codec", DEFAULT_CODEC))
         idx = next((i for i, v in enumerate(out) if v.model == model and v.codec == codec
                     and v.question == question and v.metric == first.get(model)), None)
         if idx is None or not s.get("done"):

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
+from lossyvision.codecs import DEFAULT_CODEC
 from lossyvision.datasets.base import Record
 from lossyvision.intervals import metric_interval
 from lossyvision.seeding import derive_seed
@@ -103,7 +104,7 @@ def cut_shards(sizes: Sequence[int], max_images: int, max_bytes: int, min_shards
     return even if fits or k > len(greedy) else greedy
 
 
-def level_images(sweep: Sweep, manifest: pd.DataFrame, level: float, codec: str = "jpegxl", *,
+def level_images(sweep: Sweep, manifest: pd.DataFrame, level: float, codec: str = DEFAULT_CODEC, *,
                  reader: Any | None = None, records: dict[str, Record] | None = None,
                  ) -> tuple[list[str], list[Record], np.ndarray]:
     """The test split's store URIs, records and decoded sizes at ``codec``'s ``level``, in relpath order.
@@ -124,7 +125,7 @@ def level_images(sweep: Sweep, manifest: pd.DataFrame, level: float, codec: str 
     return [store_uri(sweep, p) for p in rows["output_path"]], [records[p] for p in rows["relpath"]], sizes
 
 
-def plan_shards(sweep: Sweep, manifest: pd.DataFrame, level: float, codec: str = "jpegxl", *,
+def plan_shards(sweep: Sweep, manifest: pd.DataFrame, level: float, codec: str = DEFAULT_CODEC, *,
                 reader: Any | None = None, records: dict[str, Record] | None = None, min_shards: int = 1,
                 min_images: int = 1) -> list[TestShard]:
     """The shards of the test split at ``codec``'s ``level`` (sizes from the sweep's ``evaluation`` block),
@@ -145,7 +146,7 @@ def decode_shard(sweep: Sweep, shard: TestShard, reader: Any | None = None) -> D
     return DecodedSamples(images, targets, shard.level, ids=shard.ids)
 
 
-def decode_test_level(sweep: Sweep, manifest: pd.DataFrame, level: float, codec_name: str = "jpegxl") -> DecodedSamples:
+def decode_test_level(sweep: Sweep, manifest: pd.DataFrame, level: float, codec_name: str = DEFAULT_CODEC) -> DecodedSamples:
     """Every test image at ``codec_name``'s ``level`` decoded at once (small sets, tools and tests; sweeps
     stream shards)."""
     reader = reader_of(sweep)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from lossyvision.store import DamagedFileError, atomic_write_bytes, exists, join, read_bytes
+from lossyvision.sweep.layout import NO_BUDGET  # noqa: F401 - declared with the grid's layout; sweep.run imports it here
 
 #: Columns that identify a row.
 KEY = ("cell_id", "metric")
@@ -64,7 +65,6 @@ SCHEMA = pa.schema([
 #: Columns added after results format 2 was fixed: older tables get them as nulls when read.
 LATER_COLUMNS = ("node", "trial_node")
 
-NO_BUDGET = -1
 
 RESULTS_NAME = "results.parquet"
 RESULTS_CSV_NAME = "results.csv"

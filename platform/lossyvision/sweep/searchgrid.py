@@ -10,7 +10,6 @@ its question reads. One search runs per (model, codec); ``OUTPUT/search.json`` h
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +17,9 @@ from typing import Any
 import pandas as pd
 
 from lossyvision import output as outdir
-from lossyvision.store import atomic_write_bytes, exists, read_bytes
 from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec
 from lossyvision.sweep.search import Obs, SearchConfig, Training, decide, trainings_bounds
 
-SEARCH_FILE = "search.json"
 #: The metric a search judges, first found in a trial's results (the report's headline order).
 METRIC_ORDER = ("top1", "map50", "miou", "top5", "macc")
 
@@ -200,18 +197,13 @@ def _levels_named(text: str, levels: list[float]) -> str:
 
 
 def write_search(output: str, payload: dict[str, Any]) -> None:
-    atomic_write_bytes(outdir.path(output, SEARCH_FILE), json.dumps(payload, indent=1, default=_plain).encode())
+    folder = outdir.OutputFolder(output)
+    folder.write_json(folder.search, payload, indent=1, default=_plain)
 
 
 def read_search(output: str) -> dict[str, Any] | None:
-    uri = outdir.path(output, SEARCH_FILE)
-    if not exists(uri):
-        return None
-    try:
-        data = json.loads(read_bytes(uri))
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+    folder = outdir.OutputFolder(output)
+    return folder.read_json_object(folder.search)
 
 
 def _plain(x: Any) -> Any:
