@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from lossyvision.compress_options import BOUNDS as COMPRESS_BOUNDS
 from lossyvision.units import format_bytes, parse_bytes
 
 #: Sane bounds of the numbers in a sweep file (documented in :mod:`lossyvision.spec` and the README).
@@ -15,8 +16,8 @@ BOUNDS = {
     "repeats": (1, 100), "epochs": (1, 10_000), "batch_size": (1, 4096), "image_size": (8, 8192),
     "lr": (0.0, 10.0), "weight_decay": (0.0, 10.0), "levels": 64, "models": 32, "budgets": 64,
     "cpu": (0.0, 1024.0), "gpu": (0.0, 64.0), "max_failures": (0, 100), "seed": (0, 2**32 - 1),
-    "max_pixels": (1, 10_000_000_000), "quality_sample": (0, 1_000_000), "limit_per_split": (1, 10**9),
-    "name": 100, "codecs": 16, "shard_size": (1000, 64 * 10**9), "png_sample": (0, 10**9),
+    "limit_per_split": (1, 10**9), "name": 100, "codecs": 16,
+    **COMPRESS_BOUNDS,  # max_pixels, quality_sample, png_sample, shard_size: the compress options, checked there
     "shard_images": (1, 1_000_000), "shard_bytes": (1000, 1 << 40), "model_cache_bytes": (0, 1 << 40),
     "stage_bytes": (0, 1 << 44), "shuffle_buffer": (1, 10_000_000), "read_block_bytes": (1 << 16, 1 << 30),
     "read_cache_bytes": (1 << 17, 1 << 40), "cache_bytes": (0, 1 << 44), "max_side": (8, 8192), "workers": (1, 256),

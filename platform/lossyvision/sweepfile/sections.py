@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from lossyvision.compress_options import check_option
 from lossyvision.datasets import DATASETS
 from lossyvision.streaming import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_SHUFFLE_BUFFER
 from lossyvision.sweepfile.fields import (BOUNDS, TRACKING_SCHEMES, Float, Int, Strict, bounded, byte_size,
@@ -28,7 +29,7 @@ class DatasetSpec(Strict):
 
 class CompressSpec(Strict):
     on_error: Literal["skip", "fail"] = "skip"
-    max_pixels: Int = bounded(100_000_000, BOUNDS["max_pixels"])
+    max_pixels: Int = 100_000_000
     quality_metric: Literal["ssimulacra2", "butteraugli"] | None = None
     quality_sample: int = Field(
         16, description="images per level whose achieved quality is measured, or all of them (all: -1)")
@@ -42,7 +43,12 @@ class CompressSpec(Strict):
     @field_validator("shard_size", mode="before")
     @classmethod
     def _shard_size(cls, v: Any, info: ValidationInfo) -> int:
-        return byte_size(v, info.field_name)
+        return check_option(info.field_name, v)  # the compress options' one validator (lossyvision.compress_options)
+
+    @field_validator("max_pixels")
+    @classmethod
+    def _max_pixels(cls, v: int, info: ValidationInfo) -> int:
+        return check_option(info.field_name, v)
     png_sample: int | Literal["all"] = Field(
         256, description="images per split with a lossless PNG baseline (the report's PNG line), or all of them")
 
@@ -50,13 +56,8 @@ class CompressSpec(Strict):
     @classmethod
     def _count_or_all(cls, v: Any, info: ValidationInfo) -> int | str:
         """A count within bounds, or ``all`` (quality_sample: -1, :data:`lossyvision.compress.EVERY_IMAGE`)."""
-        low, high = BOUNDS[info.field_name]
-        if v == "all":
-            return -1 if info.field_name == "quality_sample" else "all"
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not (
-                math.isfinite(v) and v.is_integer())) or not low <= v <= high:
-            raise ValueError(f"must be all or a count in {low}..{high}, got {v!r}")
-        return int(v)
+        n = check_option(info.field_name, v)
+        return "all" if n is None else n
 
 
 class CacheSize(Strict):
