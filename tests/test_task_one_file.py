@@ -146,3 +146,14 @@ def test_a_task_whose_declarations_do_not_hold_fails_when_it_registers():
     with pytest.raises(ValueError, match=r"miou not among the classification outcomes' metrics \(top1, top5\)"):
         TASKS.register("bad-metric")(Foreign)
     assert "bad-kind" not in TASKS and "bad-metric" not in TASKS
+
+
+def test_headline_first_takes_the_order_the_sweep_recorded_and_falls_back_on_the_outcome_kinds():
+    import pandas as pd
+
+    from lossyvision.metrics import headline_first
+
+    rows = pd.DataFrame({"metric": ["top1", "top5", "top1", "miou", "macc"], "metric_rank": [1, 0, 1, None, None]})
+    assert headline_first(rows[:3]) == ["top5", "top1"]  # the task's own headline, as recorded
+    assert headline_first(rows[3:]) == ["miou", "macc"]  # not recorded: the segmentation outcomes' order
+    assert headline_first(pd.DataFrame({"metric": ["zeta", "macc", "miou"]})) == ["miou", "macc", "zeta"]
