@@ -35,11 +35,10 @@ import numpy as np
 import pandas as pd
 
 from lossyvision.codecs import CODECS, DEFAULT_CODEC
+from lossyvision.metrics import headline_first
 from lossyvision.seedspread import extra_trainings
 
 KEEPS, LOSES, UNSURE = "keeps", "loses", "cannot tell"
-#: Metrics read first, as the study reports them; any other metric follows in name order.
-HEADLINE_ORDER = ("top1", "map50", "miou", "top5", "macc")
 QUESTIONS = (
     ("matched", "Store everything at"),
     ("train", "Store training data at"),
@@ -326,8 +325,9 @@ def saturated(g: pd.DataFrame, keep: float, confidence: float, tolerance: float 
 
 def verdicts(rel: pd.DataFrame, keep: float = 0.99, headline_only: bool = True,
              order: list[str] | None = None, confidence: float = 0.95) -> list[Verdict]:
-    """Every (model, metric) group's verdicts, budget-free groups only; with ``headline_only`` the
-    first metric of each model (top1, map50, miou: the order the task reports them in)."""
+    """Every (model, metric) group's verdicts, budget-free groups only, each model's metrics headline first
+    (its task's order, as the sweep recorded it: :func:`lossyvision.metrics.headline_first`); with
+    ``headline_only`` the headline alone."""
     if rel.empty:
         return []
     rows = rel[rel["budget"] < 0] if "budget" in rel.columns else rel
@@ -335,7 +335,7 @@ def verdicts(rel: pd.DataFrame, keep: float = 0.99, headline_only: bool = True,
         rows = rows.assign(codec=DEFAULT_CODEC)
     out: list[Verdict] = []
     for model, mg in rows.groupby("model", sort=False):
-        metrics = sorted(set(mg["metric"]), key=_metric_rank)
+        metrics = headline_first(mg)
         for metric in metrics[:1] if headline_only else metrics:
             found: list[Verdict] = []
             line = saturated(mg[mg["metric"] == metric], keep, confidence)
@@ -357,19 +357,13 @@ def verdicts(rel: pd.DataFrame, keep: float = 0.99, headline_only: bool = True,
 
 
 def headline(found: list[Verdict]) -> list[Verdict]:
-    """The verdicts of each model's headline metric (its first in :data:`HEADLINE_ORDER`, then by name)."""
+    """The verdicts of each model's headline metric: its first metric that is not saturated, in the order
+    :func:`verdicts` lists them (headline first)."""
     first: dict[str, str] = {}
     for v in found:
-        if v.question == "saturated":
-            continue
-        best = first.get(v.model)
-        if best is None or _metric_rank(v.metric) < _metric_rank(best):
-            first[v.model] = v.metric
+        if v.question != "saturated":
+            first.setdefault(v.model, v.metric)
     return [v for v in found if first.get(v.model) == v.metric]
-
-
-def _metric_rank(metric: str) -> tuple[int, str]:
-    return (HEADLINE_ORDER.index(metric) if metric in HEADLINE_ORDER else len(HEADLINE_ORDER), metric)
 
 
 def decisions(found: list[Verdict]) -> list[str]:

@@ -248,6 +248,7 @@ def cell_rows(sweep: Sweep, cell: CellSpec, outcomes: Any, trial_meta: dict[str,
     test = level_dcr(manifest, sweep.test_split, cell.test_level, cell.test_codec)
     train = level_dcr(manifest, sweep.train_split, cell.trial.train_level, cell.trial.codec)
     finished = utc_now()
+    order = list(trial_meta.get("metric_names") or outcomes.metric_names)  # the task's, headline first
     rows = []
     for name, value in outcomes.metrics().items():
         ci = metric_interval([outcomes], name, confidence=sweep.report.confidence,
@@ -269,5 +270,6 @@ def cell_rows(sweep: Sweep, cell: CellSpec, outcomes: Any, trial_meta: dict[str,
             "trial_id": cell.trial.key, "trial_hash": cell.trial.config,
             "cell_id": cell.key, "cell_hash": cell.config, "finished_at": finished,
             "node": outcomes.node, "trial_node": trial_meta.get("node"),
+            "metric_rank": order.index(name) if name in order else len(order),
         })
     return rows

@@ -60,10 +60,11 @@ SCHEMA = pa.schema([
     ("finished_at", pa.string()),    # ISO 8601 UTC
     ("node", pa.string()),           # Ray node id that evaluated the cell (null outside Ray)
     ("trial_node", pa.string()),     # Ray node id the trial finished training on (trial.json's node)
+    ("metric_rank", pa.int64()),     # the metric's place in its task's metric_names (0: the headline)
 ])
 
 #: Columns added after results format 2 was fixed: older tables get them as nulls when read.
-LATER_COLUMNS = ("node", "trial_node")
+LATER_COLUMNS = ("node", "trial_node", "metric_rank")
 
 
 RESULTS_NAME = "results.parquet"

@@ -17,11 +17,9 @@ from typing import Any
 import pandas as pd
 
 from lossyvision import output as outdir
+from lossyvision.metrics import headline_first
 from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec
 from lossyvision.sweep.search import Obs, SearchConfig, Training, decide, trainings_bounds
-
-#: The metric a search judges, first found in a trial's results (the report's headline order).
-METRIC_ORDER = ("top1", "map50", "miou", "top5", "macc")
 
 
 def config_for(sweep: Any, parallel: int) -> SearchConfig:
@@ -108,13 +106,14 @@ def question_cell(sweep: Any, grid: Grid, trial: TrialSpec) -> CellSpec | None:
 
 
 def observations(sweep: Any, grid: Grid, arena: Arena, results: pd.DataFrame) -> dict[Training, Obs]:
-    """The policy's input: each finished trial's metric on its question cell, with its test-image standard error."""
+    """The policy's input: each finished trial's headline metric on its question cell, with its test-image standard error."""
     from scipy.stats import norm
 
     if results is None or results.empty:
         return {}
-    metric = judged_metric(results)
-    rows = results[results["metric"] == metric].drop_duplicates("cell_id", keep="last").set_index("cell_id")
+    judged = (results["model"].map({m: headline_first(g)[0] for m, g in results.groupby("model", sort=False)})
+              if "model" in results.columns else headline_first(results)[0])  # each model's headline
+    rows = results[results["metric"] == judged].drop_duplicates("cell_id", keep="last").set_index("cell_id")
     out: dict[Training, Obs] = {}
     for t, trial in arena.trials.items():
         cell = question_cell(sweep, grid, trial)
@@ -125,11 +124,6 @@ def observations(sweep: Any, grid: Grid, arena: Arena, results: pd.DataFrame) ->
         se = (float(row["ci_high"]) - float(row["ci_low"])) / (2 * z)
         out[t] = Obs(float(row["value"]), se if math.isfinite(se) else 0.0)
     return out
-
-
-def judged_metric(results: pd.DataFrame) -> str:
-    names = sorted(set(results["metric"].astype(str)))
-    return next((m for m in METRIC_ORDER if m in names), names[0] if names else "")
 
 
 # --- what it costs ------------------------------------------------------------------------------------
