@@ -301,12 +301,6 @@ def load_output_sweep(output: str) -> Sweep:
     return OutputFolder(output).sweep()
 
 
-def raw_sweep(output: str) -> dict[str, Any]:
-    """The sweep copy as plain data (validated: parsing reads nothing but the copy). For cli.py's `advise`
-    until it asks ``OutputFolder(output).sweep()`` itself."""
-    return OutputFolder(output).sweep().model_dump(mode="json")
-
-
 def write_plan(output: str, grid: Grid) -> None:
     OutputFolder(output).write_plan(grid)
 
