@@ -451,6 +451,14 @@ def with_search(found: list[Verdict], search: dict | None, rel: pd.DataFrame | N
             out[idx] = Verdict(model, old.metric, question, None, None, None, None, None, "cannot tell", text, codec,
                                keep=old.keep, confidence=old.confidence, levels=old.levels,
                                why=f"the adaptive search advises none ({reason})")
+        # The search judged the headline metric alone; the grid's verdict of another metric would read its
+        # exploration cells as a grid's and call the repeats it never ran unmeasured.
+        for i, v in enumerate(out):
+            if v.model == model and v.codec == codec and v.question == question and v.metric != old.metric:
+                why = f"the adaptive search judged {old.metric} only"
+                out[i] = Verdict(model, v.metric, question, None, None, None, None, None, "cannot tell",
+                                 f"{lead} a level? Not asked: {why} (its cells of {v.metric} are in the tables).",
+                                 codec, keep=v.keep, confidence=v.confidence, levels=v.levels, why=why)
     return out
 
 
