@@ -142,7 +142,7 @@ def test_a_metric_at_its_ceiling_that_every_level_keeps_is_one_line():
 
 
 def test_a_search_s_answer_replaces_the_grid_s_verdict_of_its_question():
-    from lossyvision.report.verdict import with_search
+    from lossyvision.report.searchpath import with_search
 
     found = verdicts(relative_cells(one_run_each()), keep=0.99)
     search = {"question": "matched", "repeats": 3, "searches": [

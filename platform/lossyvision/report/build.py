@@ -14,26 +14,24 @@ fsspec URIs. MLflow logging is the caller's: :class:`ReportResult` lists the fil
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from lossyvision import store
-from lossyvision.advisor import advise_output, format_report
 from lossyvision.codecs import DEFAULT_CODEC, create_codec
 from lossyvision.output import REPORT_DIR, RESULTS_NAME, SWEEP_COPY, OutputError, OutputFolder
 from lossyvision.report.advice import advice_html, advice_table, cells_html
-from lossyvision.report.budget import budget_figure_pngs
 from lossyvision.report.cells import PredictionsCache, ReportError, cell_table, relative_cells
 from lossyvision.report.curves import dcr_by_level, plot_dcr_curve
-from lossyvision.report.searchpath import search_sections
+from lossyvision.report.searchpath import search_sections, with_search
 from lossyvision.report.heatmap import heatmap_groups, plot_relative_heatmap
-from lossyvision.report.html import Figure, Section, render_html
+from lossyvision.report.extras import budget_sections, sensitivity_sections
+from lossyvision.report.html import Figure, Section, render_html, slug
 from lossyvision.report.rate import bd_table, describe_bd, plot_rate_accuracy, rate_points
 from lossyvision.report.samples import plot_samples
-from lossyvision.report.verdict import decisions, verdict_lines, verdict_records, verdicts, with_search
+from lossyvision.report.verdict import decisions, verdict_lines, verdict_records, verdicts
 from lossyvision.seeding import derive_seed
 from lossyvision.store import DamagedFileError
 from lossyvision.sweep.searchgrid import read_search
@@ -101,10 +99,6 @@ class SweepInfo:
                    test_split=fields["test_split"].default, test_levels=None, seed=fields["seed"].default,
                    keep=report.keep, confidence=report.confidence, resamples=report.resamples, axis=report.axis,
                    codecs=[DEFAULT_CODEC], originals=None)
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
 
 
 def _read_parquet(uri: str) -> pd.DataFrame:
@@ -394,67 +388,6 @@ def _dcr_table_html(table: pd.DataFrame) -> str:
     return f'<table class="dcr">{head}{body}{foot}</table>'
 
 
-def _budget_sections(output: str, writer: _Writer, warnings: list[str]) -> list[Section]:
-    """Storage-budget sweeps (#6): accuracy by level and by budget, the fitted scaling law, the advice."""
-    if not OutputFolder(output).has_results():
-        return []
-    results, _ = current_results(output)
-    if "budget" not in results.columns or not (results["budget"] >= 0).any():
-        return []
-    section = Section("Storage budgets", text=(
-        "Each trial trained on the largest class-balanced subset whose compressed bytes fit its budget. "
-        "The fit is Err(n, L) = Err* + A·n^-α + B·L^-β (n images, L bytes per image) with 95% bootstrap "
-        "intervals; iso-budget curves are drawn over the observed range only."))
-    try:
-        for name, png in budget_figure_pngs(results):
-            section.figures.append(writer.figure(Figure(name, png, name[:-4])))
-    except Exception as e:  # noqa: BLE001 - a failed fit must not sink the report
-        warnings.append(f"budget figures: {type(e).__name__}: {e}")
-    try:
-        advice = advise_output(output, write=True)
-        section.tables_html.append(f"<pre>{_escape(format_report(advice))}</pre>")
-        writer.tables.append(OutputFolder(output).scaling_fit)
-    except Exception as e:  # noqa: BLE001 - too few points etc.: say so, keep the figures
-        section.text += f"\n\nNo scaling-law advice: {e}"
-    return [section] if section.figures or section.tables_html else []
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text)
-
-
-def _sensitivity_sections(output: str, writer: _Writer, warnings: list[str]) -> list[Section]:
-    from lossyvision.sensitivity import SensitivityResult, plot_sensitivity_maps  # lazy: loads torch
-
-    folder = OutputFolder(output).sensitivity_dir
-    if not store.exists(folder):
-        return []
-    fs, path = store.filesystem(folder)
-    files = sorted(fs.glob(path.rstrip("/") + "/*"))
-    section = Section("DCT-frequency sensitivity", text=(
-        "Δ[i, j]: mean absolute change of the predicted class probabilities per unit change of DCT coefficient (i, j) "
-        "of one 8x8 block (JPEG's full-range BT.601 YCbCr, orthonormal DCT-II), averaged over blocks and images; "
-        "one shared colour scale for Y, Cb and Cr. The basis illustrations add each frequency to every block."))
-    for f in files:
-        name = f.rsplit("/", 1)[-1]
-        uri = store.join(folder, name)
-        if name.endswith(".npz"):
-            try:
-                res = SensitivityResult.from_npz_bytes(store.read_bytes(uri))
-                png = plot_sensitivity_maps(res)
-            except Exception as e:  # noqa: BLE001 - one bad file must not sink the report
-                warnings.append(f"{name}: {type(e).__name__}: {e}")
-                continue
-            fig = Figure(f"sensitivity-{slug(name[:-4])}.png", png, f"{name[:-4]}: {res.describe()}")
-            section.figures.append(writer.figure(fig))
-        elif name.endswith(".png") and "basis" in name:
-            section.figures.append(writer.figure(Figure(f"sensitivity-{slug(name)}", store.read_bytes(uri),
-                                                         name[:-4])))
-    return [section] if section.figures else []
-
-
 def build_report(output: str, *, keep_fraction: float | None = None, sample_levels: list[float] | None = None,
                  n_samples: int = 2) -> ReportResult:
     """Draw every figure and table that ``output`` has data for and write ``OUTPUT/report/index.html``.
@@ -477,9 +410,9 @@ def build_report(output: str, *, keep_fraction: float | None = None, sample_leve
     verdict_sections, result_sections, analysis = _results_sections(output, writer, info, keep_fraction, warnings)
     sections = search_sections(output) + verdict_sections  # a search's answer (on fresh seeds) comes first
     sections += _codec_sections(output, analysis.rel, writer, info, warnings) + result_sections
-    sections += _budget_sections(output, writer, warnings)
+    sections += budget_sections(output, writer, warnings)
     sections += _store_sections(info, writer, warnings, sample_levels, n_samples)
-    sections += _sensitivity_sections(output, writer, warnings)
+    sections += sensitivity_sections(output, writer, warnings)
     if warnings:
         sections.append(Section("Warnings", text="\n\n".join(warnings)))
     html = render_html(f"lossyvision report: {info.name}", sections,
