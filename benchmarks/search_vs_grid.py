@@ -7,6 +7,8 @@ training of the grid with the same key. Reported: each one's trainings and evalu
 "store everything at d" (``verdict.json``'s matched question for the headline metric).
 
     python3 benchmarks/search_vs_grid.py --work /tmp/search-vs-grid --json benchmarks/results/search-vs-grid.json
+    python3 benchmarks/search_vs_grid.py --keep 0.98 --work /tmp/svg98 --grid /tmp/search-vs-grid/grid \
+        --json benchmarks/results/search-vs-grid-keep98.json
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sweep_file(work: Path, name: str, search: bool, data: Path, seed: int) -> Path:
+def sweep_file(work: Path, name: str, search: bool, data: Path, seed: int, keep: float | None) -> Path:
     spec = yaml.safe_load((REPO / "sweeps" / "demo-search.yaml").read_text())
     if not search:
         spec.pop("search")
+    if keep is not None:
+        spec["report"]["keep"] = keep
     spec.update(name=name, seed=seed, output=str(work / name), store=str(work / "store"),
                 dataset={"kind": "imagefolder", "root": str(data)}, tracking={"experiment": f"search-vs-grid-{name}"})
     path = work / f"{name}.yaml"
@@ -50,15 +54,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/search-vs-grid"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", type=float, help="report.keep of both (default: the file's, 0.99)")
+    ap.add_argument("--grid", type=Path, help="a finished grid output of the same sweep to reuse (its report is "
+                                              "rebuilt at --keep): the grid's trainings do not depend on keep")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     data = REPO / "data" / "demo"
     if not (data / "README.md").exists():
         subprocess.run([sys.executable, "-m", "lossyvision.cli", "demo-data", str(data)], check=True)
-    out = {"seed": args.seed}
+    out = {"seed": args.seed, "keep": args.keep or 0.99}
     for name, search in (("search", True), ("grid", False)):
-        path = sweep_file(args.work, name, search, data, args.seed)
+        if name == "grid" and args.grid:
+            subprocess.run([sys.executable, "-m", "lossyvision.cli", "report", str(args.grid), "--no-mlflow",
+                            *(["--keep", str(args.keep)] if args.keep else [])], check=True)
+            out[name] = {"reused": str(args.grid), **answer(args.grid)}
+            continue
+        path = sweep_file(args.work, name, search, data, args.seed, args.keep)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "lossyvision.cli", "sweep", "run", str(path), "--num-cpus", "2"],
                        check=True)
