@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from lossyvision.sweep.tracking import TAG_PARENT, TAG_TRIAL, Tracker, eval_metric_name, ui_command
+from lossyvision.sweep.mlnames import TAG_PARENT, TAG_TRIAL, eval_metric_name, ui_command
+from lossyvision.sweep.tracking import Tracker
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +92,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lossyvision.sweep.tracking import (  # noqa: E402
-    CELLS_TABLE, DatasetRef, TAG_EXPERIMENT_KIND, cells_table_of, eval_series_of, ladder_text)
+from lossyvision.sweep.mlnames import CELLS_TABLE, TAG_EXPERIMENT_KIND  # noqa: E402
+from lossyvision.sweep.trackdata import DatasetRef, cells_table_of, eval_series_of, ladder_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "coffee", "rocket"]
@@ -322,7 +323,7 @@ def test_a_copied_output_logs_into_its_own_artifacts_never_the_original(tmp_path
     """``cp -r runs/demo runs/demo-moved``: MLflow in the copy must not write into ``runs/demo``."""
     import shutil
 
-    from lossyvision.sweep.tracking import relocate_artifacts
+    from lossyvision.sweep.mlstore import relocate_artifacts
 
     original = tmp_path / "runs" / "demo"
     original.mkdir(parents=True)
@@ -357,7 +358,7 @@ def test_a_copied_output_logs_into_its_own_artifacts_never_the_original(tmp_path
 
 
 def test_the_sweep_summary_says_where_to_click_first_in_mlflow():
-    from lossyvision.sweep.run import SweepOutcome, summary_lines
+    from lossyvision.sweep.summary import SweepOutcome, summary_lines
 
     lines = summary_lines(SweepOutcome(output="runs/demo", trials=4, cells=16, tracking_uri="http://mlflow:5000",
                                        experiment_id="3"))
