@@ -18,7 +18,7 @@ except ModuleNotFoundError:  # Python 3.10: the dev extra brings tomli
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "architecture.md"
 #: A title for the layer whose first module is the key (docs/architecture.md's table says what each owns).
-TITLES = {"cli": "command line", "sweep.run": "driver", "sweep.relative": "results writer",
+TITLES = {"cli": "command line", "sweep.run": "driver", "sweep.sync": "MLflow sync", "sweep.relative": "the sweep's last steps",
           "runners": "Ray, report, preview", "advisor": "readers and services", "sweep.evaluate": "the work",
           "sweep.trials": "one trial", "output": "output folder", "spec": "schema and plan", "tasks": "the pieces",
           "metrics": "helpers", "store": "ground"}
