@@ -57,11 +57,11 @@ def check_cluster_resources(sweep: Sweep, shapes: list[dict[str, float]], *, gro
     warning line, returned: the nodes may come. Raises :class:`SpecError` otherwise.
     """
     warnings = []
-    for field, need in resource_needs(sweep):
+    for setting, need in resource_needs(sweep):
         if any(all(shape.get(k, 0.0) >= v for k, v in need.items()) for shape in shapes):
             continue
         asked = ", ".join(f"{v:g} {k}" for k, v in need.items())
-        line = f"{field}: no node of the cluster offers {asked} (its nodes: {_describe_shapes(shapes)})"
+        line = f"{setting}: no node of the cluster offers {asked} (its nodes: {_describe_shapes(shapes)})"
         if wait_for_nodes and not groups_known:
             warnings.append(f"warning: {line}; waiting for an autoscaler to add one (--wait-for-nodes)")
             continue
