@@ -85,6 +85,14 @@ def test_unreachable_server_warns_once_and_turns_off(tmp_path, caplog):
     assert len([r for r in caplog.records if "unreachable or failing" in r.message]) == 1
 
 
+def test_the_experiment_id_for_the_ui_link_is_none_once_mlflow_is_off(tracker, tmp_path):
+    """The driver's link to the experiment: the id on a working store; None, and the tracker off, on an outage."""
+    assert tracker.experiment_link_id() == tracker.experiment_id() and tracker.available
+    down = Tracker("http://127.0.0.1:9", "exp", "demo", str(tmp_path))  # port 9: nothing listens
+    assert down.experiment_link_id() is None
+    assert not down.available and down.error
+
+
 # --- the MLflow contents of a trial and a sweep, on both backends (issue 13) --------------------------
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
