@@ -33,7 +33,7 @@ from sources_fixtures import (  # noqa: E402
     write_shard,
 )
 
-from lossyvision import compress, manifest  # noqa: E402
+from lossyvision import compress, compress_images, manifest  # noqa: E402
 from lossyvision.datasets import DATASETS, create_dataset  # noqa: E402
 from lossyvision.datasets.base import TASK_CLASSIFICATION, TASK_DETECTION, TASK_SEGMENTATION  # noqa: E402
 
@@ -420,15 +420,15 @@ def test_compress_workers_rebuild_the_reader_from_plain_params(tmp_path):
     root, options = _fixture("webdataset", tmp_path / "src")
     reader = create_dataset("webdataset", root, **options)
     opts = compress.CompressOptions(codec_options=FAST, levels=(1.0,))
-    params = compress.job_params(opts, str(tmp_path / "o"), reader)
+    params = compress_images.job_params(opts, str(tmp_path / "o"), reader)
     assert params["dataset"] == {"kind": "webdataset", "root": root, "options_json": json.dumps(WDS)}
     items, _ = compress.plan(reader.records(), root, str(tmp_path / "o"), opts, manifest.empty(), params, reader)
     item = pickle.loads(pickle.dumps(items[0]))
     record = next(r for r in reader.records() if r.relpath == item["relpath"])
-    assert compress.read_source(item, params) == reader.read_source(record)
+    assert compress_images.read_source(item, params) == reader.read_source(record)
     shutil.rmtree(tmp_path / "src")
-    compress._reader.cache_clear()
-    assert compress.compress_items([item], params)[0]["error"].startswith("cannot read")
+    compress_images._reader.cache_clear()
+    assert compress_images.compress_items([item], params)[0]["error"].startswith("cannot read")
 
 
 # --- the README's sweep file per kind ------------------------------------------------------------

@@ -39,6 +39,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
                       model_validator)
 
 from lossyvision.codecs import CODECS, create_codec
+from lossyvision.compress_options import BOUNDS as COMPRESS_BOUNDS, check_option
 from lossyvision.datasets import DATASETS
 from lossyvision.store import is_remote, join, read_bytes
 from lossyvision.streaming import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_SHUFFLE_BUFFER
@@ -49,8 +50,8 @@ BOUNDS = {
     "repeats": (1, 100), "epochs": (1, 10_000), "batch_size": (1, 4096), "image_size": (8, 8192),
     "lr": (0.0, 10.0), "weight_decay": (0.0, 10.0), "levels": 64, "models": 32, "budgets": 64,
     "cpu": (0.0, 1024.0), "gpu": (0.0, 64.0), "max_failures": (0, 100), "seed": (0, 2**32 - 1),
-    "max_pixels": (1, 10_000_000_000), "quality_sample": (0, 1_000_000), "limit_per_split": (1, 10**9),
-    "name": 100, "codecs": 16, "shard_size": (1000, 64 * 10**9), "png_sample": (0, 10**9),
+    "limit_per_split": (1, 10**9), "name": 100, "codecs": 16,
+    **COMPRESS_BOUNDS,  # max_pixels, quality_sample, png_sample, shard_size: the compress options, checked there
     "shard_images": (1, 1_000_000), "shard_bytes": (1000, 1 << 40), "model_cache_bytes": (0, 1 << 40),
     "stage_bytes": (0, 1 << 44), "shuffle_buffer": (1, 10_000_000), "read_block_bytes": (1 << 16, 1 << 30),
     "read_cache_bytes": (1 << 17, 1 << 40), "cache_bytes": (0, 1 << 44), "max_side": (8, 8192), "workers": (1, 256),
@@ -258,7 +259,7 @@ def check_ladder(v: list[float]) -> list[float]:
 
 class CompressSpec(_Strict):
     on_error: Literal["skip", "fail"] = "skip"
-    max_pixels: Int = _num(100_000_000, BOUNDS["max_pixels"])
+    max_pixels: Int = 100_000_000
     quality_metric: Literal["ssimulacra2", "butteraugli"] | None = None
     quality_sample: int = Field(
         16, description="images per level whose achieved quality is measured, or all of them (all: -1)")
@@ -272,7 +273,12 @@ class CompressSpec(_Strict):
     @field_validator("shard_size", mode="before")
     @classmethod
     def _shard_size(cls, v: Any, info: ValidationInfo) -> int:
-        return byte_size(v, info.field_name)
+        return check_option(info.field_name, v)  # the compress options' one validator (lossyvision.compress_options)
+
+    @field_validator("max_pixels")
+    @classmethod
+    def _max_pixels(cls, v: int, info: ValidationInfo) -> int:
+        return check_option(info.field_name, v)
     png_sample: int | Literal["all"] = Field(
         256, description="images per split with a lossless PNG baseline (the report's PNG line), or all of them")
 
@@ -280,13 +286,8 @@ class CompressSpec(_Strict):
     @classmethod
     def _count_or_all(cls, v: Any, info: ValidationInfo) -> int | str:
         """A count within bounds, or ``all`` (quality_sample: -1, :data:`lossyvision.compress.EVERY_IMAGE`)."""
-        low, high = BOUNDS[info.field_name]
-        if v == "all":
-            return -1 if info.field_name == "quality_sample" else "all"
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not (
-                math.isfinite(v) and v.is_integer())) or not low <= v <= high:
-            raise ValueError(f"must be all or a count in {low}..{high}, got {v!r}")
-        return int(v)
+        n = check_option(info.field_name, v)
+        return "all" if n is None else n
 
 
 class CacheSize(_Strict):

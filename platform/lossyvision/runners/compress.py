@@ -1,7 +1,7 @@
 """The compress job on Ray Data: the only Ray part of compression.
 
 Work items (one per (image, level), plain dicts) become a Ray dataset of small blocks; a plain
-function (:func:`lossyvision.compress.compress_items`) runs as Ray *tasks* on every CPU, reads each
+function (:func:`lossyvision.compress_images.compress_items`) runs as Ray *tasks* on every CPU, reads each
 source through fsspec, encodes, writes the output atomically and returns manifest rows (strings
 and numbers, never pixels or PIL objects). The driver streams the rows back with
 ``iter_batches`` and persists them as they arrive, so memory stays flat and a killed job resumes.
@@ -21,11 +21,16 @@ import pyarrow as pa
 import ray
 
 from lossyvision import compress, manifest
+from lossyvision.codecs import DEFAULT_CODEC
+from lossyvision.compress_images import compress_items
+from lossyvision.compress_options import DEFAULT_LEVELS, PNG_SAMPLE, CompressError, CompressOptions, validate
+from lossyvision.compress_plan import work_chunks
 from lossyvision.datasets import create_dataset
 from lossyvision.datasets.base import Record
 from lossyvision.lock import writer_lock
 from lossyvision.progress import job_progress
 from lossyvision.runners.cluster import init_ray, shutdown_ray
+from lossyvision.shards import DEFAULT_LAYOUT, DEFAULT_SHARD_SIZE
 from lossyvision.store import absolute
 
 
@@ -46,7 +51,7 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
 
 def _compress_block(batch: pa.Table, params: dict) -> pa.Table:
     items = [item for chunk in batch.column("chunk").to_pylist() for item in pickle.loads(chunk)]
-    rows = compress.compress_items(items, params)
+    rows = compress_items(items, params)
     node = ray.get_runtime_context().get_node_id()  # the manifest says which node wrote each file
     return manifest.to_table([{**row, "node": node} for row in rows])
 
@@ -97,7 +102,7 @@ def execute_with_ray(items: list[dict], params: dict) -> Iterator[list[dict]]:
     n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     # One block per chunk (a pickled list of items): Ray Data would cut plain rows into even
     # blocks, and the shrinking chunks of ``work_chunks`` are what keeps the tail short.
-    chunks = compress.work_chunks(items, n_cpus)
+    chunks = work_chunks(items, n_cpus)
     ds = ray.data.from_items([{"chunk": pickle.dumps(c)} for c in chunks], override_num_blocks=len(chunks))
     ds = ds.map_batches(_compress_block, fn_kwargs={"params": params}, batch_size=None,
                         batch_format="pyarrow", num_cpus=1, compute=ray.data.TaskPoolStrategy())
@@ -120,22 +125,22 @@ def compress_job(
     *,
     dataset: str = "imagefolder",
     dataset_options: dict[str, Any] | None = None,
-    codec: str = "jpegxl",
+    codec: str = DEFAULT_CODEC,
     codec_options: dict[str, Any] | None = None,
-    levels: Sequence[float] = compress.DEFAULT_LEVELS,
+    levels: Sequence[float] = DEFAULT_LEVELS,
     on_error: str = "skip",
     max_pixels: int = 100_000_000,
     quality_metric: str | None = None,
     quality_sample: int = 16,
-    png_sample: int | None = compress.PNG_SAMPLE,
+    png_sample: int | None = PNG_SAMPLE,
     num_cpus: int | None = None,
     address: str | None = None,
     keep_ray: bool = False,
     records: Sequence[Record] | None = None,
     not_read: Sequence[Any] = (),
     animated: str = "refuse",
-    layout: str = "files",
-    shard_size: int = compress.DEFAULT_SHARD_SIZE,
+    layout: str = DEFAULT_LAYOUT,
+    shard_size: int = DEFAULT_SHARD_SIZE,
     log=print,
     progress: Any = None,
 ) -> compress.JobResult:
@@ -148,7 +153,7 @@ def compress_job(
     (the sweep engine goes on to train on it). Progress: a bar on a terminal, else a line through
     ``log`` every ``LOSSYVISION_PROGRESS_SECONDS`` (``progress``, a
     :class:`lossyvision.progress.JobProgress`, replaces both). Raises
-    :class:`~lossyvision.compress.CompressError` for bad options, an empty dataset, or the first
+    :class:`~lossyvision.compress_options.CompressError` for bad options, an empty dataset, or the first
     bad image under ``on_error='fail'``. ``not_read`` lists dataset files not read (with
     ``records``; else the reader's own list): they are saved in ``STORE/skipped.csv``. ``animated``:
     ``refuse`` animated images (a failed row saying so) or compress their ``first`` frame.
@@ -157,12 +162,12 @@ def compress_job(
     """
     # Workers of a joined cluster run elsewhere: the paths they are given must not depend on our folder.
     source, store_uri = absolute(source), absolute(store_uri)
-    options = compress.CompressOptions(
+    options = CompressOptions(
         codec=codec, codec_options=dict(codec_options or {}), levels=tuple(float(x) for x in levels),
         on_error=on_error, max_pixels=int(max_pixels), quality_metric=quality_metric,
         quality_sample=int(quality_sample), animated=animated, layout=layout, shard_size=int(shard_size),
         png_sample=None if png_sample is None else int(png_sample))
-    compress.validate(options)
+    validate(options)
     compress.check_store_place(str(store_uri))
     with writer_lock(str(store_uri), "lossyvision compress", log=log):  # before listing: refused at once
         try:
@@ -171,7 +176,7 @@ def compress_job(
                 records = reader.records()
                 not_read = reader.skipped
         except (KeyError, ValueError, FileNotFoundError) as exc:
-            raise compress.CompressError(f"{source}: {str(exc).strip(chr(39))}") from None
+            raise CompressError(f"{source}: {str(exc).strip(chr(39))}") from None
         started = False
 
         def execute(items: list[dict], params: dict) -> Iterator[list[dict]]:

@@ -1,0 +1,81 @@
+"""Issue 21: the adaptive search against the full grid on the demo, same ladder, seeds and repeats.
+
+``sweeps/demo-search.yaml`` (ladder [0, 1, 2, 3, 5, 8] on both axes, 4 repeats, ``search: {question: matched}``)
+runs once as it is and once without ``search:`` (the full grid: every level x every repeat, every test level),
+each into its own output over one shared store. Both use the sweep's seed, so every training the search runs is a
+training of the grid with the same key. Reported: each one's trainings and evaluated cells, and its answer to
+"store everything at d" (``verdict.json``'s matched question for the headline metric).
+
+    python3 benchmarks/search_vs_grid.py --work /tmp/search-vs-grid --json benchmarks/results/search-vs-grid.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sweep_file(work: Path, name: str, search: bool, data: Path, seed: int) -> Path:
+    spec = yaml.safe_load((REPO / "sweeps" / "demo-search.yaml").read_text())
+    if not search:
+        spec.pop("search")
+    spec.update(name=name, seed=seed, output=str(work / name), store=str(work / "store"),
+                dataset={"kind": "imagefolder", "root": str(data)}, tracking={"experiment": f"search-vs-grid-{name}"})
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def answer(output: Path) -> dict:
+    """Trainings, cells and the matched verdict of the headline metric (the first verdict of that question)."""
+    import pandas as pd
+
+    results = pd.read_parquet(output / "results.parquet")
+    verdicts = json.loads((output / "verdict.json").read_text())
+    matched = next(v for v in verdicts if v["question"] == "matched")
+    return {"trainings": int(results["trial_id"].nunique()), "cells": int(results["cell_id"].nunique()),
+            "metric": matched["metric"], "advised": matched["level"], "outcome": matched["outcome"],
+            "rel_low": matched["rel_low"], "text": matched["text"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/search-vs-grid"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = REPO / "data" / "demo"
+    if not (data / "README.md").exists():
+        subprocess.run([sys.executable, "-m", "lossyvision.cli", "demo-data", str(data)], check=True)
+    out = {"seed": args.seed}
+    for name, search in (("search", True), ("grid", False)):
+        path = sweep_file(args.work, name, search, data, args.seed)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "lossyvision.cli", "sweep", "run", str(path), "--num-cpus", "2"],
+                       check=True)
+        out[name] = {"seconds": round(time.perf_counter() - start, 1), **answer(args.work / name)}
+        if search:
+            out[name]["path"] = json.loads((args.work / name / "search.json").read_text())["searches"]
+    s, g = out["search"], out["grid"]
+    out["same_answer"] = s["advised"] == g["advised"]
+    out["training_ratio"] = round(s["trainings"] / g["trainings"], 3)
+    print(f"search: {s['trainings']} trainings, {s['cells']} cells, advises {s['advised']} ({s['outcome']})")
+    print(f"grid:   {g['trainings']} trainings, {g['cells']} cells, advises {g['advised']} ({g['outcome']})")
+    print(f"same answer: {out['same_answer']}; the search trained {100 * out['training_ratio']:.0f}% of the grid's")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
