@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from lossyvision.codecs import CODECS
+from lossyvision.codecs import CODECS, DEFAULT_CODEC
 from lossyvision.store import format_level
 
 TAG_SWEEP = "lossyvision.sweep"
@@ -37,15 +37,15 @@ REGISTERED_ALIAS = "recommended"
 DATASET_CONTEXT = "mlflow.data.context"
 
 
-def eval_metric_name(metric: str, test_level: float, codec: str = "jpegxl") -> str:
+def eval_metric_name(metric: str, test_level: float, codec: str = DEFAULT_CODEC) -> str:
     """``test/top1/d2`` (JPEG XL distance 2), ``test/top1/avif-q70``: one metric per test level,
-    comparable across child runs.
+    comparable across child runs (the default codec's names have no prefix).
 
     (MLflow names allow letters, digits, ``_-. :/`` only, so not ``@``; the slash groups the
     levels of one metric in the UI.)
     """
     letter = "d" if codec in CODECS and not CODECS.get(codec).higher_level_is_better else "q"
-    prefix = "" if codec == "jpegxl" else f"{codec}-"
+    prefix = "" if codec == DEFAULT_CODEC else f"{codec}-"
     return f"test/{metric}/{prefix}{letter}{format_level(test_level)}"
 
 

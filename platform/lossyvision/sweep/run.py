@@ -24,7 +24,8 @@ from typing import Any
 import pandas as pd
 
 from lossyvision import output as outdir
-from lossyvision.compress import describe_failures, sweep_job_args
+from lossyvision.compress import sweep_job_args
+from lossyvision.compress_report import describe_failures
 from lossyvision.lock import writer_lock
 from lossyvision.preflight import preflight
 from lossyvision.progress import Log, SweepProgress

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from lossyvision.cache import cache_mode, describe
+from lossyvision.codecs import DEFAULT_CODEC
 from lossyvision.store import format_level
 from lossyvision.sweep.mlnames import DCR_SERIES, LEVEL_SERIES, eval_metric_name, series_name
 
@@ -61,7 +62,7 @@ class DatasetRef:
 
 def eval_metrics_of(results: pd.DataFrame) -> dict[str, float]:
     """``test/<metric>/d<level>`` -> value for the rows of one trial."""
-    return {eval_metric_name(r.metric, r.test_level, getattr(r, "test_codec", None) or "jpegxl"): float(r.value)
+    return {eval_metric_name(r.metric, r.test_level, getattr(r, "test_codec", None) or DEFAULT_CODEC): float(r.value)
             for r in results.itertuples()}
 
 
