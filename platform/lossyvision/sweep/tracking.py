@@ -1,4 +1,4 @@
-"""MLflow tracking: a parent run per sweep, a nested child run per trial. The only mlflow import.
+"""MLflow tracking, the only mlflow import: a parent run per sweep and a nested child run per trial.
 
 Runs are found by tags (``lossyvision.sweep`` + ``lossyvision.trial``), never remembered, so
 logging is idempotent: logging a trial twice (a rerun, ``sweep sync``) adds only what is
