@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_DATA := data/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint venv bench clean
+.PHONY: demo test test-all test-fast lint venv bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ demo: $(STAMP)
 	$(BIN)/lossyvision sweep run sweeps/demo.yaml
 	@echo "lossyvision is in $(BIN)/: run 'source $(BIN)/activate' to put it on your PATH (then: lossyvision --help)"
 
-## All tests: fast unit tests, then the Ray end-to-end tiers.
+## The tests CI runs: fast unit tests, then the Ray end-to-end tiers, less the nightly one (under 30 minutes on 2 cores).
 test: $(STAMP)
+	$(BIN)/python -m pytest -m "not nightly" $(PYTEST_ARGS)
+
+## Every test, the nightly tier included (a sweep run twice, several codecs, killed drivers and workers, three
+## nodes losing two, S3 twins of local tests): about 20 minutes more on 2 cores.
+test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## The layer contracts (pyproject.toml's [tool.importlinter]), ruff's rules and docs/architecture.md's picture of the

@@ -1,5 +1,6 @@
 """Shared fixtures. Tiers: unit tests (no marker, no Ray), ``ray`` end-to-end on a local 2-CPU
-Ray, ``slow`` long runs (run in CI), ``gpu`` skipped without CUDA."""
+Ray, ``slow`` long runs (run in CI), ``nightly`` the longest ones (``make test-all``, not CI), ``gpu`` skipped
+without CUDA."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.nightly]
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -128,7 +128,7 @@ def test_inspect_prints_dcr_and_marks_a_partial_reads_imbalance(tmp_path):
 
 
 def test_manifest_line_counts_the_whole_store_when_it_holds_more():
-    from lossyvision.cli import manifest_line
+    from lossyvision.commands.compress import manifest_line
     from lossyvision.compress import JobResult
 
     result = JobResult(manifest=pd.DataFrame(), summary=pd.DataFrame(), done=30, skipped=0, store_rows=150)

@@ -254,7 +254,7 @@ def test_a_full_disk_names_the_path(tiny_disk, tmp_path):
     with pytest.raises(OSError) as err:  # now the manifest's own write fails: it names its file
         run(tmp_path / "data", out, levels=(0.0,))
     assert err.value.filename is not None and str(err.value.filename).startswith(str(out))
-    from lossyvision.cli import os_error_line
+    from lossyvision.commands.errors import os_error_line
 
     line = os_error_line(err.value)
     assert line.startswith(str(out)) and line.endswith(": No space left on device")

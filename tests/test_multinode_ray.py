@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from test_s3 import BUCKET, s3, s3_server  # noqa: E402,F401  (the module's moto server fixture)
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.nightly]
 
 EPOCHS_LOSS = 5  # long enough to lose a node between two epoch checkpoints
 AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.nightly]
 
 METRIC_COLUMNS = ["value", "ci_low", "ci_high", "rel", "rel_low", "rel_high", "train_dcr", "test_dcr",
                   "train_dcr_raw", "test_dcr_raw", "n_train_images", "train_bytes", "n_test_images"]

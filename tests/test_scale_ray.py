@@ -110,6 +110,7 @@ def _train_workers() -> list:
     return found
 
 
+@pytest.mark.nightly
 def test_two_worker_trial_resumes_after_a_worker_process_is_killed(local_ray, demo_root, store, tmp_path):
     from lossyvision.sweep.run import run_sweep
 
@@ -141,6 +142,7 @@ def test_two_worker_trial_resumes_after_a_worker_process_is_killed(local_ray, de
 
 
 @pytest.mark.slow
+@pytest.mark.nightly
 def test_two_worker_trial_spans_two_nodes(demo_root, tmp_path):
     from ray_cluster import start_cluster
 

@@ -124,6 +124,7 @@ def test_search_sweep_trains_grid_keys_reports_its_path_and_reruns_do_nothing(de
         shutdown_ray()
 
 
+@pytest.mark.nightly
 def test_killed_search_driver_resumes_from_its_finished_trials(demo_root, store, tmp_path):
     """SIGKILL the driver once the baseline's exploration run has finished; the rerun goes on from there."""
     out = tmp_path / "killed"

@@ -84,7 +84,7 @@ def check_sharded_store(store_uri: str) -> pd.DataFrame:
     return m
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.nightly)])
 def test_sharded_sweep_round_trips_with_the_numbers_of_the_per_file_layout(where, local_ray, demo_local, tmp_path):
     from lossyvision.report.build import REPORT_DIR
     from lossyvision.store import exists, join

@@ -153,6 +153,7 @@ def test_coco_sweep_with_the_docs_detector(ray_cluster, mlflow_db, tmp_path):
 
 
 # --- sources on moto's S3 ----------------------------------------------------------------------------
+@pytest.mark.nightly
 def test_csv_list_on_s3(ray_cluster, mlflow_db, tmp_path):
     local = make_csv_list(tmp_path / "data", per_class=4, n_test=2, size=(32, 32))
     fs = s3()
@@ -170,6 +171,7 @@ def test_csv_list_on_s3(ray_cluster, mlflow_db, tmp_path):
     assert f"_uri/s3/{BUCKET}/elsewhere/extra.jpg" in set(m["relpath"])
 
 
+@pytest.mark.nightly
 def test_webdataset_shards_on_s3(ray_cluster, mlflow_db, tmp_path):
     local = make_webdataset(tmp_path / "wds", per_class=4, n_test_per_class=2, size=(32, 32))
     s3().put(str(local) + "/", f"{BUCKET}/wds-e2e", recursive=True)

@@ -181,6 +181,7 @@ def job_id_of(output: str) -> str:
 
 @pytest.mark.ray
 @pytest.mark.timeout(600)
+@pytest.mark.nightly
 def test_submit_runs_the_demo_sweep_and_streams_its_logs(head, demo_data, tmp_path):
     sweep = demo_sweep(tmp_path, demo_data)
     result = runner.invoke(app, ["submit", str(sweep), "--address", head.address])
@@ -279,6 +280,7 @@ def head_node_id(h) -> str:
 
 
 @pytest.mark.slow  # starts a Ray head (`ray start`) with token auth: not for the fast tier
+@pytest.mark.nightly
 def test_token_auth_cluster_takes_the_token_from_ray_auth_token():
     from ray_head import start_head
 

@@ -209,6 +209,7 @@ def test_budget_sweep_trains_on_subsets_that_fit_and_tracks_them(ray_cluster, de
 
 
 @pytest.mark.slow
+@pytest.mark.nightly
 def test_remote_server_then_outage_then_sync(ray_cluster, demo_root, store, tmp_path):
     """A real mlflow server whose artifacts (models, tables, the sweep file) go to moto's S3."""
     from mlflow_server import moto_s3, start_mlflow_server, stop

@@ -1,30 +1,25 @@
-"""The ``lossyvision`` command line. Each command is a thin shell over a module function.
+"""The ``lossyvision`` command line: each command's signature (its options, help and examples); its body is in
+:mod:`lossyvision.commands`.
 
 Every refusal is one line on stderr (``error: ...``) and a non-zero exit, never a traceback:
 2 for a problem with the command line, a sweep file or an input (a cloud URL without credentials,
 unreachable, denied or without its bucket: :mod:`lossyvision.cloud`), 1 for one met while running
 (a damaged file lossyvision wrote, whichever it is; a busy output; an OS error, which names its path).
+A command's body says so through :mod:`lossyvision.commands.errors`; :func:`main` does for usage errors.
+Each command imports its body inside itself, so that ``lossyvision --help`` loads no pandas nor pydantic.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Literal, Optional
 
 import typer
 
 from lossyvision import __version__
 from lossyvision.cloud import cloud_error
-from lossyvision.codecs import CODECS
+from lossyvision.codecs import CODECS, DEFAULT_CODEC
 from lossyvision.datasets import DATASETS
-from lossyvision.datasets._files import require_dir, require_file
-from lossyvision.inspect import inspect_dataset, render
-from lossyvision.lock import LockHeld, writer_lock
-from lossyvision.places import check_output_files, check_place
-from lossyvision.runners.cluster import stop_after_interrupt
-from lossyvision.store import DamagedFileError
-from lossyvision.units import parse_bytes
 
 app = typer.Typer(
     help="How far can you lossily compress your image data before your vision models notice?",
@@ -37,59 +32,6 @@ app.add_typer(sweep_app, name="sweep")
 
 CODEC_NAMES = ", ".join(CODECS.names())
 DATASET_NAMES = ", ".join(DATASETS.names())
-
-
-def fail(message: str, code: int = 2) -> "typer.Exit":
-    """Print a clear error (no traceback) and exit."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def os_error_line(exc: OSError) -> str:
-    """An OS error as ``PATH: what happened`` (a full disk names the file it was writing)."""
-    what = exc.strerror or str(exc) or type(exc).__name__
-    where = exc.filename if exc.filename is not None else None
-    return f"{where}: {what}" if where else f"{type(exc).__name__}: {what}"
-
-
-def error_line(exc: BaseException) -> tuple[str, int] | None:
-    """The one line and exit code for an error a user can meet, or None for a bug (keeps its traceback).
-
-    2: a bad command line, sweep file or input (a cloud URL that cannot be reached or read included);
-    1: met while running: a busy place, a damaged file lossyvision wrote (any of them: sweep copy,
-    state, manifest, results), an OS error naming its path.
-    """
-    from lossyvision.compress import CompressError  # lazy: loads pandas; --help stays fast
-    from lossyvision.output import OutputError  # lazy: loads pandas; --help stays fast
-    from lossyvision.report.cells import ReportError  # lazy: loads pandas; --help stays fast
-    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
-    from lossyvision.sweep.results import ResultsError  # lazy: loads pyarrow; --help stays fast
-
-    cloud = cloud_error(exc)
-    if cloud is not None:
-        return str(cloud), 2
-    if isinstance(exc, (CompressError, LockHeld, DamagedFileError)):
-        return str(exc), 1
-    if isinstance(exc, (SpecError, OutputError, ResultsError, ReportError)):
-        return str(exc), 2
-    if isinstance(exc, OSError):
-        return os_error_line(exc), 1
-    return None
-
-
-@contextlib.contextmanager
-def clean_errors() -> Iterator[None]:
-    """Turn the errors a user can meet into one line (:func:`error_line`). Anything else is a bug
-    and keeps its traceback."""
-    try:
-        yield
-    except (typer.Exit, typer.Abort, typer.TyperException):
-        raise
-    except Exception as exc:
-        found = error_line(exc)
-        if found is None:
-            raise
-        fail(*found)
 
 
 def _version(value: bool) -> None:
@@ -106,39 +48,6 @@ def main_options(
     """How far can you lossily compress your image data before your vision models notice?"""
 
 
-def check_output(output: str) -> None:
-    """Commands that read an output first check its small files read back (one line if not)."""
-    with clean_errors():
-        check_output_files(output)
-
-
-def refuse_sweep_file(output: str, command: str) -> None:
-    """A sweep file given where an output folder belongs: say so, and name the file's output."""
-    import os
-
-    if "://" in str(output) or not os.path.isfile(output) or not str(output).endswith((".yaml", ".yml")):
-        return
-    import yaml
-
-    try:
-        named = yaml.safe_load(Path(output).read_text(encoding="utf-8")).get("output")
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
-        named = None
-    where = f", here {named}" if isinstance(named, str) else ""
-    fail(f"{output} is a sweep file; `{command}` takes its output folder{where}")
-
-
-@contextlib.contextmanager
-def resumable_interrupt() -> Iterator[None]:
-    """Ctrl-C: stop the local Ray this command started (all its processes) and say how to resume."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        stop_after_interrupt()
-        typer.echo("\ninterrupted; rerun the same command to resume (images already compressed are kept)", err=True)
-        raise typer.Exit(130) from None
-
-
 # --- demo data ----------------------------------------------------------------------------------
 @app.command("demo-data", epilog="Example: lossyvision demo-data data/demo")
 def demo_data(
@@ -146,38 +55,12 @@ def demo_data(
     png: bool = typer.Option(False, "--png", help="Store originals as PNG (as Cityscapes) instead of JPEG."),
 ) -> None:
     """Build the small labelled demo dataset of real photos, offline and deterministically."""
-    from lossyvision.demo import build_demo_dataset  # lazy: loads PIL; --help stays fast
+    from lossyvision.commands import demo as command  # lazy: loads pandas, pydantic; --help stays fast
 
-    try:
-        summary = build_demo_dataset(str(out), png=png)
-    except (ValueError, RuntimeError, OSError) as e:
-        fail(str(e))
-    kind = "PNG" if png else "JPEG q90"
-    typer.echo(f"demo dataset in {summary.root}: {len(summary.classes)} classes, "
-               f"{summary.image_size}x{summary.image_size} px {kind}")
-    for split in summary.counts:
-        typer.echo(f"  {split:<5} {summary.images(split):>4} images  {summary.bytes[split]:>9,} bytes")
-    typer.echo(f"  classes: {', '.join(summary.classes)}")
-    typer.echo(f"  sources and licences: {Path(summary.root) / 'LICENSES.md'}")
+    command.demo_data(out, png)
 
 
 # --- compress -----------------------------------------------------------------------------------
-#: Options of ``compress`` that a sweep file sets instead (giving both is refused, not ignored).
-_SWEEP_FILE_SETS = {"source": "--source", "out": "--out", "dataset": "--dataset", "codec": "--codec",
-                    "levels": "--levels", "effort": "--effort", "on_error": "--on-error",
-                    "max_pixels": "--max-pixels", "quality_metric": "--quality-metric",
-                    "quality_sample": "--quality-sample", "animated": "--animated",
-                    "allow_outside_symlinks": "--allow-outside-symlinks", "option": "--option",
-                    "layout": "--layout", "shard_size": "--shard-size", "png_sample": "--png-sample"}
-
-
-def given_options(ctx: typer.Context, names: dict[str, str]) -> list[str]:
-    """The flags of ``names`` that the command line (or the environment) set, not their defaults."""
-    sources = {name: ctx.get_parameter_source(name) for name in names}
-    return [flag for name, flag in names.items()
-            if sources[name] is not None and sources[name].name not in ("DEFAULT", "DEFAULT_MAP")]
-
-
 @app.command(epilog="Examples: lossyvision compress --source data/demo --out runs/store --levels 0,1,3 ; "
                     "lossyvision compress sweeps/demo.yaml")
 def compress(
@@ -190,7 +73,7 @@ def compress(
     dataset: str = typer.Option("imagefolder", "--dataset", "--kind", help=f"Dataset kind: {DATASET_NAMES}."),
     option: list[str] = typer.Option([], "--option", "-o", metavar="KEY=VALUE",
                                      help="A dataset option (repeatable; the value is YAML), e.g. -o masks=true."),
-    codec: str = typer.Option("jpegxl", "--codec", help=f"Codec: {CODEC_NAMES}."),
+    codec: str = typer.Option(DEFAULT_CODEC, "--codec", help=f"Codec: {CODEC_NAMES}."),
     levels: str = typer.Option("0,0.5,1,2,5,10", "--levels",
                                help="Comma-separated levels, e.g. 0,0.5,1 (jpegxl: Butteraugli distances "
                                     "0..25; jpeg 1..100, webp and avif 0..100: qualities; png: 0)."),
@@ -219,89 +102,13 @@ def compress(
     yes: bool = typer.Option(False, "--yes", help="Run a sweep file whose grid is over the cap (see README)."),
 ) -> None:
     """Compress a dataset at every level on Ray and write the manifest (resumable)."""
-    from rich.console import Console
+    from lossyvision.commands import compress as command  # lazy: loads pandas, pydantic; --help stays fast
 
-    from lossyvision import compress as job  # lazy: loads pandas; --help stays fast
-    from lossyvision.preflight import load_checked  # lazy: loads pydantic; --help stays fast
-    from lossyvision.spec import check_grid  # lazy: loads pydantic; --help stays fast
-
-    with clean_errors(), resumable_interrupt():
-        if sweep_file is not None:
-            given = given_options(ctx, _SWEEP_FILE_SETS)
-            if given:
-                fail(f"{', '.join(given)} cannot be combined with a sweep file (set them in the file)")
-            sweep = load_checked(sweep_file)
-            check_grid(sweep, yes, source=str(sweep_file))
-            store_uri = sweep.store_uri
-        else:
-            if not source or not out:
-                fail("give --source DIR and --out DIR, or a sweep file")
-            try:
-                parsed_levels = job.parse_levels(levels)
-                quality_sample = job.parse_quality_sample(quality_sample)
-                shard_bytes = job.parse_shard_size(shard_size)
-                png_count = job.parse_png_sample(png_sample)
-                job.validate(job.CompressOptions(  # codec, levels in its range, options: before anything is written
-                    codec=codec, codec_options={} if effort is None else {"effort": effort}, levels=parsed_levels,
-                    on_error=on_error, max_pixels=max_pixels, quality_metric=quality_metric,
-                    quality_sample=quality_sample, animated=animated, layout=layout, shard_size=shard_bytes,
-                    png_sample=png_count))
-                dataset_options = parse_options(option)
-                DATASETS.get(dataset)  # an unknown kind lists the known ones, before the store is locked
-            except (job.CompressError, ValueError, KeyError) as exc:
-                fail(str(exc))
-            if allow_outside_symlinks:
-                dataset_options["allow_outside_symlinks"] = True
-            try:
-                check_place(out, "store")
-            except ValueError as exc:
-                fail(f"--out: {exc}")
-            try:
-                one_file = dataset == "csv" or source.lower().endswith((".csv", ".jsonl", ".tar", ".parquet"))
-                (require_file if one_file else require_dir)("--source", source)  # before the store is locked
-            except ValueError as exc:
-                fail(str(exc))
-            store_uri = out
-        job.check_store_place(store_uri)
-        with writer_lock(store_uri, "lossyvision compress", log=lambda msg: typer.echo(msg, err=True)):
-            if sweep_file is not None:
-                jobs = job.sweep_job_args(sweep)  # one job per codec of the sweep
-            else:
-                jobs = [{"source": source, "store_uri": out, "dataset": dataset, "codec": codec,
-                         "codec_options": {} if effort is None else {"effort": effort},
-                         "levels": parsed_levels, "on_error": on_error, "max_pixels": max_pixels,
-                         "quality_metric": quality_metric, "quality_sample": quality_sample,
-                         "animated": animated, "dataset_options": dataset_options,
-                         "layout": layout, "shard_size": shard_bytes, "png_sample": png_count}]
-            from lossyvision.runners.compress import compress_job  # lazy: loads ray
-
-            results = [compress_job(**args, num_cpus=num_cpus, log=lambda msg: typer.echo(msg, err=True))
-                       for args in jobs]
-    console = Console()
-    if not console.is_terminal:  # logs and CI: don't squeeze the table into 80 columns
-        console = Console(width=max(console.width, 110))
-    import pandas as pd
-
-    console.print(job.render_summary(pd.concat([r.summary for r in results], ignore_index=True)))
-    for line in job.describe_not_read(results[0].not_read, store_uri):
-        typer.echo(line)
-    rows = pd.concat([r.manifest for r in results], ignore_index=True)
-    for line in job.describe_failures(rows, store_uri):
-        typer.echo(line)
-    typer.echo(manifest_line(store_uri, results, len(rows)))
-    from lossyvision.manifest import STATUS_OK  # lazy: loads pandas; --help stays fast
-
-    if len(rows) and not (rows["status"] == STATUS_OK).any():
-        fail("no image could be compressed (every row failed; reasons above)", code=1)
-
-
-def manifest_line(store_uri: str, results: list, rows: int) -> str:
-    """Where the manifest is and what it holds: this run's rows, and the store's when it holds more
-    (another codec or other levels compressed into the same store)."""
-    total = max([r.store_rows or 0 for r in results] + [rows])
-    held = f"{rows} rows" if total == rows else f"{total} rows, {rows} of them this command's codec and levels"
-    return (f"manifest: {store_uri}/manifest.parquet ({held}; {sum(r.done for r in results)} run now, "
-            f"{sum(r.skipped for r in results)} already done); summary.csv beside it")
+    command.compress(
+        ctx, sweep_file=sweep_file, source=source, out=out, dataset=dataset, option=option, codec=codec,
+        levels=levels, effort=effort, on_error=on_error, max_pixels=max_pixels, quality_metric=quality_metric,
+        quality_sample=quality_sample, animated=animated, allow_outside_symlinks=allow_outside_symlinks,
+        layout=layout, shard_size=shard_size, png_sample=png_sample, num_cpus=num_cpus, yes=yes)
 
 
 # --- sweeps -------------------------------------------------------------------------------------
@@ -324,24 +131,10 @@ def sweep_run(
 
     Rerunning on an existing output does only what is missing (trials, cells, MLflow runs).
     A second run on the same output is refused while the first holds it."""
-    from lossyvision.preflight import load_checked  # lazy: loads pydantic; --help stays fast
-    from lossyvision.spec import check_grid  # lazy: loads pydantic; --help stays fast
-    from lossyvision.sweep.plan import PlanError  # lazy: loads pandas; --help stays fast
-    from lossyvision.sweep.run import run_sweep, summary_lines  # lazy: loads pandas; --help stays fast
+    from lossyvision.commands import sweep as command  # lazy: loads pandas, pydantic; --help stays fast
 
-    with clean_errors():
-        sweep = load_checked(sweep_file)
-        check_grid(sweep, yes, source=str(sweep_file))
-        try:
-            outcome = run_sweep(sweep, echo=typer.echo, ray_address=address, num_cpus=num_cpus,
-                                build_report=not no_report, register=register,
-                                wait_for_nodes=wait_for_nodes)
-        except PlanError as e:
-            fail(str(e))
-    for line in summary_lines(outcome):
-        typer.echo(line)
-    if not outcome.ok:
-        raise typer.Exit(1)
+    command.run(sweep_file, address=address, num_cpus=num_cpus, no_report=no_report, yes=yes,
+                wait_for_nodes=wait_for_nodes, register=register)
 
 
 @sweep_app.command("plan", epilog="Example: lossyvision sweep plan sweeps/demo.yaml")
@@ -351,84 +144,28 @@ def sweep_plan(
 ) -> None:
     """Check a sweep file and say what `sweep run` would do: the grid (done, stale, to run), the
     images to compress, the bytes and files it would write, and the compression time. Writes nothing."""
-    from lossyvision.preflight import load_checked  # lazy: loads pydantic; --help stays fast
-    from lossyvision.spec import grid_counts  # lazy: loads pydantic; --help stays fast
-    from lossyvision.sweep.preview import preview, render_preview  # lazy: loads pandas; --help stays fast
-    from lossyvision.sweep.run import resolve_paths  # lazy: loads pandas; --help stays fast
+    from lossyvision.commands import sweep as command  # lazy: loads pandas, pydantic; --help stays fast
 
-    with clean_errors():
-        sweep = resolve_paths(load_checked(sweep_file))
-        result = preview(sweep, sample=sample)
-    for line in render_preview(result):
-        typer.echo(line)
-    if sweep.search is not None:
-        import os
-
-        from lossyvision.sweep.searchgrid import plan_lines  # lazy: loads pandas; --help stays fast
-
-        cpu = sweep.resources.trial.cpu  # the levels explored at once: this machine's trial slots, unless set
-        for line in plan_lines(sweep, max(1, int((os.cpu_count() or 1) // cpu) if cpu else 1)):
-            typer.echo(line)
-    from lossyvision.spec import GRID_CAP  # lazy: loads pydantic; --help stays fast
-
-    trials, evaluations = grid_counts(sweep)
-    if trials > GRID_CAP["trials"] or evaluations > GRID_CAP["evaluations"]:
-        typer.echo(f"note: the grid is over the cap ({GRID_CAP['trials']} trials or {GRID_CAP['evaluations']} "
-                   "evaluations): `sweep run` needs --yes")
+    command.plan(sweep_file, sample=sample)
 
 
 @sweep_app.command("status", epilog="Example: lossyvision sweep status runs/demo")
 def sweep_status(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
     """Show the grid with done, running, failed and missing cells."""
-    from rich.console import Console
+    from lossyvision.commands import sweep as command  # lazy: loads pandas, pydantic; --help stays fast
 
-    from lossyvision.output import load_output_sweep, load_plan  # lazy: loads pandas; --help stays fast
-    from lossyvision.sweep.status import grid_status, render_status, stale_entries  # lazy: loads pandas; --help stays fast
-
-    refuse_sweep_file(output, "sweep status")
-    check_output(output)
-    with clean_errors():
-        sweep = load_output_sweep(output)
-        grid = load_plan(output)
-        table = grid_status(sweep, output, grid)
-        stale = stale_entries(output, grid)
-    Console().print(render_status(sweep, table, stale))
+    command.status(output)
 
 
 @sweep_app.command("sync", epilog="Example: lossyvision sweep sync runs/demo")
 def sweep_sync(output: str = typer.Argument(..., help="The sweep's output folder.")) -> None:
     """Push results missing from MLflow (after an outage) to the tracking server."""
-    from lossyvision.sweep.run import sync_output  # lazy: loads pandas; --help stays fast
+    from lossyvision.commands import sweep as command  # lazy: loads pandas, pydantic; --help stays fast
 
-    check_output(output)
-    try:
-        sync_output(output, echo=typer.echo)
-    except (typer.Exit, typer.Abort):
-        raise
-    except Exception as e:  # the server is still down: say so, no traceback
-        found = error_line(e)
-        if found is not None:
-            fail(*found)
-        fail(f"cannot reach MLflow: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", code=1)
+    command.sync(output)
 
 
 # --- inspect ------------------------------------------------------------------------------------
-def parse_options(pairs: list[str]) -> dict:
-    """``["splits=[train]", "masks=true"]`` -> ``{"splits": ["train"], "masks": True}`` (values are YAML)."""
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--option {pair!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError as e:
-            raise ValueError(f"--option {pair!r}: the value is not valid YAML ({e})") from None
-    return out
-
-
 @app.command("inspect", epilog="Example: lossyvision inspect data/demo --sample 4")
 def inspect_command(
     dataset: Optional[str] = typer.Argument(None, help="Dataset root (folder, list file or s3:// URI)."),
@@ -438,7 +175,7 @@ def inspect_command(
     sweep_file: Optional[Path] = typer.Option(
         None, "--sweep", help="Take the codec, its options and the ladder (train + test levels) from a sweep file; "
                               "also the dataset when DATASET is not given."),
-    codec: str = typer.Option("jpegxl", "--codec", help=f"Codec of the estimate: {CODEC_NAMES}."),
+    codec: str = typer.Option(DEFAULT_CODEC, "--codec", help=f"Codec of the estimate: {CODEC_NAMES}."),
     levels: str = typer.Option("0,0.5,1,2,5,10", "--levels", help="Levels of the estimate (comma-separated)."),
     effort: Optional[int] = typer.Option(None, "--effort", help="Encoder effort of the estimate (jpegxl: 1..10)."),
     sample: int = typer.Option(8, "--sample", min=0, help="Images encoded for the estimate (0: no estimate)."),
@@ -450,54 +187,10 @@ def inspect_command(
 
     Writes nothing.
     """
-    import json
+    from lossyvision.commands import inspect as command  # lazy: loads pandas, pydantic; --help stays fast
 
-    from lossyvision import compress as job  # lazy: loads pandas; --help stays fast
-    from lossyvision.preflight import check_dataset  # lazy: loads pydantic; --help stays fast
-    from lossyvision.spec import SpecError, load_sweep  # lazy: loads pydantic; --help stays fast
-
-    try:
-        options = parse_options(option)
-        codec_options = {} if effort is None else {"effort": effort}
-        ladder = job.parse_levels(levels)
-        if sweep_file is not None:
-            sweep = check_dataset(load_sweep(sweep_file), str(sweep_file))
-            arm = sweep.arms[0]  # the first codec of the sweep (inspect estimates one codec's ladder)
-            codec, codec_options, ladder = arm.name, arm.options, tuple(arm.levels)
-            if dataset is None:
-                dataset, kind, options = sweep.dataset.root, sweep.dataset.kind, {**sweep.dataset.options, **options}
-        if dataset is None:
-            fail("give a DATASET root (and --kind), or --sweep FILE")
-        result = inspect_dataset(kind, dataset, options, codec=codec, codec_options=codec_options, levels=ladder,
-                                 sample=sample, limit=limit, max_pixels=max_pixels)
-    except (typer.Exit, typer.Abort):
-        raise
-    except (SpecError, job.CompressError, ValueError, ImportError) as e:
-        fail(str(e))
-    except KeyError as e:  # an unknown kind or codec: the registry lists the known names
-        fail(str(e).strip("'\""))
-    except Exception as e:  # noqa: BLE001 - a cloud client's error is one line; anything else a bug
-        found = error_line(e)
-        if found is None:
-            raise
-        fail(*found)
-    if as_json:
-        typer.echo(json.dumps(_finite(result.to_dict()), indent=1))
-    else:
-        typer.echo(render(result))
-
-
-def _finite(value):
-    """JSON has no NaN or infinity: they become null."""
-    import math
-
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    command.inspect(dataset, kind=kind, option=option, sweep_file=sweep_file, codec=codec, levels=levels,
+                    effort=effort, sample=sample, limit=limit, max_pixels=max_pixels, as_json=as_json)
 
 
 # --- report and analysis -----------------------------------------------------------------------
@@ -510,45 +203,9 @@ def report(
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the files to the sweep's MLflow run."),
 ) -> None:
     """Draw the study's figures and write OUTPUT/report/index.html; print the verdict."""
-    from lossyvision.report.build import build_report  # lazy: loads pandas; --help stays fast
-    from lossyvision.report.cells import ReportError  # lazy: loads pandas; --help stays fast
+    from lossyvision.commands import report as command  # lazy: loads pandas, pydantic; --help stays fast
 
-    from lossyvision.spec import parse_keep  # lazy: loads pydantic; --help stays fast
-
-    try:
-        keep_fraction = None if keep is None else parse_keep(keep, "--keep")
-    except ValueError as e:
-        fail(str(e))
-    check_output(output)
-    try:
-        with clean_errors():
-            result = build_report(output, keep_fraction=keep_fraction)
-    except ReportError as e:
-        fail(str(e))
-    for line in result.verdict:
-        typer.echo(line)
-    for w in result.warnings:
-        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
-    typer.echo(f"wrote {result.index_html} ({len(result.figures)} figures)")
-    if mlflow:
-        _log_artifacts(output, result.paths, "report")
-
-
-def _log_artifacts(output: str, paths: list[str], artifact_path: str) -> None:
-    """Log files to the sweep's MLflow parent run when OUTPUT is a sweep's output; warn otherwise."""
-    from lossyvision.output import OutputError  # lazy: loads pandas; --help stays fast
-    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
-    from lossyvision.sweep.tracking import log_report_artifacts  # lazy: loads pandas; --help stays fast
-
-    try:
-        ok = log_report_artifacts(output, paths, artifact_path=artifact_path)
-    except (SpecError, OutputError) as e:
-        typer.secho(f"warning: not logged to MLflow: {str(e).splitlines()[0]}", fg=typer.colors.YELLOW, err=True)
-        return
-    if ok:
-        typer.echo(f"logged {len(paths)} file(s) to MLflow under {artifact_path}/")
-    else:
-        typer.secho("warning: MLflow is unreachable; the files are only in OUTPUT", fg=typer.colors.YELLOW, err=True)
+    command.report(output, keep=keep, mlflow=mlflow)
 
 
 @app.command(epilog="Example: lossyvision sensitivity runs/demo --images 16 --mode gradient")
@@ -567,24 +224,10 @@ def sensitivity(
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the files to the sweep's MLflow run."),
 ) -> None:
     """DCT-frequency sensitivity maps of a trained classifier."""
-    from lossyvision.output import OutputError  # lazy: loads pandas; --help stays fast
-    from lossyvision.sensitivity import SensitivityError, run_sweep_sensitivity  # lazy: loads torch
-    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
-    from lossyvision.sweep.trials import TrialError  # lazy: loads pandas; --help stays fast
+    from lossyvision.commands import sensitivity as command  # lazy: loads torch; --help stays fast
 
-    check_output(output)
-    try:
-        with clean_errors():
-            done = run_sweep_sensitivity(output, model=model, train_level=train_level, repeat=repeat,
-                                         n_images=images, mode=mode, eps=eps, blocks_per_image=blocks, seed=seed,
-                                         device=device)
-    except (SensitivityError, SpecError, OutputError, TrialError, KeyError) as e:
-        fail(str(e).strip("'\""))
-    typer.echo(done.result.describe())
-    for p in done.paths:
-        typer.echo(f"wrote {p}")
-    if mlflow:
-        _log_artifacts(output, done.paths, "sensitivity")
+    command.sensitivity(output, model=model, train_level=train_level, repeat=repeat, images=images, mode=mode,
+                        eps=eps, blocks=blocks, seed=seed, device=device, mlflow=mlflow)
 
 
 @app.command(epilog="Example: lossyvision advise runs/demo-budget --budget 2TB --images-available 10M")
@@ -608,68 +251,10 @@ def advise(
     95% bound, or why the data cannot tell). A budget sweep: exits with code 3, saying why, when the
     fit is too poor or the budget asks it to extrapolate.
     """
-    from lossyvision.advisor import advise_output, format_report, parse_count  # lazy: loads pandas; --help stays fast
-    from lossyvision.output import OutputError, raw_sweep  # lazy: loads pandas; --help stays fast
-    from lossyvision.spec import SpecError  # lazy: loads pydantic; --help stays fast
+    from lossyvision.commands import report as command  # lazy: loads pandas, pydantic; --help stays fast
 
-    try:
-        with clean_errors():
-            budgets = raw_sweep(output).get("budgets")
-    except (SpecError, OutputError) as e:
-        fail(str(e))
-    if not budgets:
-        given = [n for n, v in (("--budget", budget), ("--images-available", images_available),
-                                ("--test-level", test_level), ("--store", store_uri)) if v is not None]
-        if given:
-            fail(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to a budget sweep; "
-                 f"{output} has no budgets")
-        from lossyvision.report.build import analyse  # lazy: loads pandas; --help stays fast
-        from lossyvision.report.cells import ReportError  # lazy: loads pandas; --help stays fast
-
-        try:
-            result = analyse(output)
-        except ReportError as e:
-            fail(str(e))
-        found = [v for v in result.verdicts if (model is None or v.model == model) and
-                 (metric is None or v.metric == metric)]
-        if not found:
-            fail("no verdict: " + ("; ".join(result.notes) or "no results of the current configuration"))
-        if as_json:
-            import json
-
-            from lossyvision.report.verdict import verdict_records  # lazy: loads pandas; --help stays fast
-
-            typer.echo(json.dumps(verdict_records(found), indent=1))
-            return
-        for line in result.lines if (model is None and metric is None) else [v.text for v in found]:
-            typer.echo(line)
-        return
-    if as_json:
-        fail(f"--json prints the verdicts of a sweep without budgets; {output} is a budget sweep (its fit is in "
-             "scaling_fit.json)")
-    try:
-        budget_bytes = parse_bytes(budget) if budget is not None else None
-        if budget_bytes is not None and budget_bytes <= 0:
-            raise ValueError(f"--budget must be > 0, got {budget}")
-        available = parse_count(images_available) if images_available is not None else None
-        level: float | str | None = test_level
-        if test_level is not None and test_level != "same":
-            try:
-                level = float(test_level)
-            except ValueError:
-                raise ValueError(f"--test-level must be a number or 'same', got {test_level!r}") from None
-        check_output(output)
-        report = advise_output(output, budget=budget_bytes, images_available=available, metric=metric,
-                               model=model, test_level=level, store_uri=store_uri, n_bootstrap=bootstrap,
-                               seed=seed)
-    except (SpecError, ValueError) as e:
-        fail(*(error_line(e) or (str(e), 2)))
-    typer.echo(format_report(report))
-    typer.echo(f"\nwrote {output.rstrip('/')}/scaling_fit.json")
-    if report.any_refused:
-        typer.secho("advice refused: the fit cannot support extrapolating to what was asked (see above)",
-                    fg=typer.colors.YELLOW, err=True)
-        raise typer.Exit(3)
+    command.advise(output, budget=budget, images_available=images_available, metric=metric, model=model,
+                   test_level=test_level, store_uri=store_uri, bootstrap=bootstrap, seed=seed, as_json=as_json)
 
 
 @app.command(epilog="Example: lossyvision submit sweeps/food101-vit.yaml --address http://127.0.0.1:8265")
@@ -699,51 +284,10 @@ def submit(
     bearer token of clusters with token authentication. Each submission is named
     <sweep name>-<short id>.
     """
-    from lossyvision import submit as submission  # lazy: loads pydantic; --help stays fast
+    from lossyvision.commands import submit as command  # lazy: loads pandas, pydantic; --help stays fast
 
-    if sum(x is not None for x in (sweep_file, status, stop)) != 1:
-        fail("give exactly one of SWEEP_FILE, --status JOB or --stop JOB")
-    if manifest is not None:
-        if sweep_file is None or env or ship_code or no_wait:
-            fail("--manifest takes a SWEEP_FILE and no --env, --ship-code or --no-wait")
-        try:
-            sweep_name = submission.check_sweep_file(sweep_file)
-            docs = submission.rayjob_manifests(submission.render_overlay(manifest),
-                                               sweep_file.read_text(encoding="utf-8"), sweep_name)
-        except submission.SubmitError as e:
-            fail(str(e))
-        typer.echo(submission.dump_manifests(docs), nl=False)
-        for warning in submission.local_path_warnings(sweep_file.read_text(encoding="utf-8")):
-            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
-        job = docs[-1]["metadata"]
-        typer.echo(f"RayJob {job['name']} (namespace {job.get('namespace', 'default')}) and its ConfigMap: "
-                   "pipe into `kubectl create -f -`", err=True)
-        return
-    try:
-        from lossyvision.runners import submit as runner  # lazy: loads ray
-
-        if status is not None:
-            info = runner.job_info(address, status)
-            typer.echo(submission.format_status(info))
-            raise typer.Exit(submission.exit_code(info["status"]))
-        if stop is not None:
-            stopped = runner.stop_job(address, stop)
-            typer.echo(f"job {stop}: {'stop requested' if stopped else 'had already ended'}")
-            return
-        result = runner.submit_sweep(str(sweep_file), address, wait=not no_wait,
-                                     env_vars=submission.parse_env_pairs(env), ship_code=ship_code,
-                                     echo=lambda text: typer.echo(text, nl=False), yes=yes,
-                                     wait_for_nodes=wait_for_nodes)
-    except submission.SubmitError as e:
-        fail(str(e))
-    except KeyboardInterrupt:
-        typer.echo("\ndetached: the job keeps running (lossyvision submit --status JOB / --stop JOB)", err=True)
-        raise typer.Exit(130) from None
-    if no_wait:
-        typer.echo(f"job {result.job_id}: {result.status}")
-        return
-    typer.echo(f"job {result.job_id}: {result.status}" + (f" ({result.message})" if result.message else ""))
-    raise typer.Exit(submission.exit_code(result.status))
+    command.submit(sweep_file, address=address, no_wait=no_wait, status=status, stop=stop, env=env,
+                   ship_code=ship_code, manifest=manifest, yes=yes, wait_for_nodes=wait_for_nodes)
 
 
 def main() -> None:
