@@ -23,8 +23,10 @@ demo: $(STAMP)
 	@echo "lossyvision is in $(BIN)/: run 'source $(BIN)/activate' to put it on your PATH (then: lossyvision --help)"
 
 ## The tests CI runs: fast unit tests, then the Ray end-to-end tiers, less the nightly one (under 30 minutes on 2 cores).
+## The unit tier runs on two processes (pytest-xdist); the Ray tiers one test at a time (each starts a 2-CPU Ray).
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not nightly" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 -m "not ray and not slow and not nightly" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "(ray or slow) and not nightly" $(PYTEST_ARGS)
 
 ## Every test, the nightly tier included (a sweep run twice, several codecs, killed drivers and workers, three
 ## nodes losing two, S3 twins of local tests): about 20 minutes more on 2 cores.

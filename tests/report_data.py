@@ -67,7 +67,8 @@ def keyed(df: pd.DataFrame) -> tuple[pd.DataFrame, object]:
                          ("test_bpp", np.nan), ("train_quality", np.nan), ("test_quality", np.nan),
                          ("quality_metric", None), ("n_train_images", 10),
                          ("train_bytes", 1000), ("sweep", "t"), ("task", "classification"),
-                         ("finished_at", "2026-01-01T00:00:00Z"), ("node", None), ("trial_node", None)):
+                         ("finished_at", "2026-01-01T00:00:00Z"), ("node", None), ("trial_node", None),
+                         ("metric_rank", None)):
         if col not in df.columns:
             df[col] = default
     return df[SCHEMA.names], grid

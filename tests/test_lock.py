@@ -83,7 +83,10 @@ def assert_one_winner(outs: list[str], took: list[float], hold: float) -> None:
     assert len(won) == 1 and len(refused) == 1, outs
     assert "in use by `worker` (pid " in refused[0] and " on host " in refused[0] and " since " in refused[0]
     assert "Traceback" not in "".join(outs)
-    assert min(took) < hold  # the loser was refused at once, not after waiting for the winner
+    # the loser was refused at once, not after waiting for the winner: it ended while the winner still held on
+    # (measured against the winner's own time, not the clock: on a loaded machine a process takes seconds to start)
+    loser, winner = (took[0], took[1]) if outs[0].startswith("refused:") else (took[1], took[0])
+    assert loser < winner - hold / 2, (loser, winner)
 
 
 # --- local disk ------------------------------------------------------------------------------

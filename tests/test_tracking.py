@@ -139,7 +139,7 @@ def classifier():
     serving = task.serving(task.build_model())
     example = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
     return LoggableModel(serving.module, example, serving.serialization, {"classes": CLASSES},
-                         requirements("classification"))
+                         requirements(task))
 
 
 def results_rows() -> pd.DataFrame:
@@ -320,7 +320,7 @@ def test_segmentation_and_detection_models_log_and_predict_back(db, tmp_path):
 
         code = [lossyvision.__path__[0]] if serving.serialization == "pickle" else []
         model_id = t.log_model(f"{kw['task']}__k", LoggableModel(serving.module, example, serving.serialization, {},
-                                                                requirements(kw["task"]), code))
+                                                                requirements(task), code))
         assert model_id and t.available
         mlflow.set_tracking_uri(db)
         out = np.asarray(mlflow.pyfunc.load_model(f"models:/{model_id}").predict(example))

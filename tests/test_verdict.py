@@ -142,7 +142,7 @@ def test_a_metric_at_its_ceiling_that_every_level_keeps_is_one_line():
 
 
 def test_a_search_s_answer_replaces_the_grid_s_verdict_of_its_question():
-    from lossyvision.report.verdict import with_search
+    from lossyvision.report.searchpath import with_search
 
     found = verdicts(relative_cells(one_run_each()), keep=0.99)
     search = {"question": "matched", "repeats": 3, "searches": [
@@ -160,6 +160,10 @@ def test_a_search_s_answer_replaces_the_grid_s_verdict_of_its_question():
     assert "store everything at distance 3: it keeps" in line, line
     assert [v.text for v in with_search(found, search) if v.question != "matched"] == \
         [v.text for v in found if v.question != "matched"]  # the other questions stay the grid's
+    # another metric's answer to the searched question is not the grid's (the search never ran its repeats)
+    top5 = verdicts(relative_cells(one_run_each()).assign(metric="top5"), keep=0.99)
+    other = next(v for v in with_search(found + top5, search) if v.question == "matched" and v.metric == "top5")
+    assert other.outcome == "cannot tell" and other.level is None and "judged top1 only" in other.text
     none = {**search, "searches": [{**search["searches"][0], "advised": None, "reason": "level 3 did not keep"}]}
     v = next(v for v in with_search(found, none) if v.question == "matched")
     assert v.outcome == "cannot tell" and "advises none: level 3 did not keep" in v.text

@@ -9,7 +9,6 @@ level for each of the sweep's budgets and for the budget asked, and writes every
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import pyarrow.parquet as pq
 
 from lossyvision import store
 from lossyvision.budget import bytes_per_image, images_available as count_images
-from lossyvision.output import OutputError, load_plan
+from lossyvision.output import OutputError, OutputFolder
 from lossyvision.scaling import (
     AdvicePolicy,
     AdviceRefused,
@@ -31,13 +30,8 @@ from lossyvision.scaling import (
     optimal_level,
     scaling_points,
 )
-from lossyvision.spec import load_sweep
-from lossyvision.sweep.results import ResultsError, current_rows, read_results
+from lossyvision.sweep.results import ResultsError
 from lossyvision.units import format_bytes
-
-RESULTS_NAME = "results.parquet"
-SWEEP_NAME = "sweep.yaml"
-FIT_NAME = "scaling_fit.json"
 
 _COUNT_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9, "t": 10**12}
 _COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]?)\s*$")
@@ -95,21 +89,23 @@ def _read_parquet(uri: str) -> pd.DataFrame:
 
 
 def load_inputs(output: str, store_uri: str | None = None) -> tuple[pd.DataFrame, Any, pd.DataFrame]:
-    """The results, the sweep and the manifest of a sweep output; ValueError says what is missing."""
-    results_uri = store.join(output, RESULTS_NAME)
-    if not store.exists(results_uri):
-        raise ValueError(f"{results_uri} does not exist: is {output} the output folder of a budget sweep?")
+    """The results, the sweep and the manifest of a sweep output; ValueError says what is missing.
+
+    All of it through :class:`OutputFolder`; only the manifest is read from the store (a budget sweep's advice
+    needs its bytes per image)."""
+    folder = OutputFolder(output)
+    if not folder.has_results():
+        raise ValueError(f"{folder.results_file} does not exist: is {output} the output folder of a budget sweep?")
     try:  # only the rows of the sweep's current configuration, never an edited sweep's stale ones
-        results = current_rows(read_results(output), [c.key for c in load_plan(output).cells])
+        results, _ = folder.current_results()
     except (OutputError, ResultsError) as e:
         if isinstance(e, store.DamagedFileError):  # exits 1, as every damaged file does
             raise
         raise ValueError(str(e)) from None
-    sweep_path = store.join(output, SWEEP_NAME)
-    if not store.exists(sweep_path):
-        raise ValueError(f"{sweep_path} does not exist: is {output} the output folder of a sweep run?")
-    sweep = load_sweep(sweep_path)
-    candidates = [store_uri] if store_uri else [sweep.store_uri, store.join(output, "store")]
+    if not folder.has_sweep():
+        raise ValueError(f"{folder.sweep_copy} does not exist: is {output} the output folder of a sweep run?")
+    sweep = folder.sweep()
+    candidates = [store_uri] if store_uri else list(dict.fromkeys([sweep.store_uri, folder.default_store]))
     for uri in candidates:
         manifest_uri = store.join(uri, store.MANIFEST_NAME)
         if store.exists(manifest_uri):
@@ -155,8 +151,9 @@ def advise_output(output: str, *, budget: int | None = None, images_available: i
                 item.refused = str(e)
             report.budgets.append(item)
     if write:
-        payload = json.dumps(_finite(report.to_dict()), indent=2, allow_nan=False, default=_json_default).encode()
-        store.atomic_write_bytes(store.join(output, FIT_NAME), payload)
+        folder = OutputFolder(output)
+        folder.write_json(folder.scaling_fit, _finite(report.to_dict()), indent=2, allow_nan=False,
+                          default=_json_default)
     return report
 
 

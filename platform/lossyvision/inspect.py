@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lossyvision.codecs import create_codec
+from lossyvision.codecs import DEFAULT_CODEC, create_codec
 from lossyvision.datasets import create_dataset
 from lossyvision.datasets.base import DatasetReader, Record
 from lossyvision.imageio import BadImageError, load_rgb
@@ -273,7 +273,7 @@ def estimate_store(reader: DatasetReader, records: dict[str, Record], good: Sequ
 
 # --- the whole inspection --------------------------------------------------------------------------
 def inspect_dataset(kind: str, root: str, options: dict[str, Any] | None = None, *,
-                    codec: str = "jpegxl", codec_options: dict[str, Any] | None = None,
+                    codec: str = DEFAULT_CODEC, codec_options: dict[str, Any] | None = None,
                     levels: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0), sample: int = DEFAULT_SAMPLE,
                     limit: int | None = None, max_pixels: int = 100_000_000, workers: int | None = None) -> Inspection:
     """Inspect a dataset; raises ``ValueError`` (layout, options) or ``KeyError`` (unknown kind, codec)."""

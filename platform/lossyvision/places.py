@@ -139,18 +139,25 @@ def check_output_files(output: str) -> None:
             raise _damaged(copy, f"cut short: no {', '.join(missing)}", way_back)
         if isinstance(parsed.get("store"), str) and parsed["store"]:
             store_uri = parsed["store"]
+    read_state(output)
+    check_store_files(store_uri)
+
+
+def read_state(output: str) -> dict | None:
+    """``OUTPUT/state.json`` as a dict (None if absent); :class:`DamagedFileError` if it is not a JSON object."""
     state = join(str(output), STATE_NAME)
     raw = _read(state)
-    if raw is not None:
-        try:
-            parsed_state = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise _damaged(state, f"not valid JSON: {_first_line(exc)}",
-                           "it only marks which trials and cells are running or failed: delete it and "
-                           "rerun (finished trials and cells are kept elsewhere)") from None
-        if not isinstance(parsed_state, dict):
-            raise _damaged(state, "not a JSON object", "delete it and rerun")
-    check_store_files(store_uri)
+    if raw is None:
+        return None
+    try:
+        parsed = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _damaged(state, f"not valid JSON: {_first_line(exc)}",
+                       "it only marks which trials and cells are running or failed: delete it and "
+                       "rerun (finished trials and cells are kept elsewhere)") from None
+    if not isinstance(parsed, dict):
+        raise _damaged(state, "not a JSON object", "delete it and rerun")
+    return parsed
 
 
 def check_store_files(store_uri: str) -> None:

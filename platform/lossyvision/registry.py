@@ -23,9 +23,11 @@ class UnknownNameError(KeyError):
 class Registry(Generic[T]):
     """Maps names to objects (usually classes or factories) of one kind."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, check: Callable[[str, T], None] | None = None) -> None:
+        """``check(name, obj)`` raises ``ValueError`` for an entry whose declarations are wrong (at import)."""
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._check = check
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``; a duplicate name raises ``ValueError``."""
@@ -41,6 +43,8 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
         if name in self._entries:
             raise ValueError(f"duplicate {self.kind} name {name!r}: already registered as {self._entries[name]!r}")
+        if self._check is not None:
+            self._check(name, obj)
         self._entries[name] = obj
 
     def get(self, name: str) -> T:

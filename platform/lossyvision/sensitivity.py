@@ -35,7 +35,7 @@ import torch
 
 from lossyvision import dct, store
 from lossyvision.manifest import CorruptRowError, output_uri
-from lossyvision.output import load_output_sweep, load_plan
+from lossyvision.output import OutputFolder, load_output_sweep, load_plan
 from lossyvision.sweep.trials import is_finished, load_trained, read_manifest
 
 ProbsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -402,7 +402,7 @@ def run_sweep_sensitivity(output: str, *, model: str | None = None, train_level:
 
     result = measure_sensitivity(probs_fn, images, mode=mode, eps=eps, blocks_per_image=blocks_per_image, seed=seed)
     result.extra = {"trial": trial.key, "model": model, "train_level": level}
-    folder = store.join(str(output), "sensitivity")
+    folder = OutputFolder(output).sensitivity_dir
     stem = f"{trial.key}-{mode}"
     paths = []
     for name, data in [(f"{stem}.npz", result.to_npz_bytes()),

@@ -10,7 +10,7 @@ import typer
 
 from lossyvision.advisor import advise_output, format_report, parse_count
 from lossyvision.commands.errors import check_output, clean_errors, error_line, fail
-from lossyvision.output import OutputError, raw_sweep
+from lossyvision.output import OutputError, OutputFolder
 from lossyvision.report.build import analyse, build_report
 from lossyvision.report.cells import ReportError
 from lossyvision.report.verdict import verdict_records
@@ -57,7 +57,7 @@ def advise(output: str, *, budget: Optional[str], images_available: Optional[str
            as_json: bool) -> None:
     try:
         with clean_errors():
-            budgets = raw_sweep(output).get("budgets")
+            budgets = OutputFolder(output).sweep().budgets
     except (SpecError, OutputError) as e:
         fail(str(e))
     if not budgets:

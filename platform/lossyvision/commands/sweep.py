@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from lossyvision.commands.errors import check_output, clean_errors, error_line, fail, refuse_sweep_file
-from lossyvision.output import load_output_sweep, load_plan
+from lossyvision.output import OutputFolder
 from lossyvision.preflight import load_checked
 from lossyvision.spec import GRID_CAP, check_grid, grid_counts
 from lossyvision.sweep.plan import PlanError
@@ -58,8 +58,8 @@ def status(output: str) -> None:
     refuse_sweep_file(output, "sweep status")
     check_output(output)
     with clean_errors():
-        sweep = load_output_sweep(output)
-        grid = load_plan(output)
+        folder = OutputFolder(output)
+        sweep, grid = folder.sweep(), folder.plan()
         table = grid_status(sweep, output, grid)
         stale = stale_entries(output, grid)
     Console().print(render_status(sweep, table, stale))

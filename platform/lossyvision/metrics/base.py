@@ -33,10 +33,8 @@ class Outcomes(ABC):
     def __len__(self) -> int:
         return len(self.ids)
 
-    @property
-    @abstractmethod
-    def metric_names(self) -> tuple[str, ...]:
-        """The metrics :meth:`metrics` returns, headline first."""
+    #: The metrics :meth:`metrics` returns, in the kind's own order (its usual headline first).
+    metric_names: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def metrics(self) -> dict[str, float]:
@@ -82,6 +80,36 @@ class Outcomes(ABC):
 
 
 OUTCOMES: Registry[type[Outcomes]] = Registry("outcome kind")
+
+
+def headline_first(rows: Any) -> list[str]:
+    """The metrics of results rows (``rows["metric"]``), the headline first.
+
+    A task declares its metrics headline first (``Task.metric_names``); the sweep records each metric's
+    place there in the rows it writes (``metric_rank``, 0 for the headline), so that the report, which
+    loads no task (and no torch), leads with the task's own headline. Rows without it (tables made by
+    hand, older outputs) fall back on the order of the outcome kind that lists the metric, then on names.
+    """
+    metrics = [str(m) for m in rows["metric"]]
+    recorded: dict[str, int] = {}
+    if "metric_rank" in getattr(rows, "columns", ()):
+        for metric, rank in zip(metrics, rows["metric_rank"]):
+            if rank is not None and rank == rank:  # NaN: not recorded
+                recorded.setdefault(metric, int(rank))
+
+    def rank(metric: str) -> tuple[int, str]:
+        return (recorded[metric] if metric in recorded else outcome_rank(metric), metric)
+
+    return sorted(set(metrics), key=rank)
+
+
+def outcome_rank(metric: str) -> int:
+    """``metric``'s place in the first outcome kind that lists it (0: the kind's headline); large if none does."""
+    for kind in OUTCOMES:
+        names = OUTCOMES.get(kind).metric_names
+        if metric in names:
+            return names.index(metric)
+    return 1 << 16
 
 
 def outcomes_to_parquet(outcomes: Outcomes) -> bytes:

@@ -96,9 +96,7 @@ class ClassificationOutcomes(Outcomes):
         return cls(as_str_ids(ids), labels, predicted.astype(np.int64), label_ranks(scores, labels),
                    int(scores.shape[1]))
 
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        return ("top1", "top5")
+    metric_names = ("top1", "top5")
 
     def hits(self) -> dict[str, np.ndarray]:
         """Per image, 1.0 where the metric counts it as correct."""

@@ -114,9 +114,7 @@ class SegmentationOutcomes(Outcomes):
     def num_classes(self) -> int:
         return int(self.confusion.shape[-1])
 
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        return ("miou", "macc")
+    metric_names = ("miou", "macc")
 
     @property
     def resample_cost(self) -> int:

@@ -301,9 +301,7 @@ class DetectionOutcomes(Outcomes):
         self.mode = mode
         self._matches: Matches | None = None
 
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        return ("map50",)
+    metric_names = ("map50",)
 
     @property
     def matches(self) -> Matches:

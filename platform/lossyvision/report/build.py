@@ -14,40 +14,34 @@ fsspec URIs. MLflow logging is the caller's: :class:`ReportResult` lists the fil
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from lossyvision import store
-from lossyvision.advisor import advise_output, format_report
-from lossyvision.codecs import create_codec
-from lossyvision.output import OutputError, is_sweep_output, load_plan
+from lossyvision.codecs import DEFAULT_CODEC, create_codec
+from lossyvision.output import REPORT_DIR, RESULTS_NAME, SWEEP_COPY, OutputError, OutputFolder
 from lossyvision.report.advice import advice_html, advice_table, cells_html
-from lossyvision.report.budget import budget_figure_pngs
 from lossyvision.report.cells import PredictionsCache, ReportError, cell_table, relative_cells
 from lossyvision.report.curves import dcr_by_level, plot_dcr_curve
-from lossyvision.report.searchpath import search_sections
+from lossyvision.report.searchpath import search_sections, with_search
 from lossyvision.report.heatmap import heatmap_groups, plot_relative_heatmap
-from lossyvision.report.html import Figure, Section, render_html
+from lossyvision.report.extras import budget_sections, sensitivity_sections
+from lossyvision.report.html import Figure, Section, render_html, slug
 from lossyvision.report.rate import bd_table, describe_bd, plot_rate_accuracy, rate_points
 from lossyvision.report.samples import plot_samples
-from lossyvision.report.verdict import decisions, verdict_lines, verdict_records, verdicts, with_search
+from lossyvision.report.verdict import decisions, verdict_lines, verdict_records, verdicts
 from lossyvision.seeding import derive_seed
 from lossyvision.store import DamagedFileError
 from lossyvision.sweep.searchgrid import read_search
-from lossyvision.spec import arms_from, originals_of
+from lossyvision.spec import ReportSpec, Sweep
 from lossyvision.sweep.plan import bits_per_pixel, ok_rows
-from lossyvision.sweep.results import ResultsError, current_rows, read_results
+from lossyvision.sweep.results import ResultsError
 
-REPORT_DIR = "report"
+__all__ = ["REPORT_DIR", "Analysis", "ReportResult", "SweepInfo", "analyse", "build_report", "current_results",
+           "read_sweep_info", "write_verdict_json"]  # REPORT_DIR: OutputFolder's, named here for sweep.run
 INDEX_NAME = "index.html"
-SENSITIVITY_DIR = "sensitivity"
-RESULTS_NAME = "results.parquet"
-#: The verdicts as data (one object per model, metric and question), beside results.parquet.
-VERDICT_JSON = "verdict.json"
-SWEEP_COPY_NAME = "sweep.yaml"
 
 
 @dataclass
@@ -72,24 +66,39 @@ class ReportResult:
 
 @dataclass
 class SweepInfo:
-    """The few facts the report needs from ``OUTPUT/sweep.yaml`` (all optional)."""
+    """The few facts the report needs from ``OUTPUT/sweep.yaml``; where it has none, the schema's defaults
+    (:class:`lossyvision.spec.ReportSpec`, :data:`lossyvision.codecs.DEFAULT_CODEC`)."""
 
-    name: str = "sweep"
-    store_uri: str | None = None
-    codec: str = "jpegxl"                       # the first codec (visual samples)
-    test_split: str = "test"
-    test_levels: list[float] | None = None      # the first codec's
-    seed: int = 0
-    keep: float = 0.99
-    confidence: float = 0.95
-    resamples: int = 2000
-    axis: str = "dcr"
-    codecs: list[str] = field(default_factory=lambda: ["jpegxl"])
-    originals: tuple[str, float] | None = None  # the codec and level of the models "trained on the originals"
+    name: str
+    store_uri: str
+    codec: str                                  # the first codec (visual samples)
+    test_split: str
+    test_levels: list[float] | None             # the first codec's
+    seed: int
+    keep: float
+    confidence: float
+    resamples: int
+    axis: str
+    codecs: list[str]
+    originals: tuple[str, float] | None         # the codec and level of the models "trained on the originals"
 
+    @classmethod
+    def of(cls, sweep: Sweep) -> "SweepInfo":
+        arms, originals = sweep.arms, sweep.originals_arm
+        return cls(name=sweep.name, store_uri=sweep.store_uri, codec=arms[0].name, test_split=sweep.test_split,
+                   test_levels=list(arms[0].test_levels), seed=sweep.seed, keep=sweep.report.keep,
+                   confidence=sweep.report.confidence, resamples=sweep.report.resamples, axis=sweep.report.axis,
+                   codecs=[a.name for a in arms],
+                   originals=(originals.name, float(originals.codec.lossless_level)) if originals else None)
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
+    @classmethod
+    def defaults(cls, folder: OutputFolder) -> "SweepInfo":
+        """An output without a sweep copy: the schema's defaults."""
+        report, fields = ReportSpec(), Sweep.model_fields
+        return cls(name="sweep", store_uri=folder.default_store, codec=DEFAULT_CODEC,
+                   test_split=fields["test_split"].default, test_levels=None, seed=fields["seed"].default,
+                   keep=report.keep, confidence=report.confidence, resamples=report.resamples, axis=report.axis,
+                   codecs=[DEFAULT_CODEC], originals=None)
 
 
 def _read_parquet(uri: str) -> pd.DataFrame:
@@ -99,43 +108,17 @@ def _read_parquet(uri: str) -> pd.DataFrame:
 
 
 def read_sweep_info(output: str) -> SweepInfo:
-    """Facts from the sweep file copied into OUTPUT, read as plain YAML: the report is drawn where the
-    dataset need not be reachable, so the file is not validated again."""
-    import yaml
-
-    uri = store.join(output, SWEEP_COPY_NAME)
-    default_store = store.join(output, "store")
-    if not store.exists(uri):
-        return SweepInfo(store_uri=default_store)
-    try:
-        data: Any = yaml.safe_load(store.read_bytes(uri).decode("utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ReportError(f"{uri}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        return SweepInfo(store_uri=default_store)
-    try:
-        arms = arms_from(data)
-        originals = originals_of(arms)
-    except (TypeError, ValueError, AttributeError):
-        arms, originals = [], None
-    rep = data.get("report") if isinstance(data.get("report"), dict) else {}
-    defaults = SweepInfo()
-    return SweepInfo(name=str(data.get("name", "sweep")), store_uri=data.get("store") or default_store,
-                     codec=arms[0].name if arms else "jpegxl", test_split=str(data.get("test_split", "test")),
-                     test_levels=list(arms[0].test_levels) if arms else None,
-                     seed=int(data.get("seed", 0) or 0), keep=float(rep.get("keep", defaults.keep)),
-                     confidence=float(rep.get("confidence", defaults.confidence)),
-                     resamples=int(rep.get("resamples", defaults.resamples)),
-                     axis=str(rep.get("axis", defaults.axis)),
-                     codecs=[a.name for a in arms] or ["jpegxl"],
-                     originals=(originals.name, float(originals.codec.lossless_level)) if originals else None)
+    """Facts from the sweep copy in OUTPUT (:meth:`OutputFolder.sweep`: parsing reads nothing but the copy,
+    so the report is drawn where the dataset and the store are gone)."""
+    folder = OutputFolder(output)
+    return SweepInfo.of(folder.sweep(check_format=False)) if folder.has_sweep() else SweepInfo.defaults(folder)
 
 
 class _Writer:
     """Writes the report's files atomically and remembers them."""
 
     def __init__(self, output: str) -> None:
-        self.dir = store.join(output, REPORT_DIR)
+        self.dir = OutputFolder(output).report_dir
         self.figures: list[str] = []
         self.tables: list[str] = []
 
@@ -154,14 +137,11 @@ class _Writer:
 def current_results(output: str) -> tuple[pd.DataFrame, int]:
     """The results rows of the configuration in ``plan.json`` and how many stale rows were left out."""
     try:
-        results = read_results(output)
-        grid = load_plan(output)
+        return OutputFolder(output).current_results()
     except (ResultsError, OutputError) as e:
         if isinstance(e, DamagedFileError):  # exits 1, as every damaged file does
             raise
         raise ReportError(str(e)) from None
-    current = current_rows(results, [c.key for c in grid.cells])
-    return current, len(results) - len(current)
 
 
 @dataclass
@@ -185,7 +165,7 @@ def analyse(output: str, keep_fraction: float | None = None, info: SweepInfo | N
     keep = info.keep if keep_fraction is None else keep_fraction
     notes: list[str] = []
     empty = Analysis(pd.DataFrame(), [], keep, notes)
-    if not store.exists(store.join(output, RESULTS_NAME)):
+    if not OutputFolder(output).has_results():
         notes.append(f"No results yet ({RESULTS_NAME} is absent).")
         return empty
     results, stale = current_results(output)
@@ -227,7 +207,7 @@ def _results_sections(output: str, writer: _Writer, info: SweepInfo, keep_fracti
         writer.table("verdict.csv", pd.DataFrame([{k: v for k, v in x.__dict__.items() if k != "levels"}
                                                   for x in found]))
         write_verdict_json(output, found)
-        writer.tables.append(store.join(output, VERDICT_JSON))
+        writer.tables.append(OutputFolder(output).verdict)
         spreads = sorted({str(s) for s in rel.get("spread", pd.Series(dtype=str)).dropna() if s})
         verdict_sections.append(Section(
             "Verdict", text=(f"Keep threshold {100 * keep_fraction:g}% of the baseline; "
@@ -332,11 +312,8 @@ def _manifest_or_none(info: SweepInfo) -> pd.DataFrame | None:
 
 def write_verdict_json(output: str, found: list) -> str:
     """``OUTPUT/verdict.json`` (atomically): what ``lossyvision advise OUTPUT --json`` prints."""
-    import json
-
-    uri = store.join(output, VERDICT_JSON)
-    store.atomic_write_bytes(uri, (json.dumps(verdict_records(found), indent=1) + "\n").encode("utf-8"))
-    return uri
+    folder = OutputFolder(output)
+    return folder.write_json(folder.verdict, verdict_records(found), indent=1)
 
 
 def decisions_html(found: list) -> str:
@@ -411,68 +388,6 @@ def _dcr_table_html(table: pd.DataFrame) -> str:
     return f'<table class="dcr">{head}{body}{foot}</table>'
 
 
-def _budget_sections(output: str, writer: _Writer, warnings: list[str]) -> list[Section]:
-    """Storage-budget sweeps (#6): accuracy by level and by budget, the fitted scaling law, the advice."""
-    uri = store.join(output, RESULTS_NAME)
-    if not store.exists(uri):
-        return []
-    results, _ = current_results(output)
-    if "budget" not in results.columns or not (results["budget"] >= 0).any():
-        return []
-    section = Section("Storage budgets", text=(
-        "Each trial trained on the largest class-balanced subset whose compressed bytes fit its budget. "
-        "The fit is Err(n, L) = Err* + A·n^-α + B·L^-β (n images, L bytes per image) with 95% bootstrap "
-        "intervals; iso-budget curves are drawn over the observed range only."))
-    try:
-        for name, png in budget_figure_pngs(results):
-            section.figures.append(writer.figure(Figure(name, png, name[:-4])))
-    except Exception as e:  # noqa: BLE001 - a failed fit must not sink the report
-        warnings.append(f"budget figures: {type(e).__name__}: {e}")
-    try:
-        advice = advise_output(output, write=True)
-        section.tables_html.append(f"<pre>{_escape(format_report(advice))}</pre>")
-        writer.tables.append(store.join(output, "scaling_fit.json"))
-    except Exception as e:  # noqa: BLE001 - too few points etc.: say so, keep the figures
-        section.text += f"\n\nNo scaling-law advice: {e}"
-    return [section] if section.figures or section.tables_html else []
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text)
-
-
-def _sensitivity_sections(output: str, writer: _Writer, warnings: list[str]) -> list[Section]:
-    from lossyvision.sensitivity import SensitivityResult, plot_sensitivity_maps  # lazy: loads torch
-
-    folder = store.join(output, SENSITIVITY_DIR)
-    if not store.exists(folder):
-        return []
-    fs, path = store.filesystem(folder)
-    files = sorted(fs.glob(path.rstrip("/") + "/*"))
-    section = Section("DCT-frequency sensitivity", text=(
-        "Δ[i, j]: mean absolute change of the predicted class probabilities per unit change of DCT coefficient (i, j) "
-        "of one 8x8 block (JPEG's full-range BT.601 YCbCr, orthonormal DCT-II), averaged over blocks and images; "
-        "one shared colour scale for Y, Cb and Cr. The basis illustrations add each frequency to every block."))
-    for f in files:
-        name = f.rsplit("/", 1)[-1]
-        uri = store.join(folder, name)
-        if name.endswith(".npz"):
-            try:
-                res = SensitivityResult.from_npz_bytes(store.read_bytes(uri))
-                png = plot_sensitivity_maps(res)
-            except Exception as e:  # noqa: BLE001 - one bad file must not sink the report
-                warnings.append(f"{name}: {type(e).__name__}: {e}")
-                continue
-            fig = Figure(f"sensitivity-{slug(name[:-4])}.png", png, f"{name[:-4]}: {res.describe()}")
-            section.figures.append(writer.figure(fig))
-        elif name.endswith(".png") and "basis" in name:
-            section.figures.append(writer.figure(Figure(f"sensitivity-{slug(name)}", store.read_bytes(uri),
-                                                         name[:-4])))
-    return [section] if section.figures else []
-
-
 def build_report(output: str, *, keep_fraction: float | None = None, sample_levels: list[float] | None = None,
                  n_samples: int = 2) -> ReportResult:
     """Draw every figure and table that ``output`` has data for and write ``OUTPUT/report/index.html``.
@@ -480,10 +395,11 @@ def build_report(output: str, *, keep_fraction: float | None = None, sample_leve
     ``keep_fraction`` defaults to the sweep's ``report.keep`` (0.99).
     """
     output = str(output)
-    if not store.exists(output):
+    folder = OutputFolder(output)
+    if not folder.exists():
         raise ReportError(f"{output} does not exist")
-    if not is_sweep_output(output):  # a dataset folder, a typo: write nothing into it
-        raise ReportError(f"{output} is not the output folder of a sweep (no sweep.yaml); give the folder "
+    if not folder.is_sweep_output():  # a dataset folder, a typo: write nothing into it
+        raise ReportError(f"{output} is not the output folder of a sweep (no {SWEEP_COPY}); give the folder "
                           "`lossyvision sweep run` wrote")
     info = read_sweep_info(output)
     keep_fraction = info.keep if keep_fraction is None else keep_fraction
@@ -494,9 +410,9 @@ def build_report(output: str, *, keep_fraction: float | None = None, sample_leve
     verdict_sections, result_sections, analysis = _results_sections(output, writer, info, keep_fraction, warnings)
     sections = search_sections(output) + verdict_sections  # a search's answer (on fresh seeds) comes first
     sections += _codec_sections(output, analysis.rel, writer, info, warnings) + result_sections
-    sections += _budget_sections(output, writer, warnings)
+    sections += budget_sections(output, writer, warnings)
     sections += _store_sections(info, writer, warnings, sample_levels, n_samples)
-    sections += _sensitivity_sections(output, writer, warnings)
+    sections += sensitivity_sections(output, writer, warnings)
     if warnings:
         sections.append(Section("Warnings", text="\n\n".join(warnings)))
     html = render_html(f"lossyvision report: {info.name}", sections,

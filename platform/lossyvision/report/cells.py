@@ -23,14 +23,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from lossyvision.codecs import CODECS
+from lossyvision.codecs import CODECS, DEFAULT_CODEC
 from lossyvision.intervals import metric_interval, relative_interval
 from lossyvision.output import read_predictions
 from lossyvision.seedspread import pooled_spread, trained_interval
 
 GROUP = ("model", "metric", "budget", "codec")
 CELL = GROUP + ("train_level", "test_codec", "test_level")
-DEFAULT_CODEC = "jpegxl"
 
 #: ``source(cell_id) -> Outcomes`` (raises ``KeyError``/``OSError``/``ValueError`` when missing).
 OutcomeSource = Callable[[str], Any]
@@ -93,10 +92,12 @@ def cell_table(results: pd.DataFrame, outcomes: OutcomeSource | None = None, *, 
         df["quality_metric"] = None
     if "cell_id" not in df.columns:
         df["cell_id"] = None
+    if "metric_rank" not in df.columns:
+        df["metric_rank"] = np.nan
     df = df[np.isfinite(df["value"].astype(float))]
     columns = list(CELL) + ["n", "mean", "std", "ci_low", "ci_high", "n_images", "train_dcr", "test_dcr",
                             "train_bpp", "test_bpp", "train_quality", "test_quality", "quality_metric", "cell_ids",
-                            "values", "interval"]
+                            "values", "interval", "metric_rank"]
     if df.empty:
         return pd.DataFrame(columns=columns)
     rows = []
@@ -128,7 +129,8 @@ def cell_table(results: pd.DataFrame, outcomes: OutcomeSource | None = None, *, 
                      "train_quality": float(g["train_quality"].astype(float).mean()),
                      "test_quality": float(g["test_quality"].astype(float).mean()),
                      "quality_metric": next((str(m) for m in g["quality_metric"] if m), None),
-                     "cell_ids": ids, "values": [float(x) for x in v], "interval": how})
+                     "cell_ids": ids, "values": [float(x) for x in v], "interval": how,
+                     "metric_rank": float(pd.to_numeric(g["metric_rank"], errors="coerce").min())})
     return pd.DataFrame(rows, columns=columns)
 
 

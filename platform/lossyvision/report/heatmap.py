@@ -14,7 +14,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from lossyvision.codecs import CODECS
+from lossyvision.codecs import CODECS, DEFAULT_CODEC
 
 
 def interpolate(x: np.ndarray, y: np.ndarray, values: np.ndarray, xi: np.ndarray, yi: np.ndarray) -> np.ndarray:
@@ -217,6 +217,6 @@ def heatmap_groups(rel: pd.DataFrame) -> list[tuple[str, str, int, str]]:
     if rel.empty:
         return []
     cols = ["model", "metric", "budget", "codec"]
-    keys = rel.assign(codec=rel["codec"] if "codec" in rel.columns else "jpegxl")[cols].drop_duplicates()
+    keys = rel.assign(codec=rel["codec"] if "codec" in rel.columns else DEFAULT_CODEC)[cols].drop_duplicates()
     return [(str(m), str(k), int(b), str(c)) for m, k, b, c in keys.sort_values(cols).itertuples(index=False)]
 

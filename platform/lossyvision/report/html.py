@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from html import escape
 
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of ``text`` (a figure's name from a model or metric)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
 
 @dataclass
 class Figure:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lossyvision.bdrate import CodecCurve, bd_rate_interval
-from lossyvision.report.verdict import _codec
+from lossyvision.report.verdict import codec_named
 
 CURVES = ("matched", "originals")
 
@@ -62,7 +62,7 @@ def plot_rate_accuracy(points: pd.DataFrame, model: str, metric: str) -> bytes:
             err = np.vstack([(g["mean"] - g["ci_low"]).clip(lower=0).fillna(0),
                              (g["ci_high"] - g["mean"]).clip(lower=0).fillna(0)])
             ax.errorbar(g["bpp"], g["mean"], yerr=err, marker="o", capsize=3, label=codec)
-            noun = _codec(codec).level_noun[0]
+            noun = codec_named(codec).level_noun[0]
             for x, y, lv in zip(g["bpp"], g["mean"], g["level"]):
                 ax.annotate(f"{noun}{lv:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=6)
         ax.set_xscale("log")

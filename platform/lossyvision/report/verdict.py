@@ -34,12 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lossyvision.codecs import CODECS
+from lossyvision.codecs import CODECS, DEFAULT_CODEC
+from lossyvision.metrics import headline_first
 from lossyvision.seedspread import extra_trainings
 
 KEEPS, LOSES, UNSURE = "keeps", "loses", "cannot tell"
-#: Metrics read first, as the study reports them; any other metric follows in name order.
-HEADLINE_ORDER = ("top1", "map50", "miou", "top5", "macc")
 QUESTIONS = (
     ("matched", "Store everything at"),
     ("train", "Store training data at"),
@@ -63,7 +62,7 @@ class Verdict:
     rel_high: float | None
     outcome: str              # "advised", "keep originals", "cannot tell", "saturated"
     text: str
-    codec: str = "jpegxl"
+    codec: str = DEFAULT_CODEC
     bpp: float | None = None  # its mean bits per pixel
     keep: float = 0.99        # the threshold, a fraction of the baseline
     confidence: float = 0.95
@@ -87,11 +86,11 @@ def _status(row: pd.Series, threshold: float) -> str:
     return UNSURE
 
 
-def _pct(x: float) -> str:
+def percent(x: float) -> str:
     return f"{x:.1f}%"
 
 
-def _conf(confidence: float) -> str:
+def with_confidence(confidence: float) -> str:
     return f"{100 * confidence:g}% confidence"
 
 
@@ -103,7 +102,7 @@ def _dcr_text(dcr: float) -> str:
     return f"DCR {dcr:.2f}: files {-100 * dcr:.0f}% larger than the originals"
 
 
-def _codec(name: str):
+def codec_named(name: str):
     if name in CODECS:
         return CODECS.get(name)
 
@@ -130,7 +129,7 @@ def _candidates(g: pd.DataFrame, question: str, base_train: float, base_test: fl
         c, col = own[(own["test_level"] == base_test) & (own["train_level"] != base_train)], "train_level"
     else:
         c, col = own[(own["train_level"] == base_train) & (own["test_level"] != base_test)], "test_level"
-    order = {lv: i for i, lv in enumerate(_codec(codec).by_fidelity(c[col].unique()))}
+    order = {lv: i for i, lv in enumerate(codec_named(codec).by_fidelity(c[col].unique()))}
     return c.assign(_order=c[col].map(order)).sort_values("_order").drop(columns="_order")
 
 
@@ -148,7 +147,7 @@ def _describe_size(row: pd.Series, question: str = "test") -> str:
 
 
 def _interval(row: pd.Series) -> str:
-    return f"{_pct(row['rel'])} [{_pct(row['rel_low'])}, {_pct(row['rel_high'])}]"
+    return f"{percent(row['rel'])} [{percent(row['rel_low'])}, {percent(row['rel_high'])}]"
 
 
 def _seeds_unmeasured(rows: pd.DataFrame) -> bool:
@@ -177,8 +176,8 @@ def question_verdict(g: pd.DataFrame, question: str, keep: float, confidence: fl
     """The verdict of one question for one (model, metric, codec) group of relative cells (budget -1)."""
     first = g.iloc[0]
     model, metric = str(first["model"]), str(first["metric"])
-    codec = str(first["codec"]) if "codec" in g.columns else "jpegxl"
-    kind = _codec(codec)
+    codec = str(first["codec"]) if "codec" in g.columns else DEFAULT_CODEC
+    kind = codec_named(codec)
     at = kind.describe_level
     base_train, base_test = float(first["baseline_train_level"]), float(first["baseline_test_level"])
     lead = dict(QUESTIONS)[question]
@@ -189,7 +188,7 @@ def question_verdict(g: pd.DataFrame, question: str, keep: float, confidence: fl
     if cands.empty:
         return None
     threshold = 100.0 * keep
-    on = "" if codec == "jpegxl" else f" {codec}"
+    on = "" if codec == DEFAULT_CODEC else f" {codec}"
     unmeasured = question in TRAINED_QUESTIONS and _seeds_unmeasured(cands)
     levels = _level_records(cands, level_col, threshold, unmeasured)
     common = dict(codec=codec, keep=keep, confidence=confidence, levels=levels)
@@ -204,8 +203,8 @@ def question_verdict(g: pd.DataFrame, question: str, keep: float, confidence: fl
         kept = cands.iloc[run - 1]
         level = float(kept[level_col])
         text = (f"{lead}{on} {at(level)} ({_dcr_text(float(kept[dcr_col]))}). {who} "
-                f"≥ {threshold:g}% of the baseline {metric} with {_conf(confidence)} "
-                f"(lower bound {_pct(kept['rel_low'])}).")
+                f"≥ {threshold:g}% of the baseline {metric} with {with_confidence(confidence)} "
+                f"(lower bound {percent(kept['rel_low'])}).")
         if run < len(statuses):
             row = cands.iloc[run]
             text += _after_the_run(row, statuses[run], at(float(row[level_col])), cands, statuses, run, level_col, at)
@@ -273,26 +272,26 @@ def _float(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def best_codec(found: list[Verdict], model: str, metric: str, keep: float, confidence: float = 0.95) -> Verdict | None:
+def bestcodec_named(found: list[Verdict], model: str, metric: str, keep: float, confidence: float = 0.95) -> Verdict | None:
     """Across codecs: the advised "store everything" level with the smallest files, or why there is none."""
     matched = [v for v in found if v.model == model and v.metric == metric and v.question == "matched"]
     if len({v.codec for v in matched}) < 2:
         return None
     advised = sorted((v for v in matched if v.outcome == "advised" and v.dcr is not None),
                      key=lambda v: v.dcr, reverse=True)
-    others = "; ".join(f"{v.codec} {_codec(v.codec).describe_level(v.level)}: DCR {v.dcr:.2f}"
+    others = "; ".join(f"{v.codec} {codec_named(v.codec).describe_level(v.level)}: DCR {v.dcr:.2f}"
                        + (f", {v.bpp:.2f} bpp" if v.bpp else "") for v in advised[1:])
     none = [v.codec for v in matched if v.outcome != "advised"]
     tail = (f" Next: {others}." if others else "") + (f" No level advised: {', '.join(none)}." if none else "")
     if not advised:
         return Verdict(model, metric, "codecs", None, None, None, None, None, "cannot tell",
                        f"Across codecs: no codec keeps ≥ {100 * keep:g}% of its baseline {metric} at any level tried "
-                       f"with {_conf(confidence)} (see each codec's line).", "", keep=keep, confidence=confidence)
+                       f"with {with_confidence(confidence)} (see each codec's line).", "", keep=keep, confidence=confidence)
     best = advised[0]
-    text = (f"Across codecs: store with {best.codec} at {_codec(best.codec).describe_level(best.level)} "
+    text = (f"Across codecs: store with {best.codec} at {codec_named(best.codec).describe_level(best.level)} "
             f"(DCR {best.dcr:.2f}" + (f", {best.bpp:.2f} bits per pixel" if best.bpp else "") +
-            f"): the smallest files that keep ≥ {100 * keep:g}% of the baseline {metric} with {_conf(confidence)} "
-            f"(lower bound {_pct(best.rel_low)}).{tail}")
+            f"): the smallest files that keep ≥ {100 * keep:g}% of the baseline {metric} with {with_confidence(confidence)} "
+            f"(lower bound {percent(best.rel_low)}).{tail}")
     return Verdict(model, metric, "codecs", best.level, best.dcr, best.rel, best.rel_low, best.rel_high, "advised",
                    text, best.codec, best.bpp, keep=keep, confidence=confidence, levels=best.levels)
 
@@ -319,23 +318,24 @@ def saturated(g: pd.DataFrame, keep: float, confidence: float, tolerance: float 
     at_ceiling = float(base["ci_high"].iloc[0]) >= 1.0 - 1e-9
     if at_ceiling and bool(np.all(np.isfinite(lows) & (lows >= 100.0 * keep - 1e-9))):
         return (f"{metric} is at its ceiling (baseline {float(base['mean'].iloc[0]):.3f}, its interval reaching 1): "
-                f"every level of the three questions keeps ≥ {100 * keep:g}% with {_conf(confidence)} (lowest lower bound "
-                f"{_pct(float(lows.min()))}), so it does not tell levels apart.")
+                f"every level of the three questions keeps ≥ {100 * keep:g}% with {with_confidence(confidence)} (lowest lower bound "
+                f"{percent(float(lows.min()))}), so it does not tell levels apart.")
     return None
 
 
 def verdicts(rel: pd.DataFrame, keep: float = 0.99, headline_only: bool = True,
              order: list[str] | None = None, confidence: float = 0.95) -> list[Verdict]:
-    """Every (model, metric) group's verdicts, budget-free groups only; with ``headline_only`` the
-    first metric of each model (top1, map50, miou: the order the task reports them in)."""
+    """Every (model, metric) group's verdicts, budget-free groups only, each model's metrics headline first
+    (its task's order, as the sweep recorded it: :func:`lossyvision.metrics.headline_first`); with
+    ``headline_only`` the headline alone."""
     if rel.empty:
         return []
     rows = rel[rel["budget"] < 0] if "budget" in rel.columns else rel
     if "codec" not in rows.columns:
-        rows = rows.assign(codec="jpegxl")
+        rows = rows.assign(codec=DEFAULT_CODEC)
     out: list[Verdict] = []
     for model, mg in rows.groupby("model", sort=False):
-        metrics = sorted(set(mg["metric"]), key=_metric_rank)
+        metrics = headline_first(mg)
         for metric in metrics[:1] if headline_only else metrics:
             found: list[Verdict] = []
             line = saturated(mg[mg["metric"] == metric], keep, confidence)
@@ -351,25 +351,19 @@ def verdicts(rel: pd.DataFrame, keep: float = 0.99, headline_only: bool = True,
                     v = question_verdict(g, question, keep, confidence)
                     if v is not None:
                         found.append(v)
-            best = best_codec(found, str(model), metric, keep, confidence)
+            best = bestcodec_named(found, str(model), metric, keep, confidence)
             out += ([best] if best is not None else []) + found
     return out
 
 
 def headline(found: list[Verdict]) -> list[Verdict]:
-    """The verdicts of each model's headline metric (its first in :data:`HEADLINE_ORDER`, then by name)."""
+    """The verdicts of each model's headline metric: its first metric that is not saturated, in the order
+    :func:`verdicts` lists them (headline first)."""
     first: dict[str, str] = {}
     for v in found:
-        if v.question == "saturated":
-            continue
-        best = first.get(v.model)
-        if best is None or _metric_rank(v.metric) < _metric_rank(best):
-            first[v.model] = v.metric
+        if v.question != "saturated":
+            first.setdefault(v.model, v.metric)
     return [v for v in found if first.get(v.model) == v.metric]
-
-
-def _metric_rank(metric: str) -> tuple[int, str]:
-    return (HEADLINE_ORDER.index(metric) if metric in HEADLINE_ORDER else len(HEADLINE_ORDER), metric)
 
 
 def decisions(found: list[Verdict]) -> list[str]:
@@ -385,14 +379,14 @@ def decisions(found: list[Verdict]) -> list[str]:
             lines.append(f"{model}: {pick.text}")
             continue
         lead = dict(QUESTIONS)[pick.question]
-        at = _codec(pick.codec).describe_level
+        at = codec_named(pick.codec).describe_level
         if pick.outcome == "advised":
-            bound = f"lower bound {_pct(pick.rel_low)} of the baseline {pick.metric}"
+            bound = f"lower bound {percent(pick.rel_low)} of the baseline {pick.metric}"
             dcr = "" if pick.dcr is None else f" (DCR {pick.dcr:.2f})"
             lines.append(f"{model}: {lead.lower()} {at(pick.level)}{dcr}: it keeps ≥ "
-                         f"{100 * pick.keep:g}% with {_conf(pick.confidence)} ({bound}).")
+                         f"{100 * pick.keep:g}% with {with_confidence(pick.confidence)} ({bound}).")
         else:
-            lines.append(f"{model}: no level to {lead.lower()} with {_conf(pick.confidence)}: "
+            lines.append(f"{model}: no level to {lead.lower()} with {with_confidence(pick.confidence)}: "
                          f"{pick.why or pick.outcome}.")
     return lines
 
@@ -416,56 +410,3 @@ def verdict_lines(found: list[Verdict]) -> list[str]:
 def verdict_records(found: list[Verdict]) -> list[dict]:
     """``verdict.json``: one object per model, metric and question."""
     return [v.record() for v in found]
-
-
-def with_search(found: list[Verdict], search: dict | None, rel: pd.DataFrame | None = None) -> list[Verdict]:
-    """An adaptive search's answer (``OUTPUT/search.json``) in place of the grid's verdict of its question.
-
-    The grid's verdict would read the search's one-run exploration cells (and has no cells at levels
-    the search skipped); the search's claim rests on its fresh seeds alone, so it is the answer. Its
-    DCR is the mean of ``rel``'s cells trained at the advised level (None without them).
-    """
-    if not search:
-        return found
-    question = str(search.get("question", ""))
-    lead = dict(QUESTIONS).get(question)
-    if lead is None:
-        return found
-    first = {v.model: v.metric for v in headline(found)}
-    out = list(found)
-    for s in search.get("searches", []):
-        model, codec = str(s.get("model")), str(s.get("codec", "jpegxl"))
-        idx = next((i for i, v in enumerate(out) if v.model == model and v.codec == codec
-                    and v.question == question and v.metric == first.get(model)), None)
-        if idx is None or not s.get("done"):
-            continue
-        old, claim = out[idx], s.get("claim") or {}
-        at = _codec(codec).describe_level
-        seeds = f"{claim.get('repeats', search.get('repeats'))} fresh seeds"
-        if s.get("advised") is not None and claim:
-            level = float(s["advised"])
-            text = (f"{lead} {at(level)} (adaptive search, confirmed on {seeds}): models trained there keep ≥ "
-                    f"{100 * old.keep:g}% of the baseline {old.metric} with {_conf(old.confidence)} "
-                    f"(lower bound {_pct(float(claim['low']))}).")
-            out[idx] = Verdict(model, old.metric, question, level, _train_dcr(rel, model, codec, level),
-                               float(claim["rel"]), float(claim["low"]),
-                               float(claim["high"]), "advised", text, codec, keep=old.keep,
-                               confidence=old.confidence, levels=old.levels)
-        else:
-            reason = str(s.get("reason") or s.get("outcome") or "no level confirmed")
-            text = f"{lead} a level? The adaptive search advises none: {reason}."
-            out[idx] = Verdict(model, old.metric, question, None, None, None, None, None, "cannot tell", text, codec,
-                               keep=old.keep, confidence=old.confidence, levels=old.levels,
-                               why=f"the adaptive search advises none ({reason})")
-    return out
-
-
-def _train_dcr(rel: pd.DataFrame | None, model: str, codec: str, level: float) -> float | None:
-    """The mean training DCR of ``rel``'s cells of ``model`` trained at ``level`` of ``codec``."""
-    if rel is None or rel.empty or "train_dcr" not in rel:
-        return None
-    rows = rel[(rel["model"] == model) & (rel["train_level"] == level)]
-    if "codec" in rows:
-        rows = rows[rows["codec"] == codec]
-    dcr = pd.to_numeric(rows["train_dcr"], errors="coerce").dropna()
-    return float(dcr.mean()) if len(dcr) else None

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
+from lossyvision.codecs import DEFAULT_CODEC
 from lossyvision.datasets.base import Record
 from lossyvision.intervals import metric_interval
 from lossyvision.seeding import derive_seed
@@ -103,7 +104,7 @@ def cut_shards(sizes: Sequence[int], max_images: int, max_bytes: int, min_shards
     return even if fits or k > len(greedy) else greedy
 
 
-def level_images(sweep: Sweep, manifest: pd.DataFrame, level: float, codec: str = "jpegxl", *,
+def level_images(sweep: Sweep, manifest: pd.DataFrame, level: float, codec: str = DEFAULT_CODEC, *,
                  reader: Any | None = None, records: dict[str, Record] | None = None,
                  ) -> tuple[list[str], list[Record], np.ndarray]:
     """The test split's store URIs, records and decoded sizes at ``codec``'s ``level``, in relpath order.
@@ -124,7 +125,7 @@ def level_images(sweep: Sweep, manifest: pd.DataFrame, level: float, codec: str 
     return [store_uri(sweep, p) for p in rows["output_path"]], [records[p] for p in rows["relpath"]], sizes
 
 
-def plan_shards(sweep: Sweep, manifest: pd.DataFrame, level: float, codec: str = "jpegxl", *,
+def plan_shards(sweep: Sweep, manifest: pd.DataFrame, level: float, codec: str = DEFAULT_CODEC, *,
                 reader: Any | None = None, records: dict[str, Record] | None = None, min_shards: int = 1,
                 min_images: int = 1) -> list[TestShard]:
     """The shards of the test split at ``codec``'s ``level`` (sizes from the sweep's ``evaluation`` block),
@@ -145,7 +146,7 @@ def decode_shard(sweep: Sweep, shard: TestShard, reader: Any | None = None) -> D
     return DecodedSamples(images, targets, shard.level, ids=shard.ids)
 
 
-def decode_test_level(sweep: Sweep, manifest: pd.DataFrame, level: float, codec_name: str = "jpegxl") -> DecodedSamples:
+def decode_test_level(sweep: Sweep, manifest: pd.DataFrame, level: float, codec_name: str = DEFAULT_CODEC) -> DecodedSamples:
     """Every test image at ``codec_name``'s ``level`` decoded at once (small sets, tools and tests; sweeps
     stream shards)."""
     reader = reader_of(sweep)
@@ -247,6 +248,7 @@ def cell_rows(sweep: Sweep, cell: CellSpec, outcomes: Any, trial_meta: dict[str,
     test = level_dcr(manifest, sweep.test_split, cell.test_level, cell.test_codec)
     train = level_dcr(manifest, sweep.train_split, cell.trial.train_level, cell.trial.codec)
     finished = utc_now()
+    order = list(trial_meta.get("metric_names") or outcomes.metric_names)  # the task's, headline first
     rows = []
     for name, value in outcomes.metrics().items():
         ci = metric_interval([outcomes], name, confidence=sweep.report.confidence,
@@ -268,5 +270,6 @@ def cell_rows(sweep: Sweep, cell: CellSpec, outcomes: Any, trial_meta: dict[str,
             "trial_id": cell.trial.key, "trial_hash": cell.trial.config,
             "cell_id": cell.key, "cell_hash": cell.config, "finished_at": finished,
             "node": outcomes.node, "trial_node": trial_meta.get("node"),
+            "metric_rank": order.index(name) if name in order else len(order),
         })
     return rows

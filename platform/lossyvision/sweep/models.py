@@ -51,16 +51,16 @@ def loggable_model(sweep: Any, trial: TrialSpec, output: str, manifest: pd.DataF
     code_paths = []
     if serving.serialization == "pickle":  # the pickled wrapper's class is lossyvision's: ship its code
         code_paths = [lossyvision.__path__[0]]
-    return LoggableModel(serving.module, example, serving.serialization, metadata, requirements(spec.task),
+    return LoggableModel(serving.module, example, serving.serialization, metadata, requirements(task),
                          code_paths)
 
 
-def requirements(task: str) -> list[str]:
-    """Pinned pip requirements of a logged model (MLflow's own inference loads the model in a subprocess)."""
+def requirements(task: Any) -> list[str]:
+    """Pinned pip requirements of a logged model (MLflow's own inference loads the model in a subprocess):
+    torch, torchvision, numpy and what the ``task`` (a :class:`lossyvision.tasks.Task` or its class) declares."""
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ["torch", "torchvision", "numpy"] + {"classification": ["timm"], "segmentation": ["transformers"]}.get(
-        task, [])
+    names = list(dict.fromkeys(["torch", "torchvision", "numpy", *task.requirements]))
     out = []
     for name in names:
         try:

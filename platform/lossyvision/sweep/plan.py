@@ -20,7 +20,6 @@ dataset does not retrain and a changed one does.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -28,9 +27,10 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from lossyvision.codecs import DEFAULT_CODEC
 from lossyvision.datasets import create_dataset
 from lossyvision.store import format_level
-from lossyvision.sweep.results import NO_BUDGET
+from lossyvision.sweep.layout import NO_BUDGET, trial_points
 
 OK = "ok"
 #: Bump when a change of the code changes what a trial or an evaluation computes: every key moves.
@@ -57,8 +57,6 @@ def short_hash(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()[:HASH_CHARS]
 
-
-DEFAULT_CODEC = "jpegxl"
 
 
 @dataclass(frozen=True, order=True)
@@ -321,17 +319,13 @@ def plan(sweep: Any, manifest: pd.DataFrame, reader: Any | None = None) -> Grid:
             digests[(split, codec, level)] = rows_digest(split_rows(sweep, manifest, split, level, reader, codec))
         return digests[(split, codec, level)]
 
-    budgets = list(sweep.budgets) if sweep.budgets else [NO_BUDGET]
     grid = Grid([], [])
-    for arm in sweep.arms:
-        runs = [(m, level, repeat, budget) for m, level in itertools.product(sweep.models, arm.train_levels)
-                for repeat in range(sweep.repeats_at(level)) for budget in budgets]
-        for m, level, repeat, budget in runs:
-            identity = trial_identity(sweep, m, arm, level, repeat, budget,
-                                      digest(sweep.train_split, arm.name, float(level)), classes)
-            trial = TrialSpec(m.name, float(level), repeat, int(budget), short_hash(identity), arm.name)
-            grid.trials.append(trial)
-            grid.identities[trial.key] = identity
+    for arm, m, level, repeat, budget in trial_points(sweep):  # the layout grid_counts counts
+        identity = trial_identity(sweep, m, arm, level, repeat, budget,
+                                  digest(sweep.train_split, arm.name, float(level)), classes)
+        trial = TrialSpec(m.name, float(level), repeat, int(budget), short_hash(identity), arm.name)
+        grid.trials.append(trial)
+        grid.identities[trial.key] = identity
     for trial in grid.trials:
         for codec, level in sweep.test_points(trial.codec, trial.train_level, trial.budget):
             identity = cell_identity(sweep, trial, sweep.arm(codec), level, digest(sweep.test_split, codec, level))

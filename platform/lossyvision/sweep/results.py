@@ -15,6 +15,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from lossyvision.store import DamagedFileError, atomic_write_bytes, exists, join, read_bytes
+from lossyvision.sweep.layout import NO_BUDGET  # noqa: F401 - declared with the grid's layout; sweep.run imports it here
 
 #: Columns that identify a row.
 KEY = ("cell_id", "metric")
@@ -59,12 +60,12 @@ SCHEMA = pa.schema([
     ("finished_at", pa.string()),    # ISO 8601 UTC
     ("node", pa.string()),           # Ray node id that evaluated the cell (null outside Ray)
     ("trial_node", pa.string()),     # Ray node id the trial finished training on (trial.json's node)
+    ("metric_rank", pa.int64()),     # the metric's place in its task's metric_names (0: the headline)
 ])
 
 #: Columns added after results format 2 was fixed: older tables get them as nulls when read.
-LATER_COLUMNS = ("node", "trial_node")
+LATER_COLUMNS = ("node", "trial_node", "metric_rank")
 
-NO_BUDGET = -1
 
 RESULTS_NAME = "results.parquet"
 RESULTS_CSV_NAME = "results.csv"

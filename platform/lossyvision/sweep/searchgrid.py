@@ -10,7 +10,6 @@ its question reads. One search runs per (model, codec); ``OUTPUT/search.json`` h
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,13 +17,9 @@ from typing import Any
 import pandas as pd
 
 from lossyvision import output as outdir
-from lossyvision.store import atomic_write_bytes, exists, read_bytes
+from lossyvision.metrics import headline_first
 from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec
 from lossyvision.sweep.search import Obs, SearchConfig, Training, decide, trainings_bounds
-
-SEARCH_FILE = "search.json"
-#: The metric a search judges, first found in a trial's results (the report's headline order).
-METRIC_ORDER = ("top1", "map50", "miou", "top5", "macc")
 
 
 def config_for(sweep: Any, parallel: int) -> SearchConfig:
@@ -111,13 +106,14 @@ def question_cell(sweep: Any, grid: Grid, trial: TrialSpec) -> CellSpec | None:
 
 
 def observations(sweep: Any, grid: Grid, arena: Arena, results: pd.DataFrame) -> dict[Training, Obs]:
-    """The policy's input: each finished trial's metric on its question cell, with its test-image standard error."""
+    """The policy's input: each finished trial's headline metric on its question cell, with its test-image standard error."""
     from scipy.stats import norm
 
     if results is None or results.empty:
         return {}
-    metric = judged_metric(results)
-    rows = results[results["metric"] == metric].drop_duplicates("cell_id", keep="last").set_index("cell_id")
+    judged = (results["model"].map({m: headline_first(g)[0] for m, g in results.groupby("model", sort=False)})
+              if "model" in results.columns else headline_first(results)[0])  # each model's headline
+    rows = results[results["metric"] == judged].drop_duplicates("cell_id", keep="last").set_index("cell_id")
     out: dict[Training, Obs] = {}
     for t, trial in arena.trials.items():
         cell = question_cell(sweep, grid, trial)
@@ -128,11 +124,6 @@ def observations(sweep: Any, grid: Grid, arena: Arena, results: pd.DataFrame) ->
         se = (float(row["ci_high"]) - float(row["ci_low"])) / (2 * z)
         out[t] = Obs(float(row["value"]), se if math.isfinite(se) else 0.0)
     return out
-
-
-def judged_metric(results: pd.DataFrame) -> str:
-    names = sorted(set(results["metric"].astype(str)))
-    return next((m for m in METRIC_ORDER if m in names), names[0] if names else "")
 
 
 # --- what it costs ------------------------------------------------------------------------------------
@@ -200,18 +191,13 @@ def _levels_named(text: str, levels: list[float]) -> str:
 
 
 def write_search(output: str, payload: dict[str, Any]) -> None:
-    atomic_write_bytes(outdir.path(output, SEARCH_FILE), json.dumps(payload, indent=1, default=_plain).encode())
+    folder = outdir.OutputFolder(output)
+    folder.write_json(folder.search, payload, indent=1, default=_plain)
 
 
 def read_search(output: str) -> dict[str, Any] | None:
-    uri = outdir.path(output, SEARCH_FILE)
-    if not exists(uri):
-        return None
-    try:
-        data = json.loads(read_bytes(uri))
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+    folder = outdir.OutputFolder(output)
+    return folder.read_json_object(folder.search)
 
 
 def _plain(x: Any) -> Any:

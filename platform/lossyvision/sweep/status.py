@@ -10,7 +10,6 @@ configuration's, kept on disk and listed, never used.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from dataclasses import dataclass
@@ -18,13 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from lossyvision.codecs import CODECS
-from lossyvision.store import DamagedFileError, atomic_write_bytes, exists, filesystem, format_level, join, read_bytes
+from lossyvision.codecs import CODECS, DEFAULT_CODEC
+from lossyvision.output import OutputFolder
+from lossyvision.store import exists, filesystem, format_level
 from lossyvision.sweep.plan import done_cell_keys
-from lossyvision.sweep.results import read_results
-from lossyvision.sweep.trials import CHECKPOINTS, META_FILE, finished_keys
+from lossyvision.sweep.trials import META_FILE, finished_keys
 
-STATE_NAME = "state.json"
 DONE, RUNNING, FAILED, MISSING, INTERRUPTED = "done", "running", "failed", "missing", "interrupted"
 SYMBOLS = {DONE: "[green]done[/]", RUNNING: "[yellow]running[/]", FAILED: "[red]failed[/]",
            MISSING: "[dim]missing[/]", INTERRUPTED: "[magenta]interrupted[/]"}
@@ -34,18 +32,10 @@ class SweepState:
     """``OUTPUT/state.json``: trial and cell states the driver records as they change."""
 
     def __init__(self, output: str) -> None:
-        self.path = join(str(output), STATE_NAME)
+        self.folder = OutputFolder(output)
+        self.path = self.folder.state
         self.data: dict[str, Any] = {"driver": None, "trials": {}, "cells": {}}
-        if exists(self.path):
-            try:
-                data = json.loads(read_bytes(self.path))
-            except ValueError as exc:  # never overwrite it silently: say which file and the way back
-                raise DamagedFileError(f"{self.path} is damaged (not valid JSON: {' '.join(str(exc).split())}); "
-                                       "it only marks which trials and cells are running or failed: delete it "
-                                       "and rerun (finished trials and cells are kept elsewhere)") from None
-            if not isinstance(data, dict):
-                raise DamagedFileError(f"{self.path} is damaged (not a JSON object); delete it and rerun")
-            self.data.update(data)
+        self.data.update(self.folder.read_state() or {})  # a damaged one is never overwritten silently
 
     def driver_started(self) -> None:
         self.data["driver"] = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -69,7 +59,7 @@ class SweepState:
         self.save()
 
     def save(self) -> None:
-        atomic_write_bytes(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())
+        self.folder.write_state(self.data)
 
     def driver_alive(self) -> bool:
         d = self.data.get("driver")
@@ -99,8 +89,8 @@ class CellStatus:
     trial_state: str
     state: str
     error: str | None = None
-    codec: str = "jpegxl"
-    test_codec: str = "jpegxl"
+    codec: str = DEFAULT_CODEC
+    test_codec: str = DEFAULT_CODEC
 
 
 def level_label(codec: str, level: float, own: str | None = None) -> str:
@@ -120,11 +110,12 @@ class Stale:
 
 def stale_entries(output: str, grid: Any, results: pd.DataFrame | None = None) -> Stale:
     """Finished trials (checkpoints) and result cells of configurations no longer in the plan."""
-    results = read_results(output) if results is None else results
+    out = OutputFolder(output)
+    results = out.results() if results is None else results
     planned_cells = {c.key for c in grid.cells}
     cells = sorted(done_cell_keys(results) - planned_cells)
     planned_trials = {t.key for t in grid.trials}
-    folder = join(str(output), CHECKPOINTS)
+    folder = out.checkpoints
     trials: list[str] = []
     if exists(folder):
         fs, path = filesystem(folder)
@@ -141,7 +132,7 @@ def grid_status(sweep: Any, output: str, grid: Any) -> pd.DataFrame:
     alive = state.driver_alive()
     trials = grid.trials
     done_trials = finished_keys(output, [t.key for t in trials])
-    done_cells = done_cell_keys(read_results(output))
+    done_cells = done_cell_keys(OutputFolder(output).results())
 
     def live(entry: dict[str, Any]) -> str:
         s = entry.get("state", MISSING)

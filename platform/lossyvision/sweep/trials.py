@@ -27,17 +27,18 @@ import pandas as pd
 
 from lossyvision.budget import select_subset
 from lossyvision.cache import cache_mode, cached_samples
+from lossyvision.codecs import DEFAULT_CODEC
 from lossyvision.manifest import CorruptRowError, output_uri
+from lossyvision.output import CHECKPOINTS_DIR
 from lossyvision.seeding import seed_everything, set_deterministic, trial_seed
 from lossyvision.spec import Sweep
 from lossyvision.staging import stage_shards
 from lossyvision.store import MANIFEST_NAME, atomic_write_bytes, exists, filesystem, is_remote, join, read_bytes
 from lossyvision.streaming import BlockReader, blocks_spanned, late_fraction
 from lossyvision.sweep.plan import TrialSpec, level_dcr, reader_of, split_rows
-from lossyvision.sweep.results import NO_BUDGET
+from lossyvision.sweep.layout import NO_BUDGET
 from lossyvision.units import format_bytes
 
-CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.pt"
 META_FILE = "trial.json"
 RESUME_STATE_FILE = "state.pt"
@@ -56,7 +57,7 @@ class TrialError(RuntimeError):
 
 # --- where things are ----------------------------------------------------------------------------
 def checkpoint_dir(output: str, key: str) -> str:
-    return join(str(output), CHECKPOINTS, key)
+    return join(str(output), CHECKPOINTS_DIR, key)
 
 
 def is_finished(output: str, key: str) -> bool:
@@ -105,7 +106,7 @@ class SplitImages:
 
 
 def split_images(sweep: Sweep, manifest: pd.DataFrame, split: str, level: float,
-                 reader: Any | None = None, codec: str = "jpegxl") -> tuple[pd.DataFrame, Any]:
+                 reader: Any | None = None, codec: str = DEFAULT_CODEC) -> tuple[pd.DataFrame, Any]:
     """Ok manifest rows of ``split`` at ``codec``'s ``level`` (limited like the sweep) and the dataset reader."""
     reader = reader or reader_of(sweep)
     return split_rows(sweep, manifest, split, level, reader, codec), reader

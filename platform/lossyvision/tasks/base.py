@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from lossyvision.metrics import OUTCOMES
 from lossyvision.registry import Registry
 from lossyvision.tasks.entrypoint import check_entry_point, is_entry_point
 from lossyvision.tasks.training import load_model_state
@@ -39,11 +40,24 @@ class Serving:
 
 
 class Task(ABC):
-    """One kind of vision task. Subclasses register with ``@TASKS.register(name)``."""
+    """One kind of vision task. Subclasses register with ``@TASKS.register(name)``.
+
+    A task is one file: besides its code, its class declares what the rest of lossyvision needs to know
+    about it, and the registry checks the declarations at import. The sweep records the metric order in
+    the results it writes (``metric_rank``), so the verdict leads with the task's headline without loading
+    the task (:func:`lossyvision.metrics.headline_first`); a logged model's pip requirements add the
+    task's own (:func:`lossyvision.sweep.models.requirements`).
+    """
 
     name: str = ""
-    #: Metrics ``evaluate`` returns, e.g. ("top1", "top5"); the first is the headline metric.
+    #: Metrics ``evaluate`` returns, e.g. ("top1", "top5"); the first is the headline metric, the one
+    #: the verdict leads with.
     metric_names: tuple[str, ...] = ()
+    #: The kind of per-image outcomes :meth:`outcomes` returns (a name in :data:`lossyvision.metrics.OUTCOMES`);
+    #: ``metric_names`` are among that kind's metrics.
+    outcome_kind: str = ""
+    #: pip packages a logged model needs besides torch, torchvision and numpy (e.g. ``("timm",)``).
+    requirements: tuple[str, ...] = ()
 
     def __init__(self, spec: Any, classes: list[str], device: str = "cpu", seed: int = 0) -> None:
         """``spec`` is a :class:`lossyvision.spec.ModelSpec`; ``classes`` the dataset's class names.
@@ -106,7 +120,23 @@ class Task(ABC):
         return load_model_state(model, state)
 
 
-TASKS: Registry[type[Task]] = Registry("task")
+def check_declarations(name: str, task: type[Task]) -> None:
+    """Raise ``ValueError`` unless ``task``'s class declarations hold together (run when it registers)."""
+    if not task.metric_names:
+        raise ValueError(f"task {name!r}: metric_names is empty; list the metrics evaluate returns, headline first")
+    if task.outcome_kind not in OUTCOMES:
+        raise ValueError(f"task {name!r}: unknown outcome kind {task.outcome_kind!r}; known: "
+                         f"{', '.join(OUTCOMES.names())}")
+    own = OUTCOMES.get(task.outcome_kind).metric_names
+    if foreign := [m for m in task.metric_names if m not in own]:
+        raise ValueError(f"task {name!r}: {', '.join(foreign)} not among the {task.outcome_kind} outcomes' "
+                         f"metrics ({', '.join(own)})")
+    if isinstance(task.requirements, str) or not all(isinstance(r, str) and r for r in task.requirements):
+        raise ValueError(f"task {name!r}: requirements must be a tuple of pip package names, "
+                         f"got {task.requirements!r}")
+
+
+TASKS: Registry[type[Task]] = Registry("task", check=check_declarations)
 
 
 def create_task(name: str, spec: Any, classes: list[str], device: str = "cpu", seed: int = 0) -> Task:

@@ -119,6 +119,8 @@ class ClassifierServing(torch.nn.Module):
 class ClassificationTask(Task):
     name = "classification"
     metric_names = ("top1", "top5")
+    outcome_kind = "classification"
+    requirements = ("timm",)
 
     def __init__(self, spec: Any, classes: list[str], device: str = "cpu", seed: int = 0) -> None:
         super().__init__(spec, classes, device, seed)

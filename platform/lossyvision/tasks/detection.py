@@ -145,6 +145,7 @@ class DetectorServing(torch.nn.Module):
 class DetectionTask(Task):
     name = "detection"
     metric_names = ("map50",)
+    outcome_kind = "detection"
 
     def __init__(self, spec: Any, classes: list[str], device: str = "cpu", seed: int = 0) -> None:
         super().__init__(spec, classes, device, seed)

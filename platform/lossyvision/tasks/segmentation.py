@@ -186,6 +186,8 @@ class SegmenterServing(torch.nn.Module):
 class SegmentationTask(Task):
     name = "segmentation"
     metric_names = ("miou", "macc")
+    outcome_kind = "segmentation"
+    requirements = ("transformers",)
 
     def __init__(self, spec: Any, classes: list[str], device: str = "cpu", seed: int = 0) -> None:
         super().__init__(spec, classes, device, seed)
