@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lossyvision.store import join
+from lossyvision.output import RESULTS_CSV_NAME, OutputFolder
 from lossyvision.sweep.mlnames import UI_FIRST_STEPS, ui_command
 
 
@@ -39,7 +39,7 @@ def summary_lines(outcome: SweepOutcome) -> list[str]:
         lines.append("")
     lines += [f"sweep done in {outcome.seconds:.0f}s: {outcome.trials_run} trial(s) and {outcome.cells_run} "
               f"cell(s) run now, grid {outcome.trials} trials x {outcome.cells} evaluations",
-              f"results: {join(outcome.output, 'results.parquet')} (and results.csv)"]
+              f"results: {OutputFolder(outcome.output).results_file} (and {RESULTS_CSV_NAME})"]
     if outcome.phases:
         lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in outcome.phases.items()))
     for key, err in list(outcome.trial_failures.items())[:5]:
