@@ -18,8 +18,8 @@ except ModuleNotFoundError:  # Python 3.10: the dev extra brings tomli
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "architecture.md"
 #: A title for the layer whose first module is the key (docs/architecture.md's table says what each owns).
-TITLES = {"cli": "command line", "commands": "command bodies", "sweep.run": "driver",
-          "sweep.relative": "results writer", "runners": "Ray, report, preview", "advisor": "readers and services",
+TITLES = {"cli": "command line", "commands": "command bodies", "sweep.run": "driver", "sweep.sync": "MLflow sync",
+          "sweep.relative": "the sweep's last steps", "runners": "Ray, report, preview", "advisor": "readers and services",
           "sweep.evaluate": "the work", "compress_plan": "the compress job's steps",
           "compress_images": "compressing images", "sweep.trials": "one trial", "output": "output folder",
           "spec": "schema and plan", "sweepfile": "the sweep file's parts", "compress_options": "compress options",

@@ -232,7 +232,7 @@ def test_the_sweep_file_refuses_a_bad_cache_in_one_line(compressed, tmp_path):
 def test_the_disk_need_is_checked_against_resources_trial_and_shown_by_sweep_plan(compressed, tmp_path):
     from lossyvision.spec import SpecError
     from lossyvision.sweep.preview import preview, render_preview
-    from lossyvision.sweep.run import check_cache_disk
+    from lossyvision.sweep.resources import check_cache_disk
     from lossyvision.sweep.trials import read_manifest
 
     fits = _sweep(compressed, tmp_path / "o", {"cache": "exact"})

@@ -99,7 +99,7 @@ def check_results_and_mlflow(output: str, tracking: str, experiment: str, epochs
 
     from lossyvision.sweep.plan import CellSpec
     from lossyvision.sweep.results import read_results
-    from lossyvision.sweep.tracking import eval_metric_name
+    from lossyvision.sweep.mlnames import eval_metric_name
 
     plan = read_json(f"{output}/plan.json")
     cells = {CellSpec.from_dict(c).key for c in plan["cells"]}

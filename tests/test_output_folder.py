@@ -23,9 +23,8 @@ FIXTURE = REPO / "tests" / "fixtures" / "demo-output"
 FILE_NAMES = ("sweep.yaml", "state.json", "results.parquet", "results.csv", "plan.json", "search.json",
               "verdict.json", "scaling_fit.json", "lossyvision-output.json", ".lossyvision.lock")
 #: The same text meaning something else: the key of the ConfigMap a submitted RayJob mounts the sweep file from,
-#: a Hugging Face ``save_to_disk`` folder's own file. And one not yet moved: sweep/run.py's summary line (being
-#: split in parallel; it takes ``OutputFolder(outcome.output).results_file`` when merged, and this entry goes).
-OTHER_MEANINGS = {("submit.py", "sweep.yaml"), ("datasets/hf.py", "state.json"), ("sweep/run.py", "results.parquet")}
+#: a Hugging Face ``save_to_disk`` folder's own file.
+OTHER_MEANINGS = {("submit.py", "sweep.yaml"), ("datasets/hf.py", "state.json")}
 
 
 def _string_constants(path: Path) -> list[str]:

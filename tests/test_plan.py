@@ -233,7 +233,7 @@ def test_budget_trials_train_on_the_selected_subset(tmp_path):
 
 def test_a_local_ray_without_the_resources_asked_for_is_a_clear_error(tmp_path):
     from lossyvision.spec import SpecError
-    from lossyvision.sweep.run import check_local_resources
+    from lossyvision.sweep.resources import check_local_resources
 
     sweep = make_sweep(tmp_path, resources={"trial": {"cpu": 1, "gpu": 1}})
     with pytest.raises(SpecError, match=r"resources.trial.gpu: asks for 1 but the local Ray has 0"):
@@ -243,7 +243,7 @@ def test_a_local_ray_without_the_resources_asked_for_is_a_clear_error(tmp_path):
 
 def test_a_cluster_without_a_node_for_a_trial_is_a_clear_error(tmp_path):
     from lossyvision.spec import SpecError
-    from lossyvision.sweep.run import check_cluster_resources
+    from lossyvision.sweep.resources import check_cluster_resources
 
     sweep = make_sweep(tmp_path, resources={"trial": {"cpu": 4, "gpu": 1}, "eval": {"cpu": 1}})
     head = {"CPU": 8.0, "memory": 1e9, "node:10.0.0.1": 1.0}
@@ -328,7 +328,7 @@ def test_a_malformed_codecs_list_is_one_clear_line(tmp_path, change, message):
 
 
 def test_a_trial_run_names_its_data_order_in_mlflow_params(tmp_path):
-    from lossyvision.sweep.tracking import trial_params
+    from lossyvision.sweep.trackdata import trial_params
 
     sweep = make_sweep(tmp_path, compress={"layout": "shards"},
                        models=[model("a").model_copy(update={"data_order": "shards", "shuffle_buffer": 64}),

@@ -25,7 +25,7 @@ def test_plan_says_what_a_run_would_do_and_writes_nothing(tmp_path):
     from lossyvision import compress
     from lossyvision.spec import load_sweep
     from lossyvision.sweep.plan import plan
-    from lossyvision.sweep.run import resolve_paths
+    from lossyvision.sweep.paths import resolve_paths
     from lossyvision.sweep.trials import read_manifest
 
     make_imagefolder(tmp_path / "data", per_class=3)

@@ -58,7 +58,7 @@ def grid_keys(sweep_file: Path, repeats: int) -> set[str]:
     """The trial keys the same sweep without ``search:`` plans, with ``repeats`` repeats."""
     from lossyvision.spec import load_sweep
     from lossyvision.sweep.plan import plan
-    from lossyvision.sweep.run import resolve_paths
+    from lossyvision.sweep.paths import resolve_paths
     from lossyvision.sweep.trials import read_manifest
 
     data = yaml.safe_load(sweep_file.read_text())

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from lossyvision.sweep.tracking import TAG_PARENT, TAG_TRIAL, Tracker, eval_metric_name, ui_command
+from lossyvision.sweep.mlnames import TAG_PARENT, TAG_TRIAL, eval_metric_name, ui_command
+from lossyvision.sweep.tracking import Tracker
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,14 @@ def test_unreachable_server_warns_once_and_turns_off(tmp_path, caplog):
     assert len([r for r in caplog.records if "unreachable or failing" in r.message]) == 1
 
 
+def test_the_experiment_id_for_the_ui_link_is_none_once_mlflow_is_off(tracker, tmp_path):
+    """The driver's link to the experiment: the id on a working store; None, and the tracker off, on an outage."""
+    assert tracker.experiment_link_id() == tracker.experiment_id() and tracker.available
+    down = Tracker("http://127.0.0.1:9", "exp", "demo", str(tmp_path))  # port 9: nothing listens
+    assert down.experiment_link_id() is None
+    assert not down.available and down.error
+
+
 # --- the MLflow contents of a trial and a sweep, on both backends (issue 13) --------------------------
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -91,8 +100,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lossyvision.sweep.tracking import (  # noqa: E402
-    CELLS_TABLE, DatasetRef, TAG_EXPERIMENT_KIND, cells_table_of, eval_series_of, ladder_text)
+from lossyvision.sweep.mlnames import CELLS_TABLE, TAG_EXPERIMENT_KIND  # noqa: E402
+from lossyvision.sweep.trackdata import DatasetRef, cells_table_of, eval_series_of, ladder_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "coffee", "rocket"]
@@ -322,7 +331,7 @@ def test_a_copied_output_logs_into_its_own_artifacts_never_the_original(tmp_path
     """``cp -r runs/demo runs/demo-moved``: MLflow in the copy must not write into ``runs/demo``."""
     import shutil
 
-    from lossyvision.sweep.tracking import relocate_artifacts
+    from lossyvision.sweep.mlstore import relocate_artifacts
 
     original = tmp_path / "runs" / "demo"
     original.mkdir(parents=True)
@@ -357,7 +366,7 @@ def test_a_copied_output_logs_into_its_own_artifacts_never_the_original(tmp_path
 
 
 def test_the_sweep_summary_says_where_to_click_first_in_mlflow():
-    from lossyvision.sweep.run import SweepOutcome, summary_lines
+    from lossyvision.sweep.summary import SweepOutcome, summary_lines
 
     lines = summary_lines(SweepOutcome(output="runs/demo", trials=4, cells=16, tracking_uri="http://mlflow:5000",
                                        experiment_id="3"))

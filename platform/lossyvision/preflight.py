@@ -13,7 +13,7 @@ model code is not. The commands that act on the world (``sweep run``, ``sweep pl
 
 Like a pydantic validation, it reports every dataset and model problem at once, and looks at the output
 and store folders only when those pass. The resources a sweep asks for are checked by the driver
-against the cluster it joins (:func:`lossyvision.sweep.run.check_cluster_resources`).
+against the cluster it joins (:func:`lossyvision.sweep.resources.check_cluster_resources`).
 """
 
 from __future__ import annotations

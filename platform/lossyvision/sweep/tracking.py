@@ -1,4 +1,4 @@
-"""MLflow tracking: a parent run per sweep, a nested child run per trial. The only mlflow import.
+"""MLflow tracking, the only mlflow import: a parent run per sweep and a nested child run per trial.
 
 Runs are found by tags (``lossyvision.sweep`` + ``lossyvision.trial``), never remembered, so
 logging is idempotent: logging a trial twice (a rerun, ``sweep sync``) adds only what is
@@ -10,19 +10,14 @@ its parent.
 What a trial's run holds: its params and per-epoch ``train/*`` metrics; its trained model
 (``mlflow.pytorch.log_model``, a signature and an input example, as a LoggedModel of the run); its
 training data as a dataset input (source: the store's level, digest: the manifest rows it trained
-on) and its test levels as evaluation inputs; test metrics twice: as ``test/top1/d2`` (one number
-per level, grouped by the UI under ``test/top1``: MLflow's runs table, sorting and
-parallel-coordinates plots show one value per metric, so comparing trials at one test distance
-needs a name per level), and as series named for their x-axis, ``by_test_level/top1``,
-``by_test_level/dcr`` and ``by_test_level/level`` (the distance itself), with step = the test
-level's index in the sweep's sorted test levels (the ``lossyvision.test_levels`` tag): a line chart
-of ``by_test_level/top1`` with the metric ``by_test_level/level`` (or ``/dcr``) as its x-axis draws
-accuracy against distance (or DCR). No metric is named plainly ``test/top1``: a series' last step
-(the most compressed level) would read as "the" accuracy. And a ``cells`` table (``cells.json``:
-level, DCR, value and intervals per cell). The trial's logged model carries its metrics (the
-per-level test metrics and the last epoch's training metrics). The parent run holds
-the report's verdict (metrics ``verdict/...``, tags, the run description) and the report's files.
-The experiment is tagged ``mlflow.experimentKind = custom_model_development``.
+on) and its test levels as evaluation inputs; test metrics per level (``test/top1/d2``) and as series
+over the test levels (``by_test_level/top1``; :mod:`lossyvision.sweep.mlnames` says why both); and a
+``cells`` table (``cells.json``: level, DCR, value and intervals per cell). The trial's logged model
+carries its metrics (the per-level test metrics and the last epoch's training metrics). The parent run
+holds the report's verdict (metrics ``verdict/...``, tags, the run description) and the report's files.
+The experiment is tagged ``mlflow.experimentKind = custom_model_development``. What is sent is built
+without MLflow in :mod:`lossyvision.sweep.trackdata`; where the store and its artifacts live, in
+:mod:`lossyvision.sweep.mlstore`.
 
 Ray's MLflow integration (``MLflowLoggerCallback``, ``setup_mlflow``) is not used: it keys runs by
 Tune's trial ids (a rerun or a retried trial gets a new run), does not nest them (ray#19978), and
@@ -36,11 +31,8 @@ later. HTTP retries and timeouts are kept short so an unreachable server costs s
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
 import warnings
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -48,32 +40,15 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 import lossyvision
-from lossyvision.cache import cache_mode, describe
-from lossyvision.codecs import CODECS
 from lossyvision.output import load_output_sweep, load_plan
 from lossyvision.store import format_level, is_remote, read_bytes
+from lossyvision.sweep.mlnames import (
+    CELLS_TABLE, DATASET_CONTEXT, EXPERIMENT_KIND, MODEL_NAME, REGISTERED_ALIAS, TAG_CONFIG, TAG_EXPERIMENT_KIND,
+    TAG_NOTE, TAG_PARENT, TAG_PLAN, TAG_ROLE, TAG_SWEEP, TAG_TEST_LEVELS, TAG_TRIAL, safe_name, train_metric_name)
+from lossyvision.sweep.mlstore import absolute_tracking_uri, default_artifact_location, relocate_artifacts
+from lossyvision.sweep.trackdata import DatasetRef, is_finite, verdict_markdown
 
 log = logging.getLogger(__name__)
-
-TAG_SWEEP = "lossyvision.sweep"
-TAG_ROLE = "lossyvision.role"
-TAG_TRIAL = "lossyvision.trial"
-TAG_CONFIG = "lossyvision.config"
-TAG_PLAN = "lossyvision.plan"
-TAG_TEST_LEVELS = "lossyvision.test_levels"   # the ladder a trial's series steps index
-TAG_PARENT = "mlflow.parentRunId"
-TAG_NOTE = "mlflow.note.content"              # the run's description in the UI
-#: The experiment's kind: MLflow 3's UI treats an experiment of this kind as model training.
-TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-#: MLflow 3.17's UI opens experiments on the page of its GenAI/Model-training switch, which this
-#: query sets (the tag alone does not switch it; the choice is then remembered by the browser).
-UI_QUERY = "?workflowType=machine_learning"
-ARTIFACTS_DIR = "mlartifacts"
-CELLS_TABLE = "cells.json"
-MODEL_NAME = "model"   # the model's folder in its artifacts (the LoggedModel is named by the trial key)
-REGISTERED_ALIAS = "recommended"
-DATASET_CONTEXT = "mlflow.data.context"
 
 #: Short HTTP retry/timeout defaults (MLflow's are 7 retries with backoff and 120 s per request).
 HTTP_ENV = {
@@ -81,87 +56,6 @@ HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
-#: Columns of a trial's ``cells`` table (from the results rows).
-CELL_COLUMNS = ("test_codec", "test_level", "test_dcr", "test_bpp", "metric", "value", "ci_low", "ci_high", "rel", "rel_low", "rel_high",
-                "n_test_images", "train_level", "repeat", "budget", "cell_id")
-
-
-def eval_metric_name(metric: str, test_level: float, codec: str = "jpegxl") -> str:
-    """``test/top1/d2`` (JPEG XL distance 2), ``test/top1/avif-q70``: one metric per test level,
-    comparable across child runs.
-
-    (MLflow names allow letters, digits, ``_-. :/`` only, so not ``@``; the slash groups the
-    levels of one metric in the UI.)
-    """
-    letter = "d" if codec in CODECS and not CODECS.get(codec).higher_level_is_better else "q"
-    prefix = "" if codec == "jpegxl" else f"{codec}-"
-    return f"test/{metric}/{prefix}{letter}{format_level(test_level)}"
-
-
-#: Series over the test levels: the name says what the x-axis is (step = the level's index).
-SERIES_PREFIX = "by_test_level/"
-
-
-def series_name(metric: str) -> str:
-    """``by_test_level/top1``: the metric as a series over the test levels (step = the level's index)."""
-    return f"{SERIES_PREFIX}{metric}"
-
-
-DCR_SERIES = f"{SERIES_PREFIX}dcr"
-#: The test level itself at each step: the x-axis that turns the step (an index) into the distance.
-LEVEL_SERIES = f"{SERIES_PREFIX}level"
-
-
-def train_metric_name(metric: str) -> str:
-    return f"train/{metric}"
-
-
-def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
-    """How to look at the sweep: the experiment's runs page (a server) or the command to start the UI."""
-    page = f"/#/experiments/{experiment_id}/runs{UI_QUERY}" if experiment_id else ""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri.rstrip('/')}{page}"
-    command = f"mlflow ui --backend-store-uri {tracking_uri}"
-    return f"{command}, then open http://127.0.0.1:5000{page}" if page else command
-
-
-#: Where to click first on the experiment's page (printed under its link; docs/mlflow.md shows it).
-UI_FIRST_STEPS = ("first: expand the sweep's run (the ⊞ beside its name) to list one run per trial, and the "
-                  "chart view shows their curves; in a chart's ⋮ → Configure, X-axis → Metric → "
-                  "by_test_level/level plots a metric against the test distance (docs/mlflow.md)")
-
-
-def safe_name(text: str) -> str:
-    """A name MLflow accepts in metric keys (letters, digits, ``_-. /``)."""
-    return re.sub(r"[^A-Za-z0-9_.\- /]", "_", str(text))
-
-
-def trial_params(sweep: Any, trial: Any, meta: dict[str, Any] | None, train_dcr: float | None) -> dict[str, Any]:
-    """Params of a child run (n_images and bytes once the trial has run)."""
-    spec = sweep.model(trial.model)
-    params: dict[str, Any] = {
-        "model": trial.model, "task": spec.task, "arch": spec.arch, "mode": spec.mode,
-        "pretrained": spec.pretrained, "epochs": spec.epochs, "lr": spec.lr,
-        "batch_size": spec.batch_size, "image_size": spec.image_size,
-        "train_level": trial.train_level, "repeat": trial.repeat,
-        "budget": trial.budget, "codec": trial.codec, "config_hash": trial.config, "seed": sweep.seed,
-        "data_order": spec.data_order,  # changes what the model sees: runs are compared within one order
-    }
-    if spec.data_order != "random":
-        params["shuffle_buffer"] = spec.shuffle_buffer
-    if getattr(spec, "cache", None) is not None:  # docs/scale.md
-
-        params["cache"] = describe(cache_mode(spec.cache))
-    if getattr(sweep.resources.trial, "workers", 1) > 1:
-        params["workers"] = sweep.resources.trial.workers
-    if train_dcr is not None and train_dcr == train_dcr:
-        params["train_dcr"] = round(float(train_dcr), 6)
-    if meta:
-        params["n_images"] = meta.get("n_train_images")
-        params["train_bytes"] = meta.get("train_bytes")
-        if meta.get("budget_exhausted"):
-            params["budget_exhausted"] = True
-    return params
 
 
 @lru_cache(maxsize=1)
@@ -195,16 +89,6 @@ def _git_dirty(path: str) -> str | None:
         return str(Repo(path, search_parent_directories=True).is_dirty(untracked_files=False)).lower()
     except Exception:  # noqa: BLE001 - no git executable, a damaged repository: leave the tag out
         return None
-
-
-@dataclass(frozen=True)
-class DatasetRef:
-    """A dataset input of a run: ``source`` is a folder or URI, ``digest`` the manifest rows' digest."""
-
-    name: str
-    source: str
-    digest: str
-    context: str  # "training" | "evaluation"
 
 
 def _is_outage(error: BaseException) -> bool:
@@ -276,6 +160,10 @@ class Tracker:
                 if TAG_EXPERIMENT_KIND not in exp.tags:
                     self.client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return self._experiment_id
+
+    def experiment_link_id(self) -> str | None:
+        """The experiment's id for the UI link, or None when MLflow is off (a failure turns it off, as any call)."""
+        return self._guard(self.experiment_id)
 
     def _find(self, **tags: str) -> str | None:
         flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
@@ -368,7 +256,7 @@ class Tracker:
             for name, points in series.items():
                 logged = {m.step for m in self.client.get_metric_history(rid, name)} if name in have else set()
                 new += [Metric(name, float(v), _now_ms(), int(step)) for step, v in sorted(points.items())
-                        if int(step) not in logged and _finite(v)]
+                        if int(step) not in logged and is_finite(v)]
         for i in range(0, len(new), 900):  # log_batch takes at most 1000 metrics
             self.client.log_batch(rid, metrics=new[i:i + 900])
         if inputs:
@@ -593,7 +481,7 @@ class Tracker:
             for field in ("level", "dcr", "rel", "rel_low", "rel_high"):
                 value = getattr(v, field)
                 key = f"{prefix}/{field}"
-                if value is not None and _finite(value) and run.data.metrics.get(key) != float(value):
+                if value is not None and is_finite(value) and run.data.metrics.get(key) != float(value):
                     metrics.append(Metric(key, float(value), _now_ms(), 0))
             tags.append(RunTag(f"lossyvision.verdict.{safe_name(v.model)}.{safe_name(v.metric)}.{v.question}",
                                f"{v.outcome}: {v.text}"[:4000]))
@@ -613,25 +501,6 @@ class Tracker:
                                   filter_string=f"tags.`{TAG_SWEEP}` = '{self.sweep_name}'")
 
 
-def verdict_markdown(lines: Iterable[str]) -> str:
-    """The report's verdict lines as the run's description: a bold heading per model, a bullet per answer."""
-    out = ["### Verdict"]
-    for line in lines:
-        if line.startswith(" "):
-            out.append(f"- {line.strip()}")
-        else:
-            out += ["", f"**{line.strip().rstrip(':')}**", ""]
-    return "\n".join(out).strip() + "\n"
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """``sqlite:///runs/x.db`` -> ``sqlite:////abs/runs/x.db``: trials run in other folders."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + os.path.abspath(uri[len(prefix):])
-    return uri
-
-
 def tracker_for(sweep: Any, *, plan_digest: str = "", strict: bool = False) -> Tracker:
     """The sweep's tracker (its URI made absolute); ``strict`` raises on an outage (``sweep sync``).
 
@@ -641,110 +510,6 @@ def tracker_for(sweep: Any, *, plan_digest: str = "", strict: bool = False) -> T
     uri = absolute_tracking_uri(sweep.tracking_uri)
     relocate_artifacts(uri, sweep.output)
     return Tracker(uri, sweep.experiment, sweep.name, sweep.output, plan_digest=plan_digest, strict=strict)
-
-
-#: Columns of MLflow's SQL store that hold artifact URIs (MLflow 3: runs, logged models, registry).
-ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
-                    ("logged_models", "artifact_location"), ("model_versions", "source"),
-                    ("model_versions", "storage_location"))
-
-
-def relocate_artifacts(tracking_uri: str, output: str) -> int:
-    """Point a copied or moved output's own SQLite store at the artifacts that moved with it.
-
-    MLflow records absolute ``file://`` artifact URIs. An output copied elsewhere (``cp -r``, a sync
-    to S3 and back) keeps them, so a run on the copy would write into the original's
-    ``mlartifacts``. Only a database *inside* OUTPUT is touched: it belongs to this output. Returns
-    how many URIs were rewritten (0 when nothing moved). MLflow has no API for this; the columns are
-    those of its SQL schema (:data:`ARTIFACT_COLUMNS`), stable since MLflow 1, and a missing one is
-    skipped.
-    """
-    import sqlite3
-
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix) or is_remote(str(output)):
-        return 0
-    db = Path(tracking_uri[len(prefix):])
-    out = Path(output).resolve()
-    if not db.exists() or out not in db.resolve().parents:
-        return 0
-    new = default_artifact_location(tracking_uri, str(out))
-    changed = 0
-    with sqlite3.connect(str(db)) as con:
-        try:
-            olds = {row[0] for row in con.execute("SELECT artifact_location FROM experiments")}
-        except sqlite3.Error:
-            return 0
-        for old in olds:
-            if not old or not old.endswith("/" + ARTIFACTS_DIR) or old == new:
-                continue
-            for table, column in ARTIFACT_COLUMNS:
-                try:
-                    cur = con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
-                                      f"WHERE substr({column}, 1, ?) = ?", (new, len(old) + 1, len(old), old))
-                    changed += cur.rowcount
-                except sqlite3.OperationalError:  # a table or column this MLflow version lacks
-                    continue
-    if changed:
-        log.info("MLflow artifacts of %s now point at %s (the output was copied or moved)", db, new)
-    return changed
-
-
-def default_artifact_location(tracking_uri: str, output: str) -> str | None:
-    """Artifacts next to a SQLite store (MLflow would use ./mlruns); a server keeps its own."""
-    if tracking_uri.startswith(("http://", "https://", "databricks")) or is_remote(str(output)):
-        return None
-    return Path(output).resolve().joinpath(ARTIFACTS_DIR).as_uri()
-
-
-def eval_metrics_of(results: pd.DataFrame) -> dict[str, float]:
-    """``test/<metric>/d<level>`` -> value for the rows of one trial."""
-    return {eval_metric_name(r.metric, r.test_level, getattr(r, "test_codec", None) or "jpegxl"): float(r.value)
-            for r in results.itertuples()}
-
-
-def ladder_text(test_levels: Iterable[float]) -> str:
-    """The sweep's sorted test levels as the series' steps index them: ``0,1,3,8``."""
-    return ",".join(format_level(x) for x in sorted(float(v) for v in test_levels))
-
-
-def eval_series_of(results: pd.DataFrame, test_levels: Iterable[float],
-                   codec: str | None = None) -> dict[str, dict[int, float]]:
-    """``by_test_level/<metric>``, ``/dcr`` and ``/level`` -> {step: value}, step = the level's index in the
-    sorted test levels.
-
-    Only the trial's own codec (``codec``) makes the series; cross-codec cells are in the per-level
-    metrics and the cells table.
-    """
-    ladder = sorted(float(v) for v in test_levels)
-    series: dict[str, dict[int, float]] = {}
-    for r in results.itertuples():
-        if codec is not None and (getattr(r, "test_codec", None) or codec) != codec:
-            continue
-        level = float(r.test_level)
-        if level not in ladder:
-            continue
-        step = ladder.index(level)
-        series.setdefault(series_name(r.metric), {})[step] = float(r.value)
-        series.setdefault(LEVEL_SERIES, {})[step] = level
-        dcr = getattr(r, "test_dcr", None)
-        if dcr is not None and _finite(dcr):
-            series.setdefault(DCR_SERIES, {})[step] = float(dcr)
-    return series
-
-
-def cells_table_of(results: pd.DataFrame) -> pd.DataFrame:
-    """A trial's rows for its ``cells`` table (level, DCR, value and intervals), by level and metric."""
-    cols = [c for c in CELL_COLUMNS if c in results.columns]
-    order = [c for c in ("test_codec", "test_level", "metric") if c in cols]
-    return results[cols].sort_values(order, kind="stable").reset_index(drop=True)
-
-
-def _finite(x: Any) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
 
 
 def _now_ms() -> int:
