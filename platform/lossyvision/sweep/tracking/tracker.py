@@ -1,104 +1,29 @@
-"""MLflow tracking, the only mlflow import: a parent run per sweep and a nested child run per trial.
-
-Runs are found by tags (``lossyvision.sweep`` + ``lossyvision.trial``), never remembered, so
-logging is idempotent: logging a trial twice (a rerun, ``sweep sync``) adds only what is
-missing. A trial's tag is its key, which carries its configuration hash: an edited trial gets a
-new run. The parent run belongs to one configuration of the sweep (``lossyvision.plan``, the
-plan's digest; MLflow params cannot change), and a trial reused by a new configuration moves under
-its parent.
-
-What a trial's run holds: its params and per-epoch ``train/*`` metrics; its trained model
-(``mlflow.pytorch.log_model``, a signature and an input example, as a LoggedModel of the run); its
-training data as a dataset input (source: the store's level, digest: the manifest rows it trained
-on) and its test levels as evaluation inputs; test metrics per level (``test/top1/d2``) and as series
-over the test levels (``by_test_level/top1``; :mod:`lossyvision.sweep.mlnames` says why both); and a
-``cells`` table (``cells.json``: level, DCR, value and intervals per cell). The trial's logged model
-carries its metrics (the per-level test metrics and the last epoch's training metrics). The parent run
-holds the report's verdict (metrics ``verdict/...``, tags, the run description) and the report's files.
-The experiment is tagged ``mlflow.experimentKind = custom_model_development``. What is sent is built
-without MLflow in :mod:`lossyvision.sweep.trackdata`; where the store and its artifacts live, in
-:mod:`lossyvision.sweep.mlstore`.
-
-Ray's MLflow integration (``MLflowLoggerCallback``, ``setup_mlflow``) is not used: it keys runs by
-Tune's trial ids (a rerun or a retried trial gets a new run), does not nest them (ray#19978), and
-fails the trial or the callback when the server is down; trials here never need MLflow.
-
-Outages: the first failed call logs one warning and turns the tracker off for the rest of the
-run (results live in ``results.parquet``); ``lossyvision sweep sync OUTPUT`` pushes everything
-later. HTTP retries and timeouts are kept short so an unreachable server costs seconds.
-"""
+"""The sweep's tracker: finds or makes its parent run and a child run per trial by tags, and logs params, epochs,
+test metrics by level, inputs, cells and the verdict; it turns itself off on an outage."""
 
 from __future__ import annotations
 
 import logging
 import os
 import warnings
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-import lossyvision
-from lossyvision.output import load_output_sweep, load_plan
-from lossyvision.store import format_level, is_remote, read_bytes
+from lossyvision.store import format_level
 from lossyvision.sweep.mlnames import (
-    CELLS_TABLE, DATASET_CONTEXT, EXPERIMENT_KIND, MODEL_NAME, REGISTERED_ALIAS, TAG_CONFIG, TAG_EXPERIMENT_KIND,
+    CELLS_TABLE, DATASET_CONTEXT, EXPERIMENT_KIND, TAG_CONFIG, TAG_EXPERIMENT_KIND,
     TAG_NOTE, TAG_PARENT, TAG_PLAN, TAG_ROLE, TAG_SWEEP, TAG_TEST_LEVELS, TAG_TRIAL, safe_name, train_metric_name)
 from lossyvision.sweep.mlstore import absolute_tracking_uri, default_artifact_location, relocate_artifacts
 from lossyvision.sweep.trackdata import DatasetRef, is_finite, verdict_markdown
+from lossyvision.sweep.tracking.client import HTTP_ENV
+from lossyvision.sweep.tracking.models import ModelLog
+from lossyvision.sweep.tracking.source import source_tags
 
-log = logging.getLogger(__name__)
-
-#: Short HTTP retry/timeout defaults (MLflow's are 7 retries with backoff and 120 s per request).
-HTTP_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
+log = logging.getLogger("lossyvision.sweep.tracking")
 
 
-@lru_cache(maxsize=1)
-def source_tags() -> dict[str, str]:
-    """MLflow's source tags for the lossyvision code that runs: its git commit, branch, remote, dirtiness.
-
-    Taken from the repository holding the ``lossyvision`` package (not the current folder, not the
-    entry point's), and only where there is one: an installed package (a container) has none.
-    """
-    from mlflow.utils import mlflow_tags
-    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
-
-    path = str(Path(lossyvision.__file__).parent)
-    tags = {mlflow_tags.MLFLOW_SOURCE_NAME: "lossyvision", mlflow_tags.MLFLOW_SOURCE_TYPE: "LOCAL",
-            "lossyvision.version": lossyvision.__version__}
-    commit = get_git_commit(path)
-    if commit:
-        tags[mlflow_tags.MLFLOW_GIT_COMMIT] = commit
-        for key, value in ((mlflow_tags.MLFLOW_GIT_BRANCH, get_git_branch(path)),
-                           (mlflow_tags.MLFLOW_GIT_REPO_URL, get_git_repo_url(path)),
-                           (mlflow_tags.MLFLOW_GIT_DIRTY, _git_dirty(path))):
-            if value is not None:
-                tags[key] = value
-    return tags
-
-
-def _git_dirty(path: str) -> str | None:
-    try:
-        from git import Repo
-
-        return str(Repo(path, search_parent_directories=True).is_dirty(untracked_files=False)).lower()
-    except Exception:  # noqa: BLE001 - no git executable, a damaged repository: leave the tag out
-        return None
-
-
-def _is_outage(error: BaseException) -> bool:
-    """An error of the server or the way to it (not of the model being logged)."""
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(error, (MlflowException, OSError)) or type(error).__module__.startswith(("requests", "urllib3"))
-
-
-class Tracker:
+class Tracker(ModelLog):
     """Logs one sweep to MLflow through an ``MlflowClient``; turns itself off on an outage."""
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, output: str,
@@ -351,114 +276,6 @@ class Tracker:
             self.client.log_batch(run_id, params=new)
 
     # --- models -------------------------------------------------------------------------------------
-    def model_id(self, trial_key: str) -> str | None:
-        """The trial's logged model (a ready one), or None."""
-        return self._guard(lambda: self._ready_model(self.child_run(trial_key)))
-
-    def _ready_model(self, rid: str) -> str | None:
-        from mlflow.entities import LoggedModelStatus
-
-        run = self.client.get_run(rid)
-        for out in (run.outputs.model_outputs if run.outputs else []):
-            if self.client.get_logged_model(out.model_id).status == LoggedModelStatus.READY:
-                return out.model_id
-        return None
-
-    def has_model(self, trial_key: str) -> bool:
-        return bool(self.model_id(trial_key))
-
-    def log_model(self, trial_key: str, model: Any) -> str | None:
-        """Log a trial's model (a :class:`lossyvision.sweep.models.LoggableModel`) once; returns its model id.
-
-        ``mlflow.pytorch.log_model`` with a signature inferred from the input example and the
-        module's output on it. A model that cannot be saved (an export error) is a warning, not an
-        outage: MLflow stays on for the rest.
-        """
-        return self._guard(self._log_model, trial_key, model)
-
-    def _log_model(self, trial_key: str, model: Any) -> str | None:
-        import torch
-
-        rid = self.child_run(trial_key)
-        existing = self._ready_model(rid)
-        if existing:
-            return existing
-        mlflow = self._fluent()
-        import mlflow.pytorch  # noqa: F811  (loads the submodule into the module _fluent returned)
-        from mlflow.models import infer_signature
-
-        with torch.no_grad():
-            output = model.module(torch.from_numpy(model.example))
-        signature = infer_signature(model.example, output.numpy())
-        logged = self.client.create_logged_model(
-            self.experiment_id(), name=trial_key, source_run_id=rid,
-            tags={TAG_SWEEP: self.sweep_name, TAG_TRIAL: trial_key},
-            params={k: str(v) for k, v in self.client.get_run(rid).data.params.items()})
-        # MLflow validates the example by loading and running the saved model: the signature above
-        # already ran it, so a pt2 model skips that (with pickle the option would reach torch.save).
-        extra = {"validate_serving_input": False} if model.serialization == "pt2" else {}
-        try:
-            mlflow.pytorch.log_model(
-                model.module, name=MODEL_NAME, signature=signature, input_example=model.example,
-                pip_requirements=model.requirements, code_paths=model.code_paths or None, metadata=model.metadata,
-                serialization_format=model.serialization, model_id=logged.model_id, run_id=rid, **extra)
-        except Exception as e:
-            if _is_outage(e):
-                raise
-            log.warning("trial %s: its model was not logged to MLflow (%s: %s); the checkpoint is in %s",
-                        trial_key, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", self.output)
-            return None
-        self._link_metrics(rid, logged.model_id)
-        return logged.model_id
-
-    def _link_metrics(self, rid: str, model_id: str) -> None:
-        """Give a logged model its trial's metrics: the per-level test metrics and the last training epoch's.
-
-        Each is sent again with its own timestamp, step and value and the model's id: MLflow links it
-        to the model and keeps one point in the run's history.
-        """
-        from mlflow.entities import Metric
-
-        keys = [k for k in self.client.get_run(rid).data.metrics
-                if (k.startswith("test/") and k.count("/") >= 2) or k.startswith("train/")]
-        linked = []
-        for key in keys:
-            history = self.client.get_metric_history(rid, key)
-            if history:
-                last = max(history, key=lambda m: (m.step, m.timestamp))
-                linked.append(Metric(key, last.value, last.timestamp, last.step, model_id=model_id))
-        for i in range(0, len(linked), 900):
-            self.client.log_batch(rid, metrics=linked[i:i + 900])
-
-    def register_model(self, trial_key: str, name: str, tags: Mapping[str, Any] | None = None) -> str | None:
-        """Register the trial's logged model as a version of ``name`` (once) with the alias ``recommended``.
-
-        Returns the version, or None when the trial has no logged model (or MLflow is off).
-        """
-        return self._guard(self._register_model, trial_key, name, dict(tags or {}))
-
-    def _register_model(self, trial_key: str, name: str, tags: dict[str, Any]) -> str | None:
-        model_id = self._ready_model(self.child_run(trial_key))
-        if model_id is None:
-            return None
-        source = f"models:/{model_id}"
-        version = None
-        try:
-            versions = self.client.search_model_versions(f"name = '{name}'")
-        except Exception as e:  # noqa: BLE001 - a name that does not exist yet
-            if _is_outage(e) and "RESOURCE_DOES_NOT_EXIST" not in str(e):
-                raise
-            versions = []
-        for v in versions:
-            if v.source == source or getattr(v, "model_id", None) == model_id:
-                version = v.version
-                break
-        if version is None:
-            mv = self._fluent().register_model(source, name, tags={k: str(v) for k, v in tags.items()})
-            version = mv.version
-        self.client.set_registered_model_alias(name, REGISTERED_ALIAS, version)
-        return str(version)
-
     # --- the parent run: the report's verdict -------------------------------------------------------
     def log_verdicts(self, verdicts: Iterable[Any], lines: Iterable[str] = (), headline: Iterable[Any] = ()) -> None:
         """The report's verdicts on the parent run (:class:`lossyvision.report.verdict.Verdict` objects).
@@ -516,35 +333,3 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
-
-
-# --- report and sensitivity artifacts (issue #4: the report helper's block) ---------------------------
-def log_report_artifacts(output: str, paths: Iterable[str], *, artifact_path: str = "report") -> bool:
-    """Log files (report figures, index.html, sensitivity maps) to the sweep's parent run.
-
-    The sweep comes from ``OUTPUT/sweep.yaml``. Remote files (``s3://...``) are copied to a temp
-    folder first (MLflow uploads local files). Returns False, with a warning, when MLflow is
-    unreachable: the files stay in OUTPUT either way.
-    """
-    import shutil
-    import tempfile
-
-    tracker = tracker_for(load_output_sweep(output), plan_digest=load_plan(output).digest)
-    paths = [str(p) for p in paths]
-
-    def _log() -> None:
-        rid = tracker.parent_run()
-        tmp = tempfile.mkdtemp(prefix="lossyvision-artifacts-")
-        try:
-            for p in paths:
-                local = p
-                if is_remote(p):
-                    local = os.path.join(tmp, p.rstrip("/").rsplit("/", 1)[-1])
-                    with open(local, "wb") as f:
-                        f.write(read_bytes(p))
-                tracker.client.log_artifact(rid, local, artifact_path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    tracker._guard(_log)
-    return tracker.available
