@@ -208,6 +208,7 @@ def test_search_json_round_trips_and_the_report_section_names_the_path(tmp_path)
     lines = describe_search(back)
     assert any("in this order" in ln for ln in lines) and any(ln.strip().startswith("stopped:") for ln in lines)
     assert "#" not in " ".join(lines)  # ladder indices are shown as levels
+    assert "pooled over trained levels 0, 2," in s["claim"]["spread"], s["claim"]  # in the claim's spread too
 
     from lossyvision.report.searchpath import search_sections
 

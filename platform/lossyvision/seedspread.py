@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -49,11 +49,11 @@ class Spread:
     def sd(self) -> float:
         return math.sqrt(self.variance) if self.measured else math.nan
 
-    def describe(self) -> str:
-        """One clause for the report: what was measured and under which assumption."""
+    def describe(self, name: Callable[[float], str] = lambda level: f"{level:g}") -> str:
+        """One clause for the report: what was measured and under which assumption (``name`` writes a level)."""
         if not self.measured:
             return "the spread between training runs is not measured (one repeat per level)"
-        at = ", ".join(f"{x:g}" for x in self.levels)
+        at = ", ".join(name(x) for x in self.levels)
         how = (f"pooled over trained levels {at}" if self.pooled else
                f"the largest of levels {at} (their spreads differ: Levene p = {self.levene_p:.3f})")
         check = ("" if not self.pooled or not math.isfinite(self.levene_p)

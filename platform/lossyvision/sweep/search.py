@@ -252,7 +252,7 @@ class _Replay:
         else:
             status = "cannot tell"
         return {"level": level, "rel": rel, "low": low, "high": high, "confidence": confidence, "status": status,
-                "repeats": len(cell), "spread": spread.describe(), "spread_df": spread.df}
+                "repeats": len(cell), "spread": spread.describe(lambda i: f"#{i:g}"), "spread_df": spread.df}
 
 
 def _spaced(interior: list[int], k: int) -> list[int]:

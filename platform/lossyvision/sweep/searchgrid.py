@@ -177,6 +177,7 @@ def _decision_json(d: Any, a: Arena) -> dict[str, Any]:
     claim = dict(d.claim) if d.claim else None
     if claim is not None:
         claim["level"] = at[claim["level"]]
+        claim["spread"] = _levels_named(str(claim.get("spread", "")), at)  # its levels are ladder indices
     return {"done": d.done, "outcome": d.outcome, "advised": None if d.advised is None else at[d.advised],
             "reason": _levels_named(d.reason, at), "claim": claim, "path": path,
             "contradictions": [at[i] for i in d.contradictions]}
