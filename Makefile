@@ -40,9 +40,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python docs/architecture_figure.py --check
 
-## Only the fast unit tests (no Ray, no slow end-to-end runs).
+## Only the fast unit tests (no Ray, no slow end-to-end runs), on two processes: about 3 minutes on 2 cores.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not ray and not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 -m "not ray and not slow and not nightly" $(PYTEST_ARGS)
 
 ## List the benchmarks (each is one script in benchmarks/, its results in docs/benchmarks.md); run one with
 ## `make bench B=compress_vs_pool ARGS="--images 400"` (each script's --help gives its options). They take minutes
