@@ -118,9 +118,19 @@ def test_two_worker_trial_resumes_after_a_worker_process_is_killed(local_ray, de
     epochs = 8
     sweep = write_sweep(tmp_path / "killed.yaml", demo_root, store, out, {"epochs": epochs}, {"workers": 2})
     killed: list[int] = []
+    reported = threading.Event()
+
+    def echo(line: str) -> None:
+        print(line)
+        if f"epoch 1/{epochs}" in line:  # the driver has the epoch's report: Ray Train registered its checkpoint
+            reported.set()
 
     def kill_after_first_checkpoint() -> None:
-        deadline = time.time() + 240
+        # Files under checkpoint_* appear while Ray Train is still persisting the report; a kill then restarts
+        # from scratch. The driver's epoch line comes after the checkpoint is registered.
+        if not reported.wait(240):
+            return
+        deadline = time.time() + 60
         while time.time() < deadline and not killed:
             if glob.glob(str(out / "tune" / "train" / "*" / "checkpoint_*" / "progress.json")):
                 workers = _train_workers()
@@ -132,7 +142,7 @@ def test_two_worker_trial_resumes_after_a_worker_process_is_killed(local_ray, de
 
     watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
     watcher.start()
-    outcome = run_sweep(sweep, echo=print, build_report=False)
+    outcome = run_sweep(sweep, echo=echo, build_report=False)
     watcher.join(timeout=5)
     assert killed, "no Ray Train worker was found to kill"
     assert outcome.ok
