@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -m "(ray or slow) and not nightly" $(PYTEST_ARGS)
 
 ## Every test, the nightly tier included (a sweep run twice, several codecs, killed drivers and workers, three
-## nodes losing two, S3 twins of local tests): about 20 minutes more on 2 cores.
+## nodes losing two, S3 twins of local tests): about 10 minutes more on 2 cores.
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python docs/architecture_figure.py --check
 
-## Only the fast unit tests (no Ray, no slow end-to-end runs), on two processes: about 3 minutes on 2 cores.
+## Only the fast unit tests (no Ray, no slow end-to-end runs), on two processes: about 2 minutes on 2 cores.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m "not ray and not slow and not nightly" $(PYTEST_ARGS)
 
