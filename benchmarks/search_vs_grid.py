@@ -25,10 +25,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sweep_file(work: Path, name: str, search: bool, data: Path, seed: int, keep: float | None) -> Path:
+def sweep_file(work: Path, name: str, search: bool, data: Path, seed: int, keep: float | None,
+               fallbacks: int = 0) -> Path:
     spec = yaml.safe_load((REPO / "sweeps" / "demo-search.yaml").read_text())
     if not search:
         spec.pop("search")
+    elif fallbacks:
+        spec["search"]["fallbacks"] = fallbacks
     if keep is not None:
         spec["report"]["keep"] = keep
     spec.update(name=name, seed=seed, output=str(work / name), store=str(work / "store"),
@@ -57,26 +60,29 @@ def main() -> int:
     ap.add_argument("--keep", type=float, help="report.keep of both (default: the file's, 0.99)")
     ap.add_argument("--grid", type=Path, help="a finished grid output of the same sweep to reuse (its report is "
                                               "rebuilt at --keep): the grid's trainings do not depend on keep")
+    ap.add_argument("--fallbacks", type=int, default=0, help="the search's fallbacks (default: the file's, 0)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     data = REPO / "data" / "demo"
     if not (data / "README.md").exists():
         subprocess.run([sys.executable, "-m", "lossyvision.cli", "demo-data", str(data)], check=True)
-    out = {"seed": args.seed, "keep": args.keep or 0.99}
-    for name, search in (("search", True), ("grid", False)):
+    out = {"seed": args.seed, "keep": args.keep or 0.99, "fallbacks": args.fallbacks}
+    search_name = f"search-f{args.fallbacks}" if args.fallbacks else "search"
+    for name, search in ((search_name, True), ("grid", False)):
         if name == "grid" and args.grid:
             subprocess.run([sys.executable, "-m", "lossyvision.cli", "report", str(args.grid), "--no-mlflow",
                             *(["--keep", str(args.keep)] if args.keep else [])], check=True)
             out[name] = {"reused": str(args.grid), **answer(args.grid)}
             continue
-        path = sweep_file(args.work, name, search, data, args.seed, args.keep)
+        path = sweep_file(args.work, name, search, data, args.seed, args.keep, args.fallbacks)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "lossyvision.cli", "sweep", "run", str(path), "--num-cpus", "2"],
                        check=True)
-        out[name] = {"seconds": round(time.perf_counter() - start, 1), **answer(args.work / name)}
+        key = "search" if search else name
+        out[key] = {"seconds": round(time.perf_counter() - start, 1), **answer(args.work / name)}
         if search:
-            out[name]["path"] = json.loads((args.work / name / "search.json").read_text())["searches"]
+            out[key]["path"] = json.loads((args.work / name / "search.json").read_text())["searches"]
     s, g = out["search"], out["grid"]
     out["same_answer"] = s["advised"] == g["advised"]
     out["training_ratio"] = round(s["trainings"] / g["trainings"], 3)
