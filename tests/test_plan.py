@@ -11,7 +11,7 @@ import pytest
 from lossyvision.spec import ModelSpec, Sweep
 from lossyvision.sweep.plan import (CellSpec, Grid, PlanError, TrialSpec, compress_levels, done_cell_keys,
                                     grid_size, level_dcr, pending, plan)
-from lossyvision.sweep.results import NO_BUDGET
+from lossyvision.sweep.layout import NO_BUDGET
 
 
 def model(name: str) -> ModelSpec:

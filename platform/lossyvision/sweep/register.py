@@ -8,7 +8,7 @@ from typing import Any
 from lossyvision.report.verdict import headline
 from lossyvision.store import format_level
 from lossyvision.sweep.plan import Grid
-from lossyvision.sweep.results import NO_BUDGET
+from lossyvision.sweep.layout import NO_BUDGET
 
 
 def register_recommended(tracker: Any, grid: Grid, verdicts: list[Any], name: str) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import pyarrow as pa
 
 from lossyvision.store import DamagedFileError, atomic_write_bytes, exists, join, read_bytes
-from lossyvision.sweep.layout import NO_BUDGET  # noqa: F401 - declared with the grid's layout; sweep.run imports it here
 
 #: Columns that identify a row.
 KEY = ("cell_id", "metric")

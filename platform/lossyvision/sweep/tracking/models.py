@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from lossyvision.sweep.mlnames import MODEL_NAME, REGISTERED_ALIAS, TAG_SWEEP, TAG_TRIAL
 from lossyvision.sweep.tracking.client import is_outage
 
-log = logging.getLogger("lossyvision.sweep.tracking")
+log = logging.getLogger(__name__)
 
 
 class ModelLog:

@@ -20,7 +20,7 @@ from lossyvision.sweep.tracking.client import HTTP_ENV
 from lossyvision.sweep.tracking.models import ModelLog
 from lossyvision.sweep.tracking.source import source_tags
 
-log = logging.getLogger("lossyvision.sweep.tracking")
+log = logging.getLogger(__name__)
 
 
 class Tracker(ModelLog):
