@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from lossyvision.compress_options import check_option
+from lossyvision.compress_options import ON_ERROR, CompressOptions, check_option
 from lossyvision.datasets import DATASETS
+from lossyvision.imageio import ANIMATED_POLICIES
+from lossyvision.shards import LAYOUTS
 from lossyvision.streaming import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_SHUFFLE_BUFFER
 from lossyvision.sweepfile.fields import (BOUNDS, TRACKING_SCHEMES, Float, Int, Strict, bounded, byte_size,
                                           check_registered, check_slug)
@@ -27,18 +29,22 @@ class DatasetSpec(Strict):
         return check_registered(DATASETS, v)
 
 
+#: The compress job's defaults: the sweep file's ``compress:`` section starts from them, as the command line does.
+_JOB = CompressOptions()
+
+
 class CompressSpec(Strict):
-    on_error: Literal["skip", "fail"] = "skip"
-    max_pixels: Int = 100_000_000
+    on_error: Literal[ON_ERROR] = _JOB.on_error
+    max_pixels: Int = _JOB.max_pixels
     quality_metric: Literal["ssimulacra2", "butteraugli"] | None = None
     quality_sample: int = Field(
-        16, description="images per level whose achieved quality is measured, or all of them (all: -1)")
-    animated: Literal["refuse", "first"] = Field(
-        "refuse", description="an animated image (GIF, APNG, WebP): refuse it, or compress its first frame")
-    layout: Literal["files", "shards"] = Field(
-        "files", description="the store's layout: one file per image and level, or tar shards per level "
-                             "(object stores; docs/kubernetes.md)")
-    shard_size: Int = Field(256 * 10**6, description="layout shards: source bytes per shard, e.g. 256MB")
+        _JOB.quality_sample, description="images per level whose achieved quality is measured, or all of them (all: -1)")
+    animated: Literal[ANIMATED_POLICIES] = Field(
+        _JOB.animated, description="an animated image (GIF, APNG, WebP): refuse it, or compress its first frame")
+    layout: Literal[LAYOUTS] = Field(
+        _JOB.layout, description="the store's layout: one file per image and level, or tar shards per level "
+                                 "(object stores; docs/kubernetes.md)")
+    shard_size: Int = Field(_JOB.shard_size, description="layout shards: source bytes per shard, e.g. 256MB")
 
     @field_validator("shard_size", mode="before")
     @classmethod
@@ -50,7 +56,7 @@ class CompressSpec(Strict):
     def _max_pixels(cls, v: int, info: ValidationInfo) -> int:
         return check_option(info.field_name, v)
     png_sample: int | Literal["all"] = Field(
-        256, description="images per split with a lossless PNG baseline (the report's PNG line), or all of them")
+        _JOB.png_sample, description="images per split with a lossless PNG baseline (the report's PNG line), or all of them")
 
     @field_validator("quality_sample", "png_sample", mode="before")
     @classmethod
