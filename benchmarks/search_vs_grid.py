@@ -9,12 +9,17 @@ training of the grid with the same key. Reported: each one's trainings and evalu
     python3 benchmarks/search_vs_grid.py --work /tmp/search-vs-grid --json benchmarks/results/search-vs-grid.json
     python3 benchmarks/search_vs_grid.py --keep 0.98 --work /tmp/svg98 --grid /tmp/search-vs-grid/grid \
         --json benchmarks/results/search-vs-grid-keep98.json
+
+``--also-keep 0.98 0.975`` then asks both at other thresholds from the same trainings: the grid's report is
+rebuilt at each, and the finished search's output is copied and run again with that ``report.keep`` (the search
+resumes from its finished trials, replays its policy at the new threshold and trains whatever that path needs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -61,6 +66,8 @@ def main() -> int:
     ap.add_argument("--grid", type=Path, help="a finished grid output of the same sweep to reuse (its report is "
                                               "rebuilt at --keep): the grid's trainings do not depend on keep")
     ap.add_argument("--fallbacks", type=int, default=0, help="the search's fallbacks (default: the file's, 0)")
+    ap.add_argument("--also-keep", type=float, nargs="*", default=[],
+                    help="other thresholds to ask both at, from the same trainings (see above)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -89,6 +96,28 @@ def main() -> int:
     print(f"search: {s['trainings']} trainings, {s['cells']} cells, advises {s['advised']} ({s['outcome']})")
     print(f"grid:   {g['trainings']} trainings, {g['cells']} cells, advises {g['advised']} ({g['outcome']})")
     print(f"same answer: {out['same_answer']}; the search trained {100 * out['training_ratio']:.0f}% of the grid's")
+    grid_out = args.grid or args.work / "grid"
+    out["thresholds"] = {str(out["keep"]): {"search": s["advised"], "grid": g["advised"],
+                                            "same": out["same_answer"], "search_trainings": s["trainings"]}}
+    for keep in args.also_keep:
+        copy = args.work / f"{search_name}-keep{keep:g}"
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(args.work / search_name, copy)
+        path = sweep_file(args.work, copy.name, True, data, args.seed, keep, args.fallbacks)
+        spec = yaml.safe_load(path.read_text())
+        spec["name"] = search_name  # the same sweep (its trials' keys, its MLflow experiment), at another threshold
+        spec["tracking"] = {"experiment": f"search-vs-grid-{search_name}"}
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        subprocess.run([sys.executable, "-m", "lossyvision.cli", "sweep", "run", str(path), "--num-cpus", "2"],
+                       check=True)
+        subprocess.run([sys.executable, "-m", "lossyvision.cli", "report", str(grid_out), "--no-mlflow",
+                        "--keep", str(keep)], check=True)
+        a, b = answer(copy), answer(grid_out)
+        out["thresholds"][str(keep)] = {"search": a["advised"], "grid": b["advised"], "same": a["advised"] == b["advised"],
+                                        "search_trainings": a["trainings"], "search_text": a["text"],
+                                        "grid_text": b["text"]}
+        print(f"keep {keep:g}: search advises {a['advised']} ({a['trainings']} trainings), grid {b['advised']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))

@@ -226,3 +226,56 @@ def test_a_finished_trial_without_its_cell_is_never_trained_again(tmp_path):
     assert decide_arena(sweep, grid, arena, empty, config, set(), set()).train == [(0, 0)]
     d = decide_arena(sweep, grid, arena, empty, config, set(), set(), finished={base})
     assert d.done and d.outcome == "failed" and "(or its evaluation) failed" in d.reason
+
+
+def test_the_confirmation_pairs_test_images_as_the_report_does(tmp_path):
+    """With predictions in OUTPUT, the confirmation's test-image interval is the report's paired bootstrap
+    over the same cells (so the search and the grid give the same runs the same interval), and it is
+    narrower than the unpaired fallback when the level and the baseline miss the same images."""
+    import numpy as np
+
+    from lossyvision import output as outdir
+    from lossyvision.intervals import relative_interval
+    from lossyvision.metrics.classification import ClassificationOutcomes
+    from lossyvision.seeding import derive_seed
+    from lossyvision.sweep.searchgrid import PairedTestImages, question_cell
+
+    sweep = parse_sweep({**_data(tmp_path), "repeats": 3, "output": str(tmp_path / "out")})
+    grid = search_grid(sweep, _grid(sweep))
+    arena = arenas(sweep, grid)[0]
+    rng = np.random.default_rng(0)
+    n, hard = 600, rng.random(600) < 0.2  # a fifth of the images are hard for every model
+    rows = []
+
+    def outcome(level: int, repeat: int) -> ClassificationOutcomes:
+        wrong = hard & (rng.random(n) < 0.9 + 0.01 * level) | (~hard & (rng.random(n) < 0.01))
+        labels = np.zeros(n, dtype=np.int64)
+        return ClassificationOutcomes(np.array([f"i{k}" for k in range(n)]), labels, wrong.astype(np.int64),
+                                      wrong.astype(np.int64), 10)
+
+    trained = [(i, 0) for i in range(6)] + [(i, r) for i in (0, 5) for r in (1, 2, 3)]
+    for t in trained:
+        o = outcome(*t)
+        cell = question_cell(sweep, grid, arena.trials[t])
+        outdir.write_predictions(sweep.output, cell.key, o)
+        top1 = float(o.metrics()["top1"])
+        half = 1.96 * np.sqrt(top1 * (1 - top1) / n)
+        rows.append({"cell_id": cell.key, "model": "m", "metric": "top1", "value": top1, "ci_low": top1 - half,
+                     "ci_high": top1 + half, "confidence": 0.95})
+    results = pd.DataFrame(rows)
+    config = SearchConfig(keep=0.95, repeats=3, parallel=2, margin=0.0)
+    unpaired = decide_arena(sweep, grid, arena, results, config, set(), set())
+    paired = decide_arena(sweep, grid, arena, results, config, set(), set(),
+                          paired=PairedTestImages(sweep, grid, sweep.output))
+    assert unpaired.done and paired.done and paired.claim["level"] == unpaired.claim["level"] == 5
+    assert unpaired.claim["test_images"] == "unpaired" and paired.claim["test_images"] == "paired"
+    assert paired.claim["high"] - paired.claim["low"] < unpaired.claim["high"] - unpaired.claim["low"]
+
+    def outcomes_of(i):
+        return [outdir.read_predictions(sweep.output, question_cell(sweep, grid, arena.trials[(i, r)]).key)
+                for r in (1, 2, 3)]
+    report = relative_interval(outcomes_of(5), outcomes_of(0), "top1", images_only=True, confidence=0.95,
+                               n_resamples=int(sweep.report.resamples), seed=derive_seed("bootstrap", sweep.seed, "m"))
+    assert paired.claim["rel"] == pytest.approx(report.estimate)
+    test_only = PairedTestImages(sweep, grid, sweep.output).for_arena(arena, "top1")(5, [1, 2, 3], 0.95)
+    assert test_only == (report.estimate, report.low, report.high)

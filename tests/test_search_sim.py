@@ -10,7 +10,8 @@ level, shared by every repeat tested on the same images). The searches drive the
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import binomtest
+import pytest
+from scipy.stats import binomtest, norm
 
 from lossyvision.sweep.search import Obs, SearchConfig, decide
 
@@ -27,11 +28,21 @@ def _curve(rng: np.random.Generator) -> np.ndarray:
     return 100.0 - drop * (np.arange(LEVELS) / (LEVELS - 1)) ** power
 
 
-def _search(rng: np.random.Generator, truth: np.ndarray, config: SearchConfig):
+def _paired(obs: dict[tuple[int, int], Obs]):
+    """The sweep's paired test-image interval, as the simulator knows it: the level's relative value (its
+    repeats' mean over the baseline's) with the test-sampling error it was drawn with, TEST_SD."""
+    def interval(level, repeats, confidence):
+        rel = 100.0 * np.mean([obs[(level, r)].value for r in repeats]) / np.mean([obs[(0, r)].value for r in repeats])
+        half = float(norm.ppf(0.5 + confidence / 2)) * TEST_SD
+        return rel, rel - half, rel + half
+    return interval
+
+
+def _search(rng: np.random.Generator, truth: np.ndarray, config: SearchConfig, paired: bool = True):
     test_effect = np.r_[0.0, rng.normal(0.0, TEST_SD, LEVELS - 1)]
     obs: dict[tuple[int, int], Obs] = {}
     for _ in range(200):
-        d = decide(LEVELS, obs, config)
+        d = decide(LEVELS, obs, config, test_interval=_paired(obs) if paired else None)
         if d.done:
             return d, len(obs)
         assert d.train, "nothing running, so the policy must ask for trainings or stop"
@@ -42,12 +53,12 @@ def _search(rng: np.random.Generator, truth: np.ndarray, config: SearchConfig):
     raise AssertionError("the search did not end")
 
 
-def _run(curves, config: SearchConfig, n: int, seed: int):
+def _run(curves, config: SearchConfig, n: int, seed: int, paired: bool = True):
     rng = np.random.default_rng(seed)
     wrong, trainings, advised = 0, [], 0
     for _ in range(n):
         truth = curves(rng)
-        d, used = _search(rng, truth, config)
+        d, used = _search(rng, truth, config, paired)
         trainings.append(used)
         if d.advised is not None:
             advised += 1
@@ -56,9 +67,12 @@ def _run(curves, config: SearchConfig, n: int, seed: int):
     return wrong, np.array(trainings), advised
 
 
-def test_a_thousand_searches_hold_the_error_rate_at_a_third_of_the_grid():
+@pytest.mark.parametrize("paired", [True, False], ids=["paired", "unpaired"])
+def test_a_thousand_searches_hold_the_error_rate_at_a_third_of_the_grid(paired):
+    """Paired: the sweep's confirmation (test images paired with the baseline's); unpaired: the fallback
+    where predictions are missing (wider)."""
     config = SearchConfig(keep=0.98, confidence=0.95, repeats=REPEATS, parallel=2)
-    wrong, trainings, advised = _run(_curve, config, 1000, seed=0)
+    wrong, trainings, advised = _run(_curve, config, 1000, seed=0, paired=paired)
     full_grid = LEVELS * REPEATS
     # (a) advising a level whose true relative value is under the threshold: at most 5 %, at 95 % confidence
     upper = binomtest(wrong, 1000).proportion_ci(0.95, method="exact").high
@@ -68,11 +82,12 @@ def test_a_thousand_searches_hold_the_error_rate_at_a_third_of_the_grid():
     assert trainings.max() <= 1 + LEVELS + 2 * REPEATS
     # not vacuous: the search does advise levels
     assert advised >= 300, advised
-    print(f"\nsearch simulator: {wrong}/1000 wrong advice (95% upper bound {upper:.3f}), {advised} advised, "
+    print(f"\nsearch simulator ({'paired' if paired else 'unpaired'}): {wrong}/1000 wrong advice (95% upper bound {upper:.3f}), {advised} advised, "
           f"median {np.median(trainings):g} trainings (max {trainings.max()}) vs the full grid's {full_grid}")
 
 
-def test_a_plateau_just_under_the_threshold_is_rarely_advised():
+@pytest.mark.parametrize("paired", [True, False], ids=["paired", "unpaired"])
+def test_a_plateau_just_under_the_threshold_is_rarely_advised(paired):
     """The adversarial case: every level loses by a little, so any advice is wrong; exploration passes
     some levels by luck, and only the fresh seeds stand between them and the answer."""
     config = SearchConfig(keep=0.99, confidence=0.95, repeats=REPEATS, parallel=2, margin=0.0)
@@ -80,7 +95,7 @@ def test_a_plateau_just_under_the_threshold_is_rarely_advised():
     def plateau(rng):
         return np.r_[100.0, np.full(LEVELS - 1, 98.9)]
 
-    wrong, _, _ = _run(plateau, config, 1000, seed=1)
+    wrong, _, _ = _run(plateau, config, 1000, seed=1, paired=paired)
     upper = binomtest(wrong, 1000).proportion_ci(0.95, method="exact").high
     assert upper <= 0.05, (wrong, upper)
 

@@ -26,8 +26,8 @@ from lossyvision.store import absolute
 from lossyvision.sweep.plan import Grid, TrialSpec
 from lossyvision.sweep.results import read_results
 from lossyvision.sweep.search import trainings_bounds
-from lossyvision.sweep.searchgrid import (Arena, arenas, config_for, decide_arena, read_search, search_payload,
-                                          write_search)
+from lossyvision.sweep.searchgrid import (Arena, PairedTestImages, arenas, config_for, decide_arena, read_search,
+                                          search_payload, write_search)
 from lossyvision.sweep.trials import finished_keys, read_meta
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def _make_searcher(sweep: Any, grid: Grid, output: str, evaluate: Evaluate, para
             self.results = read_results(output)
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lv-search-eval")
             self.evaluating: dict[str, Future] = {}  # trial key -> its evaluation
+            self.paired = PairedTestImages(sweep, grid, output)
 
         def __reduce__(self):  # Tune pickles its search algorithm into tuner.pkl, never read back here
             return (Searcher, ())
@@ -109,7 +110,7 @@ def _make_searcher(sweep: Any, grid: Grid, output: str, evaluate: Evaluate, para
             running = set(self.running.values()) | set(self.evaluating)
             finished = set(self.order)
             self.decisions = {a.name: decide_arena(self.sweep, self.grid, a, self.results, self.config, running,
-                                                   self.failed, finished) for a in self.arenas}
+                                                   self.failed, finished, self.paired) for a in self.arenas}
             return self.decisions
 
         def write(self) -> None:

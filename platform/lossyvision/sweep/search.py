@@ -15,7 +15,11 @@ Two phases, with the data of one never reused as the other's evidence:
    conservative side).
 2. **Confirm** on fresh seeds: repeats ``1..repeats`` at the candidate *and* at the baseline. The
    interval about models trained at the candidate (:func:`lossyvision.seedspread.trained_interval`:
-   test images plus the spread between runs, pooled over the fresh repeats) decides. Exploration
+   test images plus the spread between runs, pooled over the fresh repeats) decides. Its test-image
+   part is the report's: the cell's and the baseline's repeats on the same resampled test images
+   (``test_interval``, a paired bootstrap in the sweep), so the same runs give the search and the
+   grid the same interval; without it (the simulator's default) the two standard errors add as if
+   independent, which errs wide. Exploration
    chose the level, so it is one hypothesis fixed before its data exist: no multiplicity. With
    ``fallbacks: f`` the sequence is fixed at the end of exploration, the candidate then up to f less
    compressed levels that passed, stopping at the first that keeps; since that is f + 1 chances, each
@@ -32,11 +36,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 from lossyvision.seedspread import pooled_spread, trained_interval
 
 Training = tuple[int, int]  # (ladder index, repeat)
+#: ``(ladder index, repeats, confidence) -> (rel, low, high)``: the test images' interval (%) of the level's
+#: mean over those repeats relative to the baseline's over the same repeats, or None where it cannot be had.
+TestInterval = Callable[[int, Sequence[int], float], "tuple[float, float, float] | None"]
 QUESTIONS = ("matched", "train", "test")
 EXPLORE, CONFIRM = "explore", "confirm"
 
@@ -111,12 +118,14 @@ class _Need(Exception):
 
 
 def decide(n_levels: int, obs: Mapping[Training, Obs], config: SearchConfig, *,
-           running: Iterable[Training] = (), failed: Iterable[Training] = ()) -> Decision:
+           running: Iterable[Training] = (), failed: Iterable[Training] = (),
+           test_interval: TestInterval | None = None) -> Decision:
     """The next trainings of the search (or its end), replayed from ``obs``; ``running`` are started
-    and not finished, ``failed`` gave no result (the search stops on them: no result, no decision)."""
+    and not finished, ``failed`` gave no result (the search stops on them: no result, no decision);
+    ``test_interval`` pairs the confirmation's test images (None: unpaired, from ``obs``' errors)."""
     running, failed = set(running), set(failed)
     path: list[Step] = []
-    replay = _Replay(n_levels, obs, config, path)
+    replay = _Replay(n_levels, obs, config, path, test_interval)
     try:
         return replay.run()
     except _Need as need:
@@ -135,10 +144,12 @@ def decide(n_levels: int, obs: Mapping[Training, Obs], config: SearchConfig, *,
 
 
 class _Replay:
-    def __init__(self, n_levels: int, obs: Mapping[Training, Obs], config: SearchConfig, path: list[Step]) -> None:
+    def __init__(self, n_levels: int, obs: Mapping[Training, Obs], config: SearchConfig, path: list[Step],
+                 test_interval: TestInterval | None = None) -> None:
         if n_levels < 1:
             raise ValueError("the ladder needs at least one level")
         self.k, self.obs, self.c, self.path = n_levels, obs, config, path
+        self.test_interval = test_interval
         self.claim: dict | None = None
 
     def need(self, trainings: list[Training], phase: str, what: str) -> None:
@@ -237,14 +248,22 @@ class _Replay:
         spread_data[0] = [100.0 * o.value / base_mean for o in base]
         spread_data[level] = [100.0 * o.value / base_mean for o in cell]
         rel = sum(spread_data[level]) / len(cell)
-        # test images: the cell's and the baseline's standard errors, taken as independent (pairing would
-        # narrow it); repeats on the same images share their test-image error, so it does not shrink with them
-        se_cell = sum(o.se for o in cell) / len(cell)
-        se_base = sum(o.se for o in base) / len(base)
-        se = 100.0 / base_mean * math.sqrt(se_cell ** 2 + (rel / 100.0) ** 2 * se_base ** 2)
-        z = float(norm.ppf(0.5 + confidence / 2))
+        paired = self.test_interval(level, list(fresh), confidence) if self.test_interval else None
+        if paired is not None and all(math.isfinite(x) for x in paired):
+            rel, test_low, test_high = (float(x) for x in paired)
+            images = "paired"
+        else:
+            # the cell's and the baseline's standard errors, taken as independent (wide: the shared test
+            # images' luck does not cancel); repeats on the same images share their test-image error, so
+            # it does not shrink with them
+            se_cell = sum(o.se for o in cell) / len(cell)
+            se_base = sum(o.se for o in base) / len(base)
+            se = 100.0 / base_mean * math.sqrt(se_cell ** 2 + (rel / 100.0) ** 2 * se_base ** 2)
+            z = float(norm.ppf(0.5 + confidence / 2))
+            test_low, test_high = rel - z * se, rel + z * se
+            images = "unpaired"
         spread = pooled_spread({float(k): v for k, v in spread_data.items()})
-        low, high = trained_interval(rel, rel - z * se, rel + z * se, spread, len(cell), len(base), confidence)
+        low, high = trained_interval(rel, test_low, test_high, spread, len(cell), len(base), confidence)
         if math.isfinite(low) and low >= c.threshold - 1e-9:
             status = "keeps"
         elif math.isfinite(high) and high < c.threshold - 1e-9:
@@ -252,7 +271,8 @@ class _Replay:
         else:
             status = "cannot tell"
         return {"level": level, "rel": rel, "low": low, "high": high, "confidence": confidence, "status": status,
-                "repeats": len(cell), "spread": spread.describe(lambda i: f"#{i:g}"), "spread_df": spread.df}
+                "repeats": len(cell), "spread": spread.describe(lambda i: f"#{i:g}"), "spread_df": spread.df,
+                "test_images": images}
 
 
 def _spaced(interior: list[int], k: int) -> list[int]:

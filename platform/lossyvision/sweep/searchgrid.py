@@ -17,7 +17,9 @@ from typing import Any
 import pandas as pd
 
 from lossyvision import output as outdir
+from lossyvision.intervals import relative_interval
 from lossyvision.metrics import headline_first
+from lossyvision.seeding import derive_seed
 from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec
 from lossyvision.sweep.search import Obs, SearchConfig, Training, decide, trainings_bounds
 
@@ -126,6 +128,42 @@ def observations(sweep: Any, grid: Grid, arena: Arena, results: pd.DataFrame) ->
     return out
 
 
+class PairedTestImages:
+    """The confirmation's test-image interval as the report computes it: the level's and the baseline's
+    repeats on the same resampled test images (:func:`lossyvision.intervals.relative_interval`, repeats
+    held fixed), from ``OUTPUT/predictions``, with the report's bootstrap seed and resamples; cached by
+    cell keys, since the searcher replays the policy on every suggestion."""
+
+    def __init__(self, sweep: Any, grid: Grid, output: str) -> None:
+        self.sweep, self.grid, self.output = sweep, grid, str(output)
+        self._cache: dict[tuple, tuple[float, float, float] | None] = {}
+
+    def for_arena(self, arena: Arena, metric: str):
+        """The policy's ``test_interval`` for ``arena`` judged on ``metric``."""
+        def interval(level: int, repeats: Any, confidence: float) -> tuple[float, float, float] | None:
+            cells = [[question_cell(self.sweep, self.grid, arena.trials[(i, r)]) if (i, r) in arena.trials else None
+                      for r in repeats] for i in (level, 0)]
+            if any(c is None for group in cells for c in group):
+                return None
+            key = (metric, confidence, tuple(c.key for group in cells for c in group))
+            if key not in self._cache:
+                self._cache[key] = self._paired(cells[0], cells[1], arena.model, metric, confidence)
+            return self._cache[key]
+        return interval
+
+    def _paired(self, cell: list[CellSpec], base: list[CellSpec], model: str, metric: str,
+                confidence: float) -> tuple[float, float, float] | None:
+        try:
+            cell_out = [outdir.read_predictions(self.output, c.key) for c in cell]
+            base_out = [outdir.read_predictions(self.output, c.key) for c in base]
+            ci = relative_interval(cell_out, base_out, metric, confidence=confidence, images_only=True,
+                                   n_resamples=int(self.sweep.report.resamples),
+                                   seed=derive_seed("bootstrap", int(self.sweep.seed), model))
+        except (KeyError, OSError, ValueError):
+            return None  # no predictions (or none shared): the policy takes the unpaired errors
+        return ci.estimate, ci.low, ci.high
+
+
 # --- what it costs ------------------------------------------------------------------------------------
 def plan_lines(sweep: Any, parallel: int) -> list[str]:
     """``sweep plan``'s lines for a search: the full grid's trainings, the search's expected and worst case."""
@@ -232,12 +270,18 @@ def describe_search(data: dict[str, Any]) -> list[str]:
 
 
 def decide_arena(sweep: Any, grid: Grid, arena: Arena, results: pd.DataFrame, config: SearchConfig,
-                 running: set[str], failed: set[str], finished: set[str] = frozenset()) -> Any:
+                 running: set[str], failed: set[str], finished: set[str] = frozenset(),
+                 paired: PairedTestImages | None = None) -> Any:
     """The policy's decision for one search, from the results table and the trial keys running, failed and
     finished (a finished trial without its question cell failed its evaluation: it counts as failed, never
-    as a training to run again)."""
+    as a training to run again); ``paired`` reads the predictions that pair the confirmation's test images."""
     obs = observations(sweep, grid, arena, results)
     ids = {spec.key: t for t, spec in arena.trials.items()}
     lost = set(failed) | {k for k in finished if k in ids and ids[k] not in obs}
+    test_interval = None
+    if paired is not None and results is not None and not results.empty:
+        model_rows = results[results["model"] == arena.model] if "model" in results.columns else results
+        if not model_rows.empty:
+            test_interval = paired.for_arena(arena, headline_first(model_rows)[0])
     return decide(len(arena.levels), obs, config, running=[ids[k] for k in running if k in ids],
-                  failed=[ids[k] for k in lost if k in ids])
+                  failed=[ids[k] for k in lost if k in ids], test_interval=test_interval)
