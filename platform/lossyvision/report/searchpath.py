@@ -9,7 +9,7 @@ import pandas as pd
 
 from lossyvision.codecs import DEFAULT_CODEC
 from lossyvision.report.html import Section
-from lossyvision.report.verdict import QUESTIONS, Verdict, codec_named, headline, percent, with_confidence
+from lossyvision.report.verdict import QUESTIONS, Verdict, codec_named, dcr_text, headline, percent, with_confidence
 from lossyvision.sweep.searchgrid import describe_search, read_search
 
 
@@ -21,8 +21,8 @@ def search_sections(output: str) -> list[Section]:
     lines = describe_search(data)
     answers = [ln.strip() for ln in lines if ln.strip().startswith(("answer:", "stopped:"))]
     text = (f"{lines[0]} The search explored on one training run per level (repeat 0), then confirmed its candidate "
-            "on fresh seeds at the candidate and at the baseline; only the confirmation's interval supports its "
-            "answer (docs/reproducibility.md, 'Adaptive search'). The verdict below states the search's answer for this "
+            "on fresh seeds at the candidate and at the baseline, their test images paired as the grid's cells are; "
+            "only the confirmation's interval supports its answer (docs/reproducibility.md, 'Adaptive search'). The verdict below states the search's answer for this "
             "question; its other questions read the trained cells (the exploration runs included).\n\n" + "\n\n".join(answers))
     return [Section("Adaptive search: the answer on fresh seeds, and its path", text=text,
                     tables_html=[f"<pre>{html.escape(chr(10).join(lines[1:]))}</pre>"])]
@@ -54,10 +54,12 @@ def with_search(found: list[Verdict], search: dict | None, rel: pd.DataFrame | N
         seeds = f"{claim.get('repeats', search.get('repeats'))} fresh seeds"
         if s.get("advised") is not None and claim:
             level = float(s["advised"])
-            text = (f"{lead} {at(level)} (adaptive search, confirmed on {seeds}): models trained there keep ≥ "
+            dcr = _train_dcr(rel, model, codec, level)
+            size = f", {dcr_text(dcr)}" if dcr is not None else ""
+            text = (f"{lead} {at(level)} (adaptive search, confirmed on {seeds}{size}): models trained there keep ≥ "
                     f"{100 * old.keep:g}% of the baseline {old.metric} with {with_confidence(old.confidence)} "
                     f"(lower bound {percent(float(claim['low']))}).")
-            out[idx] = Verdict(model, old.metric, question, level, _train_dcr(rel, model, codec, level),
+            out[idx] = Verdict(model, old.metric, question, level, dcr,
                                float(claim["rel"]), float(claim["low"]),
                                float(claim["high"]), "advised", text, codec, keep=old.keep,
                                confidence=old.confidence, levels=old.levels)

@@ -94,7 +94,7 @@ def with_confidence(confidence: float) -> str:
     return f"{100 * confidence:g}% confidence"
 
 
-def _dcr_text(dcr: float) -> str:
+def dcr_text(dcr: float) -> str:
     if not math.isfinite(dcr):
         return "DCR unknown"
     if dcr >= 0:
@@ -202,7 +202,7 @@ def question_verdict(g: pd.DataFrame, question: str, keep: float, confidence: fl
     if run > 0:
         kept = cands.iloc[run - 1]
         level = float(kept[level_col])
-        text = (f"{lead}{on} {at(level)} ({_dcr_text(float(kept[dcr_col]))}). {who} "
+        text = (f"{lead}{on} {at(level)} ({dcr_text(float(kept[dcr_col]))}). {who} "
                 f"≥ {threshold:g}% of the baseline {metric} with {with_confidence(confidence)} "
                 f"(lower bound {percent(kept['rel_low'])}).")
         if run < len(statuses):
@@ -214,7 +214,7 @@ def question_verdict(g: pd.DataFrame, question: str, keep: float, confidence: fl
     row, status = cands.iloc[0], statuses[0]
     nxt = at(float(row[level_col]))
     if status == LOSES:
-        text = (f"{lead}{on} no {kind.level_noun} tried: even {nxt} ({_dcr_text(float(row[dcr_col]))}) keeps only "
+        text = (f"{lead}{on} no {kind.level_noun} tried: even {nxt} ({dcr_text(float(row[dcr_col]))}) keeps only "
                 f"{_interval(row)} of the baseline {metric}, below {threshold:g}%. Keep the originals, or try more "
                 "faithful levels.")
         outcome, why = "keep originals", f"even {nxt} loses ({_interval(row)})"

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from lossyvision.runners.tune import run_config, trial_trainable
+from lossyvision.runners.tune import quiet_tune, run_config, trial_trainable
 from lossyvision.store import absolute
 from lossyvision.sweep.plan import Grid, TrialSpec
 from lossyvision.sweep.results import read_results
@@ -179,9 +178,7 @@ def search_trials(sweep: Any, grid: Grid, output: str, manifest: Any, listener: 
     failures: dict[str, str] = {}
     ran = 0
     if not all(d.done for d in searcher.decisions.values()):
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        quiet_tune()
         trainable = trial_trainable(sweep, manifest)
         tuner = tune.Tuner(
             trainable,

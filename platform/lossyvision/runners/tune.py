@@ -100,6 +100,15 @@ def run_config(sweep: Any, output: str, listener: Any, prefix: str) -> Any:
     )
 
 
+def quiet_tune() -> None:
+    """Our listener prints one line per event; Tune's tables, snapshot warnings and its end-of-run "no metrics"
+    list (it looks for the result.json/progress.csv loggers we switch off) are noise."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter prints nothing at verbose=0
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no result.json/progress.csv/TB
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
 def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any,
                  listener: TrialListener | None = None) -> dict[str, str]:
     """Run ``trials`` on Tune with the sweep's trial resources; returns ``{key: error}`` of failures."""
@@ -108,11 +117,7 @@ def train_trials(sweep: Any, trials: list[TrialSpec], output: str, manifest: Any
     if not trials:
         return {}
     output = absolute(output)  # trials run elsewhere
-    # Quiet: our listener prints one line per event; Tune's tables and snapshot warnings are noise.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter prints nothing at verbose=0
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no result.json/progress.csv/TB:
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # ...so no "no metrics"
+    quiet_tune()
     trainable = trial_trainable(sweep, manifest)
     space = {"output": output,
              "trial": tune.grid_search([{**t.as_dict(), "key": t.key} for t in trials])}

@@ -259,7 +259,8 @@ def describe_search(data: dict[str, Any]) -> list[str]:
         if s.get("advised") is not None and claim:
             lines.append(f"  answer: level {s['advised']:g} keeps {claim['rel']:.1f}% [{claim['low']:.1f}%, "
                          f"{claim['high']:.1f}%] of the baseline on {claim.get('repeats')} fresh seeds "
-                         f"({100 * float(claim.get('confidence', 0)):.4g}% interval; {claim.get('spread')})")
+                         f"({100 * float(claim.get('confidence', 0)):.4g}% interval; {claim.get('spread')}"
+                         f"{_images_clause(claim)})")
         for step in s.get("path", []):
             lines.append(f"  {step['phase']}: {step['finding']}")
         if s.get("done"):
@@ -267,6 +268,15 @@ def describe_search(data: dict[str, Any]) -> list[str]:
         else:
             lines.append("  not finished (rerun `sweep run` to resume the search)")
     return lines
+
+
+def _images_clause(claim: dict[str, Any]) -> str:
+    how = claim.get("test_images")
+    if how == "paired":
+        return "; test images paired with the baseline's"
+    if how == "unpaired":
+        return "; test images unpaired (their predictions were missing): wider than the grid's"
+    return ""
 
 
 def decide_arena(sweep: Any, grid: Grid, arena: Arena, results: pd.DataFrame, config: SearchConfig,
