@@ -149,6 +149,9 @@ def test_plan_of_a_finished_sweep_says_nothing_is_written():
                    stale_trials=0, stale_cells=0, codecs=[CodecWork("jpegxl", 10, [0, 1], 0, 0, 0.0, 0)],
                    checkpoint_bytes=20_000_000)
     assert "1 checkpoints of" in "\n".join(render_preview(todo))
+    todo.search = True  # a search's plan: the grid's counts are its ceiling, named as such
+    text = "\n".join(render_preview(todo))
+    assert "full grid: 2 trials" in text and "writes: at most about" in text and "the part it trains" in text
 
 
 def test_submit_manifest_warns_of_local_paths_the_cluster_cannot_see():

@@ -61,6 +61,7 @@ class Preview:
     checkpoint_bytes: int = 0          # per trial: the model's weights (float32)
     notes: list[str] = field(default_factory=list)
     scale: list[str] = field(default_factory=list)  # the decoded cache and data-parallel workers (docs/scale.md)
+    search: bool = False               # an adaptive search trains a part of this grid (its counts: searchgrid)
 
     @property
     def trials_todo(self) -> int:
@@ -145,7 +146,7 @@ def preview(sweep: Any, *, sample: int = 16) -> Preview:
     except Exception:  # noqa: BLE001 - no store yet: everything is to compress
         manifest = pd.DataFrame(columns=["relpath", "codec", "level", "split", "status"])
     trials, cells = grid_counts(sweep)
-    out = Preview(sweep.name, trials, cells, 0, 0, 0, 0, 0, 0)
+    out = Preview(sweep.name, trials, cells, 0, 0, 0, 0, 0, 0, search=sweep.search is not None)
     compressed_everywhere = True
     for arm in sweep.arms:
         pending = {float(lv): _missing(manifest, records, arm.name, lv) for lv in arm.levels}
@@ -210,7 +211,8 @@ def _duration(seconds: float) -> str:
 def render_preview(p: Preview) -> list[str]:
     """The preview as lines a person reads top to bottom."""
     lines = [f"sweep {p.sweep}: valid; nothing was written",
-             f"grid: {p.trials} trials, {p.cells} evaluations"]
+             f"{'full grid' if p.search else 'grid'}: {p.trials} trials, {p.cells} evaluations"
+             + (" (the adaptive search trains a part of it: its counts are below)" if p.search else "")]
     if p.trials_unknown:
         lines.append(f"  to run: all {p.trials} trials and {p.cells} evaluations (see the note below)")
     else:
@@ -230,9 +232,11 @@ def render_preview(p: Preview) -> list[str]:
         lines.append("writes: nothing new: every image is compressed and every trial and evaluation is done "
                      "(`sweep run` would only rebuild the report)")
     else:
-        lines.append(f"writes: about {_size(p.bytes_to_write())} in {p.files_to_write():,} files "
-                     f"(compressed images, {p.trials_todo} checkpoints of {_size(p.checkpoint_bytes)}, "
-                     f"{p.cells_todo} predictions files, the results and the report)")
+        lines.append(f"writes: {'at most ' if p.search else ''}about {_size(p.bytes_to_write())} in "
+                     f"{p.files_to_write():,} files (compressed images, {p.trials_todo} checkpoints of "
+                     f"{_size(p.checkpoint_bytes)}, {p.cells_todo} predictions files, the results and the report"
+                     + ("; the search writes the checkpoints and predictions of the part it trains)" if p.search
+                        else ")"))
     lines += p.scale
     lines += [f"note: {n}" for n in p.notes]
     return lines
