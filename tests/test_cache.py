@@ -224,9 +224,26 @@ def test_the_sweep_file_refuses_a_bad_cache_in_one_line(compressed, tmp_path):
     for bad, says in (("fast", "cache"), ({"max_side": 4}, "max_side"), ({"max_sides": 64}, "max_sides")):
         with pytest.raises(SpecError, match=says):
             _sweep(compressed, tmp_path / "o", {"cache": bad})
-    with pytest.raises(SpecError, match="use cache: exact"):
-        _sweep(compressed, tmp_path / "o", {"task": "segmentation", "arch": "segformer-tiny",
-                                            "options": {}, "cache": {"max_side": 64}})
+
+
+
+def test_what_a_task_does_not_support_is_refused_before_anything_runs(compressed, tmp_path):
+    """A shrunk cache and data-parallel workers are the task class's declarations, checked by preflight
+    (parsing cannot load the task registry: it would import torch)."""
+    from lossyvision.preflight import model_problems
+    from lossyvision.tasks import TASKS
+
+    seg = {"task": "segmentation", "arch": "segformer-tiny", "options": {}}
+    problems = model_problems(_sweep(compressed, tmp_path / "o", {**seg, "cache": {"max_side": 64}}))
+    assert problems == ["models.0.cache: max_side shrinks the images but not a segmentation task's targets; use "
+                        "cache: exact (tasks whose targets survive it: classification)"]
+    problems = model_problems(_sweep(compressed, tmp_path / "o", {**seg, "cache": "exact", "batch_size": 4},
+                                     resources={"trial": {"workers": 2}}))
+    assert problems == ["models.0.task: resources.trial.workers: 2 trains data-parallel, which the segmentation "
+                        "task does not (tasks that do: classification); set workers: 1"]
+    assert TASKS.get("classification").supports_shrunk_cache and TASKS.get("classification").supports_workers
+    assert not model_problems(_sweep(compressed, tmp_path / "o", {"cache": {"max_side": 24}},
+                                     resources={"trial": {"workers": 2}}))
 
 
 def test_the_disk_need_is_checked_against_resources_trial_and_shown_by_sweep_plan(compressed, tmp_path):

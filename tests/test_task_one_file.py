@@ -143,9 +143,14 @@ def test_a_task_whose_declarations_do_not_hold_fails_when_it_registers():
 
     with pytest.raises(ValueError, match="unknown outcome kind 'captioning'; known: classification, detection"):
         TASKS.register("bad-kind")(Unknown)
+    class Vague(TinyTexture):
+        supports_workers = "yes"
+
     with pytest.raises(ValueError, match=r"miou not among the classification outcomes' metrics \(top1, top5\)"):
         TASKS.register("bad-metric")(Foreign)
-    assert "bad-kind" not in TASKS and "bad-metric" not in TASKS
+    with pytest.raises(ValueError, match="supports_workers must be True or False"):
+        TASKS.register("bad-flag")(Vague)
+    assert "bad-kind" not in TASKS and "bad-metric" not in TASKS and "bad-flag" not in TASKS
 
 
 def test_headline_first_takes_the_order_the_sweep_recorded_and_falls_back_on_the_outcome_kinds():

@@ -6,7 +6,8 @@ model code is not. The commands that act on the world (``sweep run``, ``sweep pl
 ``submit``) call :func:`preflight` first. It checks, with the messages parsing gave before it moved here:
 
 * the dataset root: a folder, or a file for the kinds whose root may be one (``dataset.root: ...``);
-* each model: its task is registered, accepts the options, and can build the architecture offline
+* each model: its task is registered, supports what the file asks of it (a shrunk cache, data-parallel
+  workers: the task class declares both), accepts the options, and can build the architecture offline
   (an entry point is imported and run once on a tiny batch) (``models.N.task: ...``, ``models.N: ...``);
 * ``output`` and ``store``: never a system folder or someone else's non-empty folder, and their files from
   earlier runs read back (:mod:`lossyvision.places`) (``output: ...``, ``store: ...``).
@@ -23,7 +24,7 @@ from typing import Any
 
 from lossyvision.datasets import DATASETS
 from lossyvision.places import check_output_files, check_place, check_store_files
-from lossyvision.spec import SpecError, Sweep, load_sweep
+from lossyvision.spec import CacheSize, SpecError, Sweep, load_sweep
 from lossyvision.store import DamagedFileError, is_remote, relative_hint
 
 #: The class names a model is built with to check its options and architecture.
@@ -77,10 +78,30 @@ def model_problems(sweep: Sweep) -> list[str]:
         if model.task not in TASKS:
             problems.append(f"models.{i}.task: unknown task {model.task!r}; known: {', '.join(TASKS.names())}")
             continue
+        unsupported = task_support_problems(sweep, i, model, TASKS)
+        if unsupported:
+            problems += unsupported
+            continue
         try:
             check_model(model)
         except ValueError as e:
             problems += [f"models.{i}: {line}" for line in str(e).splitlines()]
+    return problems
+
+
+def task_support_problems(sweep: Sweep, i: int, model: Any, tasks: Any) -> list[str]:
+    """What the sweep file asks of model ``i``'s task that the task class does not declare it supports."""
+    task = tasks.get(model.task)
+    able = [n for n in tasks.names() if getattr(tasks.get(n), "supports_shrunk_cache", False)]
+    problems = []
+    if isinstance(model.cache, CacheSize) and not task.supports_shrunk_cache:
+        problems.append(f"models.{i}.cache: max_side shrinks the images but not a {model.task} task's targets; use "
+                        f"cache: exact (tasks whose targets survive it: {', '.join(able) or 'none'})")
+    workers = sweep.resources.trial.workers
+    if workers > 1 and not task.supports_workers:
+        able = [n for n in tasks.names() if getattr(tasks.get(n), "supports_workers", False)]
+        problems.append(f"models.{i}.task: resources.trial.workers: {workers} trains data-parallel, which the "
+                        f"{model.task} task does not (tasks that do: {', '.join(able) or 'none'}); set workers: 1")
     return problems
 
 

@@ -96,15 +96,6 @@ class ModelSpec(Strict):
                           "{max_side: N} (shrunk; enters the key); docs/scale.md")
     options: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("cache")
-    @classmethod
-    def _cache_shrinks_images_only(cls, v: Any, info: ValidationInfo) -> Any:
-        """Shrinking moves boxes and masks off their pixels: only a classifier's targets survive it."""
-        if isinstance(v, CacheSize) and info.data.get("task", "classification") != "classification":
-            raise ValueError(f"max_side shrinks the images but not a {info.data.get('task')} task's targets; "
-                             "use cache: exact")
-        return v
-
     @field_validator("shuffle_buffer")
     @classmethod
     def _buffer_needs_shards(cls, v: int, info: ValidationInfo) -> int:

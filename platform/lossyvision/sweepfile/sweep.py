@@ -150,9 +150,6 @@ class Sweep(Strict):
         workers = self.resources.trial.workers
         problems = [f"models.{i}.batch_size: {m.batch_size} does not split over resources.trial.workers: {workers}"
                     for i, m in enumerate(self.models) if workers > 1 and m.batch_size % workers]
-        problems += [f"models.{i}.task: resources.trial.workers above 1 trains classification models only "
-                     f"(this one is {m.task})" for i, m in enumerate(self.models)
-                     if workers > 1 and m.task != "classification"]
         if problems:
             raise ValueError("\n".join(problems))
         return self

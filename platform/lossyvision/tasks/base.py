@@ -46,7 +46,8 @@ class Task(ABC):
     about it, and the registry checks the declarations at import. The sweep records the metric order in
     the results it writes (``metric_rank``), so the verdict leads with the task's headline without loading
     the task (:func:`lossyvision.metrics.headline_first`); a logged model's pip requirements add the
-    task's own (:func:`lossyvision.sweep.models.requirements`).
+    task's own (:func:`lossyvision.sweep.models.requirements`); what it supports of the sweep file
+    (a shrunk cache, data-parallel workers) is checked before anything runs (:mod:`lossyvision.preflight`).
     """
 
     name: str = ""
@@ -58,6 +59,11 @@ class Task(ABC):
     outcome_kind: str = ""
     #: pip packages a logged model needs besides torch, torchvision and numpy (e.g. ``("timm",)``).
     requirements: tuple[str, ...] = ()
+    #: Its targets survive shrinking the images (``cache: {max_side: N}``): a class label does; boxes and
+    #: masks, which sit on the pixels, do not.
+    supports_shrunk_cache: bool = False
+    #: Its ``fit`` trains data-parallel across a trial's Ray Train workers (``resources.trial.workers > 1``).
+    supports_workers: bool = False
 
     def __init__(self, spec: Any, classes: list[str], device: str = "cpu", seed: int = 0) -> None:
         """``spec`` is a :class:`lossyvision.spec.ModelSpec`; ``classes`` the dataset's class names.
@@ -131,6 +137,9 @@ def check_declarations(name: str, task: type[Task]) -> None:
     if foreign := [m for m in task.metric_names if m not in own]:
         raise ValueError(f"task {name!r}: {', '.join(foreign)} not among the {task.outcome_kind} outcomes' "
                          f"metrics ({', '.join(own)})")
+    flags = [f for f in ("supports_shrunk_cache", "supports_workers") if not isinstance(getattr(task, f), bool)]
+    if flags:
+        raise ValueError(f"task {name!r}: {', '.join(flags)} must be True or False")
     if isinstance(task.requirements, str) or not all(isinstance(r, str) and r for r in task.requirements):
         raise ValueError(f"task {name!r}: requirements must be a tuple of pip package names, "
                          f"got {task.requirements!r}")

@@ -121,6 +121,8 @@ class ClassificationTask(Task):
     metric_names = ("top1", "top5")
     outcome_kind = "classification"
     requirements = ("timm",)
+    supports_shrunk_cache = True   # a label does not move when the image shrinks
+    supports_workers = True        # fit wraps the model in DDP (training.data_parallel)
 
     def __init__(self, spec: Any, classes: list[str], device: str = "cpu", seed: int = 0) -> None:
         super().__init__(spec, classes, device, seed)
