@@ -61,6 +61,8 @@ def test_s3_root_is_not_checked_locally(tmp_path):
         (lambda d: d.update(repeats=0), "repeats: Input should be greater than or equal to 1"),
         (lambda d: d.update(colour="blue"), "colour: unknown field"),
         (lambda d: d["dataset"].update(kind="nope"), "dataset.kind: unknown dataset 'nope'; known:"),
+        (lambda d: d.update(compress={"quality_metric": "ssim"}),
+         "compress.quality_metric: unknown quality metric 'ssim'; known: butteraugli, ssimulacra2"),
         (lambda d: d["codec"].update(name="nope"), "codec: unknown codec 'nope'; known:"),
         (lambda d: d["codec"].update(speed=3), "codec: codec 'jpegxl' got unknown option(s) ['speed']"),
         (lambda d: d["models"][0].update(task="nope"), "models.0.task: unknown task 'nope'; known:"),

@@ -12,6 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from lossyvision.compress_options import ON_ERROR, CompressOptions, check_option
 from lossyvision.datasets import DATASETS
 from lossyvision.imageio import ANIMATED_POLICIES
+from lossyvision.quality import QUALITY_METRICS
 from lossyvision.shards import LAYOUTS
 from lossyvision.streaming import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_SHUFFLE_BUFFER
 from lossyvision.sweepfile.fields import (BOUNDS, TRACKING_SCHEMES, Float, Int, Strict, bounded, byte_size,
@@ -36,7 +37,8 @@ _JOB = CompressOptions()
 class CompressSpec(Strict):
     on_error: Literal[ON_ERROR] = _JOB.on_error
     max_pixels: Int = _JOB.max_pixels
-    quality_metric: Literal["ssimulacra2", "butteraugli"] | None = None
+    quality_metric: str | None = Field(None, description="achieved quality to measure: a registered quality metric "
+                                                         "(lossyvision.quality: ssimulacra2, butteraugli)")
     quality_sample: int = Field(
         _JOB.quality_sample, description="images per level whose achieved quality is measured, or all of them (all: -1)")
     animated: Literal[ANIMATED_POLICIES] = Field(
@@ -45,6 +47,11 @@ class CompressSpec(Strict):
         _JOB.layout, description="the store's layout: one file per image and level, or tar shards per level "
                                  "(object stores; docs/kubernetes.md)")
     shard_size: Int = Field(_JOB.shard_size, description="layout shards: source bytes per shard, e.g. 256MB")
+
+    @field_validator("quality_metric")
+    @classmethod
+    def _known_quality_metric(cls, v: str | None) -> str | None:
+        return None if v is None else check_registered(QUALITY_METRICS, v)
 
     @field_validator("shard_size", mode="before")
     @classmethod
