@@ -153,6 +153,10 @@ def test_a_search_s_answer_replaces_the_grid_s_verdict_of_its_question():
     assert matched.outcome == "advised" and matched.level == 3.0 and matched.rel_low == 99.3
     assert "adaptive search, confirmed on 3 fresh seeds" in matched.text
     assert matched.dcr == pytest.approx(rel.loc[rel["train_level"] == 3.0, "train_dcr"].mean())
+    # verdict.json's level statuses are the search's: the confirmed level keeps with its interval, no other claim
+    by_level = {x["level"]: x for x in matched.levels}
+    assert by_level[3.0]["status"] == "keeps" and by_level[3.0]["rel_low"] == 99.3
+    assert all(x["status"] == "cannot tell" and x["rel_low"] is None for lv, x in by_level.items() if lv != 3.0)
     # the decision line reads the search's answer, with its DCR, or without one when no cell has it
     [line] = decisions(with_search(found, search, rel))
     assert f"store everything at distance 3 (DCR {matched.dcr:.2f}): it keeps" in line, line

@@ -62,12 +62,13 @@ def with_search(found: list[Verdict], search: dict | None, rel: pd.DataFrame | N
             out[idx] = Verdict(model, old.metric, question, level, dcr,
                                float(claim["rel"]), float(claim["low"]),
                                float(claim["high"]), "advised", text, codec, keep=old.keep,
-                               confidence=old.confidence, levels=old.levels)
+                               confidence=old.confidence, levels=_searched_levels(old.levels, claim, level))
         else:
             reason = str(s.get("reason") or s.get("outcome") or "no level confirmed")
             text = f"{lead} a level? The adaptive search advises none: {reason}."
             out[idx] = Verdict(model, old.metric, question, None, None, None, None, None, "cannot tell", text, codec,
-                               keep=old.keep, confidence=old.confidence, levels=old.levels,
+                               keep=old.keep, confidence=old.confidence,
+                               levels=_searched_levels(old.levels, claim, claim.get("level")),
                                why=f"the adaptive search advises none ({reason})")
         # The search judged the headline metric alone; the grid's verdict of another metric would read its
         # exploration cells as a grid's and call the repeats it never ran unmeasured.
@@ -78,6 +79,20 @@ def with_search(found: list[Verdict], search: dict | None, rel: pd.DataFrame | N
                                  f"{lead} a level? Not asked: {why} (its cells of {v.metric} are in the tables).",
                                  codec, keep=v.keep, confidence=v.confidence, levels=v.levels, why=why)
     return out
+
+
+def _searched_levels(levels: tuple, claim: dict, confirmed: float | None) -> tuple:
+    """Each level's status as the search judged it: the confirmed level's from its fresh seeds, every other
+    level "cannot tell" (the search claims nothing there; its cells, one exploration run, keep their value)."""
+    out = []
+    for rec in levels or ():
+        if confirmed is not None and claim and float(rec["level"]) == float(confirmed):
+            status = str(claim.get("status", "keeps"))
+            out.append({**rec, "status": status, "rel": float(claim["rel"]), "rel_low": float(claim["low"]),
+                        "rel_high": float(claim["high"])})
+        else:
+            out.append({**rec, "status": "cannot tell", "rel_low": None, "rel_high": None})
+    return tuple(out)
 
 
 def _train_dcr(rel: pd.DataFrame | None, model: str, codec: str, level: float) -> float | None:
