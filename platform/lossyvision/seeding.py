@@ -40,6 +40,12 @@ def trial_seed(sweep_seed: int, repeat: int) -> int:
     return derive_seed("trial", int(sweep_seed), int(repeat))
 
 
+def bootstrap_seed(sweep_seed: int, model: str) -> int:
+    """The seed of every bootstrap interval about ``model``'s cells (one per model, so the report, the
+    sweep's results rows and the search resample the same test images and agree on the same runs)."""
+    return derive_seed("bootstrap", int(sweep_seed), model)
+
+
 def worker_seed(seed: int, rank: int, world: int) -> int:
     """The augmentation seed of data-parallel worker ``rank`` of ``world`` (``resources.trial.workers``):
     the trial seed itself for a single worker (its trials unchanged), else one derived per rank, so that

@@ -32,7 +32,7 @@ from lossyvision.report.html import Figure, Section, render_html, slug
 from lossyvision.report.rate import bd_table, describe_bd, plot_rate_accuracy, rate_points
 from lossyvision.report.samples import plot_samples
 from lossyvision.report.verdict import decisions, verdict_lines, verdict_records, verdicts
-from lossyvision.seeding import derive_seed
+from lossyvision.seeding import bootstrap_seed
 from lossyvision.store import DamagedFileError
 from lossyvision.sweep.searchgrid import read_search
 from lossyvision.spec import ReportSpec, Sweep
@@ -176,7 +176,7 @@ def analyse(output: str, keep_fraction: float | None = None, info: SweepInfo | N
     missing: list[str] = []
 
     def seed_of(model: str) -> int:
-        return derive_seed("bootstrap", info.seed, model)
+        return bootstrap_seed(info.seed, model)
 
     stats = dict(confidence=info.confidence, resamples=info.resamples, seed_of=seed_of)
     cells = cell_table(results, source, missing=missing, **stats)
@@ -284,7 +284,7 @@ def _codec_sections(output: str, rel: pd.DataFrame, writer: _Writer, info: Sweep
 
     try:
         table = bd_table(points, PredictionsCache(output), bpp_of, confidence=info.confidence,
-                         resamples=min(info.resamples, 1000), seed_of=lambda m: derive_seed("bootstrap", info.seed, m),
+                         resamples=min(info.resamples, 1000), seed_of=lambda m: bootstrap_seed(info.seed, m),
                          order=info.codecs)
     except (KeyError, OSError, ValueError) as e:
         warnings.append(f"bytes at equal accuracy: {type(e).__name__}: {e}")

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from lossyvision.codecs import DEFAULT_CODEC
 from lossyvision.datasets.base import Record
 from lossyvision.intervals import metric_interval
-from lossyvision.seeding import derive_seed
+from lossyvision.seeding import bootstrap_seed
 from lossyvision.spec import Sweep
 from lossyvision.store import read_bytes
 from lossyvision.sweep.plan import CellSpec, TrialSpec, level_dcr, reader_of
@@ -252,7 +252,7 @@ def cell_rows(sweep: Sweep, cell: CellSpec, outcomes: Any, trial_meta: dict[str,
     rows = []
     for name, value in outcomes.metrics().items():
         ci = metric_interval([outcomes], name, confidence=sweep.report.confidence,
-                             n_resamples=sweep.report.resamples, seed=derive_seed("bootstrap", sweep.seed, cell.trial.model))
+                             n_resamples=sweep.report.resamples, seed=bootstrap_seed(sweep.seed, cell.trial.model))
         rows.append({
             "sweep": sweep.name, "model": cell.trial.model, "task": trial_meta.get("task", ""),
             "codec": cell.trial.codec, "train_level": cell.trial.train_level,

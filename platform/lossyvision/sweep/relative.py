@@ -10,7 +10,7 @@ from typing import Any
 
 from lossyvision.intervals import relative_interval
 from lossyvision.report.cells import PredictionsCache, cell_outcomes, most_faithful
-from lossyvision.seeding import derive_seed
+from lossyvision.seeding import bootstrap_seed
 from lossyvision.sweep.results import read_results, write_results
 
 
@@ -46,7 +46,7 @@ def fill_relative(output: str, sweep: Any, grid: Any) -> int:
             continue
         ci = relative_interval([found[0]], [found[1]], str(row["metric"]), confidence=sweep.report.confidence,
                                n_resamples=sweep.report.resamples,
-                               seed=derive_seed("bootstrap", sweep.seed, cell.trial.model))
+                               seed=bootstrap_seed(sweep.seed, cell.trial.model))
         results.loc[idx, ["rel", "rel_low", "rel_high", "baseline_cell"]] = [ci.estimate, ci.low, ci.high, base_key]
         filled += 1
     if filled:

@@ -19,7 +19,7 @@ import pandas as pd
 from lossyvision import output as outdir
 from lossyvision.intervals import relative_interval
 from lossyvision.metrics import headline_first
-from lossyvision.seeding import derive_seed
+from lossyvision.seeding import bootstrap_seed
 from lossyvision.sweep.plan import CellSpec, Grid, TrialSpec
 from lossyvision.sweep.search import Obs, SearchConfig, Training, decide, trainings_bounds
 
@@ -158,7 +158,7 @@ class PairedTestImages:
             base_out = [outdir.read_predictions(self.output, c.key) for c in base]
             ci = relative_interval(cell_out, base_out, metric, confidence=confidence, images_only=True,
                                    n_resamples=int(self.sweep.report.resamples),
-                                   seed=derive_seed("bootstrap", int(self.sweep.seed), model))
+                                   seed=bootstrap_seed(self.sweep.seed, model))
         except (KeyError, OSError, ValueError):
             return None  # no predictions (or none shared): the policy takes the unpaired errors
         return ci.estimate, ci.low, ci.high
