@@ -92,16 +92,18 @@ def model_problems(sweep: Sweep) -> list[str]:
 def task_support_problems(sweep: Sweep, i: int, model: Any, tasks: Any) -> list[str]:
     """What the sweep file asks of model ``i``'s task that the task class does not declare it supports."""
     task = tasks.get(model.task)
-    able = [n for n in tasks.names() if getattr(tasks.get(n), "supports_shrunk_cache", False)]
+
+    def tasks_that(flag: str) -> str:
+        return ", ".join(n for n in tasks.names() if getattr(tasks.get(n), flag)) or "none"
+
     problems = []
     if isinstance(model.cache, CacheSize) and not task.supports_shrunk_cache:
         problems.append(f"models.{i}.cache: max_side shrinks the images but not a {model.task} task's targets; use "
-                        f"cache: exact (tasks whose targets survive it: {', '.join(able) or 'none'})")
+                        f"cache: exact (tasks whose targets survive it: {tasks_that('supports_shrunk_cache')})")
     workers = sweep.resources.trial.workers
     if workers > 1 and not task.supports_workers:
-        able = [n for n in tasks.names() if getattr(tasks.get(n), "supports_workers", False)]
         problems.append(f"models.{i}.task: resources.trial.workers: {workers} trains data-parallel, which the "
-                        f"{model.task} task does not (tasks that do: {', '.join(able) or 'none'}); set workers: 1")
+                        f"{model.task} task does not (tasks that do: {tasks_that('supports_workers')}); set workers: 1")
     return problems
 
 
